@@ -1,0 +1,34 @@
+# Entry points: `make run` (daemon on feeds.yaml), `make test`, `make check`, `make demo`, `make bench`.
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+
+.PHONY: run test check lint demo bench clean
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet -e '.[test]'
+	touch $(STAMP)
+
+venv: $(STAMP)
+
+run: $(STAMP)
+	$(BIN)/aggregator -c feeds.yaml poll --once
+
+test: $(STAMP)
+	$(BIN)/python -m pytest -q -n 2 --dist loadfile
+
+lint: $(STAMP)
+	$(BIN)/ruff check aggregator tests
+	$(BIN)/ruff format --check aggregator tests
+	$(BIN)/mypy
+
+check: lint test
+
+demo: $(STAMP)
+	$(BIN)/python -m aggregator.demo
+
+clean:
+	rm -rf $(VENV) public aggregator.db aggregator.db-wal aggregator.db-shm

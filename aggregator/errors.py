@@ -1,0 +1,94 @@
+"""The exception tree. Library errors are mapped to these where they enter.
+
+    AggregatorError
+    ├── ConfigError          feeds.yaml is unreadable or invalid (file, line, where, what)
+    ├── StoreError           the database cannot be opened or written
+    └── FeedError            one feed failed; carries its URL; never stops the others
+        ├── FetchError       network trouble: DNS, refused, reset, TLS, bad HTTP
+        │   ├── FetchTimeout     connect/read timeout or the per-feed deadline
+        │   ├── TooLarge         body over the limit, before or after decompression
+        │   ├── TooManyRedirects redirect loop or more than the limit
+        │   └── HTTPStatusError  an unexpected status (4xx/5xx)
+        │       ├── Gone             410: stop polling until the config changes
+        │       └── RetryLater       429/503 with Retry-After
+        └── ParseError       the body is not a feed we can read
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+
+class AggregatorError(Exception):
+    """Base of every error aggregator raises on purpose."""
+
+
+class ConfigError(AggregatorError):
+    """feeds.yaml is invalid; str() is `FILE:LINE: where: what`."""
+
+    def __init__(self, file: str, line: int | None, where: str, what: str) -> None:
+        self.file = file
+        self.line = line
+        self.where = where
+        self.what = what
+        super().__init__(str(self))
+
+    def __str__(self) -> str:
+        location = f"{self.file}:{self.line}" if self.line is not None else self.file
+        return f"{location}: {self.where}: {self.what}" if self.where else f"{location}: {self.what}"
+
+
+class StoreError(AggregatorError):
+    """The database cannot be opened, migrated or written."""
+
+
+class FeedError(AggregatorError):
+    """One feed failed. `message` is the one line shown to the user."""
+
+    def __init__(self, url: str, message: str) -> None:
+        self.url = url
+        self.message = message
+        super().__init__(url, message)
+
+    def __str__(self) -> str:
+        return self.message
+
+
+class FetchError(FeedError):
+    """The feed could not be fetched (network, TLS, malformed HTTP)."""
+
+
+class FetchTimeout(FetchError):
+    """A connect/read timeout or the per-feed total deadline expired."""
+
+
+class TooLarge(FetchError):
+    """The body (raw or decompressed) exceeded the size limit."""
+
+
+class TooManyRedirects(FetchError):
+    """A redirect loop, or more redirects than allowed."""
+
+
+class HTTPStatusError(FetchError):
+    """The server answered with a status we cannot use."""
+
+    def __init__(self, url: str, status: int, message: str) -> None:
+        self.status = status
+        super().__init__(url, message)
+
+
+class Gone(HTTPStatusError):
+    """410 Gone: the feed is marked gone and no longer polled."""
+
+
+class RetryLater(HTTPStatusError):
+    """429 or 503: the server asked us to wait until `retry_after`."""
+
+    def __init__(self, url: str, status: int, message: str, retry_after: datetime | None) -> None:
+        self.retry_after = retry_after
+        super().__init__(url, status, message)
+
+
+class ParseError(FeedError):
+    """The body is not a feed (HTML page, empty body, unreadable XML/JSON)."""

@@ -1,0 +1,281 @@
+"""The frozen data objects passed between pipeline stages. No I/O.
+
+config ─ Config(Settings, Topic, FeedSource)
+store  ─ FeedState ──► fetch ─ Fetched | NotModified ──► parse ─ ParsedFeed(ParsedEntry)
+       ──► clean ─ Item ──► dedupe/store ─ PollResult
+store  ─ PublishedItem(SourceRef) ──► render ─ bytes
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from pathlib import Path
+
+from aggregator.errors import FeedError
+
+# --- configuration -----------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Term:
+    """One include/exclude term of a topic."""
+
+    #: the term as written in feeds.yaml ("DPRK" or "/Kim Jong[- ]?Un/")
+    source: str
+    #: compiled, case-insensitive; plain terms match whole words
+    pattern: re.Pattern[str]
+
+
+@dataclass(frozen=True)
+class FeedSource:
+    """A feed as configured in feeds.yaml."""
+
+    #: the URL as written in feeds.yaml; the feed's identity in the store
+    url: str
+    #: the user's name for it, or None to use the feed's own title
+    name: str | None = None
+    tags: tuple[str, ...] = ()
+    #: effective poll interval (the feed's own or settings.interval)
+    interval: timedelta = timedelta(minutes=30)
+    #: line in feeds.yaml, for messages
+    line: int | None = None
+
+
+@dataclass(frozen=True)
+class Topic:
+    """A published merged feed."""
+
+    #: [a-z0-9-]+, names the output files
+    slug: str
+    title: str
+    description: str = ""
+    include: tuple[Term, ...] = ()
+    exclude: tuple[Term, ...] = ()
+    #: feed names or tags; None selects every feed
+    feeds: tuple[str, ...] | None = None
+    line: int | None = None
+
+
+@dataclass(frozen=True)
+class Settings:
+    """The `settings:` block; paths are already resolved against the config file."""
+
+    database: Path = Path("aggregator.db")
+    output_dir: Path = Path("public")
+    #: "host:port", or "" for no HTTP server
+    listen: str = "127.0.0.1:8080"
+    #: ends with "/"
+    base_url: str = "http://127.0.0.1:8080/"
+    interval: timedelta = timedelta(minutes=30)
+    max_items: int = 50
+    retention: timedelta = timedelta(days=365)
+
+
+@dataclass(frozen=True)
+class Config:
+    path: Path
+    settings: Settings
+    topics: tuple[Topic, ...]
+    feeds: tuple[FeedSource, ...]
+
+
+@dataclass(frozen=True)
+class FetchLimits:
+    """How politely and defensively we fetch. Defaults are the product's defaults."""
+
+    max_body_bytes: int = 10 * 1024 * 1024
+    connect_timeout: float = 10.0
+    read_timeout: float = 20.0
+    #: the whole fetch of one feed, so a server that drips a byte a second is cut off
+    total_timeout: float = 60.0
+    max_redirects: int = 5
+    max_connections: int = 20
+    max_per_host: int = 4
+
+
+# --- store → fetch -----------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class FeedState:
+    """What the store remembers about a feed between polls."""
+
+    #: the configured URL (identity)
+    url: str
+    #: where to fetch: the configured URL, or the target of a permanent redirect
+    fetch_url: str
+    etag: str | None = None
+    last_modified: str | None = None
+    #: sha256 of the last body parsed, so an unchanged body costs no parse
+    body_hash: str | None = None
+    last_fetched: datetime | None = None
+    last_status: int | None = None
+    last_error: str | None = None
+    next_due: datetime | None = None
+    #: a server's Retry-After: not polled before this unless forced
+    retry_after: datetime | None = None
+    #: 410 seen: not polled until the config changes or forced
+    gone: bool = False
+    #: consecutive failures, for backoff
+    failures: int = 0
+    #: target of a permanent redirect, shown in `status`
+    moved_to: str | None = None
+    #: the feed's own title, for names and OPML
+    title: str | None = None
+    #: the feed's site link
+    site_url: str | None = None
+
+
+# --- fetch → parse -----------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Fetched:
+    """A 200 response with its (decompressed) body."""
+
+    #: the URL finally fetched, after redirects
+    url: str
+    status: int
+    body: bytes
+    #: response headers, keys lower-cased
+    headers: Mapping[str, str]
+    etag: str | None = None
+    last_modified: str | None = None
+    #: the new URL when every redirect on the way was permanent (301/308)
+    moved_to: str | None = None
+
+
+@dataclass(frozen=True)
+class NotModified:
+    """A 304 to our conditional GET."""
+
+    url: str
+    status: int = 304
+    etag: str | None = None
+    last_modified: str | None = None
+    moved_to: str | None = None
+    headers: Mapping[str, str] = field(default_factory=dict)
+
+
+# --- parse → clean -----------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ParsedEntry:
+    """One entry as the feed gave it: HTML not yet sanitized, URLs maybe relative."""
+
+    entry_id: str | None
+    link: str | None
+    title: str
+    #: full content (content:encoded, atom:content, content_html); may be ""
+    content_html: str
+    #: summary/description; may be ""
+    summary_html: str
+    author: str | None
+    categories: tuple[str, ...]
+    #: timezone-aware, or None when the feed gave no usable date
+    published: datetime | None
+    updated: datetime | None
+    #: base URL for resolving this entry's relative links (xml:base or the feed URL)
+    base_url: str
+
+
+@dataclass(frozen=True)
+class ParsedFeed:
+    title: str | None
+    #: the site's home page
+    site_url: str | None
+    entries: tuple[ParsedEntry, ...]
+    #: RSS <ttl> in minutes, a hint for the poll interval
+    ttl_minutes: int | None = None
+    #: feedparser's complaint about a malformed feed that still gave entries
+    warning: str | None = None
+
+
+# --- clean → store -----------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Item:
+    """A cleaned entry, ready to be deduplicated and stored."""
+
+    feed_url: str
+    #: identity within its feed: entry id, else link, else hash of title and content
+    entry_key: str
+    #: the publisher's link minus tracking parameters ("" if the entry had none)
+    link: str
+    #: canonical_url(link), for matching only ("" if no link)
+    canonical_link: str
+    title: str
+    #: sanitized, absolute URLs, boilerplate removed
+    content_html: str
+    summary_html: str
+    #: plain text, about 300 characters, cut at a word boundary
+    excerpt: str
+    #: plain text of title-less content (content, else summary), boilerplate removed
+    text: str
+    author: str | None
+    categories: tuple[str, ...]
+    #: UTC; first-seen time when the feed gave none; never later than the fetch
+    published: datetime
+    updated: datetime
+    #: hash of title + content: a change means the entry was edited
+    content_hash: str
+
+
+@dataclass(frozen=True)
+class PollResult:
+    """The outcome of polling one feed. Failure is a value, not an exception."""
+
+    url: str
+    status: int | None = None
+    new: int = 0
+    updated: int = 0
+    error: FeedError | None = None
+    #: why the feed was not fetched (gone, Retry-After), or None
+    skipped: str | None = None
+    moved_to: str | None = None
+    #: seconds spent on this feed
+    duration: float = 0.0
+    #: the parser complained but entries were used
+    warning: str | None = None
+    #: True when a body came back identical to the last one and was not parsed
+    unchanged: bool = False
+
+
+# --- store → render ----------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class SourceRef:
+    """One outlet a story came through."""
+
+    #: the feed's display name (config name, else its own title, else its URL)
+    title: str
+    #: the outlet's site (or the story's link on that outlet)
+    url: str
+    feed_url: str
+
+
+@dataclass(frozen=True)
+class PublishedItem:
+    """A stored story as it is published; one per story however many feeds carried it."""
+
+    #: stable id, e.g. "urn:uuid:…"; never changes once published
+    id: str
+    link: str
+    title: str
+    content_html: str
+    summary_html: str
+    excerpt: str
+    author: str | None
+    categories: tuple[str, ...]
+    #: earliest among the copies, UTC
+    published: datetime
+    #: latest change, UTC
+    updated: datetime
+    #: first outlet first
+    sources: tuple[SourceRef, ...]
