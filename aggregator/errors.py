@@ -3,6 +3,7 @@
     AggregatorError
     ├── ConfigError          feeds.yaml is unreadable or invalid (file, line, where, what)
     ├── StoreError           the database cannot be opened or written
+    ├── PublishError         an output file cannot be written
     └── FeedError            one feed failed; carries its URL; never stops the others
         ├── FetchError       network trouble: DNS, refused, reset, TLS, bad HTTP
         │   ├── FetchTimeout     connect/read timeout or the per-feed deadline
@@ -40,6 +41,10 @@ class ConfigError(AggregatorError):
 
 class StoreError(AggregatorError):
     """The database cannot be opened, migrated or written."""
+
+
+class PublishError(AggregatorError):
+    """An output file cannot be written (disk full, permissions)."""
 
 
 class FeedError(AggregatorError):

@@ -234,6 +234,8 @@ class PollResult:
     status: int | None = None
     new: int = 0
     updated: int = 0
+    #: copies of stories already stored (from this or another feed)
+    merged: int = 0
     error: FeedError | None = None
     #: why the feed was not fetched (gone, Retry-After), or None
     skipped: str | None = None

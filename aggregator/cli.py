@@ -1,0 +1,161 @@
+"""The command line: arguments → calls → messages and exit codes (see CONTRACT.md)."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from aggregator import __version__, pipeline
+from aggregator.config import load_config
+from aggregator.errors import ConfigError, PublishError, StoreError
+from aggregator.model import Config, FeedSource, FeedState, PollResult
+from aggregator.store import Store
+from aggregator.timeutil import to_iso
+
+EXIT_OK = 0
+EXIT_FAILURE = 1
+EXIT_CONFIG = 2
+
+
+def build_parser() -> argparse.ArgumentParser:
+    # -c is accepted before and after the command: a parent parser shared by both levels,
+    # with SUPPRESS so the subcommand's absent option does not erase the main one's.
+    config_option = argparse.ArgumentParser(add_help=False)
+    config_option.add_argument(
+        "-c",
+        "--config",
+        default=argparse.SUPPRESS,
+        help="config file (default: $AGGREGATOR_CONFIG, else ./feeds.yaml)",
+    )
+    parser = argparse.ArgumentParser(
+        prog="aggregator",
+        description="Merge many feeds into clean, deduplicated topic feeds.",
+        parents=[config_option],
+    )
+    parser.add_argument("--version", action="version", version=f"aggregator {__version__}")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    commands.add_parser("check", parents=[config_option], help="validate the config")
+    poll = commands.add_parser("poll", parents=[config_option], help="poll every feed once")
+    poll.add_argument("--once", action="store_true", required=True, help="one round, then exit")
+    poll.add_argument(
+        "--force", action="store_true", help="also poll gone feeds and ignore Retry-After"
+    )
+    commands.add_parser("run", parents=[config_option], help="run the daemon")
+    status = commands.add_parser("status", parents=[config_option], help="show each feed's state")
+    status.add_argument("--json", action="store_true", help="print a JSON array")
+    commands.add_parser("build", parents=[config_option], help="re-render every output")
+    return parser
+
+
+def config_path(args: argparse.Namespace) -> Path:
+    explicit = getattr(args, "config", None) or os.environ.get("AGGREGATOR_CONFIG")
+    return Path(explicit or "feeds.yaml")
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        config = load_config(config_path(args))
+        if args.command == "check":
+            return cmd_check(config)
+        if args.command == "run":
+            from aggregator.daemon import run_daemon
+
+            return run_daemon(config.path)
+        with Store.open(config.settings.database) as store:
+            if args.command == "poll":
+                return cmd_poll(config, store, force=args.force)
+            if args.command == "status":
+                return cmd_status(config, store, as_json=args.json)
+            if args.command == "build":
+                return cmd_build(config, store)
+    except ConfigError as e:
+        print(e, file=sys.stderr)
+        return EXIT_CONFIG
+    except (StoreError, PublishError) as e:
+        print(f"aggregator: {e}", file=sys.stderr)
+        return EXIT_FAILURE
+    raise AssertionError(f"unhandled command {args.command}")
+
+
+def cmd_check(config: Config) -> int:
+    print(
+        f"{config.path}: ok: {len(config.feeds)} feeds, {len(config.topics)} topics "
+        f"({', '.join(t.slug for t in config.topics)})"
+    )
+    return EXIT_OK
+
+
+def cmd_poll(config: Config, store: Store, *, force: bool) -> int:
+    def report(source: FeedSource, result: PollResult) -> None:
+        print(pipeline.describe(source, result), file=sys.stderr, flush=True)
+
+    results = asyncio.run(pipeline.poll_round(config, store, force=force, on_result=report))
+    changed = pipeline.publish(config, store)
+    failed = sum(r.error is not None for r in results)
+    skipped = sum(r.skipped is not None for r in results)
+    new = sum(r.new for r in results)
+    updated = sum(r.updated for r in results)
+    print(
+        f"polled {len(results) - skipped} of {len(results)} feeds: {failed} failed, "
+        f"{skipped} skipped; {new} new items, {updated} updated; "
+        f"{len(changed)} output files changed in {config.settings.output_dir}",
+        file=sys.stderr,
+    )
+    return EXIT_OK
+
+
+def cmd_build(config: Config, store: Store) -> int:
+    changed = pipeline.publish(config, store)
+    print(f"{len(changed)} output files changed in {config.settings.output_dir}")
+    return EXIT_OK
+
+
+def feed_status(source: FeedSource, state: FeedState | None, items: int) -> dict[str, Any]:
+    """One feed's row of `status --json` (the contract's fields)."""
+    if state is None or state.last_fetched is None:
+        condition = "never"
+    elif state.gone:
+        condition = "gone"
+    elif state.last_error:
+        condition = "error"
+    else:
+        condition = "ok"
+    return {
+        "url": source.url,
+        "name": source.name or (state.title if state else None),
+        "state": condition,
+        "last_fetched": to_iso(state.last_fetched) if state and state.last_fetched else None,
+        "next_due": to_iso(state.next_due) if state and state.next_due and not state.gone else None,
+        "last_status": state.last_status if state else None,
+        "last_error": state.last_error if state else None,
+        "items": items,
+        "moved_to": state.moved_to if state else None,
+    }
+
+
+def cmd_status(config: Config, store: Store, *, as_json: bool) -> int:
+    states = store.feed_states()
+    counts = store.item_counts()
+    rows = [feed_status(s, states.get(s.url), counts.get(s.url, 0)) for s in config.feeds]
+    if as_json:
+        print(json.dumps(rows, indent=2))
+        return EXIT_OK
+    for row in rows:
+        print(f"{row['name'] or row['url']}")
+        print(f"  url:          {row['url']}")
+        fetched = row["last_fetched"] or "never"
+        print(f"  state:        {row['state']} (last fetched {fetched}, HTTP {row['last_status']})")
+        print(f"  items:        {row['items']}")
+        print(f"  next due:     {row['next_due'] or '-'}")
+        if row["last_error"]:
+            print(f"  last error:   {row['last_error']}")
+        if row["moved_to"]:
+            print(f"  moved to:     {row['moved_to']}  (permanent redirect: update feeds.yaml)")
+    return EXIT_OK

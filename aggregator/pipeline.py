@@ -1,0 +1,352 @@
+"""The pipeline: polling one feed, a round over every feed, and publishing the topics.
+
+    FeedSource + FeedState ─ should_skip? (gone, Retry-After) ─► PollResult(skipped)
+      ─► fetch.Fetcher.fetch ─► NotModified ─────────────────► store validators
+                              ─► Fetched ─ same body hash? ──► store validators
+      ─► parse.parse_feed ─► ParsedFeed
+      ─► dedupe.entry_key + raw hash: entries unchanged since last time are not cleaned
+      ─► clean.clean_entry ─► Item
+      ─► store.save_poll: dedupe against stored stories, one transaction per feed
+    publish(): per topic store.newest_items ─► render.* ─► publish.write_outputs
+
+Only fetching runs concurrently; parsing and cleaning run in an executor (CPU work off
+the event loop); the store is written from the caller's thread. The CLI's `poll --once`
+and the daemon call the same functions.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import time
+from collections.abc import Callable, Sequence
+from concurrent.futures import Executor
+from dataclasses import dataclass, replace
+from datetime import datetime, timedelta
+
+from aggregator import clean, dedupe, parse, render, topics
+from aggregator.errors import FeedError, Gone, HTTPStatusError, RetryLater
+from aggregator.fetch import Fetcher
+from aggregator.model import (
+    Config,
+    FeedSource,
+    FeedState,
+    Fetched,
+    FetchLimits,
+    Item,
+    ParsedFeed,
+    PollResult,
+    PublishedItem,
+    SourceRef,
+    Topic,
+)
+from aggregator.publish import write_outputs
+from aggregator.store import Store
+from aggregator.timeutil import to_iso, utcnow
+
+#: failures back off exponentially up to this
+MAX_BACKOFF = timedelta(hours=24)
+
+
+# --- pure decisions ---------------------------------------------------------------------
+
+
+def feed_fingerprint(source: FeedSource) -> str:
+    """Changes when the user edits the feed's entry in feeds.yaml: a gone feed is retried."""
+    text = "\n".join([source.url, source.name or "", ",".join(source.tags), str(source.interval)])
+    return hashlib.blake2b(text.encode(), digest_size=8).hexdigest()
+
+
+def should_skip(state: FeedState, now: datetime, force: bool) -> str | None:
+    """Why this feed must not be fetched now, or None."""
+    if force:
+        return None
+    if state.gone:
+        return "skipped: gone (HTTP 410); edit its entry in the config or use --force"
+    if state.retry_after is not None and state.retry_after > now:
+        return f"skipped: server asked to wait until {to_iso(state.retry_after)}"
+    return None
+
+
+def next_due(interval: timedelta, now: datetime, failures: int) -> datetime:
+    """When to poll again: the interval, doubled per consecutive failure, capped."""
+    if failures <= 0:
+        return now + interval
+    backoff = interval * (2 ** min(failures, 16))
+    return now + min(max(backoff, interval), max(MAX_BACKOFF, interval))
+
+
+def raw_entry_hash(entry: object) -> str:
+    """A hash of everything the feed said about an entry: equal means nothing to clean."""
+    return hashlib.blake2b(repr(entry).encode(), digest_size=16).hexdigest()
+
+
+@dataclass(frozen=True)
+class Processed:
+    """What parsing and cleaning one body produced."""
+
+    feed: ParsedFeed
+    #: new or changed entries, cleaned, each with its raw hash
+    items: tuple[tuple[Item, str], ...]
+
+
+def process_body(
+    fetched: Fetched,
+    feed_url: str,
+    known: dict[str, str | None],
+    now: datetime,
+    oldest: datetime,
+) -> Processed:
+    """Parse a body and clean the entries that are new or changed. Pure; raises ParseError.
+
+    `known` maps entry keys already stored to their raw hashes; entries published before
+    `oldest` (the retention limit) are dropped.
+    """
+    feed = parse.parse_feed(fetched.body, fetched.headers, fetched.url)
+    items: list[tuple[Item, str]] = []
+    seen: set[str] = set()
+    for entry in feed.entries:
+        key = dedupe.entry_key(entry)
+        if key in seen:
+            continue  # a feed that lists an entry twice: the first copy wins
+        seen.add(key)
+        raw = raw_entry_hash(entry)
+        if known.get(key) == raw:
+            continue
+        item = clean.clean_entry(entry, feed_url, now)
+        if item.published < oldest:
+            continue
+        items.append((item, raw))
+    return Processed(feed=feed, items=tuple(items))
+
+
+# --- polling ----------------------------------------------------------------------------
+
+
+async def poll_feed(
+    source: FeedSource,
+    store: Store,
+    fetcher: Fetcher,
+    *,
+    retention: timedelta,
+    force: bool = False,
+    executor: Executor | None = None,
+    now: datetime | None = None,
+) -> PollResult:
+    """Poll one feed and store what it brings. Never raises for a feed's own fault."""
+    started = time.monotonic()
+    now = now or utcnow()
+    state = store.feed_state(source.url)
+    fingerprint = feed_fingerprint(source)
+    if state.gone and store.gone_fingerprint(source.url) != fingerprint:
+        state = replace(state, gone=False)
+    skip = should_skip(state, now, force)
+    if skip is not None:
+        return PollResult(url=source.url, skipped=skip, status=state.last_status)
+
+    try:
+        response = await fetcher.fetch(state, now)
+    except FeedError as error:
+        return _record_failure(store, source, state, error, now, started, fingerprint)
+
+    moved_to = response.moved_to or state.moved_to
+    state = replace(
+        state,
+        fetch_url=response.moved_to or state.fetch_url,
+        moved_to=moved_to,
+        etag=response.etag or state.etag,
+        last_modified=response.last_modified or state.last_modified,
+        last_fetched=now,
+        last_status=response.status,
+        last_error=None,
+        failures=0,
+        gone=False,
+        retry_after=None,
+        next_due=next_due(source.interval, now, 0),
+    )
+    if not isinstance(response, Fetched):
+        store.save_state(state)
+        return _result(source, state, started, moved_to=response.moved_to)
+
+    body_hash = hashlib.sha256(response.body).hexdigest()
+    if body_hash == state.body_hash:
+        store.save_state(state)
+        return _result(source, state, started, moved_to=response.moved_to, unchanged=True)
+
+    known = store.known_raw_hashes(source.url)
+    loop = asyncio.get_running_loop()
+    try:
+        processed = await loop.run_in_executor(
+            executor, process_body, response, source.url, known, now, now - retention
+        )
+    except FeedError as error:
+        return _record_failure(store, source, state, error, now, started, fingerprint)
+
+    feed = processed.feed
+    state = replace(
+        state,
+        body_hash=body_hash,
+        title=feed.title or state.title,
+        site_url=feed.site_url or state.site_url,
+    )
+    outcome = store.save_poll(state, processed.items, now, ttl_minutes=feed.ttl_minutes)
+    return _result(
+        source,
+        state,
+        started,
+        moved_to=response.moved_to,
+        new=outcome.new,
+        updated=outcome.updated,
+        merged=outcome.merged,
+        warning=feed.warning,
+    )
+
+
+def _result(
+    source: FeedSource, state: FeedState, started: float, **fields: object
+) -> PollResult:
+    return PollResult(
+        url=source.url,
+        status=state.last_status,
+        duration=time.monotonic() - started,
+        **fields,  # type: ignore[arg-type]
+    )
+
+
+def _record_failure(
+    store: Store,
+    source: FeedSource,
+    state: FeedState,
+    error: FeedError,
+    now: datetime,
+    started: float,
+    fingerprint: str,
+) -> PollResult:
+    failures = state.failures + 1
+    state = replace(
+        state,
+        last_fetched=now,
+        last_status=error.status if isinstance(error, HTTPStatusError) else None,
+        last_error=error.message,
+        failures=failures,
+        gone=isinstance(error, Gone),
+        retry_after=error.retry_after if isinstance(error, RetryLater) else None,
+        next_due=next_due(source.interval, now, failures),
+    )
+    if isinstance(error, RetryLater) and error.retry_after and state.next_due:
+        state = replace(state, next_due=max(state.next_due, error.retry_after))
+    extra = {"gone_fingerprint": fingerprint} if state.gone else {}
+    store.save_state(state, **extra)
+    return PollResult(
+        url=source.url,
+        status=state.last_status,
+        error=error,
+        duration=time.monotonic() - started,
+    )
+
+
+async def poll_round(
+    config: Config,
+    store: Store,
+    *,
+    force: bool = False,
+    limits: FetchLimits | None = None,
+    executor: Executor | None = None,
+    feeds: Sequence[FeedSource] | None = None,
+    on_result: Callable[[FeedSource, PollResult], None] | None = None,
+) -> list[PollResult]:
+    """Poll `feeds` (default: every configured feed) concurrently; results in config order."""
+    sources = list(config.feeds if feeds is None else feeds)
+
+    async def one(source: FeedSource, fetcher: Fetcher) -> PollResult:
+        result = await poll_feed(
+            source,
+            store,
+            fetcher,
+            retention=config.settings.retention,
+            force=force,
+            executor=executor,
+        )
+        if on_result is not None:
+            on_result(source, result)
+        return result
+
+    async with Fetcher(limits or FetchLimits()) as fetcher:
+        return list(await asyncio.gather(*(one(source, fetcher) for source in sources)))
+
+
+def describe(source: FeedSource, result: PollResult) -> str:
+    """One log line per feed: readable in a terminal and in journald."""
+    name = source.name or source.url
+    if result.skipped:
+        return f"{name}: {result.skipped}"
+    if result.error is not None:
+        status = f" (HTTP {result.status})" if result.status else ""
+        return f"{name}: error: {result.error.message}{status} [{source.url}]"
+    parts = [f"HTTP {result.status}"]
+    if result.status == 304:
+        parts.append("not modified")
+    elif result.unchanged:
+        parts.append("unchanged")
+    else:
+        parts.append(f"{result.new} new, {result.updated} updated")
+        if result.merged:
+            parts.append(f"{result.merged} already seen elsewhere")
+    parts.append(f"{result.duration:.2f}s")
+    line = f"{name}: " + ", ".join(parts)
+    if result.moved_to:
+        line += f"; moved permanently to {result.moved_to} (update feeds.yaml)"
+    if result.warning:
+        line += f"; warning: {result.warning}"
+    return line
+
+
+# --- publishing -------------------------------------------------------------------------
+
+
+def display_names(config: Config, store: Store) -> dict[str, str]:
+    """Feed URL → the name users see: the config's name, else the feed's title, else URL."""
+    states = store.feed_states()
+    names = {}
+    for source in config.feeds:
+        state = states.get(source.url)
+        names[source.url] = source.name or (state.title if state else None) or source.url
+    return names
+
+
+def topic_items(
+    config: Config, store: Store, topic: Topic, names: dict[str, str]
+) -> list[PublishedItem]:
+    selected = [s.url for s in config.feeds if topics.selects_feed(topic, s)]
+
+    def accept(item: PublishedItem, text: str) -> bool:
+        return topics.matches_topic(topic, [item.title, item.summary_html, text, *item.categories])
+
+    return store.newest_items(selected, config.settings.max_items, accept, names)
+
+
+def render_outputs(config: Config, store: Store) -> dict[str, bytes]:
+    """Every published file name → its bytes. Same database, same bytes."""
+    base_url = config.settings.base_url
+    names = display_names(config, store)
+    states = store.feed_states()
+    outputs: dict[str, bytes] = {}
+    for topic in config.topics:
+        items = topic_items(config, store, topic, names)
+        outputs[f"{topic.slug}.atom"] = render.render_atom(topic, items, base_url)
+        outputs[f"{topic.slug}.rss"] = render.render_rss(topic, items, base_url)
+        outputs[f"{topic.slug}.json"] = render.render_json(topic, items, base_url)
+        outputs[f"{topic.slug}.html"] = render.render_html(topic, items, base_url)
+    outputs["index.html"] = render.render_index(config.topics, base_url)
+    sources = []
+    for source in config.feeds:
+        state = states.get(source.url)
+        site = state.site_url if state and state.site_url else source.url
+        sources.append(SourceRef(title=names[source.url], url=site, feed_url=source.url))
+    outputs["feeds.opml"] = render.render_opml("aggregator sources", sources)
+    return outputs
+
+
+def publish(config: Config, store: Store) -> list[str]:
+    """Render every output and write those whose bytes changed; returns their names."""
+    return write_outputs(config.settings.output_dir, render_outputs(config, store))

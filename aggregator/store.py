@@ -1,0 +1,529 @@
+"""The SQLite store: feeds' fetch state, items, their copies, search. The only sqlite_utils user.
+
+Tables:
+  feeds      one row per configured feed URL: validators, schedule, last result
+  items      one row per story, however many feeds carried it; `id` is its published id
+  entries    one row per (feed, entry): which item it became, its content hash
+  item_keys  near-duplicate index: sampled shingle hashes → item (see dedupe.index_keys)
+  items_fts  FTS5 over items(title, text)
+
+Every poll's results for one feed are written in one IMMEDIATE transaction, so a crash
+loses at most the feeds in flight and a concurrent writer (the daemon and a hand-run
+`poll --once`) waits on the busy timeout instead of failing.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import uuid
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+from sqlite_utils import Database
+from sqlite_utils.migrations import Migrations
+
+from aggregator import dedupe, urls
+from aggregator.errors import StoreError
+from aggregator.model import FeedState, Item, PublishedItem, SourceRef
+from aggregator.timeutil import from_iso, to_iso
+
+#: seconds a writer waits for another process's transaction before giving up
+BUSY_TIMEOUT = 30.0
+#: candidate items checked in full when looking for a near-duplicate
+MAX_CANDIDATES = 5
+
+migrations = Migrations("aggregator")
+
+
+@migrations(name="001_initial")
+def _initial_schema(db: Database) -> None:
+    db.executescript(
+        """
+        CREATE TABLE feeds (
+            url TEXT PRIMARY KEY,
+            fetch_url TEXT NOT NULL,
+            title TEXT,
+            site_url TEXT,
+            etag TEXT,
+            last_modified TEXT,
+            body_hash TEXT,
+            last_fetched TEXT,
+            last_status INTEGER,
+            last_error TEXT,
+            next_due TEXT,
+            retry_after TEXT,
+            gone INTEGER NOT NULL DEFAULT 0,
+            gone_fingerprint TEXT,
+            failures INTEGER NOT NULL DEFAULT 0,
+            moved_to TEXT,
+            ttl_minutes INTEGER
+        );
+        CREATE TABLE items (
+            id TEXT PRIMARY KEY,
+            link TEXT NOT NULL,
+            canonical_link TEXT NOT NULL,
+            title TEXT NOT NULL,
+            content_html TEXT NOT NULL,
+            summary_html TEXT NOT NULL,
+            excerpt TEXT NOT NULL,
+            text TEXT NOT NULL,
+            author TEXT,
+            categories TEXT NOT NULL,
+            published TEXT NOT NULL,
+            updated TEXT NOT NULL,
+            first_seen TEXT NOT NULL,
+            content_hash TEXT NOT NULL,
+            first_feed_url TEXT NOT NULL
+        );
+        CREATE INDEX items_published ON items (published DESC, id);
+        CREATE TABLE entries (
+            feed_url TEXT NOT NULL,
+            entry_key TEXT NOT NULL,
+            item_id TEXT NOT NULL REFERENCES items (id) ON DELETE CASCADE,
+            link TEXT NOT NULL,
+            canonical_link TEXT NOT NULL,
+            content_hash TEXT NOT NULL,
+            raw_hash TEXT,
+            seen_at TEXT NOT NULL,
+            PRIMARY KEY (feed_url, entry_key)
+        ) WITHOUT ROWID;
+        CREATE INDEX entries_item ON entries (item_id, feed_url);
+        CREATE INDEX entries_canonical ON entries (canonical_link) WHERE canonical_link != '';
+        CREATE TABLE item_keys (
+            key INTEGER NOT NULL,
+            item_id TEXT NOT NULL REFERENCES items (id) ON DELETE CASCADE,
+            PRIMARY KEY (key, item_id)
+        ) WITHOUT ROWID;
+        CREATE INDEX item_keys_item ON item_keys (item_id);
+        """
+    )
+    db["items"].enable_fts(["title", "text"], fts_version="FTS5", create_triggers=True)
+
+
+@dataclass(frozen=True)
+class SaveOutcome:
+    new: int = 0
+    updated: int = 0
+    #: copies that joined an existing story from another entry or feed
+    merged: int = 0
+
+
+@dataclass(frozen=True)
+class StoredSource:
+    feed_url: str
+    link: str
+    feed_title: str | None
+    site_url: str | None
+
+
+class Store:
+    """A handle on the database file. Not thread-safe: use it from one thread."""
+
+    def __init__(self, db: Database) -> None:
+        self.db = db
+
+    # --- life cycle -------------------------------------------------------------------
+
+    @classmethod
+    def open(cls, path: Path | str) -> Store:
+        """Open (creating and migrating if needed) the database in WAL mode."""
+        try:
+            if str(path) != ":memory:":
+                Path(path).parent.mkdir(parents=True, exist_ok=True)
+            conn = sqlite3.connect(str(path), timeout=BUSY_TIMEOUT)
+            db = Database(conn)
+            db.execute("PRAGMA foreign_keys = ON")
+            if str(path) != ":memory:":
+                db.enable_wal()
+            # WAL + NORMAL: a commit survives a process crash; only power loss may
+            # lose the last transactions, never the file's integrity.
+            db.execute("PRAGMA synchronous = NORMAL")
+            with _immediate(db):
+                pass  # takes the write lock briefly: fails fast on a read-only file
+            migrations.apply(db)
+        except sqlite3.Error as e:
+            raise StoreError(f"{path}: cannot open database: {e}") from e
+        return cls(db)
+
+    def close(self) -> None:
+        try:
+            self.db.execute("PRAGMA optimize")
+        except sqlite3.Error:
+            pass
+        self.db.close()
+
+    def __enter__(self) -> Store:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # --- feed state -------------------------------------------------------------------
+
+    def feed_state(self, url: str) -> FeedState:
+        row = self._one("SELECT * FROM feeds WHERE url = ?", [url])
+        return _state_from_row(row) if row else FeedState(url=url, fetch_url=url)
+
+    def feed_states(self) -> dict[str, FeedState]:
+        return {row["url"]: _state_from_row(row) for row in self._rows("SELECT * FROM feeds")}
+
+    def gone_fingerprint(self, url: str) -> str | None:
+        row = self._one("SELECT gone_fingerprint FROM feeds WHERE url = ?", [url])
+        return row["gone_fingerprint"] if row else None
+
+    def save_state(self, state: FeedState, **extra: Any) -> None:
+        """Write a feed's state (and extra columns such as ttl_minutes, gone_fingerprint)."""
+        with _immediate(self.db):
+            self._upsert_state(state, extra)
+
+    def _upsert_state(self, state: FeedState, extra: Mapping[str, Any]) -> None:
+        row = {
+            "url": state.url,
+            "fetch_url": state.fetch_url,
+            "title": state.title,
+            "site_url": state.site_url,
+            "etag": state.etag,
+            "last_modified": state.last_modified,
+            "body_hash": state.body_hash,
+            "last_fetched": _iso_or_none(state.last_fetched),
+            "last_status": state.last_status,
+            "last_error": state.last_error,
+            "next_due": _iso_or_none(state.next_due),
+            "retry_after": _iso_or_none(state.retry_after),
+            "gone": int(state.gone),
+            "failures": state.failures,
+            "moved_to": state.moved_to,
+            **extra,
+        }
+        columns = ", ".join(row)
+        placeholders = ", ".join("?" for _ in row)
+        updates = ", ".join(f"{c} = excluded.{c}" for c in row if c != "url")
+        self.db.execute(
+            f"INSERT INTO feeds ({columns}) VALUES ({placeholders}) "
+            f"ON CONFLICT (url) DO UPDATE SET {updates}",
+            list(row.values()),
+        )
+
+    # --- items ------------------------------------------------------------------------
+
+    def known_raw_hashes(self, feed_url: str) -> dict[str, str | None]:
+        """entry_key → raw hash of what was stored, so unchanged entries skip cleaning."""
+        return {
+            row["entry_key"]: row["raw_hash"]
+            for row in self._rows(
+                "SELECT entry_key, raw_hash FROM entries WHERE feed_url = ?", [feed_url]
+            )
+        }
+
+    def save_poll(
+        self,
+        state: FeedState,
+        items: Sequence[tuple[Item, str | None]],
+        now: datetime,
+        **extra: Any,
+    ) -> SaveOutcome:
+        """Store one feed's new state and its (item, raw hash) pairs in one transaction."""
+        new = updated = merged = 0
+        with _immediate(self.db):
+            self._upsert_state(state, extra)
+            for item, raw_hash in items:
+                outcome = self._save_item(item, raw_hash, now)
+                new += outcome == "new"
+                updated += outcome == "updated"
+                merged += outcome == "merged"
+        return SaveOutcome(new=new, updated=updated, merged=merged)
+
+    def _save_item(self, item: Item, raw_hash: str | None, now: datetime) -> str:
+        entry = self._one(
+            "SELECT item_id, content_hash FROM entries WHERE feed_url = ? AND entry_key = ?",
+            [item.feed_url, item.entry_key],
+        )
+        if entry is not None:
+            return self._update_entry(item, raw_hash, entry["item_id"], entry["content_hash"], now)
+        match = self._find_same_story(item)
+        if match is not None:
+            self._insert_entry(item, match, raw_hash, now)
+            published = to_iso(item.published)
+            self.db.execute(
+                "UPDATE items SET published = min(published, ?) WHERE id = ?", [published, match]
+            )
+            return "merged"
+        item_id = "urn:uuid:" + str(uuid.uuid5(uuid.NAMESPACE_URL, f"{item.feed_url}\n{item.entry_key}"))
+        if self._one("SELECT 1 FROM items WHERE id = ?", [item_id]):
+            # The same entry key came back after its item was pruned; keep ids unique.
+            item_id = "urn:uuid:" + str(uuid.uuid4())
+        self.db.execute(
+            "INSERT INTO items (id, link, canonical_link, title, content_html, summary_html,"
+            " excerpt, text, author, categories, published, updated, first_seen, content_hash,"
+            " first_feed_url) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            [
+                item_id,
+                item.link,
+                item.canonical_link,
+                item.title,
+                item.content_html,
+                item.summary_html,
+                item.excerpt,
+                item.text,
+                item.author,
+                json.dumps(list(item.categories)),
+                to_iso(item.published),
+                to_iso(max(item.updated, item.published)),
+                to_iso(now),
+                item.content_hash,
+                item.feed_url,
+            ],
+        )
+        self._index_keys(item_id, item)
+        self._insert_entry(item, item_id, raw_hash, now)
+        return "new"
+
+    def _update_entry(
+        self, item: Item, raw_hash: str | None, item_id: str, old_hash: str, now: datetime
+    ) -> str:
+        self.db.execute(
+            "UPDATE entries SET raw_hash = ?, content_hash = ? WHERE feed_url = ? AND entry_key = ?",
+            [raw_hash, item.content_hash, item.feed_url, item.entry_key],
+        )
+        if item.content_hash == old_hash:
+            return "unchanged"
+        stored = self._one("SELECT first_feed_url, updated FROM items WHERE id = ?", [item_id])
+        if stored is None or stored["first_feed_url"] != item.feed_url:
+            # Only the first outlet's edits change the published story, so two outlets'
+            # versions never take turns.
+            return "unchanged"
+        stored_updated = from_iso(stored["updated"])
+        assert stored_updated is not None
+        # Feeds often edit without moving their own date; then the edit's time is now.
+        updated = item.updated if item.updated > stored_updated else max(now, stored_updated)
+        self.db.execute(
+            "UPDATE items SET title = ?, content_html = ?, summary_html = ?, excerpt = ?,"
+            " text = ?, author = ?, categories = ?, updated = ?, content_hash = ?, link = ?,"
+            " canonical_link = ? WHERE id = ?",
+            [
+                item.title,
+                item.content_html,
+                item.summary_html,
+                item.excerpt,
+                item.text,
+                item.author,
+                json.dumps(list(item.categories)),
+                to_iso(updated),
+                item.content_hash,
+                item.link or "",
+                item.canonical_link,
+                item_id,
+            ],
+        )
+        self.db.execute("DELETE FROM item_keys WHERE item_id = ?", [item_id])
+        self._index_keys(item_id, item)
+        return "updated"
+
+    def _find_same_story(self, item: Item) -> str | None:
+        if item.canonical_link and not urls.is_homepage(item.canonical_link):
+            row = self._one(
+                "SELECT item_id FROM entries WHERE canonical_link = ? LIMIT 1",
+                [item.canonical_link],
+            )
+            if row is not None:
+                return str(row["item_id"])
+        keys = sorted(dedupe.index_keys(item.title, item.text))
+        if not keys:
+            return None
+        placeholders = ", ".join("?" for _ in keys)
+        candidates = self._rows(
+            f"SELECT item_id, count(*) AS shared FROM item_keys WHERE key IN ({placeholders})"
+            " GROUP BY item_id ORDER BY shared DESC, item_id LIMIT ?",
+            [*keys, MAX_CANDIDATES],
+        )
+        for candidate in candidates:
+            row = self._one("SELECT title, text FROM items WHERE id = ?", [candidate["item_id"]])
+            if row and dedupe.is_same_story(item.title, item.text, row["title"], row["text"]):
+                return str(candidate["item_id"])
+        return None
+
+    def _index_keys(self, item_id: str, item: Item) -> None:
+        self.db.conn.executemany(
+            "INSERT OR IGNORE INTO item_keys (key, item_id) VALUES (?, ?)",
+            [(key, item_id) for key in dedupe.index_keys(item.title, item.text)],
+        )
+
+    def _insert_entry(self, item: Item, item_id: str, raw_hash: str | None, now: datetime) -> None:
+        self.db.execute(
+            "INSERT INTO entries (feed_url, entry_key, item_id, link, canonical_link,"
+            " content_hash, raw_hash, seen_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+            [
+                item.feed_url,
+                item.entry_key,
+                item_id,
+                item.link,
+                item.canonical_link,
+                item.content_hash,
+                raw_hash,
+                to_iso(now),
+            ],
+        )
+
+    # --- reading for publishing -------------------------------------------------------
+
+    def newest_items(
+        self,
+        feed_urls: Sequence[str],
+        limit: int,
+        accept: Callable[[PublishedItem, str], bool],
+        display_names: Mapping[str, str],
+    ) -> list[PublishedItem]:
+        """The newest `limit` items carried by any of `feed_urls` that `accept(item, text)`."""
+        if not feed_urls or limit <= 0:
+            return []
+        placeholders = ", ".join("?" for _ in feed_urls)
+        query = (
+            "SELECT * FROM items WHERE EXISTS (SELECT 1 FROM entries e WHERE e.item_id = items.id"
+            f" AND e.feed_url IN ({placeholders})) ORDER BY published DESC, id"
+        )
+        chosen: list[PublishedItem] = []
+        for row in self._iter_rows(query, list(feed_urls)):
+            item = self._published_item(row, display_names)
+            if accept(item, row["text"]):
+                chosen.append(item)
+                if len(chosen) >= limit:
+                    break
+        return chosen
+
+    def _published_item(self, row: Mapping[str, Any], names: Mapping[str, str]) -> PublishedItem:
+        sources = tuple(
+            SourceRef(
+                title=names.get(s.feed_url) or s.feed_title or s.feed_url,
+                url=s.site_url or s.link or s.feed_url,
+                feed_url=s.feed_url,
+            )
+            for s in self.item_sources(row["id"])
+        )
+        published = from_iso(row["published"])
+        updated = from_iso(row["updated"])
+        assert published is not None and updated is not None
+        return PublishedItem(
+            id=row["id"],
+            link=row["link"],
+            title=row["title"],
+            content_html=row["content_html"],
+            summary_html=row["summary_html"],
+            excerpt=row["excerpt"],
+            author=row["author"],
+            categories=tuple(json.loads(row["categories"])),
+            published=published,
+            updated=max(updated, published),
+            sources=sources,
+        )
+
+    def item_sources(self, item_id: str) -> list[StoredSource]:
+        """The feeds an item came through, first outlet first."""
+        return [
+            StoredSource(r["feed_url"], r["link"], r["title"], r["site_url"])
+            for r in self._rows(
+                "SELECT e.feed_url, e.link, f.title, f.site_url,"
+                " (e.feed_url = i.first_feed_url) AS first"
+                " FROM entries e JOIN items i ON i.id = e.item_id"
+                " LEFT JOIN feeds f ON f.url = e.feed_url"
+                " WHERE e.item_id = ? ORDER BY first DESC, e.seen_at, e.feed_url",
+                [item_id],
+            )
+        ]
+
+    def item_counts(self) -> dict[str, int]:
+        """Stored items per feed URL."""
+        return {
+            r["feed_url"]: r["n"]
+            for r in self._rows(
+                "SELECT feed_url, count(DISTINCT item_id) AS n FROM entries GROUP BY feed_url"
+            )
+        }
+
+    def search(self, query: str, limit: int = 20) -> list[str]:
+        """Item ids matching an FTS5 query, best first."""
+        return [
+            r["id"]
+            for r in self._rows(
+                "SELECT items.id FROM items_fts JOIN items ON items.rowid = items_fts.rowid"
+                " WHERE items_fts MATCH ? ORDER BY rank LIMIT ?",
+                [query, limit],
+            )
+        ]
+
+    # --- maintenance ------------------------------------------------------------------
+
+    def prune(self, older_than: datetime) -> int:
+        """Delete items published before `older_than` with their copies and index keys."""
+        cutoff = to_iso(older_than)
+        with _immediate(self.db):
+            cursor = self.db.execute("DELETE FROM items WHERE published < ?", [cutoff])
+        return cursor.rowcount
+
+    def integrity_ok(self) -> bool:
+        row = self._one("PRAGMA integrity_check")
+        return row is not None and row["integrity_check"] == "ok"
+
+    # --- helpers ----------------------------------------------------------------------
+
+    def _rows(self, sql: str, params: Sequence[Any] = ()) -> list[dict[str, Any]]:
+        return list(self._iter_rows(sql, params))
+
+    def _iter_rows(self, sql: str, params: Sequence[Any] = ()) -> Iterator[dict[str, Any]]:
+        cursor = self.db.execute(sql, list(params))
+        columns = [d[0] for d in cursor.description]
+        for values in cursor:
+            yield dict(zip(columns, values, strict=True))
+
+    def _one(self, sql: str, params: Sequence[Any] = ()) -> dict[str, Any] | None:
+        return next(self._iter_rows(sql, params), None)
+
+
+@contextmanager
+def _immediate(db: Database) -> Iterator[None]:
+    """A write transaction that takes the lock at BEGIN, so it waits (busy timeout)
+    rather than failing when another process writes (a deferred one cannot wait)."""
+    try:
+        db.execute("BEGIN IMMEDIATE")
+    except sqlite3.OperationalError as e:
+        raise StoreError(f"database is busy or read-only: {e}") from e
+    try:
+        yield
+    except BaseException:
+        db.rollback()
+        raise
+    else:
+        try:
+            db.execute("COMMIT")
+        except sqlite3.Error as e:
+            db.rollback()
+            raise StoreError(f"cannot write the database: {e}") from e
+
+
+def _iso_or_none(moment: datetime | None) -> str | None:
+    return to_iso(moment) if moment else None
+
+
+def _state_from_row(row: Mapping[str, Any]) -> FeedState:
+    return FeedState(
+        url=row["url"],
+        fetch_url=row["fetch_url"],
+        etag=row["etag"],
+        last_modified=row["last_modified"],
+        body_hash=row["body_hash"],
+        last_fetched=from_iso(row["last_fetched"]),
+        last_status=row["last_status"],
+        last_error=row["last_error"],
+        next_due=from_iso(row["next_due"]),
+        retry_after=from_iso(row["retry_after"]),
+        gone=bool(row["gone"]),
+        failures=row["failures"],
+        moved_to=row["moved_to"],
+        title=row["title"],
+        site_url=row["site_url"],
+    )
+
