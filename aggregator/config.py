@@ -1,0 +1,497 @@
+"""feeds.yaml text → Config, or ConfigError(file, line, where, what).
+
+`parse_config` is pure; `load_config` is its I/O shell. The schema is the one in CONTRACT.md.
+Every error names the file, the 1-based line and the path of the key (`feeds[3].url`), and
+parsing stops at the first problem. One validator per key; each takes the value and a `_Spot`
+(where the value sits) and returns the typed value or raises through `_Spot.error`.
+"""
+
+from __future__ import annotations
+
+import difflib
+import ipaddress
+import re
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from dataclasses import dataclass, replace
+from datetime import date, timedelta
+from functools import partial
+from pathlib import Path
+from typing import Any, NoReturn, TypeVar
+from urllib.parse import urlsplit
+
+from ruamel.yaml import YAML
+from ruamel.yaml.comments import CommentedMap, CommentedSeq
+from ruamel.yaml.error import MarkedYAMLError, YAMLError
+from ruamel.yaml.nodes import MappingNode, Node, ScalarNode, SequenceNode
+
+from aggregator.errors import ConfigError
+from aggregator.model import Config, FeedSource, Settings, Term, Topic
+from aggregator.topics import compile_term, selects_feed
+
+DEFAULT_SETTINGS = Settings()
+#: the topic used when feeds.yaml configures none
+DEFAULT_TOPIC_SLUG = "all"
+DEFAULT_TOPIC_TITLE = "All feeds"
+
+_TOP_KEYS = ("settings", "topics", "feeds")
+
+_SLUG = re.compile(r"[a-z0-9-]+")
+_TAG = re.compile(r"[A-Za-z0-9_-]+")
+_DURATION_PART = re.compile(r"(\d+)([smhd])")
+_DURATION = re.compile(r"(?:\d+[smhd])+")
+_UNIT_SECONDS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+_HOSTNAME = re.compile(r"[A-Za-z0-9](?:[A-Za-z0-9.-]*[A-Za-z0-9])?")
+
+T = TypeVar("T")
+
+
+# --- where a value sits ------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class _Spot:
+    """A value's place in feeds.yaml: the file, its key path and its 1-based line."""
+
+    file: str
+    path: str
+    line: int | None
+
+    def error(self, what: str) -> NoReturn:
+        raise ConfigError(self.file, self.line, self.path, what)
+
+    def key(self, mapping: CommentedMap, key: str) -> _Spot:
+        path = f"{self.path}.{key}" if self.path else key
+        return _Spot(self.file, path, _key_line(mapping, key, self.line))
+
+    def missing(self, key: str) -> _Spot:
+        """Where a required key is missing: its would-be path, the mapping's line."""
+        return _Spot(self.file, f"{self.path}.{key}" if self.path else key, self.line)
+
+    def item(self, sequence: CommentedSeq, index: int) -> _Spot:
+        line = self.line
+        try:
+            line = sequence.lc.item(index)[0] + 1
+        except (AttributeError, KeyError, IndexError, TypeError):
+            pass
+        return _Spot(self.file, f"{self.path}[{index}]", line)
+
+
+#: checks one value at its spot and returns it typed, or raises ConfigError
+Validator = Callable[[object, _Spot], object]
+
+
+def _key_line(mapping: CommentedMap, key: object, fallback: int | None) -> int | None:
+    try:
+        return int(mapping.lc.key(key)[0]) + 1
+    except (AttributeError, KeyError, TypeError):
+        # a key that came in through a merge (`<<: *base`) has no position of its own
+        return fallback
+
+
+# --- entry points ------------------------------------------------------------------
+
+
+def load_config(path: Path) -> Config:
+    """Read and validate feeds.yaml; ConfigError (line None) if it cannot be read."""
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as error:
+        raise ConfigError(str(path), None, "", f"not UTF-8 text: {error.reason}") from error
+    except OSError as error:
+        reason = error.strerror or str(error)
+        raise ConfigError(str(path), None, "", f"cannot read: {reason}") from error
+    return parse_config(text, path)
+
+
+def parse_config(text: str, path: Path) -> Config:
+    """Validate feeds.yaml's text; relative paths in it are resolved against `path`'s folder."""
+    file = str(path)
+    document = _load_yaml(text, file)
+    root = _Spot(file, "", 1)
+    if document is None:
+        root.error("no feeds configured: the file is empty")
+    if not isinstance(document, CommentedMap):
+        root.error(f"expected a mapping with settings, topics and feeds, got {_kind(document)}")
+    for key in document:
+        _check_key(document, key, root, _TOP_KEYS)
+
+    settings = _parse_settings(document.get("settings"), root.key(document, "settings"), path)
+    if "feeds" not in document:
+        root.missing("feeds").error("missing: at least one feed is required")
+    feeds = _parse_feeds(document["feeds"], root.key(document, "feeds"), settings)
+    topics = _parse_topics(document.get("topics"), root.key(document, "topics"), feeds)
+    return Config(path=path, settings=settings, topics=topics, feeds=feeds)
+
+
+# --- YAML --------------------------------------------------------------------------
+
+
+def _load_yaml(text: str, file: str) -> Any:
+    # Round-trip mode keeps every key's and item's line (`.lc`), which plain loading drops.
+    yaml = YAML(typ="rt")
+    try:
+        # Our own duplicate check first: it names both lines, ruamel names only the second.
+        _check_duplicate_keys(yaml.compose(text), file)
+        return yaml.load(text)
+    except MarkedYAMLError as error:
+        mark = error.problem_mark or error.context_mark
+        line = mark.line + 1 if mark is not None else None
+        problem = error.problem or error.context or str(error)
+        raise ConfigError(file, line, "yaml", problem) from error
+    except YAMLError as error:
+        # ReaderError (a control character) has a character position, not a line
+        line = text.count("\n", 0, getattr(error, "position", 0)) + 1
+        what = str(getattr(error, "reason", None) or error)
+        character = getattr(error, "character", None)
+        if isinstance(character, int):
+            what = f"character U+{character:04X}: {what}"
+        raise ConfigError(file, line, "yaml", what) from error
+
+
+def _check_duplicate_keys(node: Node | None, file: str) -> None:
+    for mapping in _mapping_nodes(node):
+        first_lines: dict[str, int] = {}
+        for key_node, _ in mapping.value:
+            if not isinstance(key_node, ScalarNode):
+                continue
+            line = key_node.start_mark.line + 1
+            if key_node.value in first_lines:
+                first = first_lines[key_node.value]
+                what = f"duplicate key {key_node.value!r} (first on line {first})"
+                raise ConfigError(file, line, "yaml", what)
+            first_lines[key_node.value] = line
+
+
+def _mapping_nodes(node: Node | None) -> Iterator[MappingNode]:
+    # iterative and guarded: anchors and aliases can make the node graph share subtrees
+    pending = [node] if node is not None else []
+    seen: set[int] = set()
+    while pending:
+        current = pending.pop()
+        if id(current) in seen:
+            continue
+        seen.add(id(current))
+        if isinstance(current, MappingNode):
+            yield current
+            for key_node, value_node in current.value:
+                pending += [key_node, value_node]
+        elif isinstance(current, SequenceNode):
+            pending += current.value
+
+
+# --- generic validators ------------------------------------------------------------
+
+
+def _kind(value: object) -> str:
+    """How a YAML value is named in messages: 'a string', 'a list', 'null'…"""
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "a boolean"
+    if isinstance(value, int):
+        return "an integer"
+    if isinstance(value, float):
+        return "a number"
+    if isinstance(value, str):
+        return "a string"
+    if isinstance(value, date):
+        return "a date"
+    if isinstance(value, dict):
+        return "a mapping"
+    if isinstance(value, list):
+        return "a list"
+    return f"a {type(value).__name__}"
+
+
+def _check_key(mapping: CommentedMap, key: object, spot: _Spot, allowed: Iterable[str]) -> str:
+    if not isinstance(key, str):
+        line = _key_line(mapping, key, spot.line)
+        _Spot(spot.file, spot.path, line).error(f"keys must be strings, got {_kind(key)} ({key!r})")
+    if key not in allowed:
+        close = difflib.get_close_matches(key, allowed, n=1)
+        hint = f"did you mean {close[0]!r}?" if close else "expected one of " + ", ".join(allowed)
+        spot.key(mapping, key).error(f"unknown key; {hint}")
+    return key
+
+
+def _fields(value: object, spot: _Spot, validators: Mapping[str, Validator]) -> dict[str, Any]:
+    """Check a mapping's keys and values in file order; null or absent keys are left out.
+
+    The keys are the dataclass fields they fill, so defaults stay in one place: model.py.
+    """
+    if value is None:
+        return {}
+    if not isinstance(value, CommentedMap):
+        spot.error(f"expected a mapping, got {_kind(value)}")
+    fields = {}
+    for key, item in value.items():
+        name = _check_key(value, key, spot, validators)
+        if item is not None:
+            fields[name] = validators[name](item, spot.key(value, name))
+    return fields
+
+
+def _list(value: object, spot: _Spot) -> CommentedSeq:
+    if not isinstance(value, CommentedSeq):
+        spot.error(f"expected a list, got {_kind(value)}")
+    return value
+
+
+def _string(value: object, spot: _Spot) -> str:
+    """A non-empty string, surrounding whitespace removed."""
+    if not isinstance(value, str):
+        spot.error(f"expected a string, got {_kind(value)}")
+    text = value.strip()
+    if not text:
+        spot.error("must not be empty")
+    return text
+
+
+def _text(value: object, spot: _Spot) -> str:
+    """Any string, possibly empty (descriptions)."""
+    if not isinstance(value, str):
+        spot.error(f"expected a string, got {_kind(value)}")
+    return value.strip()
+
+
+def _positive_int(value: object, spot: _Spot) -> int:
+    # bool is an int in Python, but `max_items: yes` is a mistake
+    if isinstance(value, bool) or not isinstance(value, int):
+        spot.error(f"expected a positive integer, got {_kind(value)}")
+    if value < 1:
+        spot.error(f"must be at least 1, got {value}")
+    return int(value)
+
+
+def _duration(value: object, spot: _Spot) -> timedelta:
+    """`90s`, `15m`, `2h`, `1d`, or a sum such as `1h30m`; always positive."""
+    if isinstance(value, int) and not isinstance(value, bool):
+        spot.error(f"expected a duration with a unit (s, m, h or d), got {value}; e.g. {value}m")
+    if not isinstance(value, str):
+        spot.error(f"expected a duration such as 30m, got {_kind(value)}")
+    text = value.strip()
+    if not _DURATION.fullmatch(text):
+        spot.error(f"expected a duration such as 90s, 15m, 2h or 1d, got {text!r}")
+    seconds = sum(
+        int(amount) * _UNIT_SECONDS[unit] for amount, unit in _DURATION_PART.findall(text)
+    )
+    if seconds < 1:
+        spot.error(f"must be at least 1s, got {text!r}")
+    return timedelta(seconds=seconds)
+
+
+def _path(value: object, spot: _Spot) -> Path:
+    """A file system path; `~` expanded. Joining it to the config's folder keeps it if absolute."""
+    return Path(_string(value, spot)).expanduser()
+
+
+def _http_url(value: object, spot: _Spot) -> str:
+    """An absolute http(s) URL with a host, as written."""
+    if not isinstance(value, str):
+        spot.error(f"expected an http(s) URL, got {_kind(value)}")
+    url = value.strip()
+    if not url or any(char.isspace() for char in url):
+        spot.error(f"not an http(s) URL: {url!r}")
+    parts = urlsplit(url)
+    if parts.scheme.lower() not in ("http", "https") or not parts.hostname:
+        spot.error(f"not an http(s) URL: {url!r}")
+    try:
+        parts.port  # noqa: B018 - raises ValueError for a port out of range or not a number
+    except ValueError:
+        spot.error(f"not an http(s) URL (bad port): {url!r}")
+    return url
+
+
+def _list_of(value: object, spot: _Spot, check: Callable[[object, _Spot], T]) -> tuple[T, ...]:
+    items = _list(value, spot)
+    return tuple(check(item, spot.item(items, index)) for index, item in enumerate(items))
+
+
+# --- settings ----------------------------------------------------------------------
+
+
+def _parse_settings(value: object, spot: _Spot, config_path: Path) -> Settings:
+    settings = replace(DEFAULT_SETTINGS, **_fields(value, spot, _SETTINGS_VALIDATORS))
+    config_dir = config_path.parent
+    # relative to feeds.yaml, not to wherever the daemon happens to be started
+    return replace(
+        settings,
+        database=config_dir / settings.database,
+        output_dir=config_dir / settings.output_dir,
+    )
+
+
+def _listen(value: object, spot: _Spot) -> str:
+    """ "" (no HTTP server) or host:port, host an IPv4 address, a name or [IPv6]."""
+    if not isinstance(value, str):
+        spot.error(f'expected "host:port" or "", got {_kind(value)}')
+    listen = value.strip()
+    if not listen:
+        return ""
+    host, colon, port = listen.rpartition(":")
+    if not colon or not host:
+        spot.error(f"expected host:port such as 127.0.0.1:8080, got {listen!r}")
+    if not port.isdigit() or not 1 <= int(port) <= 65535:
+        spot.error(f"port must be a number from 1 to 65535, got {port!r}")
+    if host.startswith("[") and host.endswith("]"):
+        try:
+            ipaddress.IPv6Address(host[1:-1])
+        except ValueError:
+            spot.error(f"not an IPv6 address: {host!r}")
+    elif ":" in host:
+        spot.error(f"write an IPv6 address in brackets, e.g. [::1]:8080, got {listen!r}")
+    elif not _HOSTNAME.fullmatch(host):
+        spot.error(f"not a host name or address: {host!r}")
+    return listen
+
+
+def _base_url(value: object, spot: _Spot) -> str:
+    url = _http_url(value, spot)
+    parts = urlsplit(url)
+    if parts.query or parts.fragment:
+        spot.error(f"must not have a query or fragment: {url!r}")
+    return url if url.endswith("/") else url + "/"
+
+
+_SETTINGS_VALIDATORS: dict[str, Validator] = {
+    "database": _path,
+    "output_dir": _path,
+    "listen": _listen,
+    "base_url": _base_url,
+    "interval": _duration,
+    "max_items": _positive_int,
+    "retention": _duration,
+}
+
+
+# --- feeds -------------------------------------------------------------------------
+
+
+def _parse_feeds(value: object, spot: _Spot, settings: Settings) -> tuple[FeedSource, ...]:
+    if value is None:
+        spot.error("no feeds configured: at least one is required")
+    items = _list(value, spot)
+    if not items:
+        spot.error("no feeds configured: at least one is required")
+    feeds: list[FeedSource] = []
+    seen_urls: dict[str, tuple[str, int | None]] = {}
+    seen_names: dict[str, tuple[str, int | None]] = {}
+    for index, item in enumerate(items):
+        item_spot = spot.item(items, index)
+        feed = _parse_feed(item, item_spot, settings)
+        mapping: CommentedMap = item
+        url_spot = item_spot.key(mapping, "url")
+        _check_unique(_url_key(feed.url), url_spot, seen_urls, "the same URL as")
+        if feed.name is not None:
+            name_spot = item_spot.key(mapping, "name")
+            _check_unique(feed.name, name_spot, seen_names, "the same name as")
+        feeds.append(feed)
+    return tuple(feeds)
+
+
+def _check_unique(
+    key: str, spot: _Spot, seen: dict[str, tuple[str, int | None]], same_as: str
+) -> None:
+    if key in seen:
+        first_path, first_line = seen[key]
+        spot.error(f"{same_as} {first_path} on line {first_line}")
+    seen[key] = (spot.path, spot.line)
+
+
+def _url_key(url: str) -> str:
+    """A feed URL as compared for duplicates: scheme and host lower-cased, no trailing slash."""
+    parts = urlsplit(url)
+    return parts._replace(
+        scheme=parts.scheme.lower(), netloc=parts.netloc.lower(), path=parts.path.rstrip("/")
+    ).geturl()
+
+
+def _parse_feed(value: object, spot: _Spot, settings: Settings) -> FeedSource:
+    if not isinstance(value, CommentedMap):
+        spot.error(f"expected a mapping with a url, got {_kind(value)}")
+    fields = _fields(value, spot, _FEED_VALIDATORS)
+    if "url" not in fields:
+        spot.missing("url").error("missing: every feed needs a url")
+    return FeedSource(**{"interval": settings.interval, **fields}, line=spot.line)
+
+
+def _tags(value: object, spot: _Spot) -> tuple[str, ...]:
+    return _list_of(value, spot, _tag)
+
+
+def _tag(value: object, spot: _Spot) -> str:
+    tag = _string(value, spot)
+    if not _TAG.fullmatch(tag):
+        spot.error(f"a tag may hold only letters, digits, '_' and '-', got {tag!r}")
+    return tag
+
+
+_FEED_VALIDATORS: dict[str, Validator] = {
+    "url": _http_url,
+    "name": _string,
+    "tags": _tags,
+    "interval": _duration,
+}
+
+
+# --- topics ------------------------------------------------------------------------
+
+
+def _parse_topics(value: object, spot: _Spot, feeds: tuple[FeedSource, ...]) -> tuple[Topic, ...]:
+    if value is None or (isinstance(value, CommentedMap) and not value):
+        return (Topic(slug=DEFAULT_TOPIC_SLUG, title=DEFAULT_TOPIC_TITLE),)
+    if not isinstance(value, CommentedMap):
+        spot.error(f"expected a mapping of topic slugs, got {_kind(value)}")
+    topics: list[Topic] = []
+    for slug in value:
+        topic_spot = spot.key(value, slug)
+        topics.append(_parse_topic(_slug(slug, topic_spot), value[slug], topic_spot, feeds))
+    return tuple(topics)
+
+
+def _slug(slug: object, spot: _Spot) -> str:
+    if not isinstance(slug, str):
+        spot.error(f"a topic slug must be a string, got {_kind(slug)}; quote it")
+    if not _SLUG.fullmatch(slug):
+        spot.error("a topic slug may hold only a-z, 0-9 and '-'")
+    return str(slug)
+
+
+def _parse_topic(slug: str, value: object, spot: _Spot, feeds: tuple[FeedSource, ...]) -> Topic:
+    validators: dict[str, Validator] = {
+        "title": _string,
+        "description": _text,
+        "include": _terms,
+        "exclude": _terms,
+        "feeds": partial(_topic_feeds, feeds=feeds),
+    }
+    fields = _fields(value, spot, validators)
+    return Topic(**{"title": slug, **fields}, slug=slug, line=spot.line)
+
+
+def _terms(value: object, spot: _Spot) -> tuple[Term, ...]:
+    return _list_of(value, spot, _term)
+
+
+def _term(value: object, spot: _Spot) -> Term:
+    if not isinstance(value, str):
+        spot.error(f"expected a string, got {_kind(value)}")
+    try:
+        return compile_term(value)
+    except ValueError as error:
+        spot.error(str(error))
+
+
+def _topic_feeds(value: object, spot: _Spot, feeds: tuple[FeedSource, ...]) -> tuple[str, ...]:
+    items = _list(value, spot)
+    if not items:
+        spot.error("selects no feed: the list is empty (leave `feeds` out to select all)")
+    wanted = []
+    for index, item in enumerate(items):
+        item_spot = spot.item(items, index)
+        name = _string(item, item_spot)
+        probe = Topic(slug="probe", title="probe", feeds=(name,))
+        if not any(selects_feed(probe, feed) for feed in feeds):
+            item_spot.error(f"selects no feed: {name!r} is no feed name or tag")
+        wanted.append(name)
+    return tuple(wanted)
