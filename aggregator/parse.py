@@ -1,0 +1,388 @@
+"""Feed bytes and response headers → ParsedFeed (RSS, Atom, JSON Feed). No I/O.
+
+RSS 0.9x/1.0/2.0 and Atom go through feedparser with its sanitizer and URI
+rewriting turned off: clean.py does both with nh3, which is far faster. JSON
+Feed 1.0/1.1 (https://jsonfeed.org/version/1.1) is read here, since
+feedparser 6 does not know it. HTML is left as the feed gave it; only entry
+links are made absolute.
+"""
+
+from __future__ import annotations
+
+import html
+import io
+import json
+import re
+import time
+import xml.sax
+from collections.abc import Iterable, Mapping
+from datetime import UTC, datetime
+from typing import Any
+from urllib.parse import urljoin
+
+import feedparser
+
+from aggregator.errors import ParseError
+from aggregator.model import ParsedEntry, ParsedFeed
+
+#: bozo exceptions that only say the server mislabelled a readable document
+_HARMLESS_BOZO: tuple[type[Exception], ...] = (
+    feedparser.CharacterEncodingOverride,
+    feedparser.NonXMLContentType,
+)
+
+#: how much of the body the entity guard and the HTML sniffer look at
+_PROLOGUE_BYTES = 64 * 1024
+
+_FIRST_ELEMENT = re.compile(rb"<[A-Za-z_]")
+_ENTITY_DECLARATION = re.compile(rb"<!ENTITY\s+(%\s+)?[^\s>]+\s+(.*?)>", re.DOTALL)
+#: a general entity reference (&name;) inside an entity value; &#…; is fine
+_ENTITY_REFERENCE = re.compile(rb"&[A-Za-z_:][\w.:-]*;")
+_EXTERNAL_ENTITY = re.compile(rb"^\s*(SYSTEM|PUBLIC)\b")
+_HTML_START = re.compile(rb"<(!doctype\s+html|html[\s>]|head[\s>]|body[\s>])", re.IGNORECASE)
+_FEED_ROOT = re.compile(rb"<(\w+:)?(rss|feed|RDF|channel)[\s>]")
+_JSON_FEED_VERSION = re.compile(r"^https?://jsonfeed\.org/version/1(\.\d+)?/?$")
+_TAG = re.compile(r"<[^>]*>")
+_HAS_ENTITY = re.compile(r"&(#\d+|#x[0-9a-fA-F]+|[A-Za-z]\w*);")
+_SPACE = re.compile(r"\s+")
+_BLANK_LINE = re.compile(r"\n\s*\n")
+
+
+def parse_feed(body: bytes, headers: Mapping[str, str], url: str) -> ParsedFeed:
+    """Parse a fetched body. `url` is the URL it came from: base for relative links.
+
+    Raises ParseError (one line for the user) when the body is not a feed.
+    """
+    stripped = body.lstrip(b"\xef\xbb\xbf \t\r\n")
+    if not stripped:
+        raise ParseError(url, "empty body")
+    lowered = {key.lower(): value for key, value in headers.items()}
+    content_type = lowered.get("content-type", "").split(";")[0].strip().lower()
+    if _is_json(stripped, content_type):
+        return _parse_json_feed(body, url)
+    return _parse_xml_feed(body, lowered, url)
+
+
+# --- RSS and Atom ------------------------------------------------------------------
+
+
+def _parse_xml_feed(body: bytes, headers: dict[str, str], url: str) -> ParsedFeed:
+    _refuse_entity_declarations(body, url)
+    # feedparser takes the base URI for relative links from Content-Location only
+    # (it has no URL of its own here); a relative Content-Location is resolved first.
+    headers["content-location"] = urljoin(url, headers.get("content-location", ""))
+    # A BytesIO, never the bytes: feedparser treats a bytes/str argument that names
+    # an existing file as a path and reads it.
+    result = feedparser.parse(
+        io.BytesIO(body),
+        response_headers=headers,
+        sanitize_html=False,
+        resolve_relative_uris=False,
+    )
+    feed = result["feed"]
+    entries: list[Any] = result["entries"]
+    version: str = result.get("version") or ""
+    feed_title = _plain_title(feed)
+    bozo_exception = result.get("bozo_exception") if result.get("bozo") else None
+
+    if not entries and not version and not feed_title:
+        if _looks_like_html(body, headers):
+            raise ParseError(url, "not a feed (looks like an HTML page)")
+        reason = _describe_bozo(bozo_exception) if bozo_exception else "unrecognized format"
+        raise ParseError(url, f"not a feed: {reason}")
+
+    warning = None
+    if bozo_exception is not None and not isinstance(bozo_exception, _HARMLESS_BOZO):
+        warning = _describe_bozo(bozo_exception)
+
+    feed_author = _name_of(dict.get(feed, "author_detail")) if version.startswith("atom") else None
+    return ParsedFeed(
+        title=feed_title or None,
+        site_url=_feed_link(feed, headers["content-location"]),
+        entries=tuple(_entry_from_feedparser(entry, url, feed_author) for entry in entries),
+        ttl_minutes=_ttl_minutes(dict.get(feed, "ttl")),
+        warning=warning,
+    )
+
+
+def _refuse_entity_declarations(body: bytes, url: str) -> None:
+    """Refuse DTDs whose entities expand other entities, or load external ones.
+
+    Such declarations are how "billion laughs" bombs and XXE work, and no real
+    feed needs them. feedparser strips most of them and expat ≥ 2.4 limits
+    amplification, but only after several megabytes of expansion; this cheap
+    check on the prologue keeps us safe whatever the parser versions. Plain
+    declarations such as <!ENTITY nbsp "&#160;"> still pass.
+    """
+    head = body[:_PROLOGUE_BYTES]
+    if b"<!ENTITY" not in head:
+        return
+    first_element = _FIRST_ELEMENT.search(head)
+    prologue = head[: first_element.start()] if first_element else head
+    for match in _ENTITY_DECLARATION.finditer(prologue):
+        is_parameter_entity, value = match.group(1), match.group(2)
+        if is_parameter_entity or _EXTERNAL_ENTITY.match(value) or _ENTITY_REFERENCE.search(value):
+            raise ParseError(
+                url, "not a feed: refused a DTD with nested or external entities (entity bomb?)"
+            )
+    if first_element is None:
+        raise ParseError(url, "not a feed: entity declarations but no document element")
+
+
+def _looks_like_html(body: bytes, headers: Mapping[str, str]) -> bool:
+    head = body[:_PROLOGUE_BYTES]
+    if _FEED_ROOT.search(head):
+        return False
+    return bool(_HTML_START.search(head)) or headers.get("content-type", "").startswith("text/html")
+
+
+def _describe_bozo(exception: BaseException) -> str:
+    """One short line for a feedparser bozo exception."""
+    if isinstance(exception, xml.sax.SAXParseException):
+        # no line number: feedparser may have rewritten the prologue, shifting lines
+        return f"malformed XML: {exception.getMessage()}"
+    message = str(exception).strip() or type(exception).__name__
+    return _SPACE.sub(" ", message)[:200]
+
+
+def _entry_from_feedparser(entry: Any, feed_url: str, feed_author: str | None) -> ParsedEntry:
+    base_url = _entry_base(entry, feed_url)
+    link = _entry_link(entry)
+    content = _longest_content(dict.get(entry, "content") or [])
+    summary_detail = dict.get(entry, "summary_detail")
+    summary = _as_html(summary_detail) if summary_detail else ""
+    published = (
+        _datetime_from_struct(dict.get(entry, "published_parsed"))
+        or _datetime_from_struct(dict.get(entry, "updated_parsed"))
+        or _datetime_from_struct(dict.get(entry, "created_parsed"))
+    )
+    updated = _datetime_from_struct(dict.get(entry, "updated_parsed")) or published
+    return ParsedEntry(
+        entry_id=_clean_id(dict.get(entry, "id")),
+        link=urljoin(base_url, link) if link else None,
+        title=_plain_title(entry),
+        content_html=content,
+        summary_html=summary,
+        author=_name_of(dict.get(entry, "author_detail"))
+        or _clean_text(dict.get(entry, "author"))
+        or feed_author,
+        categories=_unique(
+            (tag.get("label") or tag.get("term") or "") for tag in dict.get(entry, "tags") or []
+        ),
+        published=published,
+        updated=updated,
+        base_url=base_url,
+    )
+
+
+def _entry_base(entry: Any, feed_url: str) -> str:
+    """xml:base in effect for the entry's content (feedparser records it per element)."""
+    for detail in (*(dict.get(entry, "content") or []), dict.get(entry, "summary_detail")):
+        if detail and detail.get("base"):
+            return urljoin(feed_url, str(detail["base"]))
+    title_detail = dict.get(entry, "title_detail")
+    if title_detail and title_detail.get("base"):
+        return urljoin(feed_url, str(title_detail["base"]))
+    return feed_url
+
+
+def _entry_link(entry: Any) -> str | None:
+    for link in dict.get(entry, "links") or []:
+        if link.get("rel", "alternate") == "alternate" and link.get("href"):
+            return str(link["href"]).strip()
+    link = dict.get(entry, "link")
+    return str(link).strip() or None if link else None
+
+
+def _feed_link(feed: Any, base_url: str) -> str | None:
+    link = dict.get(feed, "link")
+    return urljoin(base_url, str(link).strip()) if link else None
+
+
+def _longest_content(contents: Iterable[Any]) -> str:
+    """The fullest of the entry's content elements (e.g. content:encoded), as HTML."""
+    candidates = [_as_html(content) for content in contents]
+    return max(candidates, key=len, default="")
+
+
+def _as_html(detail: Any) -> str:
+    value = str(detail.get("value") or "")
+    if detail.get("type") == "text/plain":
+        return text_to_html(value)
+    return value.strip()
+
+
+def text_to_html(text: str) -> str:
+    """Plain text as HTML paragraphs: blank lines split paragraphs, newlines become <br>."""
+    paragraphs = [part.strip() for part in _BLANK_LINE.split(text.strip()) if part.strip()]
+    return "".join(
+        "<p>" + html.escape(paragraph).replace("\n", "<br>") + "</p>" for paragraph in paragraphs
+    )
+
+
+def _plain_title(element: Any) -> str:
+    """A title as plain text whatever markup the feed put in it."""
+    detail = dict.get(element, "title_detail")
+    value = str(detail.get("value") or "") if detail else str(dict.get(element, "title") or "")
+    if detail and detail.get("type") in ("text/html", "application/xhtml+xml"):
+        return _clean_text(html.unescape(_TAG.sub(" ", value))) or ""
+    # RSS titles are often escaped twice ("AT&amp;T"); a text title with entities left
+    # in it is one of those.
+    if _HAS_ENTITY.search(value):
+        value = html.unescape(value)
+    return _clean_text(value) or ""
+
+
+def _name_of(detail: Any) -> str | None:
+    if not detail:
+        return None
+    return _clean_text(detail.get("name"))
+
+
+def _clean_text(value: object) -> str | None:
+    if not isinstance(value, str):
+        return None
+    return _SPACE.sub(" ", value).strip() or None
+
+
+def _clean_id(value: object) -> str | None:
+    if value is None:
+        return None
+    return str(value).strip() or None
+
+
+def _unique(values: Iterable[str]) -> tuple[str, ...]:
+    """Non-empty values, stripped, first spelling kept, case-insensitively unique."""
+    seen: set[str] = set()
+    kept: list[str] = []
+    for value in values:
+        cleaned = _clean_text(value)
+        if cleaned and cleaned.casefold() not in seen:
+            seen.add(cleaned.casefold())
+            kept.append(cleaned)
+    return tuple(kept)
+
+
+def _datetime_from_struct(value: object) -> datetime | None:
+    """feedparser's *_parsed (a UTC struct_time) as an aware UTC datetime."""
+    if not isinstance(value, time.struct_time):
+        return None
+    try:
+        return datetime(*value[:6], tzinfo=UTC)
+    except (ValueError, OverflowError):
+        return None
+
+
+def _ttl_minutes(value: object) -> int | None:
+    try:
+        minutes = int(str(value).strip())
+    except (TypeError, ValueError):
+        return None
+    return minutes if minutes > 0 else None
+
+
+# --- JSON Feed ---------------------------------------------------------------------
+
+
+def _is_json(stripped_body: bytes, content_type: str) -> bool:
+    if stripped_body.startswith(b"{"):
+        return True
+    is_json_type = content_type in ("application/feed+json", "application/json")
+    return is_json_type and not stripped_body.startswith(b"<")
+
+
+def _parse_json_feed(body: bytes, url: str) -> ParsedFeed:
+    try:
+        document = json.loads(body)
+    except UnicodeDecodeError:
+        document = _loads_lenient(body, url)
+    except (ValueError, RecursionError) as error:
+        raise ParseError(url, f"invalid JSON Feed: {_json_error(error)}") from error
+    if not isinstance(document, dict):
+        raise ParseError(url, "invalid JSON Feed: top level is not an object")
+    version = document.get("version")
+    if not isinstance(version, str) or not _JSON_FEED_VERSION.match(version.strip()):
+        found = f"version {version!r}" if version is not None else "no version"
+        raise ParseError(url, f"invalid JSON Feed: {found}, expected jsonfeed.org/version/1.x")
+    items = document.get("items", [])
+    if not isinstance(items, list):
+        raise ParseError(url, "invalid JSON Feed: items is not a list")
+    feed_authors = _json_authors(document)
+    home_page = _json_string(document.get("home_page_url"))
+    return ParsedFeed(
+        title=_json_string(document.get("title")),
+        site_url=urljoin(url, home_page) if home_page else None,
+        entries=tuple(
+            _entry_from_json(item, url, feed_authors) for item in items if isinstance(item, dict)
+        ),
+    )
+
+
+def _loads_lenient(body: bytes, url: str) -> Any:
+    """JSON Feed must be UTF-8 (RFC 8259); a stray bad byte is replaced, not fatal."""
+    try:
+        return json.loads(body.decode("utf-8", "replace"))
+    except (ValueError, RecursionError) as error:
+        raise ParseError(url, f"invalid JSON Feed: {_json_error(error)}") from error
+
+
+def _json_error(error: BaseException) -> str:
+    if isinstance(error, RecursionError):
+        return "nested too deeply"
+    return str(error).splitlines()[0] if str(error) else type(error).__name__
+
+
+def _entry_from_json(item: dict[str, Any], feed_url: str, feed_authors: str | None) -> ParsedEntry:
+    link = _json_string(item.get("url")) or _json_string(item.get("external_url"))
+    content_html = _json_string(item.get("content_html"))
+    content_text = _json_string(item.get("content_text"))
+    summary = _json_string(item.get("summary"))
+    item_id = item.get("id")
+    published = _rfc3339(item.get("date_published"))
+    tags = item.get("tags")
+    return ParsedEntry(
+        entry_id=_clean_id(item_id) if isinstance(item_id, str | int) else None,
+        link=urljoin(feed_url, link) if link else None,
+        title=_plain_title({"title": _json_string(item.get("title")) or ""}),
+        content_html=content_html or (text_to_html(content_text) if content_text else ""),
+        # JSON Feed's summary is plain text
+        summary_html=text_to_html(summary) if summary else "",
+        author=_json_authors(item) or feed_authors,
+        categories=_unique(tag for tag in tags if isinstance(tag, str))
+        if isinstance(tags, list)
+        else (),
+        published=published,
+        updated=_rfc3339(item.get("date_modified")) or published,
+        base_url=feed_url,
+    )
+
+
+def _json_authors(container: Mapping[str, Any]) -> str | None:
+    """Names from `authors` (1.1) or `author` (1.0), joined with commas."""
+    authors = container.get("authors")
+    if not isinstance(authors, list):
+        author = container.get("author")
+        authors = [author] if isinstance(author, dict) else []
+    names = _unique(
+        author["name"]
+        for author in authors
+        if isinstance(author, dict) and isinstance(author.get("name"), str)
+    )
+    return ", ".join(names) or None
+
+
+def _json_string(value: object) -> str | None:
+    return value.strip() or None if isinstance(value, str) else None
+
+
+def _rfc3339(value: object) -> datetime | None:
+    """An RFC 3339 date as aware UTC; a date without offset is taken as UTC."""
+    if not isinstance(value, str):
+        return None
+    try:
+        parsed = datetime.fromisoformat(value.strip())
+        if parsed.tzinfo is None:
+            parsed = parsed.replace(tzinfo=UTC)
+        return parsed.astimezone(UTC)
+    except (ValueError, OverflowError):
+        return None
