@@ -1,0 +1,517 @@
+"""Published outputs: items → Atom, RSS, JSON Feed, HTML page, index and OPML bytes.
+
+Pure and deterministic: the same arguments give byte-identical output (no clock, no
+locale, no dict-order surprises), so publish.py can skip rewriting unchanged files.
+No I/O.
+
+Every document is built as a tree (lxml) or with json.dumps, never by pasting strings, so
+hostile feed text always ends up as text. Item HTML (already sanitized by clean.py) is
+embedded in the feeds as escaped text (Atom type="html", RSS description), never as
+markup, and the HTML page shows only the plain-text excerpt.
+"""
+
+from __future__ import annotations
+
+import html
+import json
+import re
+from collections.abc import Iterable, Sequence
+from datetime import UTC, datetime
+from email.utils import format_datetime
+from typing import Any
+
+from lxml import etree
+
+from aggregator import PROJECT_URL, __version__
+from aggregator.model import PublishedItem, SourceRef, Topic
+
+ATOM_NS = "http://www.w3.org/2005/Atom"
+DC_NS = "http://purl.org/dc/elements/1.1/"
+CONTENT_NS = "http://purl.org/rss/1.0/modules/content/"
+JSON_FEED_VERSION = "https://jsonfeed.org/version/1.1"
+RSS_DOCS = "https://www.rssboard.org/rss-specification"
+
+ATOM_TYPE = "application/atom+xml"
+RSS_TYPE = "application/rss+xml"
+JSON_FEED_TYPE = "application/feed+json"
+
+#: an empty feed's date: any fixed value keeps the output deterministic
+EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+
+GENERATOR_NAME = "aggregator"
+
+# XML 1.0 allows only these characters (https://www.w3.org/TR/xml/#charsets); lxml refuses
+# the rest, and lone surrogates cannot even be encoded, so hostile feed text loses them.
+_NOT_XML_CHAR = re.compile("[^\t\n\r\x20-\ud7ff\ue000-\ufffd\U00010000-\U0010ffff]")
+
+_MONTHS = (
+    "January",
+    "February",
+    "March",
+    "April",
+    "May",
+    "June",
+    "July",
+    "August",
+    "September",
+    "October",
+    "November",
+    "December",
+)
+
+_PAGE_CSS = """
+body{max-width:46rem;margin:2rem auto;padding:0 1rem;font:16px/1.5 system-ui,sans-serif;
+color:#222;background:#fff}
+a{color:#0645ad}
+header p,footer,.meta,.also{color:#555}
+.meta,.also,footer{font-size:.9rem}
+article{border-top:1px solid #ddd;padding:.5rem 0}
+article h2{font-size:1.15rem;margin:.4rem 0}
+nav a{margin-right:.5rem}
+"""
+
+
+# --- text and dates ------------------------------------------------------------------
+
+
+def clean_text(text: str | None) -> str:
+    """`text` without the characters XML cannot carry (controls, lone surrogates)."""
+    if not text:
+        return ""
+    return _NOT_XML_CHAR.sub("", text)
+
+
+def _utc(moment: datetime) -> datetime:
+    # The store hands out UTC; a naive value is taken to be UTC rather than local time,
+    # which would make the output depend on the machine.
+    if moment.tzinfo is None:
+        return moment.replace(tzinfo=UTC)
+    return moment.astimezone(UTC)
+
+
+def format_rfc3339(moment: datetime) -> str:
+    """`2024-03-05T14:07:09Z`: whole seconds, UTC, as Atom and JSON Feed want."""
+    return _utc(moment).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def format_rfc822(moment: datetime) -> str:
+    """`Tue, 05 Mar 2024 14:07:09 GMT`, as RSS 2.0 wants."""
+    return format_datetime(_utc(moment).replace(microsecond=0), usegmt=True)
+
+
+def format_human(moment: datetime) -> str:
+    """`5 March 2024, 14:07 UTC`; month names fixed, not taken from the locale."""
+    utc = _utc(moment)
+    return f"{utc.day} {_MONTHS[utc.month - 1]} {utc.year}, {utc:%H:%M} UTC"
+
+
+def _feed_updated(items: Sequence[PublishedItem]) -> datetime:
+    return max((_utc(item.updated) for item in items), default=EPOCH)
+
+
+def _author_name(item: PublishedItem) -> str:
+    """The item's author, else its first outlet: an Atom entry needs an author."""
+    author = clean_text(item.author).strip()
+    if author:
+        return author
+    for source in item.sources:
+        title = clean_text(source.title).strip()
+        if title:
+            return title
+    return "Unknown"
+
+
+def _categories(item: PublishedItem) -> list[str]:
+    """Non-empty categories, each once, in the feed's order."""
+    seen: dict[str, None] = {}
+    for category in item.categories:
+        term = clean_text(category).strip()
+        if term:
+            seen.setdefault(term, None)
+    return list(seen)
+
+
+def _summary_html(item: PublishedItem) -> str:
+    """Summary as HTML: the sanitized summary, else the plain excerpt escaped."""
+    if item.summary_html:
+        return clean_text(item.summary_html)
+    return html.escape(clean_text(item.excerpt), quote=False)
+
+
+def _source_href(source: SourceRef) -> str:
+    return clean_text(source.url or source.feed_url)
+
+
+def _output_url(base_url: str, slug: str, extension: str) -> str:
+    return f"{clean_text(base_url)}{clean_text(slug)}.{extension}"
+
+
+def _generator_label() -> str:
+    return f"{GENERATOR_NAME} {__version__} (+{PROJECT_URL})"
+
+
+# --- XML helpers ---------------------------------------------------------------------
+
+
+def _sub(
+    parent: etree._Element,
+    tag: str,
+    text: str | None = None,
+    attrib: dict[str, str] | None = None,
+) -> etree._Element:
+    """A child element; its text and attribute values are cleaned of non-XML characters."""
+    element = etree.SubElement(parent, tag)
+    for name, value in (attrib or {}).items():
+        element.set(name, clean_text(value))
+    if text is not None:
+        element.text = clean_text(text)
+    return element
+
+
+def _xml_bytes(root: etree._Element) -> bytes:
+    return etree.tostring(root, xml_declaration=True, encoding="utf-8", pretty_print=True)
+
+
+# --- Atom ----------------------------------------------------------------------------
+
+
+def _atom(tag: str) -> str:
+    return f"{{{ATOM_NS}}}{tag}"
+
+
+def render_atom(topic: Topic, items: Sequence[PublishedItem], base_url: str) -> bytes:
+    """The topic as an Atom 1.0 feed (RFC 4287), items in the order given."""
+    self_url = _output_url(base_url, topic.slug, "atom")
+    # lxml-stubs do not admit None (the default namespace) as an nsmap key; lxml does.
+    feed = etree.Element(_atom("feed"), nsmap={None: ATOM_NS})  # type: ignore[dict-item]
+    # The self URL doubles as the feed id: stable for as long as the feed lives there.
+    _sub(feed, _atom("id"), self_url)
+    _sub(feed, _atom("title"), topic.title, {"type": "text"})
+    if topic.description:
+        _sub(feed, _atom("subtitle"), topic.description, {"type": "text"})
+    _sub(feed, _atom("updated"), format_rfc3339(_feed_updated(items)))
+    _sub(feed, _atom("link"), attrib={"rel": "self", "type": ATOM_TYPE, "href": self_url})
+    _sub(
+        feed,
+        _atom("link"),
+        attrib={
+            "rel": "alternate",
+            "type": "text/html",
+            "href": _output_url(base_url, topic.slug, "html"),
+        },
+    )
+    _sub(
+        feed,
+        _atom("generator"),
+        GENERATOR_NAME,
+        {"uri": PROJECT_URL, "version": __version__},
+    )
+    for item in items:
+        _add_atom_entry(feed, item)
+    return _xml_bytes(feed)
+
+
+def _add_atom_entry(feed: etree._Element, item: PublishedItem) -> None:
+    entry = _sub(feed, _atom("entry"))
+    _sub(entry, _atom("id"), item.id)
+    _sub(entry, _atom("title"), item.title, {"type": "text"})
+    if item.link:
+        _sub(entry, _atom("link"), attrib={"rel": "alternate", "href": item.link})
+    # The contract: every outlet beyond the first (which is atom:source) is a via link.
+    for source in item.sources[1:]:
+        href = _source_href(source)
+        if href:
+            _sub(entry, _atom("link"), attrib={"rel": "via", "href": href, "title": source.title})
+    _sub(entry, _atom("published"), format_rfc3339(item.published))
+    _sub(entry, _atom("updated"), format_rfc3339(item.updated))
+    author = _sub(entry, _atom("author"))
+    _sub(author, _atom("name"), _author_name(item))
+    for term in _categories(item):
+        _sub(entry, _atom("category"), attrib={"term": term})
+    summary = _summary_html(item)
+    if summary:
+        _sub(entry, _atom("summary"), summary, {"type": "html"})
+    # RFC 4287 4.1.1.1: an entry without an alternate link must carry content.
+    content = clean_text(item.content_html) or ("" if item.link else summary)
+    if content or not item.link:
+        _sub(entry, _atom("content"), content, {"type": "html"})
+    if item.sources:
+        _add_atom_source(entry, item.sources[0])
+
+
+def _add_atom_source(entry: etree._Element, source: SourceRef) -> None:
+    element = _sub(entry, _atom("source"))
+    if source.feed_url:
+        _sub(element, _atom("id"), source.feed_url)
+    _sub(element, _atom("title"), source.title, {"type": "text"})
+    if source.feed_url:
+        _sub(element, _atom("link"), attrib={"rel": "self", "href": source.feed_url})
+    if source.url:
+        _sub(element, _atom("link"), attrib={"rel": "alternate", "href": source.url})
+
+
+# --- RSS -----------------------------------------------------------------------------
+
+
+def render_rss(topic: Topic, items: Sequence[PublishedItem], base_url: str) -> bytes:
+    """The topic as an RSS 2.0 feed, items in the order given."""
+    rss = etree.Element(
+        "rss", nsmap={"atom": ATOM_NS, "content": CONTENT_NS, "dc": DC_NS}, version="2.0"
+    )
+    channel = _sub(rss, "channel")
+    _sub(channel, "title", topic.title)
+    _sub(channel, "link", _output_url(base_url, topic.slug, "html"))
+    # <description> is required by RSS 2.0; the title is better than nothing.
+    _sub(channel, "description", topic.description or topic.title)
+    _sub(
+        channel,
+        f"{{{ATOM_NS}}}link",
+        attrib={
+            "href": _output_url(base_url, topic.slug, "rss"),
+            "rel": "self",
+            "type": RSS_TYPE,
+        },
+    )
+    _sub(channel, "lastBuildDate", format_rfc822(_feed_updated(items)))
+    _sub(channel, "generator", _generator_label())
+    _sub(channel, "docs", RSS_DOCS)
+    for item in items:
+        _add_rss_item(channel, item)
+    return _xml_bytes(rss)
+
+
+def _add_rss_item(channel: etree._Element, item: PublishedItem) -> None:
+    element = _sub(channel, "item")
+    _sub(element, "title", item.title)
+    if item.link:
+        _sub(element, "link", item.link)
+    _sub(element, "guid", item.id, {"isPermaLink": "false"})
+    _sub(element, "pubDate", format_rfc822(item.published))
+    # RSS <author> must be an e-mail address; Dublin Core takes a name.
+    if clean_text(item.author).strip():
+        _sub(element, f"{{{DC_NS}}}creator", clean_text(item.author).strip())
+    for term in _categories(item):
+        _sub(element, "category", term)
+    # RSS has room for one <source>: the first outlet (the contract).
+    if item.sources and item.sources[0].feed_url:
+        first = item.sources[0]
+        _sub(element, "source", first.title, {"url": first.feed_url})
+    summary = _summary_html(item)
+    if summary:
+        _sub(element, "description", summary)
+    if item.content_html:
+        _sub(element, f"{{{CONTENT_NS}}}encoded", item.content_html)
+
+
+# --- JSON Feed -----------------------------------------------------------------------
+
+
+def render_json(topic: Topic, items: Sequence[PublishedItem], base_url: str) -> bytes:
+    """The topic as a JSON Feed 1.1 document, items in the order given."""
+    feed: dict[str, Any] = {
+        "version": JSON_FEED_VERSION,
+        "title": clean_text(topic.title),
+        "home_page_url": _output_url(base_url, topic.slug, "html"),
+        "feed_url": _output_url(base_url, topic.slug, "json"),
+    }
+    if topic.description:
+        feed["description"] = clean_text(topic.description)
+    feed["items"] = [_json_item(item) for item in items]
+    # Keys keep insertion order (no sort_keys), which is fixed by the code above.
+    text = json.dumps(feed, ensure_ascii=False, indent=2)
+    return (text + "\n").encode("utf-8")
+
+
+def _json_item(item: PublishedItem) -> dict[str, Any]:
+    entry: dict[str, Any] = {"id": clean_text(item.id)}
+    if item.link:
+        entry["url"] = clean_text(item.link)
+    entry["title"] = clean_text(item.title)
+    # JSON Feed wants content_html or content_text on every item.
+    entry["content_html"] = clean_text(item.content_html) or _summary_html(item)
+    if item.excerpt:
+        entry["summary"] = clean_text(item.excerpt)
+    entry["date_published"] = format_rfc3339(item.published)
+    entry["date_modified"] = format_rfc3339(item.updated)
+    if clean_text(item.author).strip():
+        entry["authors"] = [{"name": clean_text(item.author).strip()}]
+    categories = _categories(item)
+    if categories:
+        entry["tags"] = categories
+    entry["_aggregator"] = {
+        "sources": [
+            {
+                "title": clean_text(source.title),
+                "url": clean_text(source.url),
+                "feed_url": clean_text(source.feed_url),
+            }
+            for source in item.sources
+        ]
+    }
+    return entry
+
+
+# --- HTML pages ----------------------------------------------------------------------
+
+
+def _safe_href(url: str) -> str | None:
+    """`url` if a browser may follow it from our page: http(s) only, no javascript:."""
+    url = clean_text(url).strip()
+    if url.lower().startswith(("https://", "http://")):
+        return url
+    return None
+
+
+def _html_page(
+    title: str, alternates: Iterable[tuple[str, str, str]]
+) -> tuple[etree._Element, etree._Element]:
+    """A page skeleton: (root, body). `alternates` are (type, title, href) for the head."""
+    root = etree.Element("html", lang="en")
+    head = _sub(root, "head")
+    _sub(head, "meta", attrib={"charset": "utf-8"})
+    _sub(
+        head, "meta", attrib={"name": "viewport", "content": "width=device-width, initial-scale=1"}
+    )
+    _sub(head, "meta", attrib={"name": "generator", "content": f"{GENERATOR_NAME} {__version__}"})
+    _sub(head, "title", title)
+    for media_type, link_title, href in alternates:
+        _sub(
+            head,
+            "link",
+            attrib={"rel": "alternate", "type": media_type, "title": link_title, "href": href},
+        )
+    _sub(head, "style", _PAGE_CSS)
+    body = _sub(root, "body")
+    return root, body
+
+
+def _add_footer(body: etree._Element) -> None:
+    footer = _sub(body, "footer")
+    _sub(footer, "p", "Generated by ").append(_link(f"{GENERATOR_NAME} {__version__}", PROJECT_URL))
+
+
+def _link(text: str, href: str | None, rel: str | None = None) -> etree._Element:
+    anchor = etree.Element("a")
+    if href:
+        anchor.set("href", clean_text(href))
+    if rel:
+        anchor.set("rel", rel)
+    anchor.text = clean_text(text)
+    return anchor
+
+
+def _append_inline(parent: etree._Element, child: etree._Element, tail: str = "") -> None:
+    child.tail = clean_text(tail) or None
+    parent.append(child)
+
+
+def _html_bytes(root: etree._Element) -> bytes:
+    return etree.tostring(
+        root, method="html", encoding="utf-8", doctype="<!DOCTYPE html>", pretty_print=True
+    )
+
+
+def _feed_alternates(topic: Topic) -> list[tuple[str, str, str]]:
+    title = clean_text(topic.title)
+    return [
+        (ATOM_TYPE, f"{title} (Atom)", f"{topic.slug}.atom"),
+        (RSS_TYPE, f"{title} (RSS)", f"{topic.slug}.rss"),
+        (JSON_FEED_TYPE, f"{title} (JSON Feed)", f"{topic.slug}.json"),
+    ]
+
+
+def _add_feed_nav(parent: etree._Element, slug: str) -> None:
+    nav = _sub(parent, "nav")
+    formats = (("Atom", "atom"), ("RSS", "rss"), ("JSON Feed", "json"))
+    for index, (label, extension) in enumerate(formats):
+        separator = " · " if index < len(formats) - 1 else ""
+        _append_inline(nav, _link(label, f"{slug}.{extension}"), separator)
+
+
+def render_html(topic: Topic, items: Sequence[PublishedItem], base_url: str) -> bytes:
+    """The topic as a readable HTML5 page: excerpts only, no scripts, links relative.
+
+    `base_url` is accepted for symmetry with the feeds; the page's own links are relative
+    so the static copies in output_dir work as well as the served ones.
+    """
+    del base_url
+    root, body = _html_page(topic.title, _feed_alternates(topic))
+    header = _sub(body, "header")
+    _sub(header, "h1", topic.title)
+    if topic.description:
+        _sub(header, "p", topic.description, {"class": "description"})
+    _add_feed_nav(header, topic.slug)
+    main = _sub(body, "main")
+    if not items:
+        _sub(main, "p", "No items yet.", {"class": "empty"})
+    for item in items:
+        _add_html_item(main, item)
+    _sub(body, "p").append(_link("All topics", "index.html"))
+    _add_footer(body)
+    return _html_bytes(root)
+
+
+def _add_html_item(main: etree._Element, item: PublishedItem) -> None:
+    article = _sub(main, "article")
+    heading = _sub(article, "h2")
+    heading.append(_link(item.title or "(untitled)", _safe_href(item.link), rel="noopener"))
+    meta = _sub(article, "p", attrib={"class": "meta"})
+    if item.sources:
+        first = item.sources[0]
+        _append_inline(meta, _link(first.title, _safe_href(first.url)), " · ")
+    when = _sub(meta, "time", format_human(item.published))
+    when.set("datetime", format_rfc3339(item.published))
+    author = clean_text(item.author).strip()
+    if author:
+        when.tail = f" · by {author}"
+    if item.excerpt:
+        _sub(article, "p", item.excerpt, {"class": "excerpt"})
+    if len(item.sources) > 1:
+        also = _sub(article, "p", "also in: ", {"class": "also"})
+        further = item.sources[1:]
+        for index, source in enumerate(further):
+            separator = ", " if index < len(further) - 1 else ""
+            _append_inline(also, _link(source.title, _safe_href(source.url)), separator)
+
+
+def render_index(topics: Sequence[Topic], base_url: str) -> bytes:
+    """The front page: every topic with links to its page and feeds, and the OPML."""
+    del base_url  # links are relative, as on the topic pages
+    alternates = [alt for topic in topics for alt in _feed_alternates(topic)]
+    root, body = _html_page("Topics", alternates)
+    header = _sub(body, "header")
+    _sub(header, "h1", "Topics")
+    main = _sub(body, "main")
+    if not topics:
+        _sub(main, "p", "No topics configured.", {"class": "empty"})
+    else:
+        listing = _sub(main, "ul", attrib={"class": "topics"})
+        for topic in topics:
+            entry = _sub(listing, "li")
+            heading = _sub(entry, "h2")
+            heading.append(_link(topic.title or topic.slug, f"{topic.slug}.html"))
+            if topic.description:
+                _sub(entry, "p", topic.description, {"class": "description"})
+            _add_feed_nav(entry, topic.slug)
+    sources = _sub(body, "p", "The configured sources as OPML: ")
+    sources.append(_link("feeds.opml", "feeds.opml"))
+    _add_footer(body)
+    return _html_bytes(root)
+
+
+# --- OPML ----------------------------------------------------------------------------
+
+
+def render_opml(title: str, sources: Sequence[SourceRef]) -> bytes:
+    """The configured feeds as OPML 2.0 (http://opml.org/spec2.opml), in the order given."""
+    opml = etree.Element("opml", version="2.0")
+    head = _sub(opml, "head")
+    _sub(head, "title", title)
+    body = _sub(opml, "body")
+    for source in sources:
+        label = source.title or source.feed_url
+        attrib = {"type": "rss", "text": label, "title": label, "xmlUrl": source.feed_url}
+        if source.url:
+            attrib["htmlUrl"] = source.url
+        _sub(body, "outline", attrib=attrib)
+    return _xml_bytes(opml)
