@@ -1,0 +1,290 @@
+"""canonical_url, strip_tracking, is_http_url, is_homepage: table cases and properties."""
+
+from __future__ import annotations
+
+from urllib.parse import parse_qsl, urlsplit
+
+import pytest
+from hypothesis import example, given
+from hypothesis import strategies as st
+
+from aggregator.urls import (
+    TRACKING_PARAMS,
+    canonical_url,
+    is_homepage,
+    is_http_url,
+    strip_tracking,
+)
+
+# --- canonical_url: one table row per contract rule ----------------------------------------
+
+SAME = [
+    # scheme and host lower-cased
+    ("HTTPS://Example.COM/story", "https://example.com/story"),
+    # http and https equal
+    ("http://example.com/story", "https://example.com/story"),
+    # default port dropped, for either scheme
+    ("http://example.com:80/story", "https://example.com/story"),
+    ("https://example.com:443/story", "https://example.com/story"),
+    # fragment removed
+    ("https://example.com/story#comments", "https://example.com/story"),
+    # trailing slash of the path ignored, also for the root
+    ("https://example.com/story/", "https://example.com/story"),
+    ("https://example.com", "https://example.com/"),
+    # tracking parameters removed
+    ("https://example.com/story?utm_source=rss&utm_medium=feed", "https://example.com/story"),
+    ("https://example.com/story?UTM_Campaign=x", "https://example.com/story"),
+    ("https://example.com/story?fbclid=abc&id=7", "https://example.com/story?id=7"),
+    ("https://example.com/s?gclid=1&dclid=2&msclkid=3&mc_cid=4&mc_eid=5", "https://example.com/s"),
+    ("https://example.com/s?igshid=1&ref_src=twsrc", "https://example.com/s"),
+    # an escaped tracker name is still a tracker
+    ("https://example.com/s?utm%5Fsource=x", "https://example.com/s"),
+    # other parameters kept and sorted
+    ("https://example.com/s?b=2&a=1", "https://example.com/s?a=1&b=2"),
+    ("https://example.com/s?a=2&a=1", "https://example.com/s?a=1&a=2"),
+    # percent-encoding: hex case and unreserved escapes don't matter
+    ("https://example.com/caf%c3%a9", "https://example.com/caf%C3%A9"),
+    ("https://example.com/%7Euser", "https://example.com/~user"),
+    ("https://example.com/café", "https://example.com/caf%C3%A9"),
+    # dot segments
+    ("https://example.com/a/./b/../c", "https://example.com/a/c"),
+    # IDN host and its punycode
+    ("https://Bücher.example/", "https://xn--bcher-kva.example/"),
+    # the fully-qualified trailing dot
+    ("https://example.com./story", "https://example.com/story"),
+    # empty query and stray ampersands
+    ("https://example.com/s?", "https://example.com/s"),
+    ("https://example.com/s?&a=1&&", "https://example.com/s?a=1"),
+]
+
+DIFFERENT = [
+    # www. is kept: it may be another site
+    ("https://www.example.com/story", "https://example.com/story"),
+    ("https://example.com/story", "https://example.com/other"),
+    ("https://example.com/story", "https://example.org/story"),
+    # path case matters on most servers
+    ("https://example.com/Story", "https://example.com/story"),
+    ("https://example.com/story?id=1", "https://example.com/story?id=2"),
+    ("https://example.com/story?id=1", "https://example.com/story"),
+    # a non-default port is another server
+    ("https://example.com:8443/story", "https://example.com/story"),
+    # a blank value is kept, and differs from no value
+    ("https://example.com/s?a=", "https://example.com/s"),
+    # an escaped reserved character is data, not a delimiter
+    ("https://example.com/a%2Fb", "https://example.com/a/b"),
+    ("https://example.com/s?q=a%26b", "https://example.com/s?q=a&b"),
+    # userinfo is kept
+    ("https://user@example.com/s", "https://example.com/s"),
+]
+
+
+@pytest.mark.parametrize(("left", "right"), SAME)
+def test_canonical_url_equates_spellings(left: str, right: str) -> None:
+    assert canonical_url(left) == canonical_url(right)
+
+
+@pytest.mark.parametrize(("left", "right"), DIFFERENT)
+def test_canonical_url_keeps_different_links_apart(left: str, right: str) -> None:
+    assert canonical_url(left) != canonical_url(right)
+
+
+def test_canonical_url_spelling() -> None:
+    url = "HTTP://WWW.Example.COM:80/News/2024/Story/?utm_source=rss&b=2&a=1#top"
+    assert canonical_url(url) == "https://www.example.com/News/2024/Story?a=1&b=2"
+
+
+@pytest.mark.parametrize(
+    "garbage",
+    ["not a url", "/relative/path", "mailto:someone@example.com", "http://", "http://[::1/x"],
+)
+def test_canonical_url_returns_non_urls_stripped(garbage: str) -> None:
+    assert canonical_url(f"  {garbage}\n") == garbage
+
+
+def test_canonical_url_of_empty_is_empty() -> None:
+    assert canonical_url("") == ""
+    assert canonical_url("   ") == ""
+
+
+# --- strip_tracking ------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("url", "expected"),
+    [
+        (
+            "http://Example.com/Story/?utm_source=rss&id=7&fbclid=x#part-2",
+            "http://Example.com/Story/?id=7#part-2",
+        ),
+        ("https://example.com/s?utm_source=rss", "https://example.com/s"),
+        ("https://example.com/s?utm_source=rss#x", "https://example.com/s#x"),
+        ("https://example.com/s?b=2&gclid=1&a=1", "https://example.com/s?b=2&a=1"),
+        # a tracker-looking fragment is the page's business, not ours
+        ("https://example.com/s#utm_source=x", "https://example.com/s#utm_source=x"),
+    ],
+)
+def test_strip_tracking_keeps_the_publishers_form(url: str, expected: str) -> None:
+    assert strip_tracking(url) == expected
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "HTTP://Example.COM:80/Story/?b=2&a=1&&c#frag",
+        "https://example.com/s?utm=not-a-tracker&reference=1",
+        "not a url at all",
+        "",
+    ],
+)
+def test_strip_tracking_leaves_untracked_links_alone(url: str) -> None:
+    assert strip_tracking(url) == url
+
+
+# --- is_http_url, is_homepage ----------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("url", "expected"),
+    [
+        ("https://example.com/x", True),
+        ("HTTP://example.com", True),
+        (" http://example.com/ ", True),
+        ("ftp://example.com/x", False),
+        ("mailto:a@example.com", False),
+        ("/relative", False),
+        ("http://", False),
+        ("http://[::1", False),
+        ("", False),
+    ],
+)
+def test_is_http_url(url: str, expected: bool) -> None:
+    assert is_http_url(url) is expected
+
+
+@pytest.mark.parametrize(
+    ("url", "expected"),
+    [
+        ("https://example.com", True),
+        ("https://example.com/", True),
+        ("https://example.com/?utm_source=rss#top", True),
+        ("https://example.com/index.html", True),
+        ("/", True),
+        ("https://example.com/story", False),
+        ("https://example.com/?p=123", False),
+        ("https://example.com/index.php?id=5", False),
+        ("mailto:a@example.com", False),
+        ("", False),
+    ],
+)
+def test_is_homepage(url: str, expected: bool) -> None:
+    assert is_homepage(url) is expected
+
+
+# --- properties ------------------------------------------------------------------------------
+
+TRACKERS = sorted(TRACKING_PARAMS) + ["utm_source", "utm_medium", "UTM_Campaign", "utm_x"]
+
+label = st.text(alphabet="abcdefghijklmnopqrstuvwxyz0123456789", min_size=1, max_size=8)
+host = st.lists(label, min_size=1, max_size=3).map(lambda labels: ".".join(labels) + ".com")
+segment = st.text(alphabet="abcdefghijklmnopqrstuvwxyzABC0123456789-_.~é ", min_size=1).filter(
+    lambda s: s not in (".", "..")
+)
+path = st.lists(segment, max_size=4).map(lambda segments: "/" + "/".join(segments))
+param_name = st.text(alphabet="abcdefghijklmnopqrstuvwxyz_", min_size=1, max_size=6).filter(
+    lambda name: not name.startswith("utm_") and name not in TRACKING_PARAMS
+)
+param_value = st.text(alphabet="abcdefghijklmnopqrstuvwxyz0123456789-", max_size=6)
+params = st.lists(st.tuples(param_name, param_value), max_size=4)
+
+
+def build(scheme: str, netloc: str, path: str, query: list[tuple[str, str]], fragment: str) -> str:
+    url = f"{scheme}://{netloc}{path}"
+    if query:
+        url += "?" + "&".join(f"{key}={value}" for key, value in query)
+    return url + (f"#{fragment}" if fragment else "")
+
+
+def mixed_case(data: st.DataObject, text: str) -> str:
+    flips = data.draw(st.lists(st.booleans(), min_size=len(text), max_size=len(text)))
+    return "".join(char.upper() if flip else char for char, flip in zip(text, flips, strict=True))
+
+
+@given(host=host, path=path, query=params, data=st.data())
+def test_equivalent_spellings_have_one_canonical_form(
+    host: str, path: str, query: list[tuple[str, str]], data: st.DataObject
+) -> None:
+    plain = build("https", host, path, query, "")
+    scheme = mixed_case(data, data.draw(st.sampled_from(["http", "https"])))
+    netloc = mixed_case(data, host) + data.draw(st.sampled_from(["", ":80", ":443"]))
+    spelled_path = path + data.draw(st.sampled_from(["", "/"]))
+    noisy_query = data.draw(st.permutations(query))
+    for tracker in data.draw(st.lists(st.sampled_from(TRACKERS), max_size=3)):
+        position = data.draw(st.integers(0, len(noisy_query)))
+        noisy_query.insert(position, (tracker, data.draw(param_value)))
+    fragment = data.draw(st.sampled_from(["", "top", "utm_source=x"]))
+    noisy = build(scheme, netloc, spelled_path, noisy_query, fragment)
+    assert canonical_url(noisy) == canonical_url(plain)
+
+
+@given(host=host, path=path, query=params, data=st.data())
+def test_trackers_never_survive(
+    host: str, path: str, query: list[tuple[str, str]], data: st.DataObject
+) -> None:
+    noisy_query = list(query)
+    for tracker in data.draw(st.lists(st.sampled_from(TRACKERS), min_size=1, max_size=3)):
+        noisy_query.insert(data.draw(st.integers(0, len(noisy_query))), (tracker, "1"))
+    url = build("https", host, path, noisy_query, "")
+    for result in (canonical_url(url), strip_tracking(url)):
+        names = [name.lower() for name, _ in parse_qsl(urlsplit(result).query, True)]
+        assert not any(name.startswith("utm_") or name in TRACKING_PARAMS for name in names)
+    kept = parse_qsl(urlsplit(strip_tracking(url)).query, keep_blank_values=True)
+    assert kept == [(key, value) for key, value in query]
+
+
+@given(host=host, left=path, right=path)
+def test_different_paths_stay_different(host: str, left: str, right: str) -> None:
+    if left.rstrip("/") == right.rstrip("/"):
+        return
+    assert canonical_url(f"https://{host}{left}") != canonical_url(f"https://{host}{right}")
+
+
+@given(host=host, path=path, left=params, right=params)
+def test_different_parameters_stay_different(
+    host: str, path: str, left: list[tuple[str, str]], right: list[tuple[str, str]]
+) -> None:
+    if sorted(left) == sorted(right):
+        return
+    assert canonical_url(build("https", host, path, left, "")) != canonical_url(
+        build("https", host, path, right, "")
+    )
+
+
+url_like = st.one_of(
+    st.text(),
+    st.builds(
+        lambda scheme, middle, rest: scheme + middle + rest,
+        st.sampled_from(["http://", "HTTPS://", "ftp://", "http:", "//", ""]),
+        st.text(alphabet=st.characters(codec="utf-8"), max_size=20),
+        st.text(alphabet="/?#&=%:@[]._~-aZ09é \t", max_size=20),
+    ),
+)
+
+
+@given(url_like)
+@example("http://[::1]:80/x")
+@example("http://a.com/%zz%")
+@example("http://ß.com/")
+@example("http://a..b/")
+@example("A://0..")
+def test_canonical_url_never_raises_and_is_idempotent(url: str) -> None:
+    once = canonical_url(url)
+    assert canonical_url(once) == once
+    assert once == "" or once == once.strip()
+
+
+@given(url_like)
+def test_strip_tracking_never_raises_and_is_idempotent(url: str) -> None:
+    once = strip_tracking(url)
+    assert strip_tracking(once) == once
+    is_http_url(url)
+    is_homepage(url)
