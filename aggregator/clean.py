@@ -1,0 +1,376 @@
+"""ParsedEntry → Item: sanitize HTML, strip boilerplate, make text and excerpt, fix dates. No I/O.
+
+Order per HTML field: strip_boilerplate (lxml, needs the publisher's classes) →
+sanitize_html (nh3 allowlist, absolute URLs, no tracking pixels) → html_to_text.
+nh3 runs last so nothing the boilerplate pass serializes can reintroduce markup.
+"""
+
+from __future__ import annotations
+
+import html
+import re
+from datetime import UTC, datetime
+from urllib.parse import urljoin, urlsplit
+
+import lxml.etree
+import lxml.html
+import nh3
+
+from aggregator.dedupe import content_hash, entry_key
+from aggregator.model import Item, ParsedEntry
+from aggregator.urls import canonical_url, strip_tracking
+
+# --- sanitizing --------------------------------------------------------------------
+
+#: ordinary article markup; anything else is unwrapped (its text kept)
+ALLOWED_TAGS = frozenset(
+    {
+        *("p", "br", "hr", "div", "span", "small", "sub", "sup", "time", "abbr"),
+        *("a", "em", "strong", "b", "i", "u", "s", "del", "ins", "mark", "q", "cite"),
+        *("code", "pre", "kbd", "samp", "var", "blockquote"),
+        *("ul", "ol", "li", "dl", "dt", "dd"),
+        *("h1", "h2", "h3", "h4", "h5", "h6"),
+        *("img", "picture", "figure", "figcaption"),
+        *("table", "thead", "tbody", "tfoot", "tr", "th", "td", "caption"),
+    }
+)
+#: removed together with everything inside them
+REMOVED_WITH_CONTENT = frozenset(
+    {
+        *("script", "style", "template", "noembed", "noframes"),
+        *("iframe", "object", "embed", "applet", "frameset", "frame"),
+        *("svg", "math"),
+        # newsletter sign-ups and the like: never article text
+        *("form", "button", "select", "textarea"),
+    }
+)
+ALLOWED_ATTRIBUTES: dict[str, set[str]] = {
+    "a": {"href", "title"},
+    "img": {"src", "alt", "title", "width", "height"},
+    "td": {"colspan", "rowspan"},
+    "th": {"colspan", "rowspan"},
+    "abbr": {"title"},
+    "time": {"datetime"},
+    "ol": {"start"},
+    "blockquote": {"cite"},
+    "q": {"cite"},
+}
+URL_SCHEMES = frozenset({"http", "https", "mailto"})
+_URL_ATTRIBUTES = frozenset({"href", "src", "cite"})
+_DIMENSION = re.compile(r"\s*(\d+)(?:px)?\s*$")
+
+#: images and links that only count readers or advertise sharing
+PIXEL_URLS = re.compile(
+    r"""^https?://(
+        feeds\.feedburner\.com/~(r|ff|a)/
+      | feedproxy\.google\.com/~(r|ff|a)/
+      | pixel\.wp\.com/
+      | stats\.wordpress\.com/
+      | feeds\.wordpress\.com/1\.0/
+    )""",
+    re.IGNORECASE | re.VERBOSE,
+)
+# nh3's output is normalized (double-quoted attributes, void <img>), so these are reliable
+_ATTRIBUTES = r'(?:\s+[a-z-]+="[^"]*")*'  # a value cannot hold '"'; '>' need not be escaped
+_IMG_TAG = re.compile(rf"<img(?P<attributes>{_ATTRIBUTES})\s*/?>")
+_ATTRIBUTE = re.compile(r'\s([a-z-]+)="([^"]*)"')
+_EMPTY_LINK = re.compile(rf"<a{_ATTRIBUTES}>\s*</a>")
+#: a link whose href was refused (javascript:, a tracker): its text stays, unlinked
+_BARE_LINK = re.compile(r"<a>(.*?)</a>", re.DOTALL)
+
+
+def sanitize_html(html_text: str, base_url: str) -> str:
+    """`html_text` reduced to ALLOWED_TAGS/ALLOWED_ATTRIBUTES, URLs absolute against `base_url`.
+
+    Scripts, styles, frames, plugins, forms, SVG/MathML and their contents go; so do event
+    handlers, URLs other than http(s)/mailto, tracking pixels and emptied links.
+    """
+    if not html_text.strip():
+        return ""
+
+    def resolve(tag: str, attribute: str, value: str) -> str | None:
+        if attribute in ("width", "height"):
+            size = _DIMENSION.match(value)
+            return size.group(1) if size else None
+        if attribute not in _URL_ATTRIBUTES:
+            return value
+        absolute = urljoin(base_url, value.strip())
+        if not _has_allowed_scheme(absolute) or PIXEL_URLS.match(absolute):
+            return None
+        return absolute
+
+    # link_rel=None: we drop target=, so rel=noopener is moot, and noreferrer would hide
+    # from publishers the readers we send them; renderers add rel to their own pages.
+    cleaned = nh3.clean(
+        html_text,
+        tags=set(ALLOWED_TAGS),
+        clean_content_tags=set(REMOVED_WITH_CONTENT),
+        attributes=ALLOWED_ATTRIBUTES,
+        attribute_filter=resolve,
+        url_schemes=set(URL_SCHEMES),
+        link_rel=None,
+        strip_comments=True,
+    )
+    cleaned = _IMG_TAG.sub(_drop_useless_image, cleaned)
+    cleaned = _EMPTY_LINK.sub("", cleaned)
+    return _BARE_LINK.sub(r"\1", cleaned).strip()
+
+
+def _has_allowed_scheme(url: str) -> bool:
+    try:
+        return urlsplit(url).scheme.lower() in URL_SCHEMES
+    except ValueError:
+        return False
+
+
+def _drop_useless_image(match: re.Match[str]) -> str:
+    """Drops <img> with no usable src and 1×1 (or smaller) tracking pixels."""
+    attributes = dict(_ATTRIBUTE.findall(match.group("attributes")))
+    if "src" not in attributes:
+        return ""
+    width, height = attributes.get("width"), attributes.get("height")
+    if width is not None and height is not None and int(width) <= 1 and int(height) <= 1:
+        return ""
+    return match.group(0)
+
+
+# --- boilerplate -------------------------------------------------------------------
+
+#: elements (by class or id) that are sharing, liking, related-posts or ad blocks
+BOILERPLATE_CLASSES = frozenset(
+    {
+        "sharedaddy",  # Jetpack sharing and likes
+        "sd-sharing-enabled",
+        "sd-like",
+        "jetpack-likes-widget-wrapper",
+        "jp-relatedposts",  # Jetpack related posts
+        "jp-post-flair",
+        "wp-block-jetpack-sharing-buttons",
+        "wp-block-jetpack-related-posts",
+        "addtoany_share_save_container",  # AddToAny
+        "a2a_kit",
+        "shared-counts-wrap",
+        "feedflare",  # FeedBurner flare
+        "yarpp-related",  # Yet Another Related Posts
+        "yarpp-related-rss",
+    }
+)
+BOILERPLATE_IDS = frozenset({"jp-relatedposts", "jp-post-flair"})
+
+#: paragraphs whose whole text is one of these are removed (matched case-insensitively)
+BOILERPLATE_PARAGRAPHS = re.compile(
+    r"""^(
+        the\ post\ .+\ appeared\ first\ on\ .+         # WordPress (Yoast) RSS footer
+      | the\ post\ .+\ first\ appeared\ on\ .+         # ClassicPress / newer wording
+      | this\ (post|article)\ (was\ )?(originally\ )?(appeared|published)\ (first\ )?on\ .+
+      | (share|like)\ this:?                           # Jetpack headings
+      | related(\ posts|\ articles)?:?
+      | continue\ reading\b.*
+      | (read|view)\ more\W*
+      | read\ the\ rest\b.*
+      | keep\ reading\b.*
+      | \[?\s*(…|\.\.\.)\s*\]?
+    )$""",
+    re.IGNORECASE | re.VERBOSE | re.DOTALL,
+)
+#: links whose whole text is one of these are removed wherever they are
+BOILERPLATE_LINKS = re.compile(
+    r"""^(
+        continue\ reading\b.*
+      | (read|view)\ more\b.*
+      | read\ (on|the\ rest)\b.*
+      | keep\ reading\b.*
+      | more\W*
+      | \[?\s*(…|\.\.\.)\s*\]?
+    )$""",
+    re.IGNORECASE | re.VERBOSE | re.DOTALL,
+)
+#: WordPress's excerpt ellipsis "[…]" at the end of a text
+_BRACKETED_ELLIPSIS = re.compile(r"\s*\[\s*(…|\.\.\.|&hellip;|&#8230;)\s*\]\s*$")
+_BOILERPLATE_CLASS_NAMES = frozenset({"more-link", *BOILERPLATE_CLASSES})
+#: a cheap test that lets most HTML skip the lxml pass
+_MAY_HAVE_BOILERPLATE = re.compile(
+    r"appeared|continue|read|more|share|like|related|feedflare|\[|…|\.\.\."
+    r"|sharedaddy|jp-|addtoany|a2a_|yarpp",
+    re.IGNORECASE,
+)
+#: what may be left of a paragraph after its read-more link is removed
+_LEFTOVER = re.compile(r"^[\s\W]*$")
+_WHITESPACE = re.compile(r"\s+")
+
+
+def strip_boilerplate(html_text: str) -> str:
+    """`html_text` without sharing blocks, "The post … appeared first on …" footers,
+    read-more links and excerpt ellipses. Article text is left as it was."""
+    if not _MAY_HAVE_BOILERPLATE.search(html_text):
+        return html_text
+    try:
+        root = lxml.html.fragment_fromstring(html_text, create_parent="div")
+    except (lxml.etree.ParserError, ValueError):
+        return html_text
+    changed = False
+    for element in list(root.iter()):
+        if not isinstance(element.tag, str) or element.getparent() is None:
+            continue  # a comment, or already removed with an ancestor
+        if _is_boilerplate_element(element):
+            _remove(element)
+            changed = True
+    if _drop_trailing_ellipsis(root):
+        changed = True
+    if not changed:
+        return html_text
+    serialized = str(lxml.html.tostring(root, encoding="unicode"))
+    # the parent we created: '<div>' … '</div>'
+    return serialized[len("<div>") : -len("</div>")].strip()
+
+
+def _is_boilerplate_element(element: lxml.html.HtmlElement) -> bool:
+    classes = set((element.get("class") or "").split())
+    if classes & _BOILERPLATE_CLASS_NAMES or element.get("id") in BOILERPLATE_IDS:
+        return True
+    tag = element.tag
+    if tag == "a":
+        text = _text_of(element)
+        return bool(text) and bool(BOILERPLATE_LINKS.match(text))
+    if tag in ("p", "div", "h2", "h3", "h4", "h5", "h6"):
+        text = _text_of(element)
+        # a long block is article text even if it happens to start like a footer
+        return 0 < len(text) < 400 and bool(BOILERPLATE_PARAGRAPHS.match(text))
+    return False
+
+
+def _remove(element: lxml.html.HtmlElement) -> None:
+    """Removes `element` but keeps its tail text; then its parent if nothing is left in it."""
+    parent = element.getparent()
+    element.drop_tree()
+    if parent is None or parent.getparent() is None:
+        return
+    if len(parent) == 0 and _LEFTOVER.match(parent.text_content() or ""):
+        _remove(parent)
+
+
+def _drop_trailing_ellipsis(root: lxml.html.HtmlElement) -> bool:
+    """'… the Korean War. […]' → '… the Korean War. …' (no link, no brackets)."""
+    last = root
+    while len(last) and not (last[-1].tail or "").strip():
+        last = last[-1]
+    if len(last) and last[-1].tail:
+        before: str = last[-1].tail
+        after = _BRACKETED_ELLIPSIS.sub(" …", before)
+        last[-1].tail = after
+    elif last.text:
+        before = last.text
+        after = _BRACKETED_ELLIPSIS.sub(" …", before)
+        last.text = after
+    else:
+        return False
+    return after != before
+
+
+def _text_of(element: lxml.html.HtmlElement) -> str:
+    return _WHITESPACE.sub(" ", element.text_content()).strip()
+
+
+# --- text --------------------------------------------------------------------------
+
+#: elements whose boundaries separate words
+_BLOCK_TAGS = frozenset(
+    {
+        *("p", "br", "hr", "div", "li", "dt", "dd", "tr", "td", "th", "caption"),
+        *("h1", "h2", "h3", "h4", "h5", "h6", "blockquote", "pre", "figure", "figcaption"),
+        *("ul", "ol", "dl", "table", "section", "article", "header", "footer", "aside"),
+    }
+)
+_ANY_TAG = re.compile(r"<[^>]*>")
+
+
+def html_to_text(html_text: str) -> str:
+    """Plain text of an HTML fragment: entities unescaped, blocks apart, whitespace collapsed."""
+    if "<" not in html_text and "&" not in html_text:
+        return _WHITESPACE.sub(" ", html_text).strip()
+    # nh3 parses like a browser and drops script/style contents; what is left of the
+    # markup is block tags without attributes, each one a word break
+    only_blocks = nh3.clean(
+        html_text,
+        tags=set(_BLOCK_TAGS),
+        clean_content_tags={"script", "style", "template", "svg", "math"},
+        attributes={},
+        link_rel=None,
+    )
+    text = html.unescape(_ANY_TAG.sub(" ", only_blocks))
+    return _WHITESPACE.sub(" ", text).strip()
+
+
+def make_excerpt(text: str, limit: int = 300) -> str:
+    """At most `limit` characters of `text`, cut at a word boundary and ended with "…"."""
+    text = _WHITESPACE.sub(" ", text).strip()
+    if len(text) <= limit:
+        return text
+    cut = text[: limit + 1]
+    space = cut.rfind(" ")
+    # a single very long word is cut where it is, rather than losing most of the excerpt
+    kept = cut[:space] if space > limit // 2 else text[:limit]
+    return kept.rstrip(" ,;:-–—([{\"'") + "…"
+
+
+# --- entries -----------------------------------------------------------------------
+
+_EXCERPT_MIN_SUMMARY = 40
+_UNTITLED_LIMIT = 80
+
+
+def clean_entry(
+    entry: ParsedEntry, feed_url: str, now: datetime, first_seen: datetime | None = None
+) -> Item:
+    """The publishable form of `entry`. `now` is the fetch time; `first_seen` the time the
+    entry was first stored, if it was (the date of an undated entry)."""
+    now = _as_utc(now)
+    content_html = clean_html(entry.content_html, entry.base_url)
+    summary_html = clean_html(entry.summary_html, entry.base_url)
+    content_text = html_to_text(content_html)
+    summary_text = html_to_text(summary_html)
+    text = content_text or summary_text
+    excerpt_source = (
+        summary_text
+        if len(summary_text) >= _EXCERPT_MIN_SUMMARY or not content_text
+        else content_text
+    )
+    title = entry.title.strip() or make_excerpt(text, _UNTITLED_LIMIT)
+
+    published = _as_utc(entry.published or entry.updated or first_seen or now)
+    published = min(published, now)
+    updated = published
+    if entry.updated is not None:
+        updated = max(published, min(_as_utc(entry.updated), now))
+
+    link = strip_tracking(entry.link.strip()) if entry.link else ""
+    return Item(
+        feed_url=feed_url,
+        entry_key=entry_key(entry),
+        link=link,
+        canonical_link=canonical_url(link) if link else "",
+        title=title,
+        content_html=content_html or summary_html,
+        summary_html=summary_html,
+        excerpt=make_excerpt(excerpt_source),
+        text=text,
+        author=entry.author,
+        categories=entry.categories,
+        published=published,
+        updated=updated,
+        content_hash=content_hash(title, text),
+    )
+
+
+def clean_html(html_text: str, base_url: str) -> str:
+    """Boilerplate stripped, then sanitized with absolute URLs."""
+    if not html_text.strip():
+        return ""
+    return sanitize_html(strip_boilerplate(html_text), base_url)
+
+
+def _as_utc(moment: datetime) -> datetime:
+    """Aware UTC; a naive datetime is taken to be UTC already."""
+    if moment.tzinfo is None:
+        return moment.replace(tzinfo=UTC)
+    return moment.astimezone(UTC)

@@ -1,0 +1,435 @@
+"""clean: sanitizing hostile HTML, boilerplate, text, excerpts and dates of cleaned items."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from datetime import UTC, datetime, timedelta, timezone
+from pathlib import Path
+
+import lxml.html
+import pytest
+
+from aggregator.clean import (
+    clean_entry,
+    html_to_text,
+    make_excerpt,
+    sanitize_html,
+    strip_boilerplate,
+)
+from aggregator.model import Item, ParsedEntry
+from aggregator.parse import parse_feed
+
+FEEDS = Path(__file__).parent / "data" / "feeds"
+NOW = datetime(2024, 3, 15, 12, 0, tzinfo=UTC)
+BASE = "https://news.example.org/2024/03/story/"
+
+FORBIDDEN_TAGS = {
+    "script", "style", "iframe", "object", "embed", "form", "input", "button", "svg", "math",
+    "base", "meta", "link", "frame", "frameset", "textarea", "select", "template",
+}  # fmt: skip
+
+XSS_VECTORS = [
+    "<img src=x onerror=alert(1)>",
+    '<a href="jAvAsCrIpT:alert(1)">click</a>',
+    '<a href="&#106;avascript:alert(1)">entity</a>',
+    '<a href="java&#x09;script:alert(1)">tab</a>',
+    '<a href=" javascript:alert(1)">space</a>',
+    "<svg onload=alert(1)><circle r=1 /></svg>",
+    "<svg><script>alert(1)</script></svg>",
+    "<style>@import url(https://evil.example/x.css);</style>text",
+    '<div style="background:url(javascript:alert(1))">styled</div>',
+    "<script>alert(1)</script>",
+    "<scr<script>ipt>alert(1)</script>",
+    '<iframe src="javascript:alert(1)"></iframe>',
+    '<iframe srcdoc="<script>alert(1)</script>"></iframe>',
+    '<img src="data:image/svg+xml;base64,PHN2ZyBvbmxvYWQ9YWxlcnQoMSk+">',
+    '<a href="data:text/html,<script>alert(1)</script>">data</a>',
+    '<object data="evil.swf"></object><embed src="evil.swf">',
+    "<form action=javascript:alert(1)><input onfocus=alert(1) autofocus><button>go</button></form>",
+    '<p onmouseover="alert(1)">hover</p>',
+    "<body onload=alert(1)>body",
+    "<math><mtext><table><mglyph><style><img src=x onerror=alert(1)>",
+    '<noscript><p title="</noscript><img src=x onerror=alert(1)>">',
+    "<!--<img src=x onerror=alert(1)>-->",
+    '<base href="javascript:alert(1)//"><a href="x">rel</a>',
+    '<meta http-equiv="refresh" content="0;url=javascript:alert(1)">',
+    '<link rel="stylesheet" href="https://evil.example/x.css">',
+    '<img alt="x><script>alert(1)</script>" src="ok.png">',
+    '<a title="x><script>alert(1)</script>">empty</a>',
+    "<details open ontoggle=alert(1)>",
+    '<video><source onerror="alert(1)"></video>',
+    '<blockquote cite="javascript:alert(1)">quote</blockquote>',
+]
+
+
+def assert_safe(output: str) -> None:
+    """No element or attribute that can run code or load a non-web URL. Text that merely
+    reads "alert(1)" (e.g. escaped markup or a kept alt text) is harmless and allowed."""
+    if not output.strip():
+        return
+    root = lxml.html.fragment_fromstring(output, create_parent="div")
+    for element in root.iter():
+        if not isinstance(element.tag, str):
+            continue
+        assert element.tag not in FORBIDDEN_TAGS, output
+        for name, value in element.attrib.items():
+            assert not name.lower().startswith("on"), output
+            assert name != "style", output
+            if name in ("href", "src", "cite"):
+                assert value.startswith(("https://", "http://", "mailto:")), output
+
+
+@pytest.mark.parametrize("vector", XSS_VECTORS)
+def test_hostile_html_is_neutralised(vector: str):
+    assert_safe(sanitize_html(vector, BASE))
+    assert_safe(sanitize_html(f"<p>Before</p>{vector}<p>After</p>", BASE))
+
+
+def test_sanitizing_keeps_article_markup_and_text():
+    output = sanitize_html(
+        '<h2>Talks</h2><p class="lead" style="color:red">Envoys met in <em>Geneva</em>'
+        ' &amp; agreed <a href="https://un.example/doc" target="_blank" onclick="t()">'
+        "a text</a>.</p><ul><li>one</li></ul><table><tr><td colspan=2>cell</td></tr></table>",
+        BASE,
+    )
+    assert "<h2>Talks</h2>" in output
+    assert "<p>Envoys met in <em>Geneva</em> &amp; agreed " in output
+    assert '<a href="https://un.example/doc">a text</a>' in output
+    assert "<li>one</li>" in output
+    assert '<td colspan="2">cell</td>' in output
+    assert_safe(output)
+
+
+def test_links_and_images_made_absolute():
+    output = sanitize_html(
+        '<a href="../other/">up</a> <a href="/root">root</a> <a href="//cdn.example/x">pr</a>'
+        ' <img src="pic.jpg" alt="p"> <a href="#notes">frag</a>'
+        ' <a href="mailto:desk@news.example.org">mail</a>',
+        BASE,
+    )
+    assert 'href="https://news.example.org/2024/03/other/"' in output
+    assert 'href="https://news.example.org/root"' in output
+    assert 'href="https://cdn.example/x"' in output
+    assert 'src="https://news.example.org/2024/03/story/pic.jpg"' in output
+    assert 'href="https://news.example.org/2024/03/story/#notes"' in output
+    assert 'href="mailto:desk@news.example.org"' in output
+
+
+def test_refused_link_keeps_its_text():
+    assert sanitize_html('<p>See <a href="javascript:go()">the map</a>.</p>', BASE) == (
+        "<p>See the map.</p>"
+    )
+
+
+@pytest.mark.parametrize(
+    "pixel",
+    [
+        '<img src="https://news.example.org/t.gif" width="1" height="1">',
+        '<img src="/t.gif" width="0" height="0" alt="">',
+        '<img src="/t.gif" width="1px" height="1px">',
+        '<img src="https://pixel.wp.com/b.gif?host=x&amp;blog=1">',
+        '<img src="http://stats.wordpress.com/g.gif?x=1">',
+        '<img src="https://feeds.feedburner.com/~r/news/~4/abc" height="1" width="1">',
+        '<a href="http://feeds.wordpress.com/1.0/gocomments/news.wordpress.com/1/">'
+        '<img src="http://feeds.wordpress.com/1.0/comments/news.wordpress.com/1/"></a>',
+        '<a href="http://feeds.feedburner.com/~ff/news?a=x"><img src="http://feeds.feedburner.com/~ff/news?d=y"></a>',
+    ],
+)
+def test_tracking_pixels_are_removed(pixel: str):
+    output = sanitize_html(f"<p>Story text.{pixel}</p>", BASE)
+    assert output == "<p>Story text.</p>"
+
+
+def test_ordinary_images_survive_pixel_removal():
+    output = sanitize_html(
+        '<img src="a.jpg" width="1" height="300"><img src="b.jpg"><img src="c.jpg" width="640">',
+        BASE,
+    )
+    assert output.count("<img") == 3
+
+
+# --- boilerplate ------------------------------------------------------------------------
+
+WORDPRESS_CONTENT = """
+<p>The ministry confirmed the <a href="/talks">talks</a> would resume in May.</p>
+<p>Delegations from both sides are expected in Panmunjom.</p>
+<p><a href="https://news.example.org/2024/03/story/#more-77" class="more-link">Continue reading
+<span class="screen-reader-text">Talks resume</span></a></p>
+<div class="sharedaddy sd-sharing-enabled"><div class="sd-block">
+<h3 class="sd-title">Share this:</h3>
+<ul><li><a href="?share=twitter">Twitter</a></li></ul></div></div>
+<div class='sharedaddy sd-block sd-like jetpack-likes-widget-wrapper'><h3>Like this:</h3></div>
+<div id="jp-relatedposts" class="jp-relatedposts"><h3><em>Related</em></h3></div>
+<div class="feedflare"><a href="http://feeds.feedburner.com/~ff/news?a=1">Flare</a></div>
+<p>The post <a href="https://news.example.org/2024/03/story/">Talks resume</a> appeared first on
+<a href="https://news.example.org">News Example</a>.</p>
+"""
+
+
+def test_wordpress_boilerplate_removed_article_kept():
+    output = strip_boilerplate(WORDPRESS_CONTENT)
+    for gone in ("Continue reading", "Share this", "Like this", "Related", "Flare", "appeared"):
+        assert gone not in output
+    assert "The ministry confirmed the" in output
+    assert '<a href="/talks">talks</a> would resume in May.' in output
+    assert "Delegations from both sides are expected in Panmunjom." in output
+
+
+@pytest.mark.parametrize(
+    "html_text",
+    [
+        "<p>Short summary of the story. <a href='/s'>Read more</a></p>",
+        "<p>Short summary of the story. <a href='/s'>Continue reading \u2192</a></p>",
+        "<p>Short summary of the story.</p><p><a href='/s'>Read more \u00bb</a></p>",
+        "<p>Short summary of the story. [&#8230;]</p>",
+        "<p>Short summary of the story.</p><p>The post Story first appeared on Blog.</p>",
+    ],
+)
+def test_read_more_tails_removed(html_text: str):
+    text = html_to_text(strip_boilerplate(html_text))
+    assert text.removesuffix(" \u2026") == "Short summary of the story."
+
+
+def test_article_text_resembling_boilerplate_is_kept():
+    paragraphs = [
+        "<p>The post office in Kaesong appeared first on a list of sites to reopen, "
+        + "officials said, and the list is long. " * 12
+        + "</p>",
+        "<p>Readers can <a href='/report'>read the full report</a> on our site.</p>",
+        "<p>She said the share of exports fell.</p>",
+    ]
+    for paragraph in paragraphs:
+        assert html_to_text(strip_boilerplate(paragraph)) == html_to_text(paragraph)
+
+
+def test_wordpress_fixture_cleaned():
+    feed = parse_feed(
+        (FEEDS / "wordpress.rss").read_bytes(),
+        {"content-type": "application/rss+xml"},
+        "https://peace-monitor.example.org/feed/",
+    )
+    reunions, garden, panel = (clean_entry(e, "https://pm.test/feed/", NOW) for e in feed.entries)
+
+    for item in (reunions, garden, panel):
+        for html_text in (item.content_html, item.summary_html):
+            assert_safe(html_text)
+            for gone in ("appeared first on", "first appeared on", "Continue reading"):
+                assert gone not in html_text
+            for gone in ("Share this", "sharedaddy", "Related", "Read more", "[\u2026]"):
+                assert gone not in html_text
+            assert "pixel.wp.com" not in html_text and "feedburner" not in html_text
+            assert "<iframe" not in html_text and "document.cookie" not in html_text
+
+    assert reunions.title == "Pyongyang signals openness to family reunion talks"
+    assert "every year we lose more of the people who remember" in reunions.text.lower()
+    assert (
+        'src="https://peace-monitor.example.org/wp-content/uploads/2024/03/reunion-hall.jpg"'
+        in reunions.content_html
+    )
+    assert (
+        '<a href="https://peace-monitor.example.org/2023/08/reunion-list-shrinks/">'
+        "shrinking list of applicants</a>" in reunions.content_html
+    )
+    assert "Background" in reunions.text  # the javascript: link's text stays
+    assert reunions.link == (
+        "https://peace-monitor.example.org/2024/03/12/pyongyang-family-reunions/"
+    )  # utm_* removed
+    assert reunions.canonical_link.startswith("https://peace-monitor.example.org/2024/03/12/")
+    assert reunions.author == "Min-ji Park"
+    assert reunions.categories == ("Diplomacy", "North Korea")
+
+    assert 'src="https://peace-monitor.example.org/uploads/seed-drawers.jpg"' in (
+        garden.content_html
+    )
+    assert "The seed drawers, sorted by family." in garden.text
+    assert garden.text.endswith("said organiser Ana Ruiz.")
+
+    # no content:encoded: the description serves as content
+    assert panel.content_html == panel.summary_html
+    assert panel.text == (
+        "The UN panel of experts says North Korea keeps importing refined petroleum"
+        " through transfers at sea."
+    )
+
+
+def test_atom_fixture_resolves_against_xml_base():
+    feed = parse_feed((FEEDS / "atom.xml").read_bytes(), {}, "https://korea-desk.example.net/a")
+    kim, weekend, _ = (clean_entry(e, "https://kd.test/", NOW) for e in feed.entries)
+    assert 'src="https://korea-desk.example.net/analysis/2024/images/kalma-beach.jpg"' in (
+        kim.content_html
+    )
+    assert 'href="https://korea-desk.example.net/analysis/2023/wonsan-timeline.html"' in (
+        kim.content_html
+    )
+    assert 'href="https://korea-desk.example.net/weekend/bridges/"' in weekend.content_html
+    assert 'src="https://korea-desk.example.net/weekend/covers/rivers.png"' in weekend.content_html
+
+
+# --- text and excerpts --------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("html_text", "text"),
+    [
+        ("<p>One.</p><p>Two.</p>", "One. Two."),
+        ("<li>a</li><li>b</li>", "a b"),
+        ("line<br>break", "line break"),
+        ("<b>bold</b>face and <a href='x'>link</a>ed", "boldface and linked"),
+        ("Tom &amp; Jerry &lt;3 &#8220;q&#8221; &nbsp; x", "Tom & Jerry <3 \u201cq\u201d x"),
+        ("<script>var x = 1;</script><style>p{}</style>visible", "visible"),
+        ("  plain\n\n  text  ", "plain text"),
+        ("", ""),
+    ],
+)
+def test_html_to_text(html_text: str, text: str):
+    assert html_to_text(html_text) == text
+
+
+def test_short_excerpt_unchanged():
+    assert make_excerpt("A short text.") == "A short text."
+    assert make_excerpt("x" * 300) == "x" * 300
+
+
+def test_long_excerpt_cut_at_word_boundary():
+    words = [f"word{n}" for n in range(200)]
+    text = " ".join(words)
+    excerpt = make_excerpt(text, limit=100)
+    assert excerpt.endswith("\u2026")
+    body = excerpt.removesuffix("\u2026")
+    assert len(body) <= 100
+    assert len(body) > 80
+    assert text.startswith(body)
+    assert body.split(" ")[-1] in words  # no half word
+
+
+def test_excerpt_of_one_huge_word_is_cut_anyway():
+    excerpt = make_excerpt("a" * 1000, limit=50)
+    assert excerpt == "a" * 50 + "\u2026"
+
+
+def test_excerpt_drops_dangling_punctuation():
+    text = "The talks, which began in Geneva, " + "continued for many days " * 20
+    excerpt = make_excerpt(text, limit=34)
+    assert excerpt == "The talks, which began in Geneva\u2026"
+
+
+# --- items ---------------------------------------------------------------------------------
+
+
+def make_entry(**changes: object) -> ParsedEntry:
+    entry = ParsedEntry(
+        entry_id="id-1",
+        link="https://news.example.org/a?utm_source=rss&id=7#top",
+        title="Envoys meet",
+        content_html="<p>Full article text about envoys meeting in Geneva.</p>",
+        summary_html="",
+        author="A. Writer",
+        categories=("Diplomacy",),
+        published=datetime(2024, 3, 14, 9, 0, tzinfo=UTC),
+        updated=None,
+        base_url=BASE,
+    )
+    return replace(entry, **changes)  # type: ignore[arg-type]
+
+
+def clean(entry: ParsedEntry, first_seen: datetime | None = None) -> Item:
+    return clean_entry(entry, "https://feed.test/rss", NOW, first_seen)
+
+
+def test_item_fields():
+    item = clean(make_entry())
+    assert item.feed_url == "https://feed.test/rss"
+    assert item.link == "https://news.example.org/a?id=7#top"
+    assert item.canonical_link == "https://news.example.org/a?id=7"
+    assert item.title == "Envoys meet"
+    assert item.text == "Full article text about envoys meeting in Geneva."
+    assert item.excerpt == item.text
+    assert item.author == "A. Writer"
+    assert item.published == item.updated == datetime(2024, 3, 14, 9, 0, tzinfo=UTC)
+
+
+def test_future_date_clamped_to_fetch_time():
+    item = clean(make_entry(published=NOW + timedelta(days=3000)))
+    assert item.published == NOW
+    assert item.updated == NOW
+
+
+def test_missing_date_uses_first_seen_then_now():
+    first_seen = NOW - timedelta(hours=5)
+    assert clean(make_entry(published=None), first_seen).published == first_seen
+    assert clean(make_entry(published=None)).published == NOW
+
+
+def test_updated_only_entry_uses_it_as_published():
+    updated = datetime(2024, 3, 1, tzinfo=UTC)
+    item = clean(make_entry(published=None, updated=updated))
+    assert item.published == updated
+
+
+def test_dates_converted_to_utc():
+    seoul = timezone(timedelta(hours=9))
+    item = clean(
+        make_entry(
+            published=datetime(2024, 3, 14, 18, 0, tzinfo=seoul),
+            updated=datetime(2024, 3, 14, 20, 0, tzinfo=seoul),
+        )
+    )
+    assert item.published == datetime(2024, 3, 14, 9, 0, tzinfo=UTC)
+    assert item.published.utcoffset() == timedelta(0)
+    assert item.updated == datetime(2024, 3, 14, 11, 0, tzinfo=UTC)
+
+
+def test_updated_never_before_published_nor_after_now():
+    earlier = clean(make_entry(updated=datetime(2020, 1, 1, tzinfo=UTC)))
+    assert earlier.updated == earlier.published
+    later = clean(make_entry(updated=NOW + timedelta(days=1)))
+    assert later.updated == NOW
+
+
+def test_excerpt_prefers_a_meaningful_summary():
+    summary = "<p>Envoys from both Koreas met in Geneva for the first time in years.</p>"
+    long_content = "<p>" + "Detailed reporting on the meeting. " * 30 + "</p>"
+    item = clean(make_entry(summary_html=summary, content_html=long_content))
+    assert item.excerpt == "Envoys from both Koreas met in Geneva for the first time in years."
+    assert item.text.startswith("Detailed reporting")
+
+    teaser = clean(make_entry(summary_html="<p>More \u2192</p>", content_html=long_content))
+    assert teaser.excerpt.startswith("Detailed reporting on the meeting.")
+    assert teaser.excerpt.endswith("\u2026")
+    assert len(teaser.excerpt) <= 301
+
+
+def test_summary_only_entry():
+    item = clean(make_entry(content_html="", summary_html="<p>Only a <b>summary</b>.</p>"))
+    assert item.content_html == item.summary_html == "<p>Only a <b>summary</b>.</p>"
+    assert item.text == "Only a summary."
+
+
+def test_untitled_entry_gets_a_title_from_its_text():
+    item = clean(make_entry(title=""))
+    assert item.title == "Full article text about envoys meeting in Geneva."
+
+
+def test_entry_without_link():
+    item = clean(make_entry(link=None))
+    assert item.link == ""
+    assert item.canonical_link == ""
+
+
+def test_entry_key_falls_back_from_id_to_link_to_content():
+    assert "id-1" in clean(make_entry()).entry_key
+    by_link = clean(make_entry(entry_id=None)).entry_key
+    assert "news.example.org/a" in by_link
+    assert by_link != clean(make_entry(entry_id=None, link="https://news.example.org/b")).entry_key
+    anonymous = make_entry(entry_id=None, link=None)
+    assert clean(anonymous).entry_key == clean(anonymous).entry_key
+    assert clean(anonymous).entry_key != clean(replace(anonymous, title="Other")).entry_key
+
+
+def test_content_hash_tracks_edits():
+    original = clean(make_entry())
+    assert clean(make_entry()).content_hash == original.content_hash
+    edited = clean(make_entry(content_html="<p>Corrected article text.</p>"))
+    assert edited.content_hash != original.content_hash
+    retitled = clean(make_entry(title="Envoys meet again"))
+    assert retitled.content_hash != original.content_hash
