@@ -1,0 +1,523 @@
+"""Fetching feeds over HTTP: FeedState → Fetched | NotModified. The only module that does HTTP.
+
+Defensive by design: bounded concurrency (global and per host), conditional GET, a connect/read
+timeout plus a total deadline per feed, redirects followed by hand (counted, loops detected,
+permanence tracked), and a body limit enforced on the raw bytes *and* while decompressing, so
+neither an endless body nor a gzip bomb is ever held in memory whole.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import errno
+import functools
+import importlib
+import re
+import socket
+import ssl
+import zlib
+from collections.abc import Mapping
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from email.utils import parsedate_to_datetime
+from types import TracebackType
+from typing import Any, Protocol
+
+import httpx
+
+from aggregator import USER_AGENT
+from aggregator.errors import (
+    FetchError,
+    FetchTimeout,
+    Gone,
+    HTTPStatusError,
+    RetryLater,
+    TooLarge,
+    TooManyRedirects,
+)
+from aggregator.model import FeedState, Fetched, FetchLimits, NotModified
+
+__all__ = [
+    "ACCEPT",
+    "ACCEPT_ENCODING",
+    "DEFAULT_LIMITS",
+    "Fetcher",
+    "cache_max_age",
+    "parse_retry_after",
+]
+
+#: feed types first; HTML last so a site's home page still comes back for the parser to judge
+ACCEPT = (
+    "application/atom+xml, application/rss+xml, application/feed+json, "
+    "application/rdf+xml;q=0.9, application/xml;q=0.9, text/xml;q=0.9, "
+    "application/json;q=0.8, text/html;q=0.2, */*;q=0.1"
+)
+
+_REDIRECT_STATUSES = frozenset({301, 302, 303, 307, 308})
+_PERMANENT_REDIRECTS = frozenset({301, 308})
+_RETRY_STATUSES = frozenset({429, 503})
+_CHUNK = 64 * 1024
+
+DEFAULT_LIMITS = FetchLimits()
+
+
+@dataclass(frozen=True)
+class _Redirect:
+    """Internal: a 3xx answer still to be followed."""
+
+    status: int
+    location: str
+
+
+@functools.cache
+def _ssl_context() -> ssl.SSLContext:
+    """httpx's default verifying context, built once: loading the CA bundle is slow."""
+    return httpx.create_ssl_context()
+
+
+def _load_brotli() -> Any | None:
+    """The brotli module if installed *and* able to bound its output (brotli ≥ 1.2), else None."""
+    try:
+        brotli = importlib.import_module("brotli")
+    except ImportError:
+        return None
+    if not hasattr(brotli.Decompressor, "can_accept_more_data"):
+        return None  # older versions cannot cap output, so a brotli bomb could not be stopped
+    return brotli
+
+
+_BROTLI = _load_brotli()
+ACCEPT_ENCODING = "gzip, deflate, br" if _BROTLI is not None else "gzip, deflate"
+
+
+# --- pure helpers ------------------------------------------------------------------
+
+
+def parse_retry_after(value: str, now: datetime) -> datetime | None:
+    """Retry-After (delta-seconds or HTTP-date, RFC 9110 §10.2.3) as a UTC time, else None."""
+    value = value.strip()
+    if value.isdigit():
+        try:
+            return (now + timedelta(seconds=int(value))).astimezone(UTC)
+        except OverflowError:
+            return None
+    try:
+        when = parsedate_to_datetime(value)
+    except (TypeError, ValueError, IndexError):
+        return None
+    if when is None:
+        return None
+    if when.tzinfo is None:  # HTTP-dates are GMT
+        when = when.replace(tzinfo=UTC)
+    return when.astimezone(UTC)
+
+
+_MAX_AGE = re.compile(r'(?:^|,)\s*max-age\s*=\s*"?(\d+)"?\s*(?:,|$)', re.IGNORECASE)
+
+
+def cache_max_age(headers: Mapping[str, str]) -> int | None:
+    """Cache-Control max-age in seconds, or None when absent or malformed. No I/O."""
+    value = headers.get("cache-control") or headers.get("Cache-Control")
+    if not value:
+        return None
+    match = _MAX_AGE.search(value)
+    return int(match.group(1)) if match else None
+
+
+def _format_size(size: int) -> str:
+    for unit, scale in (("GB", 1 << 30), ("MB", 1 << 20), ("KB", 1 << 10)):
+        if size >= scale:
+            return f"{round(size / scale, 1):g} {unit}"
+    return f"{size} bytes"
+
+
+def _format_seconds(seconds: float) -> str:
+    return f"{seconds:g} s"
+
+
+def _format_utc(when: datetime) -> str:
+    return when.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+# --- bounded decompression ---------------------------------------------------------
+
+
+class _BodyTooLarge(Exception):
+    """Internal: a decoder produced more than the room left."""
+
+
+class _Decoder(Protocol):
+    def decode(self, data: bytes, room: int) -> bytes:
+        """Decode `data`; raise _BodyTooLarge rather than return more than `room` bytes."""
+
+    def finish(self, room: int) -> bytes:
+        """Flush at the end of the body; raise FetchError-worthy ValueError if truncated."""
+
+
+class _ZlibDecoder:
+    """gzip or deflate (zlib-wrapped, or raw as some servers send), output capped per call."""
+
+    def __init__(self, encoding: str) -> None:
+        self._encoding = encoding
+        self._pending = b""  # for deflate: bytes held until the header can be sniffed
+        self._fed = False
+        self._inflater: Any = None
+        if encoding == "gzip":
+            self._inflater = zlib.decompressobj(16 + zlib.MAX_WBITS)
+
+    def _start_deflate(self, data: bytes) -> None:
+        # RFC 9110 says zlib-wrapped; a zlib header is CMF=8 (deflate) with (CMF*256+FLG) % 31 == 0
+        is_zlib = data[0] & 0x0F == 8 and ((data[0] << 8) | data[1]) % 31 == 0
+        self._inflater = zlib.decompressobj(zlib.MAX_WBITS if is_zlib else -zlib.MAX_WBITS)
+
+    def decode(self, data: bytes, room: int) -> bytes:
+        self._fed = self._fed or bool(data)
+        if self._inflater is None:
+            self._pending += data
+            if len(self._pending) < 2:
+                return b""
+            data, self._pending = self._pending, b""
+            self._start_deflate(data)
+        out = bytearray()
+        while data:
+            # room + 1 so that "exactly room" and "more than room" can be told apart
+            chunk = self._inflater.decompress(data, room - len(out) + 1)
+            out += chunk
+            if len(out) > room:
+                raise _BodyTooLarge
+            data = b""
+            # gzip allows several members back to back (RFC 1952 §2.2)
+            if self._encoding == "gzip" and self._inflater.eof and self._inflater.unused_data:
+                data = self._inflater.unused_data
+                self._inflater = zlib.decompressobj(16 + zlib.MAX_WBITS)
+        return bytes(out)
+
+    def finish(self, room: int) -> bytes:
+        if not self._fed:
+            return b""  # an empty body: nothing was encoded
+        if self._inflater is None:
+            raise ValueError("truncated")
+        out = self._inflater.flush()
+        if len(out) > room:
+            raise _BodyTooLarge
+        if not self._inflater.eof:
+            raise ValueError("truncated")
+        return bytes(out)
+
+
+class _BrotliDecoder:
+    def __init__(self) -> None:
+        assert _BROTLI is not None
+        self._inflater = _BROTLI.Decompressor()
+
+    def decode(self, data: bytes, room: int) -> bytes:
+        assert _BROTLI is not None
+        try:
+            out: bytes = self._inflater.process(data, max_output_length=room + 1)
+        except _BROTLI.error as e:
+            raise ValueError(str(e)) from e
+        if len(out) > room:
+            raise _BodyTooLarge
+        return out
+
+    def finish(self, room: int) -> bytes:
+        if not self._inflater.is_finished():
+            raise ValueError("truncated")
+        return b""
+
+
+def _decoders_for(content_encoding: str) -> list[_Decoder] | None:
+    """Decoders in the order to apply them, or None for an encoding we cannot read."""
+    codings = [c.strip().lower() for c in content_encoding.split(",")]
+    decoders: list[_Decoder] = []
+    for coding in reversed([c for c in codings if c and c != "identity"]):
+        if coding in ("gzip", "x-gzip"):
+            decoders.append(_ZlibDecoder("gzip"))
+        elif coding == "deflate":
+            decoders.append(_ZlibDecoder("deflate"))
+        elif coding == "br" and _BROTLI is not None:
+            decoders.append(_BrotliDecoder())
+        else:
+            return None
+    return decoders
+
+
+# --- error mapping -----------------------------------------------------------------
+
+
+def _causes(exc: BaseException) -> list[BaseException]:
+    chain: list[BaseException] = []
+    current: BaseException | None = exc
+    while current is not None and current not in chain:
+        chain.append(current)
+        current = current.__cause__ or current.__context__
+    return chain
+
+
+def _describe_transport_error(exc: httpx.TransportError) -> str:
+    """One short line for a network failure, from the OS-level cause where there is one."""
+    for cause in _causes(exc):
+        if isinstance(cause, socket.gaierror):
+            return "host not found (DNS lookup failed)"
+        if isinstance(cause, ssl.SSLCertVerificationError):
+            return f"TLS certificate not valid: {cause.verify_message}"
+        if isinstance(cause, ssl.SSLError):
+            return f"TLS error: {cause.reason or cause}"
+        if isinstance(cause, ConnectionRefusedError):
+            return "connection refused"
+        if isinstance(cause, ConnectionResetError):
+            return "connection reset by peer"
+        if isinstance(cause, OSError) and cause.errno in (errno.EHOSTUNREACH, errno.ENETUNREACH):
+            return "host unreachable"
+    text = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+    if isinstance(exc, httpx.RemoteProtocolError):
+        if "without sending complete message body" in text:
+            return "connection closed before the body was complete"
+        if "disconnected without sending a response" in text:
+            return "server closed the connection without a response"
+        return f"malformed HTTP response: {text}" if text else "malformed HTTP response"
+    if isinstance(exc, httpx.UnsupportedProtocol):
+        return "unsupported URL scheme"
+    if isinstance(exc, httpx.ConnectError):
+        return f"cannot connect: {text}" if text else "cannot connect"
+    if isinstance(exc, httpx.ReadError):
+        return f"connection broken while reading: {text}" if text else "connection broken"
+    return text or type(exc).__name__
+
+
+# --- the fetcher -------------------------------------------------------------------
+
+
+class Fetcher:
+    """Owns one HTTP client; `fetch()` any number of feeds concurrently within the limits.
+
+    async with Fetcher(limits) as fetcher:
+        result = await fetcher.fetch(state, now)
+    """
+
+    def __init__(self, limits: FetchLimits = DEFAULT_LIMITS, user_agent: str = USER_AGENT) -> None:
+        self.limits = limits
+        self.user_agent = user_agent
+        self._client: httpx.AsyncClient | None = None
+        self._all_hosts = asyncio.Semaphore(limits.max_connections)
+        self._per_host: dict[str, asyncio.Semaphore] = {}
+
+    async def __aenter__(self) -> Fetcher:
+        limits = self.limits
+        self._client = httpx.AsyncClient(
+            follow_redirects=False,
+            verify=_ssl_context(),
+            timeout=httpx.Timeout(
+                connect=limits.connect_timeout,
+                read=limits.read_timeout,
+                write=limits.read_timeout,
+                pool=limits.connect_timeout,
+            ),
+            # the semaphores are the real bound; the pool just never gets in their way
+            limits=httpx.Limits(
+                max_connections=limits.max_connections,
+                max_keepalive_connections=limits.max_connections,
+            ),
+            headers={"User-Agent": self.user_agent},
+        )
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        if self._client is not None:
+            await self._client.aclose()
+            self._client = None
+
+    def _host_semaphore(self, url: httpx.URL) -> asyncio.Semaphore:
+        host = url.host.lower()
+        if host not in self._per_host:
+            self._per_host[host] = asyncio.Semaphore(self.limits.max_per_host)
+        return self._per_host[host]
+
+    async def fetch(self, state: FeedState, now: datetime) -> Fetched | NotModified:
+        """GET state.fetch_url conditionally; raise a FetchError subclass on failure."""
+        if self._client is None:
+            raise RuntimeError("Fetcher used outside `async with`")
+        total = self.limits.total_timeout
+        try:
+            # the deadline starts once a connection slot is ours: queueing is not the feed's fault
+            async with asyncio.timeout(None) as deadline:
+                return await self._follow(state, now, deadline)
+        except TimeoutError as e:
+            message = f"timed out after {_format_seconds(total)} (total deadline)"
+            raise FetchTimeout(state.url, message) from e
+
+    async def _follow(
+        self, state: FeedState, now: datetime, deadline: asyncio.Timeout
+    ) -> Fetched | NotModified:
+        headers = {"Accept": ACCEPT, "Accept-Encoding": ACCEPT_ENCODING}
+        if state.etag:
+            headers["If-None-Match"] = state.etag
+        if state.last_modified:
+            headers["If-Modified-Since"] = state.last_modified
+
+        url = self._checked_url(state.url, state.fetch_url)
+        seen = {str(url)}
+        all_permanent = True
+        redirects = 0
+        while True:
+            host_slot = self._host_semaphore(url)
+            async with host_slot, self._all_hosts:
+                if deadline.when() is None:
+                    loop = asyncio.get_running_loop()
+                    deadline.reschedule(loop.time() + self.limits.total_timeout)
+                outcome = await self._request(state, url, headers, now)
+            if not isinstance(outcome, _Redirect):
+                moved_to = str(url) if redirects and all_permanent else None
+                if isinstance(outcome, NotModified):
+                    return NotModified(
+                        url=str(url),
+                        etag=outcome.etag,
+                        last_modified=outcome.last_modified,
+                        moved_to=moved_to,
+                        headers=outcome.headers,
+                    )
+                return Fetched(
+                    url=str(url),
+                    status=outcome.status,
+                    body=outcome.body,
+                    headers=outcome.headers,
+                    etag=outcome.etag,
+                    last_modified=outcome.last_modified,
+                    moved_to=moved_to,
+                )
+            target = self._checked_url(state.url, outcome.location, base=url)
+            if str(target) in seen:
+                raise TooManyRedirects(state.url, f"redirect loop (back to {target})")
+            redirects += 1
+            if redirects > self.limits.max_redirects:
+                raise TooManyRedirects(
+                    state.url, f"more than {self.limits.max_redirects} redirects"
+                )
+            seen.add(str(target))
+            all_permanent = all_permanent and outcome.status in _PERMANENT_REDIRECTS
+            url = target
+
+    @staticmethod
+    def _checked_url(feed_url: str, location: str, base: httpx.URL | None = None) -> httpx.URL:
+        try:
+            url = base.join(location) if base is not None else httpx.URL(location)
+        except httpx.InvalidURL as e:
+            raise FetchError(feed_url, f"invalid URL {location!r}") from e
+        if url.scheme not in ("http", "https"):
+            what = "redirect to" if base is not None else "cannot fetch"
+            raise FetchError(feed_url, f"{what} unsupported URL {location!r}")
+        return url.copy_with(fragment=None)
+
+    async def _request(
+        self, state: FeedState, url: httpx.URL, headers: dict[str, str], now: datetime
+    ) -> _Redirect | Fetched | NotModified:
+        """One GET, no redirects followed; the body is read only for a 2xx."""
+        assert self._client is not None
+        limits = self.limits
+        try:
+            async with self._client.stream("GET", url, headers=headers) as response:
+                status = response.status_code
+                response_headers = dict(response.headers.items())  # keys come lower-cased
+                etag = response.headers.get("etag")
+                last_modified = response.headers.get("last-modified")
+                if status in _REDIRECT_STATUSES:
+                    location = response.headers.get("location")
+                    if not location:
+                        raise HTTPStatusError(
+                            state.url, status, f"HTTP {status} redirect without a Location"
+                        )
+                    return _Redirect(status, location)
+                if status == 304:
+                    return NotModified(
+                        url=str(url),
+                        etag=etag,
+                        last_modified=last_modified,
+                        headers=response_headers,
+                    )
+                if not 200 <= status < 300:
+                    raise _status_error(state.url, response, now)
+                body = await _read_body(state.url, response, limits.max_body_bytes)
+                return Fetched(
+                    url=str(url),
+                    status=status,
+                    body=body,
+                    headers=response_headers,
+                    etag=etag,
+                    last_modified=last_modified,
+                )
+        except httpx.TimeoutException as e:
+            raise FetchTimeout(state.url, _describe_timeout(e, limits)) from e
+        except httpx.TransportError as e:
+            raise FetchError(state.url, _describe_transport_error(e)) from e
+        except httpx.HTTPError as e:  # e.g. a malformed header value
+            raise FetchError(state.url, f"HTTP error: {e}") from e
+
+
+def _describe_timeout(exc: httpx.TimeoutException, limits: FetchLimits) -> str:
+    if isinstance(exc, httpx.ConnectTimeout):
+        return f"connect timed out after {_format_seconds(limits.connect_timeout)}"
+    if isinstance(exc, httpx.PoolTimeout):
+        return "timed out waiting for a free connection"
+    return f"no data for {_format_seconds(limits.read_timeout)} (read timeout)"
+
+
+def _status_error(feed_url: str, response: httpx.Response, now: datetime) -> HTTPStatusError:
+    status = response.status_code
+    if status == 410:
+        return Gone(feed_url, status, "gone (HTTP 410)")
+    if status in _RETRY_STATUSES:
+        header = response.headers.get("retry-after")
+        retry_after = parse_retry_after(header, now) if header else None
+        if retry_after is not None:
+            message = f"server asks to retry after {_format_utc(retry_after)} (HTTP {status})"
+        elif status == 429:
+            message = "too many requests (HTTP 429)"
+        else:
+            message = "service unavailable (HTTP 503)"
+        return RetryLater(feed_url, status, message, retry_after)
+    reason = response.reason_phrase or ""
+    return HTTPStatusError(feed_url, status, f"HTTP {status} {reason}".strip())
+
+
+async def _read_body(feed_url: str, response: httpx.Response, max_bytes: int) -> bytes:
+    """Stream the raw body, decompressing as it comes, never holding more than max_bytes."""
+    too_large = f"body larger than {_format_size(max_bytes)}"
+    declared = response.headers.get("content-length", "")
+    if declared.strip().isdigit() and int(declared) > max_bytes:
+        raise TooLarge(feed_url, f"{too_large} (Content-Length {declared.strip()})")
+    encoding = response.headers.get("content-encoding", "")
+    decoders = _decoders_for(encoding)
+    if decoders is None:
+        raise FetchError(feed_url, f"unsupported Content-Encoding {encoding!r}")
+
+    body = bytearray()
+    raw_size = 0
+
+    def push(data: bytes, at_end: bool) -> None:
+        for decoder in decoders:
+            room = max_bytes - len(body)
+            decoded = decoder.decode(data, room) if data else b""
+            if at_end:
+                decoded += decoder.finish(room - len(decoded))
+            data = decoded
+        if len(body) + len(data) > max_bytes:
+            raise _BodyTooLarge
+        body.extend(data)
+
+    try:
+        async for chunk in response.aiter_raw(_CHUNK):
+            raw_size += len(chunk)
+            if raw_size > max_bytes:
+                raise TooLarge(feed_url, too_large)
+            push(chunk, at_end=False)
+        push(b"", at_end=True)
+    except _BodyTooLarge:
+        raise TooLarge(feed_url, f"{too_large} after decompression") from None
+    except (zlib.error, ValueError) as e:
+        raise FetchError(feed_url, f"cannot decode {encoding} body: {e}") from e
+    return bytes(body)

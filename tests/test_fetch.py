@@ -1,0 +1,501 @@
+"""Fetcher against real servers on 127.0.0.1: what arrives, what is refused, and how fast."""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+import threading
+import time
+import tracemalloc
+import zlib
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import replace
+from datetime import UTC, datetime, timedelta
+from email.utils import format_datetime
+from typing import Any
+
+import pytest
+
+from aggregator import USER_AGENT, __version__
+from aggregator.errors import (
+    FetchError,
+    FetchTimeout,
+    Gone,
+    HTTPStatusError,
+    RetryLater,
+    TooLarge,
+    TooManyRedirects,
+)
+from aggregator.fetch import Fetcher, cache_max_age, parse_retry_after
+from aggregator.model import FeedState, Fetched, FetchLimits, NotModified
+from tests.feedserver import FeedServer, HostileServer, gzip_bomb
+
+NOW = datetime(2026, 3, 1, 12, 0, tzinfo=UTC)
+MB = 1024 * 1024
+# small limits so hostile cases end quickly; read_timeout > the drip interval (1 s), so a
+# dripping server is cut off by the total deadline, not by the read timeout
+LIMITS = FetchLimits(
+    max_body_bytes=MB,
+    connect_timeout=1.0,
+    read_timeout=1.5,
+    total_timeout=2.0,
+    max_redirects=5,
+    max_connections=20,
+    max_per_host=4,
+)
+#: every case must end within this, however hostile the server
+BOUND = LIMITS.total_timeout + 2.0
+
+RSS = b"""<?xml version="1.0"?>
+<rss version="2.0"><channel><title>T</title><link>http://example.com/</link>
+<item><title>One</title><link>http://example.com/1</link></item></channel></rss>
+"""
+
+
+def state_for(url: str, **fields: Any) -> FeedState:
+    return FeedState(url=url, fetch_url=url, **fields)
+
+
+async def fetch_async(state: FeedState, limits: FetchLimits = LIMITS) -> Fetched | NotModified:
+    async with Fetcher(limits) as fetcher:
+        return await fetcher.fetch(state, NOW)
+
+
+def fetch(url: str, limits: FetchLimits = LIMITS, **fields: Any) -> Fetched | NotModified:
+    return asyncio.run(fetch_async(state_for(url, **fields), limits))
+
+
+def fetched(url: str, limits: FetchLimits = LIMITS, **fields: Any) -> Fetched:
+    result = fetch(url, limits, **fields)
+    assert isinstance(result, Fetched), result
+    return result
+
+
+@contextmanager
+def within(seconds: float) -> Iterator[None]:
+    """The block must finish in `seconds`: a behaviour bound, not a benchmark."""
+    start = time.monotonic()
+    yield
+    elapsed = time.monotonic() - start
+    assert elapsed < seconds, f"took {elapsed:.1f} s"
+
+
+# --- a normal fetch -----------------------------------------------------------------
+
+
+def test_200_with_gzip_returns_the_decompressed_body(feed_server: FeedServer) -> None:
+    feed_server.set("/a.xml", RSS, gzip=True, headers={"X-Custom": "yes"})
+    result = fetched(feed_server.url("/a.xml"))
+    assert result.status == 200
+    assert result.body == RSS
+    assert result.url == feed_server.url("/a.xml")
+    assert result.moved_to is None
+    assert result.headers["content-encoding"] == "gzip"  # it really came compressed
+    assert result.headers["content-type"].startswith("application/rss+xml")
+    assert result.headers["x-custom"] == "yes"
+    assert result.etag and result.etag == result.headers["etag"]
+    assert result.last_modified == result.headers["last-modified"]
+    (request,) = feed_server.requests_to("/a.xml")
+    assert "gzip" in request.headers["accept-encoding"]
+
+
+@pytest.mark.parametrize("wbits", [zlib.MAX_WBITS, -zlib.MAX_WBITS], ids=["zlib", "raw"])
+def test_deflate_body_is_decoded_zlib_wrapped_or_raw(feed_server: FeedServer, wbits: int) -> None:
+    compressor = zlib.compressobj(6, zlib.DEFLATED, wbits)
+    body = compressor.compress(RSS) + compressor.flush()
+    feed_server.respond("/d.xml", 200, body, headers={"Content-Encoding": "deflate"})
+    assert fetched(feed_server.url("/d.xml")).body == RSS
+
+
+def test_request_names_aggregator_and_prefers_feed_types(feed_server: FeedServer) -> None:
+    feed_server.set("/a.xml", RSS)
+    fetch(feed_server.url("/a.xml"))
+    (request,) = feed_server.requests_to("/a.xml")
+    assert request.headers["user-agent"] == USER_AGENT
+    assert f"aggregator/{__version__}" in request.headers["user-agent"]
+    accept = request.headers["accept"]
+    assert accept.index("application/rss+xml") < accept.index("text/html")
+    assert "if-none-match" not in request.headers  # nothing stored yet, nothing to validate
+
+
+def test_empty_200_and_html_are_returned_for_the_parser_to_judge(
+    hostile_server: HostileServer,
+) -> None:
+    assert fetched(hostile_server.url("/empty")).body == b""
+    html = fetched(hostile_server.url("/html"))
+    assert html.headers["content-type"].startswith("text/html")
+    assert html.body.startswith(b"<!DOCTYPE html>")
+
+
+def test_body_exactly_at_the_limit_passes_one_byte_more_does_not(feed_server: FeedServer) -> None:
+    limits = replace(LIMITS, max_body_bytes=1000)
+    feed_server.respond("/fits.xml", 200, b"x" * 1000)
+    feed_server.respond("/over.xml", 200, b"x" * 1001)
+    assert len(fetched(feed_server.url("/fits.xml"), limits).body) == 1000
+    with pytest.raises(TooLarge, match=r"^body larger than 1000 bytes"):
+        fetch(feed_server.url("/over.xml"), limits)
+
+
+# --- conditional GET -----------------------------------------------------------------
+
+
+def test_conditional_get_sends_stored_validators_and_304_is_not_modified(
+    feed_server: FeedServer,
+) -> None:
+    feed_server.set("/a.xml", RSS)
+    url = feed_server.url("/a.xml")
+    first = fetched(url)
+
+    second = fetch(url, etag=first.etag, last_modified=first.last_modified)
+
+    assert isinstance(second, NotModified)
+    assert second.etag == first.etag
+    conditional = feed_server.requests_to("/a.xml")[-1]
+    assert conditional.headers["if-none-match"] == first.etag
+    assert conditional.headers["if-modified-since"] == first.last_modified
+
+
+def test_last_modified_alone_also_gets_304(feed_server: FeedServer) -> None:
+    feed_server.set("/a.xml", RSS)
+    url = feed_server.url("/a.xml")
+    first = fetched(url)
+    assert isinstance(fetch(url, last_modified=first.last_modified), NotModified)
+
+
+def test_changed_feed_comes_back_with_new_validators(feed_server: FeedServer) -> None:
+    feed_server.set("/a.xml", RSS, last_modified=NOW - timedelta(days=1))
+    url = feed_server.url("/a.xml")
+    first = fetched(url)
+    changed = RSS.replace(b"One", b"Two")
+    feed_server.set("/a.xml", changed, last_modified=NOW)
+
+    second = fetch(url, etag=first.etag, last_modified=first.last_modified)
+
+    assert isinstance(second, Fetched)
+    assert second.body == changed
+    assert second.etag != first.etag
+
+
+# --- hostile servers -----------------------------------------------------------------
+
+
+def test_slow_drip_is_cut_off_by_the_total_deadline(hostile_server: HostileServer) -> None:
+    with within(BOUND), pytest.raises(FetchTimeout) as caught:
+        fetch(hostile_server.url("/drip"))
+    assert str(caught.value) == "timed out after 2 s (total deadline)"
+    assert caught.value.url == hostile_server.url("/drip")
+
+
+def test_silent_server_hits_the_read_timeout(hostile_server: HostileServer) -> None:
+    with within(BOUND), pytest.raises(FetchTimeout) as caught:
+        fetch(hostile_server.url("/silent"))
+    assert str(caught.value) == "no data for 1.5 s (read timeout)"
+
+
+def test_content_length_over_the_limit_is_refused_before_reading(
+    hostile_server: HostileServer,
+) -> None:
+    with within(BOUND), pytest.raises(TooLarge) as caught:
+        fetch(hostile_server.url("/huge"))
+    assert str(caught.value) == "body larger than 1 MB (Content-Length 1073741824)"
+
+
+def test_endless_body_is_cut_off_while_streaming(hostile_server: HostileServer) -> None:
+    with within(BOUND), pytest.raises(TooLarge) as caught:
+        fetch(hostile_server.url("/endless"))
+    assert str(caught.value) == "body larger than 1 MB"
+
+
+def test_gzip_bomb_is_cut_off_after_decompression(hostile_server: HostileServer) -> None:
+    gzip_bomb()  # built once, before the clock starts
+    tracemalloc.start()
+    try:
+        with within(BOUND), pytest.raises(TooLarge) as caught:
+            fetch(hostile_server.url("/gzip-bomb"))
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert str(caught.value) == "body larger than 1 MB after decompression"
+    # the bomb expands to 200 MB; only about the 1 MB limit may ever be held
+    assert peak < 16 * MB, f"peak {peak / MB:.0f} MB"
+
+
+def test_gzip_bomb_is_also_cut_off_at_the_product_default_limit(
+    hostile_server: HostileServer,
+) -> None:
+    gzip_bomb()
+    limits = replace(LIMITS, max_body_bytes=FetchLimits().max_body_bytes)
+    with within(BOUND), pytest.raises(TooLarge, match="^body larger than 10 MB after decomp"):
+        fetch(hostile_server.url("/gzip-bomb"), limits)
+
+
+def test_corrupt_gzip_and_unknown_encoding_are_fetch_errors(
+    hostile_server: HostileServer,
+) -> None:
+    with pytest.raises(FetchError, match="^cannot decode gzip body: "):
+        fetch(hostile_server.url("/bad-gzip"))
+    with pytest.raises(FetchError) as caught:
+        fetch(hostile_server.url("/unknown-encoding"))
+    assert str(caught.value) == "unsupported Content-Encoding 'x-squash'"
+
+
+@pytest.mark.parametrize(
+    ("path", "message"),
+    [
+        ("/reset", "connection reset by peer"),
+        ("/close", "server closed the connection without a response"),
+        ("/lying-length", "connection closed before the body was complete"),
+    ],
+)
+def test_broken_connections_are_fetch_errors(
+    hostile_server: HostileServer, path: str, message: str
+) -> None:
+    with within(BOUND), pytest.raises(FetchError) as caught:
+        fetch(hostile_server.url(path))
+    assert type(caught.value) is FetchError
+    assert str(caught.value) == message
+
+
+def test_not_http_at_all_is_a_fetch_error(hostile_server: HostileServer) -> None:
+    with within(BOUND), pytest.raises(FetchError, match="^malformed HTTP response"):
+        fetch(hostile_server.url("/garbage"))
+
+
+def test_connection_refused_is_a_fetch_error() -> None:
+    with socket.socket() as probe:  # a port that was free a moment ago and has no listener
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    with within(BOUND), pytest.raises(FetchError) as caught:
+        fetch(f"http://127.0.0.1:{port}/feed.xml")
+    assert str(caught.value) == "connection refused"
+
+
+# --- redirects -----------------------------------------------------------------------
+
+
+def test_redirect_loop_is_detected(hostile_server: HostileServer) -> None:
+    with within(BOUND), pytest.raises(TooManyRedirects, match="^redirect loop"):
+        fetch(hostile_server.url("/loop/a"))
+
+
+def chain(server: FeedServer, statuses: list[int]) -> str:
+    """/r0 → /r1 → … → /rN (the feed), each hop with the given status; returns /r0's URL."""
+    for hop, status in enumerate(statuses):
+        server.redirect(f"/r{hop}", f"/r{hop + 1}", status)
+    server.set(f"/r{len(statuses)}", RSS)
+    return server.url("/r0")
+
+
+def test_five_redirects_are_followed_six_are_too_many(feed_server: FeedServer) -> None:
+    assert fetched(chain(feed_server, [302] * 5)).body == RSS
+    with pytest.raises(TooManyRedirects) as caught:
+        fetch(chain(feed_server, [302] * 6))
+    assert str(caught.value) == "more than 5 redirects"
+
+
+def test_permanent_redirects_set_moved_to(feed_server: FeedServer) -> None:
+    result = fetched(chain(feed_server, [301, 308]))
+    assert result.body == RSS
+    assert result.url == feed_server.url("/r2")
+    assert result.moved_to == feed_server.url("/r2")
+
+
+@pytest.mark.parametrize("statuses", [[302], [301, 302], [307, 308]])
+def test_any_temporary_hop_leaves_moved_to_unset(
+    feed_server: FeedServer, statuses: list[int]
+) -> None:
+    result = fetched(chain(feed_server, statuses))
+    assert result.body == RSS
+    assert result.moved_to is None
+
+
+def test_relative_location_is_resolved(feed_server: FeedServer) -> None:
+    feed_server.redirect("/old/feed.xml", "../new/feed.xml", 301)
+    feed_server.set("/new/feed.xml", RSS)
+    result = fetched(feed_server.url("/old/feed.xml"))
+    assert result.moved_to == feed_server.url("/new/feed.xml")
+
+
+def test_moved_feed_answering_304_still_reports_the_move(feed_server: FeedServer) -> None:
+    feed_server.set("/new.xml", RSS)
+    feed_server.redirect("/old.xml", "/new.xml", 308)
+    first = fetched(feed_server.url("/old.xml"))
+    result = fetch(feed_server.url("/old.xml"), etag=first.etag)
+    assert isinstance(result, NotModified)
+    assert result.moved_to == feed_server.url("/new.xml")
+
+
+def test_redirect_to_a_non_http_scheme_is_refused(feed_server: FeedServer) -> None:
+    feed_server.redirect("/a.xml", "ftp://example.com/feed.xml", 301)
+    with pytest.raises(FetchError, match="^redirect to unsupported URL 'ftp://"):
+        fetch(feed_server.url("/a.xml"))
+
+
+# --- status codes ---------------------------------------------------------------------
+
+
+def test_410_is_gone(feed_server: FeedServer) -> None:
+    feed_server.respond("/a.xml", 410)
+    with pytest.raises(Gone) as caught:
+        fetch(feed_server.url("/a.xml"))
+    assert caught.value.status == 410
+    assert str(caught.value) == "gone (HTTP 410)"
+
+
+def test_429_with_retry_after_seconds(feed_server: FeedServer) -> None:
+    feed_server.respond("/a.xml", 429, headers={"Retry-After": "120"})
+    with pytest.raises(RetryLater) as caught:
+        fetch(feed_server.url("/a.xml"))
+    assert caught.value.status == 429
+    assert caught.value.retry_after == NOW + timedelta(seconds=120)
+    assert str(caught.value) == "server asks to retry after 2026-03-01T12:02:00Z (HTTP 429)"
+
+
+def test_503_with_retry_after_http_date(feed_server: FeedServer) -> None:
+    when = datetime(2026, 3, 2, 8, 30, tzinfo=UTC)
+    feed_server.respond("/a.xml", 503, headers={"Retry-After": format_datetime(when, True)})
+    with pytest.raises(RetryLater) as caught:
+        fetch(feed_server.url("/a.xml"))
+    assert caught.value.status == 503
+    assert caught.value.retry_after == when
+
+
+def test_503_without_retry_after_has_no_retry_time(feed_server: FeedServer) -> None:
+    feed_server.respond("/a.xml", 503)
+    with pytest.raises(RetryLater) as caught:
+        fetch(feed_server.url("/a.xml"))
+    assert caught.value.retry_after is None
+    assert str(caught.value) == "service unavailable (HTTP 503)"
+
+
+def test_404_is_a_plain_status_error(feed_server: FeedServer) -> None:
+    with pytest.raises(HTTPStatusError) as caught:
+        fetch(feed_server.url("/missing.xml"))
+    assert type(caught.value) is HTTPStatusError
+    assert caught.value.status == 404
+    assert str(caught.value) == "HTTP 404 Not Found"
+
+
+# --- concurrency ------------------------------------------------------------------------
+
+
+async def fetch_many(urls: list[str], limits: FetchLimits) -> list[Fetched | NotModified]:
+    async with Fetcher(limits) as fetcher:
+        return await asyncio.gather(*(fetcher.fetch(state_for(url), NOW) for url in urls))
+
+
+def test_per_host_limit_is_respected(feed_server: FeedServer) -> None:
+    for n in range(10):
+        feed_server.set(f"/{n}.xml", RSS, delay=0.2)
+    limits = replace(LIMITS, max_per_host=2)
+    results = asyncio.run(fetch_many([feed_server.url(f"/{n}.xml") for n in range(10)], limits))
+    assert all(isinstance(r, Fetched) and r.body == RSS for r in results)
+    assert feed_server.max_concurrent == 2
+
+
+def test_global_limit_is_respected(feed_server: FeedServer) -> None:
+    for n in range(8):
+        feed_server.set(f"/{n}.xml", RSS, delay=0.2)
+    limits = replace(LIMITS, max_connections=3, max_per_host=10)
+    asyncio.run(fetch_many([feed_server.url(f"/{n}.xml") for n in range(8)], limits))
+    assert feed_server.max_concurrent == 3
+
+
+def test_a_slow_feed_does_not_delay_a_fast_one(
+    feed_server: FeedServer, hostile_server: HostileServer
+) -> None:
+    feed_server.set("/fast.xml", RSS)
+
+    async def both() -> tuple[float, BaseException | Fetched | NotModified]:
+        async with Fetcher(LIMITS) as fetcher:
+            start = time.monotonic()
+            slow = asyncio.create_task(fetcher.fetch(state_for(hostile_server.url("/drip")), NOW))
+            await asyncio.sleep(0.1)  # the slow one is already dripping
+            fast = await fetcher.fetch(state_for(feed_server.url("/fast.xml")), NOW)
+            fast_elapsed = time.monotonic() - start
+            assert isinstance(fast, Fetched)
+            (slow_outcome,) = await asyncio.gather(slow, return_exceptions=True)
+            return fast_elapsed, slow_outcome
+
+    with within(BOUND):
+        fast_elapsed, slow_outcome = asyncio.run(both())
+    assert fast_elapsed < 1.0
+    assert isinstance(slow_outcome, FetchTimeout)
+
+
+def test_waiting_for_a_slot_does_not_count_against_the_deadline(feed_server: FeedServer) -> None:
+    # 6 feeds, one at a time, each 0.5 s: the last waits 2.5 s, longer than the 2 s deadline
+    for n in range(6):
+        feed_server.set(f"/{n}.xml", RSS, delay=0.5)
+    limits = replace(LIMITS, max_per_host=1)
+    results = asyncio.run(fetch_many([feed_server.url(f"/{n}.xml") for n in range(6)], limits))
+    assert all(isinstance(r, Fetched) for r in results)
+
+
+def test_fetch_outside_the_context_manager_is_a_bug() -> None:
+    with pytest.raises(RuntimeError):
+        asyncio.run(Fetcher().fetch(state_for("http://127.0.0.1:1/"), NOW))
+
+
+# --- helpers for the scheduler ---------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("value", "expected"),
+    [
+        ("120", NOW + timedelta(seconds=120)),
+        ("  0 ", NOW),
+        ("Mon, 02 Mar 2026 08:30:00 GMT", datetime(2026, 3, 2, 8, 30, tzinfo=UTC)),
+        ("Mon, 02 Mar 2026 10:30:00 +0200", datetime(2026, 3, 2, 8, 30, tzinfo=UTC)),
+        ("-5", None),
+        ("soon", None),
+        ("", None),
+        ("1.5", None),
+    ],
+)
+def test_parse_retry_after(value: str, expected: datetime | None) -> None:
+    assert parse_retry_after(value, NOW) == expected
+
+
+@pytest.mark.parametrize(
+    ("value", "expected"),
+    [
+        ("max-age=300", 300),
+        ("public, max-age=3600, must-revalidate", 3600),
+        ('max-age="60"', 60),
+        ("MAX-AGE=10", 10),
+        ("s-maxage=600", None),
+        ("no-cache", None),
+        ("max-age=soon", None),
+    ],
+)
+def test_cache_max_age(value: str, expected: int | None) -> None:
+    assert cache_max_age({"cache-control": value}) == expected
+
+
+def test_cache_max_age_without_the_header() -> None:
+    assert cache_max_age({}) is None
+
+
+# --- the test servers themselves -------------------------------------------------------
+
+
+def test_servers_stop_promptly_with_clients_still_connected() -> None:
+    threads_before = threading.active_count()
+    feed, hostile = FeedServer(), HostileServer()
+    feed.start()
+    hostile.start()
+    feed.set("/a.xml", RSS)
+    idle = socket.create_connection(("127.0.0.1", feed.port))  # a keep-alive client
+    idle.sendall(b"GET /a.xml HTTP/1.1\r\nHost: x\r\n\r\n")
+    dripping = socket.create_connection(("127.0.0.1", hostile.port))
+    dripping.sendall(b"GET /drip HTTP/1.1\r\nHost: x\r\n\r\n")
+    assert idle.recv(1000).startswith(b"HTTP/1.1 200")
+    assert dripping.recv(1000).startswith(b"HTTP/1.1 200")
+    with within(2.0):
+        feed.stop()
+        hostile.stop()
+    idle.close()
+    dripping.close()
+    assert threading.active_count() == threads_before
