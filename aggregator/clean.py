@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import html
 import re
+from dataclasses import replace
 from datetime import UTC, datetime
 from urllib.parse import urljoin, urlsplit
 
@@ -79,12 +80,24 @@ _EMPTY_LINK = re.compile(rf"<a{_ATTRIBUTES}>\s*</a>")
 _BARE_LINK = re.compile(r"<a>(.*?)</a>", re.DOTALL)
 
 
+#: characters XML 1.0 forbids (our outputs include Atom and RSS) and lone surrogates,
+#: which JSON "\ud800" escapes can produce and which cannot be encoded at all
+_UNUSABLE_CHARACTERS = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\x7f\ud800-\udfff\ufffe\uffff]")
+
+
+def remove_unusable_characters(text: str) -> str:
+    """`text` without control characters, lone surrogates and non-characters."""
+    return _UNUSABLE_CHARACTERS.sub("", text)
+
+
 def sanitize_html(html_text: str, base_url: str) -> str:
     """`html_text` reduced to ALLOWED_TAGS/ALLOWED_ATTRIBUTES, URLs absolute against `base_url`.
 
     Scripts, styles, frames, plugins, forms, SVG/MathML and their contents go; so do event
-    handlers, URLs other than http(s)/mailto, tracking pixels and emptied links.
+    handlers, URLs other than http(s)/mailto, tracking pixels, emptied links and characters
+    XML cannot carry.
     """
+    html_text = remove_unusable_characters(html_text)
     if not html_text.strip():
         return ""
 
@@ -286,6 +299,7 @@ _ANY_TAG = re.compile(r"<[^>]*>")
 
 def html_to_text(html_text: str) -> str:
     """Plain text of an HTML fragment: entities unescaped, blocks apart, whitespace collapsed."""
+    html_text = remove_unusable_characters(html_text)
     if "<" not in html_text and "&" not in html_text:
         return _WHITESPACE.sub(" ", html_text).strip()
     # nh3 parses like a browser and drops script/style contents; what is left of the
@@ -325,6 +339,7 @@ def clean_entry(
     """The publishable form of `entry`. `now` is the fetch time; `first_seen` the time the
     entry was first stored, if it was (the date of an undated entry)."""
     now = _as_utc(now)
+    entry = _without_unusable_characters(entry)
     content_html = clean_html(entry.content_html, entry.base_url)
     summary_html = clean_html(entry.summary_html, entry.base_url)
     content_text = html_to_text(content_html)
@@ -359,6 +374,19 @@ def clean_entry(
         published=published,
         updated=updated,
         content_hash=content_hash(title, text),
+    )
+
+
+def _without_unusable_characters(entry: ParsedEntry) -> ParsedEntry:
+    fix = remove_unusable_characters
+    return replace(
+        entry,
+        title=fix(entry.title),
+        link=fix(entry.link) if entry.link else entry.link,
+        content_html=fix(entry.content_html),
+        summary_html=fix(entry.summary_html),
+        author=fix(entry.author) if entry.author else entry.author,
+        categories=tuple(fix(category) for category in entry.categories),
     )
 
 

@@ -433,3 +433,19 @@ def test_content_hash_tracks_edits():
     assert edited.content_hash != original.content_hash
     retitled = clean(make_entry(title="Envoys meet again"))
     assert retitled.content_hash != original.content_hash
+
+
+def test_characters_xml_cannot_carry_are_removed():
+    body = (
+        b'{"version": "https://jsonfeed.org/version/1.1", "title": "T", "items": [{"id": "1",'
+        b' "title": "Bad\\u0001 \\ud800title\\u000b", "content_html": "<p>x\\u0000y\\udfff</p>",'
+        b' "authors": [{"name": "A\\u0002"}], "tags": ["t\\u0003"]}]}'
+    )
+    (entry,) = parse_feed(body, {}, "https://j.test/feed").entries
+    assert "\x01" in entry.title  # parse keeps what the feed said
+    item = clean(entry)
+    assert item.title == "Bad title"
+    assert item.content_html == "<p>xy</p>"
+    assert item.text == "xy"
+    assert item.author == "A"
+    assert item.categories == ("t",)
