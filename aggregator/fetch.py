@@ -151,7 +151,7 @@ class _Decoder(Protocol):
         """Decode `data`; raise _BodyTooLarge rather than return more than `room` bytes."""
 
     def finish(self, room: int) -> bytes:
-        """Flush at the end of the body; raise FetchError-worthy ValueError if truncated."""
+        """Flush at the end of the body; raise ValueError if the stream was cut short."""
 
 
 class _ZlibDecoder:
