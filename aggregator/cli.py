@@ -60,14 +60,16 @@ def config_path(args: argparse.Namespace) -> Path:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    if args.command == "run":
+        # The daemon reads the config itself: an invalid file must not stop a service
+        # that can wait for the next valid save (and says so in /healthz).
+        from aggregator.daemon import run_daemon
+
+        return run_daemon(config_path(args))
     try:
         config = load_config(config_path(args))
         if args.command == "check":
             return cmd_check(config)
-        if args.command == "run":
-            from aggregator.daemon import run_daemon
-
-            return run_daemon(config.path)
         with Store.open(config.settings.database) as store:
             if args.command == "poll":
                 return cmd_poll(config, store, force=args.force)
@@ -97,7 +99,7 @@ def cmd_poll(config: Config, store: Store, *, force: bool) -> int:
         print(pipeline.describe(source, result), file=sys.stderr, flush=True)
 
     results = asyncio.run(pipeline.poll_round(config, store, force=force, on_result=report))
-    changed = pipeline.publish(config, store)
+    _, changed = pipeline.publish(config, store)
     failed = sum(r.error is not None for r in results)
     skipped = sum(r.skipped is not None for r in results)
     new = sum(r.new for r in results)
@@ -112,7 +114,7 @@ def cmd_poll(config: Config, store: Store, *, force: bool) -> int:
 
 
 def cmd_build(config: Config, store: Store) -> int:
-    changed = pipeline.publish(config, store)
+    _, changed = pipeline.publish(config, store)
     print(f"{len(changed)} output files changed in {config.settings.output_dir}")
     return EXIT_OK
 

@@ -127,6 +127,8 @@ class FeedState:
     title: str | None = None
     #: the feed's site link
     site_url: str | None = None
+    #: the feed's own hint of how often to poll (RSS <ttl>, Cache-Control max-age), seconds
+    hint_seconds: int | None = None
 
 
 # --- fetch → parse -----------------------------------------------------------------

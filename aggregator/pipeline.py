@@ -19,14 +19,14 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from concurrent.futures import Executor
 from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 
 from aggregator import clean, dedupe, parse, render, topics
 from aggregator.errors import FeedError, Gone, HTTPStatusError, RetryLater
-from aggregator.fetch import Fetcher
+from aggregator.fetch import Fetcher, cache_max_age
 from aggregator.model import (
     Config,
     FeedSource,
@@ -46,6 +46,8 @@ from aggregator.timeutil import to_iso, utcnow
 
 #: failures back off exponentially up to this
 MAX_BACKOFF = timedelta(hours=24)
+#: a feed's own hint (RSS ttl, Cache-Control max-age) may lengthen its interval up to this
+MAX_HINT = timedelta(hours=24)
 
 
 # --- pure decisions ---------------------------------------------------------------------
@@ -74,6 +76,19 @@ def next_due(interval: timedelta, now: datetime, failures: int) -> datetime:
         return now + interval
     backoff = interval * (2 ** min(failures, 16))
     return now + min(max(backoff, interval), max(MAX_BACKOFF, interval))
+
+
+def effective_interval(configured: timedelta, hint_seconds: int | None) -> timedelta:
+    """The feed's hint can lengthen the configured interval, never shorten it."""
+    if not hint_seconds:
+        return configured
+    return max(configured, min(timedelta(seconds=hint_seconds), MAX_HINT))
+
+
+def poll_hint(headers: Mapping[str, str], ttl_minutes: int | None) -> int | None:
+    """Seconds the feed itself asks us to wait between polls, if it says."""
+    hints = [h for h in (cache_max_age(headers), ttl_minutes and ttl_minutes * 60) if h]
+    return max(hints) if hints else None
 
 
 def raw_entry_hash(entry: object) -> str:
@@ -150,6 +165,7 @@ async def poll_feed(
         return _record_failure(store, source, state, error, now, started, fingerprint)
 
     moved_to = response.moved_to or state.moved_to
+    hint = poll_hint(response.headers, None) or state.hint_seconds
     state = replace(
         state,
         fetch_url=response.moved_to or state.fetch_url,
@@ -162,7 +178,8 @@ async def poll_feed(
         failures=0,
         gone=False,
         retry_after=None,
-        next_due=next_due(source.interval, now, 0),
+        hint_seconds=hint,
+        next_due=next_due(effective_interval(source.interval, hint), now, 0),
     )
     if not isinstance(response, Fetched):
         store.save_state(state)
@@ -183,13 +200,16 @@ async def poll_feed(
         return _record_failure(store, source, state, error, now, started, fingerprint)
 
     feed = processed.feed
+    hint = poll_hint(response.headers, feed.ttl_minutes)
     state = replace(
         state,
         body_hash=body_hash,
         title=feed.title or state.title,
         site_url=feed.site_url or state.site_url,
+        hint_seconds=hint,
+        next_due=next_due(effective_interval(source.interval, hint), now, 0),
     )
-    outcome = store.save_poll(state, processed.items, now, ttl_minutes=feed.ttl_minutes)
+    outcome = store.save_poll(state, processed.items, now)
     return _result(
         source,
         state,
@@ -325,13 +345,18 @@ def topic_items(
     return store.newest_items(selected, config.settings.max_items, accept, names)
 
 
-def render_outputs(config: Config, store: Store) -> dict[str, bytes]:
-    """Every published file name → its bytes. Same database, same bytes."""
+def render_outputs(
+    config: Config, store: Store, only: Collection[str] | None = None
+) -> dict[str, bytes]:
+    """Published file name → bytes, for every topic or the slugs in `only`; the index and
+    OPML always. Same database, same bytes."""
     base_url = config.settings.base_url
     names = display_names(config, store)
     states = store.feed_states()
     outputs: dict[str, bytes] = {}
     for topic in config.topics:
+        if only is not None and topic.slug not in only:
+            continue
         items = topic_items(config, store, topic, names)
         outputs[f"{topic.slug}.atom"] = render.render_atom(topic, items, base_url)
         outputs[f"{topic.slug}.rss"] = render.render_rss(topic, items, base_url)
@@ -347,6 +372,29 @@ def render_outputs(config: Config, store: Store) -> dict[str, bytes]:
     return outputs
 
 
-def publish(config: Config, store: Store) -> list[str]:
-    """Render every output and write those whose bytes changed; returns their names."""
-    return write_outputs(config.settings.output_dir, render_outputs(config, store))
+def output_names(config: Config) -> list[str]:
+    """Every file name the config publishes."""
+    names = ["index.html", "feeds.opml"]
+    for topic in config.topics:
+        names += [f"{topic.slug}.{ext}" for ext in ("atom", "rss", "json", "html")]
+    return names
+
+
+def topics_of_feed(config: Config, feed_url: str) -> set[str]:
+    """Slugs of the topics that select this feed: the ones a poll of it can change."""
+    return {
+        topic.slug
+        for topic in config.topics
+        for source in config.feeds
+        if source.url == feed_url and topics.selects_feed(topic, source)
+    }
+
+
+def publish(
+    config: Config, store: Store, only: Collection[str] | None = None
+) -> tuple[dict[str, bytes], list[str]]:
+    """Render outputs (every topic, or those in `only`) and write the ones whose bytes
+    changed; returns what was rendered and the names written."""
+    outputs = render_outputs(config, store, only)
+    return outputs, write_outputs(config.settings.output_dir, outputs)
+

@@ -1,11 +1,21 @@
-"""Published files: atomic replacement, written only when their bytes change."""
+"""Published files: atomic replacement, written only when their bytes change; serving them."""
 
 from __future__ import annotations
 
+import gzip
+import hashlib
 import os
 import tempfile
-from collections.abc import Mapping
+import time
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass
+from email.utils import formatdate, parsedate_to_datetime
 from pathlib import Path
+
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import JSONResponse, PlainTextResponse, Response
+from starlette.routing import Route
 
 from aggregator.errors import PublishError
 
@@ -68,3 +78,140 @@ def _fsync_dir(directory: Path) -> None:
         os.fsync(fd)
     finally:
         os.close(fd)
+
+
+# --- serving ------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Output:
+    """One published file as served: bytes, validators and a gzip copy made once."""
+
+    body: bytes
+    gzipped: bytes
+    content_type: str
+    etag: str
+    last_modified: str
+    modified_at: float
+
+    @classmethod
+    def of(cls, name: str, body: bytes, modified_at: float) -> Output:
+        suffix = Path(name).suffix
+        return cls(
+            body=body,
+            gzipped=gzip.compress(body, compresslevel=6, mtime=0),
+            content_type=CONTENT_TYPES.get(suffix, "application/octet-stream"),
+            etag='"' + hashlib.sha256(body).hexdigest()[:32] + '"',
+            last_modified=formatdate(modified_at, usegmt=True),
+            modified_at=int(modified_at),
+        )
+
+
+class OutputCache:
+    """The published files held in memory, so serving never touches the disk.
+
+    Only names that were published are reachable: a request path is looked up in a dict,
+    never joined to a filesystem path, so there is no traversal to guard against.
+    """
+
+    def __init__(self) -> None:
+        self._outputs: dict[str, Output] = {}
+
+    def update(self, outputs: Mapping[str, bytes], now: float | None = None) -> None:
+        """Take new bytes for these outputs; unchanged ones keep their validators."""
+        moment = time.time() if now is None else now
+        fresh = dict(self._outputs)
+        for name, body in outputs.items():
+            known = fresh.get(name)
+            if known is None or known.body != body:
+                fresh[name] = Output.of(name, body, moment)
+        self._outputs = fresh  # one assignment: requests see the old set or the new one
+
+    def retain(self, names: Iterable[str]) -> None:
+        """Stop serving outputs that are no longer published (a topic was removed)."""
+        keep = set(names)
+        self._outputs = {n: o for n, o in self._outputs.items() if n in keep}
+
+    def load_dir(self, output_dir: Path, names: Iterable[str]) -> None:
+        """Serve what an earlier run published, with the files' own modification times."""
+        outputs = {}
+        for name in names:
+            path = output_dir / name
+            try:
+                outputs[name] = Output.of(name, path.read_bytes(), path.stat().st_mtime)
+            except OSError:
+                continue
+        self._outputs = outputs
+
+    def get(self, name: str) -> Output | None:
+        return self._outputs.get(name)
+
+    def names(self) -> list[str]:
+        return sorted(self._outputs)
+
+
+def serve_output(output: Output, request: Request) -> Response:
+    """A published file with ETag/Last-Modified, 304s, gzip when asked, and HEAD."""
+    headers = {
+        "ETag": output.etag,
+        "Last-Modified": output.last_modified,
+        # Readers should revalidate: a 304 is cheap, a stale feed is not.
+        "Cache-Control": "public, max-age=60, must-revalidate",
+        "Vary": "Accept-Encoding",
+    }
+    if _not_modified(output, request):
+        return Response(status_code=304, headers=headers)
+    body = output.body
+    if "gzip" in request.headers.get("accept-encoding", "").lower():
+        body = output.gzipped
+        headers["Content-Encoding"] = "gzip"
+    headers["Content-Length"] = str(len(body))
+    if request.method == "HEAD":
+        body = b""
+    return Response(body, media_type=output.content_type, headers=headers)
+
+
+def _not_modified(output: Output, request: Request) -> bool:
+    # RFC 9110 §13.2.2: If-None-Match wins over If-Modified-Since when both are sent.
+    if_none_match = request.headers.get("if-none-match")
+    if if_none_match is not None:
+        tags = {tag.strip().removeprefix("W/") for tag in if_none_match.split(",")}
+        return "*" in tags or output.etag in tags
+    if_modified_since = request.headers.get("if-modified-since")
+    if if_modified_since:
+        try:
+            since = parsedate_to_datetime(if_modified_since).timestamp()
+        except (TypeError, ValueError, IndexError):
+            return False
+        return output.modified_at <= since
+    return False
+
+
+def make_app(
+    outputs: OutputCache,
+    health: Callable[[], tuple[int, dict[str, object]]],
+    metrics: Callable[[], bytes],
+) -> Starlette:
+    """The ASGI app: published outputs, /healthz and /metrics; everything else is 404."""
+
+    async def output(request: Request) -> Response:
+        name = request.path_params["name"] or "index.html"
+        found = outputs.get(name)
+        if found is None:
+            return PlainTextResponse("not found\n", status_code=404)
+        return serve_output(found, request)
+
+    async def healthz(request: Request) -> Response:
+        status, body = health()
+        return JSONResponse(body, status_code=status, headers={"Cache-Control": "no-store"})
+
+    async def prometheus(request: Request) -> Response:
+        return Response(metrics(), media_type="text/plain; version=0.0.4; charset=utf-8")
+
+    return Starlette(
+        routes=[
+            Route("/healthz", healthz, methods=["GET", "HEAD"]),
+            Route("/metrics", prometheus, methods=["GET", "HEAD"]),
+            Route("/{name:path}", output, methods=["GET", "HEAD"]),
+        ]
+    )

@@ -18,7 +18,7 @@ import json
 import sqlite3
 import uuid
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
@@ -61,7 +61,7 @@ def _initial_schema(db: Database) -> None:
             gone_fingerprint TEXT,
             failures INTEGER NOT NULL DEFAULT 0,
             moved_to TEXT,
-            ttl_minutes INTEGER
+            hint_seconds INTEGER
         );
         CREATE TABLE items (
             id TEXT PRIMARY KEY,
@@ -151,10 +151,8 @@ class Store:
         return cls(db)
 
     def close(self) -> None:
-        try:
-            self.db.execute("PRAGMA optimize")
-        except sqlite3.Error:
-            pass
+        with suppress(sqlite3.Error):
+            self.optimize()
         self.db.close()
 
     def __enter__(self) -> Store:
@@ -177,7 +175,7 @@ class Store:
         return row["gone_fingerprint"] if row else None
 
     def save_state(self, state: FeedState, **extra: Any) -> None:
-        """Write a feed's state (and extra columns such as ttl_minutes, gone_fingerprint)."""
+        """Write a feed's state (and extra columns such as gone_fingerprint)."""
         with _immediate(self.db):
             self._upsert_state(state, extra)
 
@@ -198,6 +196,7 @@ class Store:
             "gone": int(state.gone),
             "failures": state.failures,
             "moved_to": state.moved_to,
+            "hint_seconds": state.hint_seconds,
             **extra,
         }
         columns = ", ".join(row)
@@ -464,6 +463,18 @@ class Store:
             cursor = self.db.execute("DELETE FROM items WHERE published < ?", [cutoff])
         return cursor.rowcount
 
+    def optimize(self) -> None:
+        self.db.execute("PRAGMA optimize")
+
+    def ping(self) -> bool:
+        """True when the database answers and can take a write lock (for the watchdog)."""
+        try:
+            with _immediate(self.db):
+                self.db.execute("SELECT 1")
+        except (StoreError, sqlite3.Error):
+            return False
+        return True
+
     def integrity_ok(self) -> bool:
         row = self._one("PRAGMA integrity_check")
         return row is not None and row["integrity_check"] == "ok"
@@ -525,5 +536,6 @@ def _state_from_row(row: Mapping[str, Any]) -> FeedState:
         moved_to=row["moved_to"],
         title=row["title"],
         site_url=row["site_url"],
+        hint_seconds=row["hint_seconds"],
     )
 

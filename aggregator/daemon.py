@@ -1,0 +1,489 @@
+"""The daemon (`aggregator run`): scheduler, HTTP server, reload, signals, sd_notify.
+
+A thin shell around the pipeline. One asyncio loop holds APScheduler 3, the fetches and
+uvicorn. Each feed has one date job at its next due time (kept in the database, so a
+restart polls only what is due); after a poll the job is re-added at the next due time
+the pipeline stored, with jitter. Polls that change items mark their topics dirty, and one
+render job, scheduled once per burst, re-renders only those topics.
+
+Signal handlers only set events; the main loop does the work (reload on SIGHUP, drain and
+exit 0 on SIGTERM/SIGINT).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import random
+import signal
+import socket
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import uvicorn
+from apscheduler.schedulers.asyncio import AsyncIOScheduler
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+
+from aggregator import __version__, pipeline
+from aggregator.config import load_config
+from aggregator.errors import ConfigError, PublishError, StoreError
+from aggregator.fetch import Fetcher
+from aggregator.model import Config, FetchLimits, PollResult, Settings
+from aggregator.notify import notify, watchdog_interval
+from aggregator.publish import OutputCache, make_app
+from aggregator.store import Store
+from aggregator.timeutil import to_iso, utcnow
+
+log = logging.getLogger("aggregator")
+
+#: in-flight polls get this long to finish on SIGTERM
+DRAIN_SECONDS = 10.0
+#: a burst of polls within this many seconds leads to one render
+RENDER_DELAY = 1.0
+#: how often feeds.yaml is checked for changes
+WATCH_SECONDS = 1.0
+#: due times are spread by up to this fraction of the interval
+JITTER = 0.1
+
+
+class Metrics:
+    """Prometheus metrics, in a registry of our own (no global state between tests)."""
+
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry()
+        self.polls = Counter(
+            "aggregator_polls", "Feed polls by result", ["result"], registry=self.registry
+        )
+        self.items = Counter(
+            "aggregator_items", "Items stored, by kind", ["kind"], registry=self.registry
+        )
+        self.fetch_seconds = Histogram(
+            "aggregator_poll_duration_seconds",
+            "Time to poll one feed",
+            buckets=(0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60),
+            registry=self.registry,
+        )
+        self.failing = Gauge(
+            "aggregator_feeds_failing", "Feeds whose last poll failed", registry=self.registry
+        )
+        self.feeds = Gauge("aggregator_feeds", "Configured feeds", registry=self.registry)
+        self.config_loaded = Gauge(
+            "aggregator_config_last_load_timestamp_seconds",
+            "When the config was last loaded successfully",
+            registry=self.registry,
+        )
+        self.config_valid = Gauge(
+            "aggregator_config_valid", "1 if the config file on disk is valid", registry=self.registry
+        )
+        self.last_poll = Gauge(
+            "aggregator_last_poll_timestamp_seconds", "When a poll last finished", registry=self.registry
+        )
+
+    def record(self, result: PollResult) -> None:
+        if result.skipped:
+            kind = "skipped"
+        elif result.error is not None:
+            kind = "error"
+        elif result.status == 304:
+            kind = "not_modified"
+        elif result.unchanged:
+            kind = "unchanged"
+        else:
+            kind = "ok"
+        self.polls.labels(kind).inc()
+        self.items.labels("new").inc(result.new)
+        self.items.labels("updated").inc(result.updated)
+        self.items.labels("merged").inc(result.merged)
+        if not result.skipped:
+            self.fetch_seconds.observe(result.duration)
+            self.last_poll.set(time.time())
+
+    def render(self) -> bytes:
+        return generate_latest(self.registry)
+
+
+class _Server(uvicorn.Server):
+    """uvicorn inside our loop: the daemon owns the signals, not uvicorn."""
+
+    @contextlib.contextmanager
+    def capture_signals(self) -> Iterator[None]:
+        yield
+
+
+@dataclass
+class _ConfigStamp:
+    """What the config file looked like when last read, to notice edits."""
+
+    mtime_ns: int
+    size: int
+    inode: int
+
+    @classmethod
+    def of(cls, path: Path) -> _ConfigStamp | None:
+        try:
+            st = path.stat()
+        except OSError:
+            return None
+        return cls(st.st_mtime_ns, st.st_size, st.st_ino)
+
+
+class Daemon:
+    def __init__(self, config_path: Path) -> None:
+        self.config_path = config_path
+        self.config: Config | None = None
+        self.config_error: str | None = None
+        self.stamp: _ConfigStamp | None = None
+        self.store: Store | None = None
+        self.fetcher: Fetcher | None = None
+        self.scheduler = AsyncIOScheduler(timezone=UTC)
+        self.outputs = OutputCache()
+        self.metrics = Metrics()
+        self.stop = asyncio.Event()
+        self.hup = asyncio.Event()
+        self.in_flight: set[asyncio.Task[Any]] = set()
+        self.dirty: set[str] = set()
+        self.failing: dict[str, bool] = {}
+        self.last_poll: datetime | None = None
+        self.database_ok = True
+        self.server: _Server | None = None
+
+    # --- life cycle -----------------------------------------------------------------------
+
+    async def run(self) -> int:
+        loop = asyncio.get_running_loop()
+        loop.add_signal_handler(signal.SIGTERM, self.stop.set)
+        loop.add_signal_handler(signal.SIGINT, self.stop.set)
+        loop.add_signal_handler(signal.SIGHUP, self.hup.set)
+
+        self._load_config(initial=True)
+        settings = self.config.settings if self.config else Settings()
+        try:
+            listener = _bind(settings.listen) if settings.listen else None
+        except OSError as e:
+            log.error("cannot listen on %s: %s", settings.listen, e)
+            return 1
+        if self.config is not None:
+            try:
+                self._open(self.config)
+            except (StoreError, PublishError) as e:
+                log.error("%s", e)
+                return 1
+
+        server_task = None
+        if listener is not None:
+            self.server = _Server(
+                uvicorn.Config(
+                    make_app(self.outputs, self.health, self.metrics.render),
+                    log_level="warning",
+                    access_log=False,
+                    lifespan="off",
+                    server_header=False,
+                )
+            )
+            server_task = asyncio.create_task(self.server.serve(sockets=[listener]))
+            log.info("serving on http://%s/", settings.listen)
+
+        self.scheduler.start()
+        self.scheduler.add_job(
+            self._watch_config, "interval", seconds=WATCH_SECONDS, id="watch-config"
+        )
+        self.scheduler.add_job(
+            self._maintain, "interval", days=1, id="maintenance",
+            next_run_time=datetime.now(UTC) + timedelta(minutes=1),
+        )
+        watchdog = watchdog_interval()
+        if watchdog:
+            self.scheduler.add_job(self._watchdog, "interval", seconds=watchdog, id="watchdog")
+        notify("READY=1")
+        self._notify_status()
+
+        while not self.stop.is_set():
+            waiters = [asyncio.create_task(self.stop.wait()), asyncio.create_task(self.hup.wait())]
+            await asyncio.wait(waiters, return_when=asyncio.FIRST_COMPLETED)
+            for waiter in waiters:
+                waiter.cancel()
+            if self.hup.is_set() and not self.stop.is_set():
+                self.hup.clear()
+                log.info("SIGHUP: reloading %s", self.config_path)
+                self._load_config(initial=False)
+
+        notify("STOPPING=1")
+        log.info("stopping: waiting up to %.0f s for %d polls", DRAIN_SECONDS, len(self.in_flight))
+        self.scheduler.shutdown(wait=False)
+        if self.in_flight:
+            _, pending = await asyncio.wait(set(self.in_flight), timeout=DRAIN_SECONDS)
+            for task in pending:
+                task.cancel()
+            await asyncio.gather(*pending, return_exceptions=True)
+        if self.dirty and self.config is not None and self.store is not None:
+            self._render()
+        if self.server is not None and server_task is not None:
+            self.server.should_exit = True
+            with contextlib.suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(server_task, timeout=5)
+        await self._close()
+        log.info("stopped")
+        return 0
+
+    def _open(self, config: Config) -> None:
+        self.store = Store.open(config.settings.database)
+        self.outputs.load_dir(config.settings.output_dir, pipeline.output_names(config))
+        self._render(everything=True)
+        states = self.store.feed_states()
+        self.failing = {
+            f.url: bool(states[f.url].last_error) if f.url in states else False
+            for f in config.feeds
+        }
+        self.metrics.failing.set(sum(self.failing.values()))
+        self._schedule_all(config, changed=None)
+
+    async def _close(self) -> None:
+        if self.fetcher is not None:
+            await self.fetcher.__aexit__(None, None, None)
+            self.fetcher = None
+        if self.store is not None:
+            self.store.close()
+            self.store = None
+
+    # --- config -----------------------------------------------------------------------------
+
+    def _load_config(self, *, initial: bool) -> None:
+        self.stamp = _ConfigStamp.of(self.config_path)
+        try:
+            config = load_config(self.config_path)
+        except ConfigError as e:
+            if str(e) != self.config_error:
+                log.error("%s", e)
+                if self.config is not None:
+                    log.error("keeping the last valid config; fix the file and save again")
+            self.config_error = str(e)
+            self.metrics.config_valid.set(0)
+            self._notify_status()
+            return
+        previous = self.config
+        self.config = config
+        self.config_error = None
+        self.metrics.config_valid.set(1)
+        self.metrics.config_loaded.set(time.time())
+        self.metrics.feeds.set(len(config.feeds))
+        if initial:
+            return
+        if previous is None:
+            try:
+                self._open(config)
+            except (StoreError, PublishError) as e:
+                log.error("%s", e)
+                self.database_ok = False
+            return
+        if previous.settings.listen != config.settings.listen:
+            log.warning("settings.listen changed: restart the service to apply it")
+        if previous.settings.database != config.settings.database:
+            log.warning("settings.database changed: restart the service to apply it")
+        changed = {f.url for f in config.feeds} ^ {f.url for f in previous.feeds}
+        changed |= {f.url for f in config.feeds if f not in previous.feeds}
+        self._schedule_all(config, changed=changed)
+        self.failing = {f.url: self.failing.get(f.url, False) for f in config.feeds}
+        self.metrics.failing.set(sum(self.failing.values()))
+        self._render(everything=True)
+        log.info("config reloaded: %d feeds, %d topics", len(config.feeds), len(config.topics))
+        self._notify_status()
+
+    async def _watch_config(self) -> None:
+        stamp = _ConfigStamp.of(self.config_path)
+        if stamp is not None and stamp != self.stamp:
+            log.info("%s changed: reloading", self.config_path)
+            self._load_config(initial=False)
+
+    # --- scheduling -------------------------------------------------------------------------
+
+    def _schedule_all(self, config: Config, changed: set[str] | None) -> None:
+        """(Re)schedule feeds: every feed when `changed` is None, else just those URLs;
+        jobs of feeds no longer configured are removed."""
+        assert self.store is not None
+        configured = {f.url for f in config.feeds}
+        for job in self.scheduler.get_jobs():
+            if job.id.startswith("poll:") and job.id[5:] not in configured:
+                job.remove()
+        now = utcnow()
+        for index, source in enumerate(config.feeds):
+            if changed is not None and source.url not in changed:
+                continue
+            state = self.store.feed_state(source.url)
+            if state.gone and self.store.gone_fingerprint(source.url) == pipeline.feed_fingerprint(source):
+                continue
+            if state.last_fetched is None:
+                # Never polled: now, a few ms apart so a big list starts in order.
+                due = now + timedelta(milliseconds=10 * index)
+            elif changed is not None and state.failures == 0:
+                interval = pipeline.effective_interval(source.interval, state.hint_seconds)
+                due = state.last_fetched + interval
+            else:
+                due = state.next_due or now
+            if state.retry_after and state.retry_after > due:
+                due = state.retry_after
+            self._schedule(source.url, max(due, now))
+
+    def _schedule(self, url: str, due: datetime) -> None:
+        self.scheduler.add_job(
+            self._poll,
+            "date",
+            run_date=due,
+            args=[url],
+            id=f"poll:{url}",
+            replace_existing=True,
+            misfire_grace_time=None,
+            coalesce=True,
+        )
+
+    def _with_jitter(self, due: datetime, interval: timedelta) -> datetime:
+        spread = interval.total_seconds() * JITTER
+        return due + timedelta(seconds=random.uniform(-spread, spread))
+
+    async def _poll(self, url: str) -> None:
+        task = asyncio.current_task()
+        assert task is not None
+        self.in_flight.add(task)
+        try:
+            await self._poll_feed(url)
+        finally:
+            self.in_flight.discard(task)
+
+    async def _poll_feed(self, url: str) -> None:
+        config, store = self.config, self.store
+        source = next((f for f in config.feeds if f.url == url), None) if config else None
+        if source is None or store is None or config is None or self.stop.is_set():
+            return
+        if self.fetcher is None:
+            self.fetcher = Fetcher(FetchLimits())
+            await self.fetcher.__aenter__()
+        try:
+            result = await pipeline.poll_feed(
+                source, store, self.fetcher, retention=config.settings.retention
+            )
+        except (StoreError, PublishError) as e:
+            self.database_ok = False
+            log.error("%s: %s", source.name or url, e)
+            self._schedule(url, utcnow() + source.interval)
+            return
+        self.database_ok = True
+        self.metrics.record(result)
+        self.last_poll = utcnow()
+        self.failing[url] = result.error is not None
+        self.metrics.failing.set(sum(self.failing.values()))
+        state = store.feed_state(url)
+        line = pipeline.describe(source, result)
+        if state.gone:
+            log.warning("%s; no longer polled until its config entry changes", line)
+        else:
+            due = state.next_due or utcnow() + source.interval
+            if state.failures == 0:
+                due = self._with_jitter(due, source.interval)
+            due = max(due, utcnow() + timedelta(seconds=1))
+            self._schedule(url, due)
+            log.info("%s; next at %s", line, to_iso(due))
+        if result.new or result.updated or result.merged:
+            self._request_render(pipeline.topics_of_feed(config, url))
+
+    # --- rendering --------------------------------------------------------------------------
+
+    def _request_render(self, slugs: set[str]) -> None:
+        self.dirty |= slugs
+        if self.scheduler.get_job("render") is None:
+            self.scheduler.add_job(
+                self._render_job,
+                "date",
+                run_date=datetime.now(UTC) + timedelta(seconds=RENDER_DELAY),
+                id="render",
+                misfire_grace_time=None,
+            )
+
+    async def _render_job(self) -> None:
+        self._render()
+
+    def _render(self, everything: bool = False) -> None:
+        if self.config is None or self.store is None:
+            return
+        only = None if everything else set(self.dirty)
+        self.dirty.clear()
+        try:
+            outputs, changed = pipeline.publish(self.config, self.store, only)
+        except (StoreError, PublishError) as e:
+            log.error("publishing failed: %s", e)
+            return
+        self.outputs.update(outputs)
+        self.outputs.retain(pipeline.output_names(self.config))
+        if changed:
+            log.info("published %s", ", ".join(changed))
+
+    # --- maintenance, health ----------------------------------------------------------------
+
+    async def _maintain(self) -> None:
+        if self.store is None or self.config is None:
+            return
+        removed = self.store.prune(utcnow() - self.config.settings.retention)
+        self.store.optimize()
+        if removed:
+            log.info("pruned %d items older than the retention", removed)
+            self._request_render({t.slug for t in self.config.topics})
+
+    async def _watchdog(self) -> None:
+        self.database_ok = self.store is not None and self.store.ping()
+        if self.database_ok:
+            notify("WATCHDOG=1")
+        self._notify_status()
+
+    def health(self) -> tuple[int, dict[str, object]]:
+        failing = sum(self.failing.values())
+        total = len(self.failing)
+        healthy = self.config is not None and self.store is not None and self.database_ok
+        degraded = self.config_error is not None or (total > 0 and failing * 2 > total)
+        body: dict[str, object] = {
+            "status": "ok" if healthy and not degraded else "degraded",
+            "config_valid": self.config_error is None,
+            "config_error": self.config_error,
+            "last_poll": to_iso(self.last_poll) if self.last_poll else None,
+            "feeds_failing": failing,
+            "version": __version__,
+        }
+        return (200 if healthy else 503), body
+
+    def _notify_status(self) -> None:
+        failing = sum(self.failing.values())
+        text = f"{len(self.failing)} feeds, {failing} failing"
+        if self.config_error:
+            text += "; config invalid: " + self.config_error
+        notify(f"STATUS={text}")
+
+
+def _bind(listen: str) -> socket.socket:
+    """Bind the listen address ourselves, so a taken port is a clear error at start."""
+    host, _, port = listen.rpartition(":")
+    host = host.strip("[]") or "127.0.0.1"
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind((host, int(port)))
+        sock.listen(128)
+    except OSError:
+        sock.close()
+        raise
+    sock.set_inheritable(True)
+    return sock
+
+
+def run_daemon(config_path: Path) -> int:
+    """`aggregator run`: returns the exit code."""
+    logging.basicConfig(
+        level=logging.INFO, format="%(levelname)s %(message)s", stream=sys.stderr, force=True
+    )
+    logging.getLogger("httpx").setLevel(logging.WARNING)
+    logging.getLogger("apscheduler").setLevel(logging.WARNING)
+    return asyncio.run(Daemon(config_path).run())
+

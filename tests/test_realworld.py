@@ -1,0 +1,87 @@
+"""The whole pipeline over 1,465 feed files from other feed projects' test suites.
+
+Served from 127.0.0.1 with the headers MANIFEST.tsv gives; one `poll --once` over all of
+them must finish, crash on none, and accept every feed that feedparser itself can read.
+Skipped when ../shared/realworld-feeds is absent (it is never copied into the project).
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+from urllib.parse import quote
+
+import feedparser
+import pytest
+
+from tests.feedserver import FeedServer
+
+CORPUS = Path(__file__).resolve().parents[2] / "shared" / "realworld-feeds"
+
+pytestmark = pytest.mark.skipif(
+    not (CORPUS / "MANIFEST.tsv").exists(), reason=f"corpus not present at {CORPUS}"
+)
+
+
+def manifest() -> list[tuple[str, dict[str, str]]]:
+    rows = []
+    for line in (CORPUS / "MANIFEST.tsv").read_text(encoding="utf-8").splitlines():
+        if line.startswith("#") or line.startswith("file\t"):
+            continue
+        fields = line.split("\t")
+        headers = {} if fields[5] == "-" else json.loads(fields[5])
+        rows.append((fields[0], headers))
+    return rows
+
+
+def readable_by_feedparser(body: bytes, headers: dict[str, str]) -> bool:
+    parsed = feedparser.parse(body, response_headers={k.lower(): v for k, v in headers.items()})
+    return bool(parsed.entries) or (not parsed.bozo and bool(parsed.version))
+
+
+def test_every_feed_feedparser_reads_is_accepted_and_nothing_crashes(tmp_path: Path) -> None:
+    rows = manifest()
+    assert len(rows) > 1000
+    with FeedServer() as server:
+        urls = {}
+        for name, headers in rows:
+            headers = dict(headers)
+            content_type = next(
+                (headers.pop(k) for k in list(headers) if k.lower() == "content-type"),
+                "application/xml",
+            )
+            path = "/" + quote(name)
+            server.set(path, (CORPUS / name).read_bytes(), content_type=content_type, headers=headers)
+            urls[server.url(path)] = (name, headers | {"content-type": content_type})
+
+        config = tmp_path / "feeds.yaml"
+        config.write_text(
+            "settings:\n  database: agg.db\n  output_dir: public\n  retention: 100000d\n"
+            "feeds:\n" + "".join(f"  - url: {json.dumps(url)}\n" for url in urls)
+        )
+        run = subprocess.run(
+            [sys.executable, "-m", "aggregator", "-c", str(config), "poll", "--once"],
+            capture_output=True,
+            text=True,
+            timeout=400,
+        )
+        assert run.returncode == 0, run.stderr[-3000:]
+        assert "Traceback" not in run.stderr
+        status = subprocess.run(
+            [sys.executable, "-m", "aggregator", "-c", str(config), "status", "--json"],
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+    rows_by_url = {row["url"]: row for row in json.loads(status.stdout)}
+    rejected = []
+    for url, (name, headers) in urls.items():
+        row = rows_by_url[url]
+        body = (CORPUS / name).read_bytes()
+        if row["state"] != "ok" and readable_by_feedparser(body, headers):
+            rejected.append(f"{name}: {row['last_error']}")
+    assert not rejected, f"{len(rejected)} readable feeds rejected:\n" + "\n".join(rejected[:40])
+    published = feedparser.parse((tmp_path / "public" / "all.atom").read_bytes())
+    assert not published.bozo and len(published.entries) == 50

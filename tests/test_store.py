@@ -1,0 +1,189 @@
+"""The store: one item per story, stable ids, updates, merging, pruning, search."""
+
+from __future__ import annotations
+
+import sqlite3
+from dataclasses import replace
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import pytest
+
+from aggregator.model import FeedState, Item
+from aggregator.store import Store
+
+NOW = datetime(2026, 11, 20, 12, 0, tzinfo=UTC)
+
+STORY = (
+    "Pyongyang launched a short range ballistic missile into the sea east of the peninsula "
+    "on Tuesday morning, the South Korean military said, the third launch this month as "
+    "talks between the two Koreas remain stalled and Washington urges restraint from all "
+    "sides while regional partners convene an emergency session to weigh further measures."
+)
+
+
+def make_item(feed_url: str, key: str, **fields: object) -> Item:
+    values: dict[str, object] = dict(
+        feed_url=feed_url,
+        entry_key=key,
+        link=f"https://example.org/{key}",
+        canonical_link=f"https://example.org/{key}",
+        title=f"Title {key}",
+        content_html=f"<p>Body of {key}</p>",
+        summary_html="",
+        excerpt=f"Body of {key}",
+        text=f"Body of {key} " + " ".join(f"word{key}{i}" for i in range(40)),
+        author=None,
+        categories=(),
+        published=NOW - timedelta(hours=1),
+        updated=NOW - timedelta(hours=1),
+        content_hash=f"hash-{key}",
+    )
+    values.update(fields)
+    return Item(**values)  # type: ignore[arg-type]
+
+
+@pytest.fixture
+def store() -> Store:
+    s = Store.open(":memory:")
+    yield s
+    s.close()
+
+
+def save(store: Store, *items: Item, now: datetime = NOW):
+    feed_url = items[0].feed_url
+    return store.save_poll(
+        FeedState(url=feed_url, fetch_url=feed_url), [(i, None) for i in items], now
+    )
+
+
+def all_items(store: Store, feeds=("https://a.test/feed", "https://b.test/feed")):
+    return store.newest_items(list(feeds), 100, lambda item, text: True, {})
+
+
+def test_a_new_entry_is_one_item_and_saving_it_again_adds_nothing(store: Store) -> None:
+    item = make_item("https://a.test/feed", "1")
+    assert save(store, item).new == 1
+    assert save(store, item).new == 0
+    assert len(all_items(store)) == 1
+
+
+def test_an_edited_entry_updates_the_item_keeps_its_id_and_moves_updated(store: Store) -> None:
+    item = make_item("https://a.test/feed", "1")
+    save(store, item)
+    [before] = all_items(store)
+    later = NOW + timedelta(hours=2)
+    edited = replace(item, title="Corrected title", content_hash="hash-edited")
+    outcome = save(store, edited, now=later)
+    assert (outcome.new, outcome.updated) == (0, 1)
+    [after] = all_items(store)
+    assert after.id == before.id
+    assert after.title == "Corrected title"
+    assert after.updated == later
+    assert after.published == before.published
+
+
+def test_same_link_from_another_feed_is_merged_and_both_outlets_are_named(store: Store) -> None:
+    first = make_item("https://a.test/feed", "1", title="Original headline")
+    copy = make_item("https://b.test/feed", "x", canonical_link=first.canonical_link,
+                     link=first.link + "?utm_source=rss", title="Other headline",
+                     published=NOW - timedelta(hours=3))
+    save(store, first)
+    assert save(store, copy).merged == 1
+    [item] = all_items(store)
+    assert item.title == "Original headline"
+    assert [s.feed_url for s in item.sources] == ["https://a.test/feed", "https://b.test/feed"]
+    # published is the earliest among the copies
+    assert item.published == NOW - timedelta(hours=3)
+
+
+def test_the_same_text_under_another_url_is_merged(store: Store) -> None:
+    save(store, make_item("https://a.test/feed", "1", title="Missile launch", text=STORY))
+    outcome = save(
+        store,
+        make_item("https://b.test/feed", "2", title="N. Korea fires missile",
+                  text="By Staff Reporter. " + STORY),
+    )
+    assert outcome.merged == 1
+    assert len(all_items(store)) == 1
+
+
+def test_different_stories_sharing_a_title_stay_apart(store: Store) -> None:
+    save(store, make_item("https://a.test/feed", "1", title="This Week in Korea"))
+    outcome = save(store, make_item("https://a.test/feed", "2", title="This Week in Korea"))
+    assert outcome.new == 1
+    assert len(all_items(store)) == 2
+
+
+def test_links_to_a_home_page_do_not_merge_stories(store: Store) -> None:
+    home = "https://example.org/"
+    save(store, make_item("https://a.test/feed", "1", link=home, canonical_link="https://example.org"))
+    outcome = save(
+        store, make_item("https://b.test/feed", "2", link=home, canonical_link="https://example.org")
+    )
+    assert outcome.new == 1
+
+
+def test_newest_items_are_newest_first_limited_and_filtered(store: Store) -> None:
+    items = [
+        make_item("https://a.test/feed", str(i), published=NOW - timedelta(hours=i))
+        for i in range(1, 6)
+    ]
+    save(store, *items)
+    newest = store.newest_items(["https://a.test/feed"], 3, lambda item, text: True, {})
+    assert [i.title for i in newest] == ["Title 1", "Title 2", "Title 3"]
+    odd = store.newest_items(
+        ["https://a.test/feed"], 10, lambda item, text: item.title[-1] in "135", {}
+    )
+    assert [i.title for i in odd] == ["Title 1", "Title 3", "Title 5"]
+    assert store.newest_items(["https://other.test/feed"], 10, lambda i, t: True, {}) == []
+
+
+def test_prune_forgets_items_older_than_retention(store: Store) -> None:
+    save(
+        store,
+        make_item("https://a.test/feed", "old", published=NOW - timedelta(days=400)),
+        make_item("https://a.test/feed", "new"),
+    )
+    assert store.prune(NOW - timedelta(days=365)) == 1
+    assert [i.title for i in all_items(store)] == ["Title new"]
+    assert store.item_counts() == {"https://a.test/feed": 1}
+
+
+def test_full_text_search_finds_items_by_a_word(store: Store) -> None:
+    save(store, make_item("https://a.test/feed", "1", text=STORY), make_item("https://a.test/feed", "2"))
+    [hit] = store.search("ballistic")
+    [item] = [i for i in all_items(store) if i.id == hit]
+    assert item.title == "Title 1"
+
+
+def test_feed_state_round_trips(store: Store) -> None:
+    state = FeedState(
+        url="https://a.test/feed",
+        fetch_url="https://a.test/new-feed",
+        etag='"abc"',
+        last_modified="Wed, 18 Nov 2026 10:00:00 GMT",
+        last_fetched=NOW,
+        last_status=200,
+        next_due=NOW + timedelta(minutes=30),
+        failures=2,
+        moved_to="https://a.test/new-feed",
+        title="A",
+    )
+    store.save_state(state)
+    assert store.feed_state("https://a.test/feed") == state
+    assert store.feed_state("https://unknown.test/") == FeedState(
+        url="https://unknown.test/", fetch_url="https://unknown.test/"
+    )
+
+
+def test_a_file_database_is_in_wal_mode_and_reopens_with_its_data(tmp_path: Path) -> None:
+    path = tmp_path / "sub" / "agg.db"
+    with Store.open(path) as store:
+        save(store, make_item("https://a.test/feed", "1"))
+    with Store.open(path) as store:
+        assert len(all_items(store)) == 1
+        assert store.integrity_ok()
+    conn = sqlite3.connect(path)
+    assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+    conn.close()
