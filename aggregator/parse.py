@@ -39,6 +39,8 @@ _ENTITY_DECLARATION = re.compile(rb"<!ENTITY\s+(%\s+)?[^\s>]+\s+(.*?)>", re.DOTA
 #: a general entity reference (&name;) inside an entity value; &#…; is fine
 _ENTITY_REFERENCE = re.compile(rb"&[A-Za-z_:][\w.:-]*;")
 _EXTERNAL_ENTITY = re.compile(rb"^\s*(SYSTEM|PUBLIC)\b")
+#: a DOCTYPE with its internal subset: [ … ] may hold quoted ">" but never "]>"
+_DOCTYPE = re.compile(rb"<!DOCTYPE[^\[>]*(\[.*?\]\s*)?>", re.DOTALL)
 _HTML_START = re.compile(rb"<(!doctype\s+html|html[\s>]|head[\s>]|body[\s>])", re.IGNORECASE)
 _FEED_ROOT = re.compile(rb"<(\w+:)?(rss|feed|RDF|channel)[\s>]")
 _JSON_FEED_VERSION = re.compile(r"^https?://jsonfeed\.org/version/1(\.\d+)?/?$")
@@ -67,7 +69,7 @@ def parse_feed(body: bytes, headers: Mapping[str, str], url: str) -> ParsedFeed:
 
 
 def _parse_xml_feed(body: bytes, headers: dict[str, str], url: str) -> ParsedFeed:
-    _refuse_entity_declarations(body, url)
+    body = _defuse_entity_declarations(body)
     # feedparser takes the base URI for relative links from Content-Location only
     # (it has no URL of its own here); a relative Content-Location is resolved first.
     headers["content-location"] = urljoin(url, headers.get("content-location", ""))
@@ -105,28 +107,29 @@ def _parse_xml_feed(body: bytes, headers: dict[str, str], url: str) -> ParsedFee
     )
 
 
-def _refuse_entity_declarations(body: bytes, url: str) -> None:
-    """Refuse DTDs whose entities expand other entities, or load external ones.
+def _defuse_entity_declarations(body: bytes) -> bytes:
+    """Drop the DOCTYPE when its entities expand other entities or load external ones.
 
-    Such declarations are how "billion laughs" bombs and XXE work, and no real
-    feed needs them. feedparser strips most of them and expat ≥ 2.4 limits
-    amplification, but only after several megabytes of expansion; this cheap
-    check on the prologue keeps us safe whatever the parser versions. Plain
-    declarations such as <!ENTITY nbsp "&#160;"> still pass.
+    Such declarations are how "billion laughs" bombs and XXE work, and no real feed
+    needs them: references to them are left undefined (the feed stays readable, the text
+    unexpanded). feedparser strips most of them and expat ≥ 2.4 limits amplification,
+    but only after several megabytes of expansion; this cheap check on the prologue keeps
+    us safe whatever the parser versions. Plain declarations such as
+    <!ENTITY nbsp "&#160;"> are kept.
     """
     head = body[:_PROLOGUE_BYTES]
     if b"<!ENTITY" not in head:
-        return
+        return body
     first_element = _FIRST_ELEMENT.search(head)
     prologue = head[: first_element.start()] if first_element else head
     for match in _ENTITY_DECLARATION.finditer(prologue):
         is_parameter_entity, value = match.group(1), match.group(2)
         if is_parameter_entity or _EXTERNAL_ENTITY.match(value) or _ENTITY_REFERENCE.search(value):
-            raise ParseError(
-                url, "not a feed: refused a DTD with nested or external entities (entity bomb?)"
-            )
-    if first_element is None:
-        raise ParseError(url, "not a feed: entity declarations but no document element")
+            doctype = _DOCTYPE.search(prologue)
+            if doctype is None or first_element is None:
+                return body[len(prologue) :]
+            return body[: doctype.start()] + body[doctype.end() :]
+    return body
 
 
 def _looks_like_html(body: bytes, headers: Mapping[str, str]) -> bool:
