@@ -1,0 +1,295 @@
+"""Item identity and story matching: entry keys, content hashes, near-duplicate decisions. No I/O.
+
+Two levels (CONTRACT.md "One story, one item" and "Same story"):
+
+- `entry_key` names an entry within its feed, so a re-polled entry updates its item instead of
+  adding a new one; `content_hash` tells whether it was edited.
+- Across feeds, a new item is one story with a stored one when their canonical links agree
+  (store.py compares `Item.canonical_link`, skipping `urls.is_homepage` links) or when
+  `is_same_story` says their texts are near-identical. The store finds the candidates to verify
+  by the keys `index_keys` gives each item: it saves them for every stored item and looks up the
+  new item's keys.
+
+Texts are compared as word sequences (`words`): NFKC, case-folded, punctuation dropped, so
+re-wrapped or re-punctuated copies read the same. Matching is by shingles (runs of
+`SHINGLE_SIZE` words) and is deliberately strict, because merging two different stories hides
+one of them (precision first).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import html
+import re
+import unicodedata
+from collections.abc import Sequence
+from urllib.parse import urlsplit
+
+from aggregator.model import ParsedEntry
+from aggregator.urls import canonical_url, is_homepage
+
+__all__ = [
+    "SHINGLE_SIZE",
+    "content_hash",
+    "entry_key",
+    "index_keys",
+    "is_same_story",
+    "normalize_text",
+    "shingles",
+    "titles_agree",
+    "words",
+]
+
+#: words per shingle: long enough that unrelated texts share almost none, short enough that
+#: one changed word spoils only a few
+SHINGLE_SIZE = 5
+#: an excerpt must have this many words before "is a prefix of" counts as evidence
+MIN_PREFIX_WORDS = 25
+#: texts shorter than this (one-line summaries) also need agreeing titles
+SHORT_TEXT_WORDS = 30
+#: share of the shorter text's shingles that must occur in the longer one. Copies made by
+#: adding a byline or dateline, trimming the end or cutting an excerpt keep every shingle of
+#: the common part, so only the added edge words count against them: 0.8 lets a 6-word byline
+#: through on a 60-word text; two different stories do not reach it unless most of the shorter
+#: one is shared text (and then the interior rule below still applies)
+MIN_CONTAINMENT = 0.8
+#: words of the shorter text, away from its start and end, that may be missing from the longer
+#: one: one per this many words. Copies differ at the edges (bylines, datelines, trimmed
+#: endings); items generated from one template differ in the middle (names, numbers), so
+#: texts under 100 words get no interior difference at all
+WORDS_PER_INTERIOR_DIFFERENCE = 100
+#: words the longer text may have before the shorter one's text starts in it (a byline, a
+#: dateline, an editor's note). A copy starts near the top; a digest or round-up that quotes a
+#: short item further down is a different story
+MAX_LEAD_WORDS = 60
+#: index keys: one shingle in this many is sampled (by hash value, so containment survives)
+SAMPLE_MODULUS = 8
+#: at most this many sampled shingles per item (the smallest hashes)
+MAX_SAMPLED_KEYS = 60
+#: the first shingles are always keys, so an excerpt finds its full text
+PREFIX_KEYS = 3
+
+_APOSTROPHES = re.compile("['\u2019\u02bc]")
+# soft hyphen, zero-width space/joiners, word joiner, BOM: invisible, may split a word
+_INVISIBLE = re.compile("[\u00ad\u200b\u200c\u200d\u2060\ufeff]")
+_WORD = re.compile(r"\w+")
+_TAG = re.compile(r"<[^>]*>")
+_DIGIT = re.compile(r"\d")
+
+
+# --- normalisation -----------------------------------------------------------------------
+
+
+def words(text: str) -> list[str]:
+    """The words of plain text: NFKC, case-folded, apostrophes joined, other punctuation dropped."""
+    text = unicodedata.normalize("NFKC", text).casefold()
+    return _WORD.findall(_APOSTROPHES.sub("", _INVISIBLE.sub("", text)))
+
+
+def normalize_text(text: str) -> str:
+    """`words(text)` joined by single spaces."""
+    return " ".join(words(text))
+
+
+def content_hash(title: str, text: str) -> str:
+    """Hex digest of title and text that changes when either is edited.
+
+    Only whitespace (re-wrapping, indentation) and Unicode normalisation form are ignored: a
+    fixed typo, a changed number or capitalisation is an edit the reader may want to see.
+    """
+    normal = [" ".join(unicodedata.normalize("NFC", part).split()) for part in (title, text)]
+    return _digest("\x00".join(normal).encode("utf-8", "surrogatepass"), size=16).hex()
+
+
+# --- identity within a feed --------------------------------------------------------------
+
+
+def entry_key(entry: ParsedEntry) -> str:
+    """The entry's identity within its feed, stable across polls and restarts.
+
+    "id:" + the entry id (surrounding whitespace ignored, case kept: ids are opaque); else
+    "link:" + the canonical link; else "hash:" + a hash of the title and text words. Ids and
+    links that only name the site's home page are skipped: feeds that give every entry the
+    same home-page link would otherwise collapse into one item.
+    """
+    entry_id = (entry.entry_id or "").strip()
+    if entry_id and not _is_homepage_link(entry_id):
+        return "id:" + entry_id
+    link = (entry.link or "").strip()
+    if link and not is_homepage(link):
+        return "link:" + canonical_url(link)
+    body = entry.content_html or entry.summary_html
+    text = normalize_text(entry.title) + "\x00" + normalize_text(_html_to_text(body))
+    return "hash:" + _digest(text.encode("utf-8", "surrogatepass"), size=16).hex()
+
+
+def _is_homepage_link(value: str) -> bool:
+    try:
+        has_host = bool(urlsplit(value).netloc)
+    except ValueError:
+        return False
+    return has_host and is_homepage(value)
+
+
+def _html_to_text(markup: str) -> str:
+    """Crude, but enough for a hash: the words matter, not the layout."""
+    return html.unescape(_TAG.sub(" ", markup))
+
+
+# --- near-duplicate detection --------------------------------------------------------------
+
+
+def shingles(words: Sequence[str], size: int = SHINGLE_SIZE) -> set[int]:
+    """Hashes of every run of `size` words, as signed 64-bit ints (SQLite INTEGER).
+
+    A text shorter than `size` words is one shingle; an empty one has none. blake2b is stable
+    across runs and platforms (Python's hash() is not); about 7 ms for 5,000 words.
+    """
+    return set(_shingle_list(words, size))
+
+
+def index_keys(title: str, text: str) -> set[int]:
+    """The keys under which the store indexes an item, and looks up candidates for a new one.
+
+    Two items that `is_same_story` could match share a key:
+    - shingles whose hash is 0 mod `SAMPLE_MODULUS`: whether a shingle is sampled depends only
+      on the shingle, so the sample of a contained text is contained in the sample of the
+      containing one. Past `MAX_SAMPLED_KEYS` only the smallest hashes are kept; that keeps
+      containment for texts of similar length (copies, trimmed copies) but may lose it for a
+      short excerpt of a long text, hence
+    - the first `PREFIX_KEYS` shingles, shared by an excerpt and its full text, and
+    - a key for the normalised title, for short texts and copies that differ early.
+    At most MAX_SAMPLED_KEYS + PREFIX_KEYS + 1 keys.
+    """
+    text_shingles = _shingle_list(words(text))
+    sampled = sorted({key for key in text_shingles if key % SAMPLE_MODULUS == 0})
+    keys = set(sampled[:MAX_SAMPLED_KEYS]) | set(text_shingles[:PREFIX_KEYS])
+    title_words = words(title)
+    if title_words:
+        keys.add(_signed64(_digest(b"title\x00" + " ".join(title_words).encode())))
+    return keys
+
+
+def titles_agree(a_title: str, b_title: str) -> bool:
+    """Normalised titles are equal, or one is a run of words inside the other."""
+    a_words, b_words = words(a_title), words(b_title)
+    if not a_words or not b_words:
+        return False
+    shorter, longer = sorted((a_words, b_words), key=len)
+    return f" {' '.join(shorter)} " in f" {' '.join(longer)} "
+
+
+def is_same_story(a_title: str, a_text: str, b_title: str, b_text: str) -> bool:
+    """Whether two items are copies of one story (CONTRACT.md "Same story"). Symmetric.
+
+    The shorter text (in words) must be an excerpt of the longer one (a prefix of at least
+    `MIN_PREFIX_WORDS` words, its last word possibly cut), or most of its shingles
+    (`MIN_CONTAINMENT`) must occur in the longer text, starting near its top
+    (`MAX_LEAD_WORDS`), while it differs from it only at its edges
+    (`WORDS_PER_INTERIOR_DIFFERENCE`) and never by a number. The prefix test is a fast path:
+    an excerpt also passes the shingle test. Texts under `SHORT_TEXT_WORDS`
+    words also need `titles_agree`. An empty text matches nothing.
+    """
+    a_words, b_words = words(a_text), words(b_text)
+    if not a_words or not b_words:
+        return False
+    # order by content, not by argument position, so the answer is symmetric
+    short, long = sorted((a_words, b_words), key=lambda seq: (len(seq), seq))
+    if len(short) < SHORT_TEXT_WORDS and not titles_agree(a_title, b_title):
+        return False
+    return _is_excerpt(short, long) or _is_contained(short, long)
+
+
+def _is_excerpt(short: list[str], long: list[str]) -> bool:
+    if len(short) < MIN_PREFIX_WORDS:
+        return False
+    last = len(short) - 1
+    return short[:last] == long[:last] and long[last].startswith(short[last])
+
+
+def _is_contained(short: list[str], long: list[str]) -> bool:
+    short_shingles = _shingle_list(short)
+    long_positions: dict[int, int] = {}
+    for position, key in enumerate(_shingle_list(long)):
+        long_positions.setdefault(key, position)
+    found = [key in long_positions for key in short_shingles]
+    distinct = set(short_shingles)
+    if sum(key in long_positions for key in distinct) < MIN_CONTAINMENT * len(distinct):
+        return False
+    first = found.index(True)
+    last = len(found) - 1 - found[::-1].index(True)
+    long_first = long_positions[short_shingles[first]]
+    long_last = long_positions[short_shingles[last]]
+    if long_first - first > MAX_LEAD_WORDS:
+        return False
+    if len(short) < SHINGLE_SIZE:  # one shingle, and it was found
+        return True
+    # Words before and after the common part: an addition (byline, dateline, trailer) when
+    # the other text has nothing there, else a replacement, which must not change a number.
+    if _changes_a_number(short[:first], long[:long_first]) or _changes_a_number(
+        short[last + SHINGLE_SIZE :], long[long_last + SHINGLE_SIZE :], last_may_be_cut=True
+    ):
+        return False
+    differing = _interior_uncovered_words(short, found)
+    if any(_DIGIT.search(word) for word in differing):
+        return False
+    return len(differing) <= len(short) // WORDS_PER_INTERIOR_DIFFERENCE
+
+
+def _changes_a_number(
+    edge: list[str], other_edge: list[str], last_may_be_cut: bool = False
+) -> bool:
+    """Whether `edge` has a number that the other text's words at the same place lack.
+
+    With `last_may_be_cut`, the last word may be the start of one (an excerpt cut at "6…" of
+    "600").
+    """
+    if not other_edge:
+        return False
+    other_words = set(other_edge)
+    for index, word in enumerate(edge):
+        if not _DIGIT.search(word) or word in other_words:
+            continue
+        is_last = index == len(edge) - 1
+        if not (last_may_be_cut and is_last and any(o.startswith(word) for o in other_edge)):
+            return True
+    return False
+
+
+def _interior_uncovered_words(short: list[str], found: list[bool]) -> list[str]:
+    """Words of `short` in no shingle found in the other text, except at its start and end."""
+    covered = [False] * len(short)
+    for start, is_found in enumerate(found):
+        if is_found:
+            for position in range(start, start + SHINGLE_SIZE):
+                covered[position] = True
+    first = covered.index(True)
+    last = len(covered) - 1 - covered[::-1].index(True)
+    return [short[i] for i in range(first, last + 1) if not covered[i]]
+
+
+def _shingle_list(words: Sequence[str], size: int = SHINGLE_SIZE) -> list[int]:
+    """Shingle hashes in text order (with repeats)."""
+    if not words:
+        return []
+    if len(words) < size:
+        return [_signed64(_digest(" ".join(words).encode("utf-8", "surrogatepass")))]
+    blake2b, from_bytes, join = hashlib.blake2b, int.from_bytes, " ".join
+    return [
+        from_bytes(
+            blake2b(
+                join(words[i : i + size]).encode("utf-8", "surrogatepass"), digest_size=8
+            ).digest(),
+            "little",
+            signed=True,
+        )
+        for i in range(len(words) - size + 1)
+    ]
+
+
+def _digest(data: bytes, size: int = 8) -> bytes:
+    return hashlib.blake2b(data, digest_size=size).digest()
+
+
+def _signed64(digest: bytes) -> int:
+    return int.from_bytes(digest, "little", signed=True)
