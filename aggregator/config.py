@@ -40,6 +40,8 @@ _TAG = re.compile(r"[A-Za-z0-9_-]+")
 _DURATION_PART = re.compile(r"(\d+)([smhd])")
 _DURATION = re.compile(r"(?:\d+[smhd])+")
 _UNIT_SECONDS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+_SIZE = re.compile(r"(\d+)\s*(B|KB|MB|GB)?")
+_UNIT_BYTES = {"B": 1, "KB": 1 << 10, "MB": 1 << 20, "GB": 1 << 30}
 _HOSTNAME = re.compile(r"[A-Za-z0-9](?:[A-Za-z0-9.-]*[A-Za-z0-9])?")
 
 T = TypeVar("T")
@@ -353,6 +355,19 @@ def _base_url(value: object, spot: _Spot) -> str:
     return url if url.endswith("/") else url + "/"
 
 
+def _size(value: object, spot: _Spot) -> int:
+    """`10MB`, `512KB`, `1GB` (powers of 1024) or a number of bytes; at least 1 KB."""
+    if isinstance(value, int) and not isinstance(value, bool):
+        size = value
+    elif isinstance(value, str) and (match := _SIZE.fullmatch(value.strip().upper())):
+        size = int(match.group(1)) * _UNIT_BYTES[match.group(2) or "B"]
+    else:
+        spot.error(f"expected a size such as 512KB, 10MB or 1GB, got {value!r}")
+    if size < 1024:
+        spot.error(f"must be at least 1KB, got {value!r}")
+    return size
+
+
 _SETTINGS_VALIDATORS: dict[str, Validator] = {
     "database": _path,
     "output_dir": _path,
@@ -361,6 +376,8 @@ _SETTINGS_VALIDATORS: dict[str, Validator] = {
     "interval": _duration,
     "max_items": _positive_int,
     "retention": _duration,
+    "timeout": _duration,
+    "max_feed_size": _size,
 }
 
 

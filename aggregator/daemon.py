@@ -34,7 +34,7 @@ from aggregator import __version__, pipeline
 from aggregator.config import load_config
 from aggregator.errors import ConfigError, PublishError, StoreError
 from aggregator.fetch import Fetcher
-from aggregator.model import Config, FetchLimits, PollResult, Settings
+from aggregator.model import Config, PollResult, Settings
 from aggregator.notify import notify, watchdog_interval
 from aggregator.publish import OutputCache, make_app
 from aggregator.store import Store
@@ -360,7 +360,7 @@ class Daemon:
         if source is None or store is None or config is None or self.stop.is_set():
             return
         if self.fetcher is None:
-            self.fetcher = Fetcher(FetchLimits())
+            self.fetcher = Fetcher(config.settings.fetch_limits())
             await self.fetcher.__aenter__()
         try:
             result = await pipeline.poll_feed(

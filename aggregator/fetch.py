@@ -333,7 +333,8 @@ class Fetcher:
             self._client = None
 
     def _host_semaphore(self, url: httpx.URL) -> asyncio.Semaphore:
-        host = url.host.lower()
+        # Per server (host and port): politeness is owed to the server a host name points at.
+        host = f"{url.host.lower()}:{url.port or (443 if url.scheme == 'https' else 80)}"
         if host not in self._per_host:
             self._per_host[host] = asyncio.Semaphore(self.limits.max_per_host)
         return self._per_host[host]

@@ -72,6 +72,19 @@ class Settings:
     interval: timedelta = timedelta(minutes=30)
     max_items: int = 50
     retention: timedelta = timedelta(days=365)
+    #: the most one feed's fetch may take, redirects and body included
+    timeout: timedelta = timedelta(seconds=60)
+    #: the largest feed body accepted, before and after decompression
+    max_feed_size: int = 10 * 1024 * 1024
+
+    def fetch_limits(self) -> FetchLimits:
+        seconds = self.timeout.total_seconds()
+        return FetchLimits(
+            max_body_bytes=self.max_feed_size,
+            total_timeout=seconds,
+            connect_timeout=min(10.0, seconds),
+            read_timeout=min(20.0, seconds),
+        )
 
 
 @dataclass(frozen=True)

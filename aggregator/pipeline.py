@@ -291,7 +291,7 @@ async def poll_round(
             on_result(source, result)
         return result
 
-    async with Fetcher(limits or FetchLimits()) as fetcher:
+    async with Fetcher(limits or config.settings.fetch_limits()) as fetcher:
         return list(await asyncio.gather(*(one(source, fetcher) for source in sources)))
 
 
