@@ -79,10 +79,14 @@ class Metrics:
             registry=self.registry,
         )
         self.config_valid = Gauge(
-            "aggregator_config_valid", "1 if the config file on disk is valid", registry=self.registry
+            "aggregator_config_valid",
+            "1 if the config file on disk is valid",
+            registry=self.registry,
         )
         self.last_poll = Gauge(
-            "aggregator_last_poll_timestamp_seconds", "When a poll last finished", registry=self.registry
+            "aggregator_last_poll_timestamp_seconds",
+            "When a poll last finished",
+            registry=self.registry,
         )
 
     def record(self, result: PollResult) -> None:
@@ -194,7 +198,10 @@ class Daemon:
             self._watch_config, "interval", seconds=WATCH_SECONDS, id="watch-config"
         )
         self.scheduler.add_job(
-            self._maintain, "interval", days=1, id="maintenance",
+            self._maintain,
+            "interval",
+            days=1,
+            id="maintenance",
             next_run_time=datetime.now(UTC) + timedelta(minutes=1),
         )
         watchdog = watchdog_interval()
@@ -315,7 +322,9 @@ class Daemon:
             if changed is not None and source.url not in changed:
                 continue
             state = self.store.feed_state(source.url)
-            if state.gone and self.store.gone_fingerprint(source.url) == pipeline.feed_fingerprint(source):
+            if state.gone and self.store.gone_fingerprint(source.url) == pipeline.feed_fingerprint(
+                source
+            ):
                 continue
             if state.last_fetched is None:
                 # Never polled: now, a few ms apart so a big list starts in order.
@@ -486,4 +495,3 @@ def run_daemon(config_path: Path) -> int:
     logging.getLogger("httpx").setLevel(logging.WARNING)
     logging.getLogger("apscheduler").setLevel(logging.WARNING)
     return asyncio.run(Daemon(config_path).run())
-

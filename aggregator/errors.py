@@ -1,18 +1,18 @@
 """The exception tree. Library errors are mapped to these where they enter.
 
-    AggregatorError
-    ├── ConfigError          feeds.yaml is unreadable or invalid (file, line, where, what)
-    ├── StoreError           the database cannot be opened or written
-    ├── PublishError         an output file cannot be written
-    └── FeedError            one feed failed; carries its URL; never stops the others
-        ├── FetchError       network trouble: DNS, refused, reset, TLS, bad HTTP
-        │   ├── FetchTimeout     connect/read timeout or the per-feed deadline
-        │   ├── TooLarge         body over the limit, before or after decompression
-        │   ├── TooManyRedirects redirect loop or more than the limit
-        │   └── HTTPStatusError  an unexpected status (4xx/5xx)
-        │       ├── Gone             410: stop polling until the config changes
-        │       └── RetryLater       429/503 with Retry-After
-        └── ParseError       the body is not a feed we can read
+AggregatorError
+├── ConfigError          feeds.yaml is unreadable or invalid (file, line, where, what)
+├── StoreError           the database cannot be opened or written
+├── PublishError         an output file cannot be written
+└── FeedError            one feed failed; carries its URL; never stops the others
+    ├── FetchError       network trouble: DNS, refused, reset, TLS, bad HTTP
+    │   ├── FetchTimeout     connect/read timeout or the per-feed deadline
+    │   ├── TooLarge         body over the limit, before or after decompression
+    │   ├── TooManyRedirects redirect loop or more than the limit
+    │   └── HTTPStatusError  an unexpected status (4xx/5xx)
+    │       ├── Gone             410: stop polling until the config changes
+    │       └── RetryLater       429/503 with Retry-After
+    └── ParseError       the body is not a feed we can read
 """
 
 from __future__ import annotations
@@ -36,7 +36,9 @@ class ConfigError(AggregatorError):
 
     def __str__(self) -> str:
         location = f"{self.file}:{self.line}" if self.line is not None else self.file
-        return f"{location}: {self.where}: {self.what}" if self.where else f"{location}: {self.what}"
+        if self.where:
+            return f"{location}: {self.where}: {self.what}"
+        return f"{location}: {self.what}"
 
 
 class StoreError(AggregatorError):

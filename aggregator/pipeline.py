@@ -74,8 +74,9 @@ def next_due(interval: timedelta, now: datetime, failures: int) -> datetime:
     """When to poll again: the interval, doubled per consecutive failure, capped."""
     if failures <= 0:
         return now + interval
-    backoff = interval * (2 ** min(failures, 16))
-    return now + min(max(backoff, interval), max(MAX_BACKOFF, interval))
+    backoff: timedelta = interval * (2 ** min(failures, 16))
+    cap: timedelta = max(MAX_BACKOFF, interval)
+    return now + min(backoff, cap)
 
 
 def effective_interval(configured: timedelta, hint_seconds: int | None) -> timedelta:
@@ -222,9 +223,7 @@ async def poll_feed(
     )
 
 
-def _result(
-    source: FeedSource, state: FeedState, started: float, **fields: object
-) -> PollResult:
+def _result(source: FeedSource, state: FeedState, started: float, **fields: object) -> PollResult:
     return PollResult(
         url=source.url,
         status=state.last_status,
@@ -397,4 +396,3 @@ def publish(
     changed; returns what was rendered and the names written."""
     outputs = render_outputs(config, store, only)
     return outputs, write_outputs(config.settings.output_dir, outputs)
-

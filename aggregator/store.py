@@ -102,7 +102,7 @@ def _initial_schema(db: Database) -> None:
         CREATE INDEX item_keys_item ON item_keys (item_id);
         """
     )
-    db["items"].enable_fts(["title", "text"], fts_version="FTS5", create_triggers=True)
+    db.table("items").enable_fts(["title", "text"], fts_version="FTS5", create_triggers=True)
 
 
 @dataclass(frozen=True)
@@ -252,7 +252,9 @@ class Store:
                 "UPDATE items SET published = min(published, ?) WHERE id = ?", [published, match]
             )
             return "merged"
-        item_id = "urn:uuid:" + str(uuid.uuid5(uuid.NAMESPACE_URL, f"{item.feed_url}\n{item.entry_key}"))
+        item_id = "urn:uuid:" + str(
+            uuid.uuid5(uuid.NAMESPACE_URL, f"{item.feed_url}\n{item.entry_key}")
+        )
         if self._one("SELECT 1 FROM items WHERE id = ?", [item_id]):
             # The same entry key came back after its item was pruned; keep ids unique.
             item_id = "urn:uuid:" + str(uuid.uuid4())
@@ -286,7 +288,8 @@ class Store:
         self, item: Item, raw_hash: str | None, item_id: str, old_hash: str, now: datetime
     ) -> str:
         self.db.execute(
-            "UPDATE entries SET raw_hash = ?, content_hash = ? WHERE feed_url = ? AND entry_key = ?",
+            "UPDATE entries SET raw_hash = ?, content_hash = ?"
+            " WHERE feed_url = ? AND entry_key = ?",
             [raw_hash, item.content_hash, item.feed_url, item.entry_key],
         )
         if item.content_hash == old_hash:
@@ -538,4 +541,3 @@ def _state_from_row(row: Mapping[str, Any]) -> FeedState:
         site_url=row["site_url"],
         hint_seconds=row["hint_seconds"],
     )
-

@@ -13,6 +13,7 @@ import sys
 import time
 import zlib
 from pathlib import Path
+from typing import Any
 
 import feedparser
 import pytest
@@ -95,8 +96,7 @@ def write_config(tmp_path: Path, good: FeedServer, bad: HostileServer) -> Path:
         "  max_feed_size: 1MB\n"
         "  database: agg.db\n"
         "  output_dir: public\n"
-        "feeds:\n"
-        + "".join(f"  - url: {urls[name]}\n    name: {name}\n" for name in EXPECTED)
+        "feeds:\n" + "".join(f"  - url: {urls[name]}\n    name: {name}\n" for name in EXPECTED)
     )
     return config
 
@@ -110,7 +110,7 @@ def aggregator(config: Path, *args: str) -> subprocess.CompletedProcess[str]:
     )
 
 
-def status(config: Path) -> dict[str, dict[str, object]]:
+def status(config: Path) -> dict[str, dict[str, Any]]:
     return {row["name"]: row for row in json.loads(aggregator(config, "status", "--json").stdout)}
 
 
@@ -179,8 +179,18 @@ def test_a_gzip_bomb_is_cut_off_without_using_the_memory_it_would_need(tmp_path:
             f"feeds:\n  - url: {server.url('/bomb.xml')}\n"
         )
         run = subprocess.run(
-            [sys.executable, "-c", MEASURE_PEAK, sys.executable, "-m", "aggregator",
-             "-c", str(config), "poll", "--once"],
+            [
+                sys.executable,
+                "-c",
+                MEASURE_PEAK,
+                sys.executable,
+                "-m",
+                "aggregator",
+                "-c",
+                str(config),
+                "poll",
+                "--once",
+            ],
             capture_output=True,
             text=True,
             timeout=120,

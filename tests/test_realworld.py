@@ -56,7 +56,9 @@ def test_every_feed_feedparser_reads_is_accepted_and_nothing_crashes(tmp_path: P
                 "application/xml",
             )
             path = "/" + quote(name)
-            server.set(path, (CORPUS / name).read_bytes(), content_type=content_type, headers=headers)
+            server.set(
+                path, (CORPUS / name).read_bytes(), content_type=content_type, headers=headers
+            )
             urls[server.url(path)] = (name, headers | {"content-type": content_type})
 
         config = tmp_path / "feeds.yaml"

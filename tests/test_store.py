@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import sqlite3
+from collections.abc import Iterator
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -44,7 +45,7 @@ def make_item(feed_url: str, key: str, **fields: object) -> Item:
 
 
 @pytest.fixture
-def store() -> Store:
+def store() -> Iterator[Store]:
     s = Store.open(":memory:")
     yield s
     s.close()
@@ -85,9 +86,14 @@ def test_an_edited_entry_updates_the_item_keeps_its_id_and_moves_updated(store: 
 
 def test_same_link_from_another_feed_is_merged_and_both_outlets_are_named(store: Store) -> None:
     first = make_item("https://a.test/feed", "1", title="Original headline")
-    copy = make_item("https://b.test/feed", "x", canonical_link=first.canonical_link,
-                     link=first.link + "?utm_source=rss", title="Other headline",
-                     published=NOW - timedelta(hours=3))
+    copy = make_item(
+        "https://b.test/feed",
+        "x",
+        canonical_link=first.canonical_link,
+        link=first.link + "?utm_source=rss",
+        title="Other headline",
+        published=NOW - timedelta(hours=3),
+    )
     save(store, first)
     assert save(store, copy).merged == 1
     [item] = all_items(store)
@@ -101,8 +107,12 @@ def test_the_same_text_under_another_url_is_merged(store: Store) -> None:
     save(store, make_item("https://a.test/feed", "1", title="Missile launch", text=STORY))
     outcome = save(
         store,
-        make_item("https://b.test/feed", "2", title="N. Korea fires missile",
-                  text="By Staff Reporter. " + STORY),
+        make_item(
+            "https://b.test/feed",
+            "2",
+            title="N. Korea fires missile",
+            text="By Staff Reporter. " + STORY,
+        ),
     )
     assert outcome.merged == 1
     assert len(all_items(store)) == 1
@@ -117,9 +127,13 @@ def test_different_stories_sharing_a_title_stay_apart(store: Store) -> None:
 
 def test_links_to_a_home_page_do_not_merge_stories(store: Store) -> None:
     home = "https://example.org/"
-    save(store, make_item("https://a.test/feed", "1", link=home, canonical_link="https://example.org"))
+    save(
+        store,
+        make_item("https://a.test/feed", "1", link=home, canonical_link="https://example.org"),
+    )
     outcome = save(
-        store, make_item("https://b.test/feed", "2", link=home, canonical_link="https://example.org")
+        store,
+        make_item("https://b.test/feed", "2", link=home, canonical_link="https://example.org"),
     )
     assert outcome.new == 1
 
@@ -151,7 +165,11 @@ def test_prune_forgets_items_older_than_retention(store: Store) -> None:
 
 
 def test_full_text_search_finds_items_by_a_word(store: Store) -> None:
-    save(store, make_item("https://a.test/feed", "1", text=STORY), make_item("https://a.test/feed", "2"))
+    save(
+        store,
+        make_item("https://a.test/feed", "1", text=STORY),
+        make_item("https://a.test/feed", "2"),
+    )
     [hit] = store.search("ballistic")
     [item] = [i for i in all_items(store) if i.id == hit]
     assert item.title == "Title 1"
