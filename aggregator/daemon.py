@@ -28,7 +28,14 @@ from typing import Any
 
 import uvicorn
 from apscheduler.schedulers.asyncio import AsyncIOScheduler
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client import (
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    disable_created_metrics,
+    generate_latest,
+)
 
 from aggregator import __version__, pipeline
 from aggregator.config import load_config
@@ -41,6 +48,7 @@ from aggregator.store import Store
 from aggregator.timeutil import to_iso, utcnow
 
 log = logging.getLogger("aggregator")
+disable_created_metrics()  # type: ignore[no-untyped-call]  # *_created series are noise
 
 #: in-flight polls get this long to finish on SIGTERM
 DRAIN_SECONDS = 10.0
@@ -395,7 +403,8 @@ class Daemon:
                 due = self._with_jitter(due, source.interval)
             due = max(due, utcnow() + timedelta(seconds=1))
             self._schedule(url, due)
-            log.info("%s; next at %s", line, to_iso(due))
+            level = logging.WARNING if result.error is not None else logging.INFO
+            log.log(level, "%s; next at %s", line, to_iso(due))
         if result.new or result.updated or result.merged:
             self._request_render(pipeline.topics_of_feed(config, url))
 

@@ -300,8 +300,10 @@ def describe(source: FeedSource, result: PollResult) -> str:
     if result.skipped:
         return f"{name}: {result.skipped}"
     if result.error is not None:
-        status = f" (HTTP {result.status})" if result.status else ""
-        return f"{name}: error: {result.error.message}{status} [{source.url}]"
+        message = result.error.message
+        if result.status and str(result.status) not in message:
+            message += f" (HTTP {result.status})"
+        return f"{name}: error: {message} [{source.url}]"
     parts = [f"HTTP {result.status}"]
     if result.status == 304:
         parts.append("not modified")
