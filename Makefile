@@ -15,7 +15,7 @@ $(STAMP): pyproject.toml
 venv: $(STAMP)
 
 run: $(STAMP)
-	$(BIN)/aggregator -c feeds.yaml poll --once
+	$(BIN)/aggregator -c feeds.yaml run
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -q -n 2 --dist loadfile
@@ -28,7 +28,7 @@ lint: $(STAMP)
 check: lint test
 
 demo: $(STAMP)
-	$(BIN)/python -m aggregator.demo
+	$(BIN)/python demo/run.py
 
 clean:
 	rm -rf $(VENV) public aggregator.db aggregator.db-wal aggregator.db-shm
