@@ -16,7 +16,7 @@ from aggregator.config import load_config
 from aggregator.errors import ConfigError, PublishError, StoreError
 from aggregator.model import Config, FeedSource, FeedState, PollResult
 from aggregator.store import Store
-from aggregator.timeutil import to_iso
+from aggregator.timeutil import to_iso, utcnow
 
 EXIT_OK = 0
 EXIT_FAILURE = 1
@@ -99,6 +99,9 @@ def cmd_poll(config: Config, store: Store, *, force: bool) -> int:
         print(pipeline.describe(source, result), file=sys.stderr, flush=True)
 
     results = asyncio.run(pipeline.poll_round(config, store, force=force, on_result=report))
+    pruned = store.prune(utcnow() - config.settings.retention)
+    if pruned:
+        print(f"pruned {pruned} items older than {config.settings.retention}", file=sys.stderr)
     _, changed = pipeline.publish(config, store)
     failed = sum(r.error is not None for r in results)
     skipped = sum(r.skipped is not None for r in results)
