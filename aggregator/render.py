@@ -24,6 +24,7 @@ from lxml import etree
 
 from aggregator import PROJECT_URL, __version__
 from aggregator.model import PublishedItem, SourceRef, Topic
+from aggregator.timeutil import to_utc
 
 ATOM_NS = "http://www.w3.org/2005/Atom"
 DC_NS = "http://purl.org/dc/elements/1.1/"
@@ -81,32 +82,24 @@ def clean_text(text: str | None) -> str:
     return _NOT_XML_CHAR.sub("", text)
 
 
-def _utc(moment: datetime) -> datetime:
-    # The store hands out UTC; a naive value is taken to be UTC rather than local time,
-    # which would make the output depend on the machine.
-    if moment.tzinfo is None:
-        return moment.replace(tzinfo=UTC)
-    return moment.astimezone(UTC)
-
-
 def format_rfc3339(moment: datetime) -> str:
     """`2024-03-05T14:07:09Z`: whole seconds, UTC, as Atom and JSON Feed want."""
-    return _utc(moment).strftime("%Y-%m-%dT%H:%M:%SZ")
+    return to_utc(moment).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 def format_rfc822(moment: datetime) -> str:
     """`Tue, 05 Mar 2024 14:07:09 GMT`, as RSS 2.0 wants."""
-    return format_datetime(_utc(moment).replace(microsecond=0), usegmt=True)
+    return format_datetime(to_utc(moment).replace(microsecond=0), usegmt=True)
 
 
 def format_human(moment: datetime) -> str:
     """`5 March 2024, 14:07 UTC`; month names fixed, not taken from the locale."""
-    utc = _utc(moment)
+    utc = to_utc(moment)
     return f"{utc.day} {_MONTHS[utc.month - 1]} {utc.year}, {utc:%H:%M} UTC"
 
 
 def _feed_updated(items: Sequence[PublishedItem]) -> datetime:
-    return max((_utc(item.updated) for item in items), default=EPOCH)
+    return max((to_utc(item.updated) for item in items), default=EPOCH)
 
 
 def _author_name(item: PublishedItem) -> str:

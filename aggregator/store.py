@@ -258,27 +258,16 @@ class Store:
         if self._one("SELECT 1 FROM items WHERE id = ?", [item_id]):
             # The same entry key came back after its item was pruned; keep ids unique.
             item_id = "urn:uuid:" + str(uuid.uuid4())
+        row = {
+            "id": item_id,
+            **_story_columns(item, max(item.updated, item.published)),
+            "published": to_iso(item.published),
+            "first_seen": to_iso(now),
+            "first_feed_url": item.feed_url,
+        }
         self.db.execute(
-            "INSERT INTO items (id, link, canonical_link, title, content_html, summary_html,"
-            " excerpt, text, author, categories, published, updated, first_seen, content_hash,"
-            " first_feed_url) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-            [
-                item_id,
-                item.link,
-                item.canonical_link,
-                item.title,
-                item.content_html,
-                item.summary_html,
-                item.excerpt,
-                item.text,
-                item.author,
-                json.dumps(list(item.categories)),
-                to_iso(item.published),
-                to_iso(max(item.updated, item.published)),
-                to_iso(now),
-                item.content_hash,
-                item.feed_url,
-            ],
+            f"INSERT INTO items ({', '.join(row)}) VALUES ({', '.join('?' for _ in row)})",
+            list(row.values()),
         )
         self._index_keys(item_id, item)
         self._insert_entry(item, item_id, raw_hash, now)
@@ -303,24 +292,10 @@ class Store:
         assert stored_updated is not None
         # Feeds often edit without moving their own date; then the edit's time is now.
         updated = item.updated if item.updated > stored_updated else max(now, stored_updated)
+        columns = _story_columns(item, updated)
         self.db.execute(
-            "UPDATE items SET title = ?, content_html = ?, summary_html = ?, excerpt = ?,"
-            " text = ?, author = ?, categories = ?, updated = ?, content_hash = ?, link = ?,"
-            " canonical_link = ? WHERE id = ?",
-            [
-                item.title,
-                item.content_html,
-                item.summary_html,
-                item.excerpt,
-                item.text,
-                item.author,
-                json.dumps(list(item.categories)),
-                to_iso(updated),
-                item.content_hash,
-                item.link or "",
-                item.canonical_link,
-                item_id,
-            ],
+            f"UPDATE items SET {', '.join(f'{c} = ?' for c in columns)} WHERE id = ?",
+            [*columns.values(), item_id],
         )
         self.db.execute("DELETE FROM item_keys WHERE item_id = ?", [item_id])
         self._index_keys(item_id, item)
@@ -516,6 +491,23 @@ def _immediate(db: Database) -> Iterator[None]:
         except sqlite3.Error as e:
             db.rollback()
             raise StoreError(f"cannot write the database: {e}") from e
+
+
+def _story_columns(item: Item, updated: datetime) -> dict[str, Any]:
+    """The items columns an entry's text and metadata set, on insert and on edit."""
+    return {
+        "link": item.link,
+        "canonical_link": item.canonical_link,
+        "title": item.title,
+        "content_html": item.content_html,
+        "summary_html": item.summary_html,
+        "excerpt": item.excerpt,
+        "text": item.text,
+        "author": item.author,
+        "categories": json.dumps(list(item.categories)),
+        "updated": to_iso(updated),
+        "content_hash": item.content_hash,
+    }
 
 
 def _iso_or_none(moment: datetime | None) -> str | None:
