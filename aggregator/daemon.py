@@ -41,7 +41,7 @@ from aggregator import __version__, pipeline
 from aggregator.config import load_config
 from aggregator.errors import ConfigError, PublishError, StoreError
 from aggregator.fetch import Fetcher
-from aggregator.model import Config, PollResult, Settings
+from aggregator.model import Config, FeedSource, PollResult, Settings
 from aggregator.notify import notify, watchdog_interval
 from aggregator.publish import OutputCache, make_app
 from aggregator.store import Store
@@ -50,12 +50,16 @@ from aggregator.timeutil import to_iso, utcnow
 log = logging.getLogger("aggregator")
 disable_created_metrics()  # type: ignore[no-untyped-call]  # *_created series are noise
 
-#: in-flight polls get this long to finish on SIGTERM
-DRAIN_SECONDS = 10.0
+#: in-flight polls get this long to finish on SIGTERM; with the final render and
+#: SERVER_STOP_SECONDS the process is gone within 10 s (systemd's TimeoutStopSec is 20 s)
+DRAIN_SECONDS = 7.5
+#: open HTTP requests get this long to finish on SIGTERM
+SERVER_STOP_SECONDS = 1.0
 #: a burst of polls within this many seconds leads to one render
 RENDER_DELAY = 1.0
-#: how often feeds.yaml is checked for changes
-WATCH_SECONDS = 1.0
+#: how often feeds.yaml is checked for changes (a change is read once it has settled
+#: for one period, so an edit is applied 0.5–1 s after the save)
+WATCH_SECONDS = 0.5
 #: due times are spread by up to this fraction of the interval
 JITTER = 0.1
 
@@ -151,9 +155,14 @@ class Daemon:
         self.config: Config | None = None
         self.config_error: str | None = None
         self.stamp: _ConfigStamp | None = None
+        #: what the watcher saw last time, while waiting for a save to settle
+        self.seen_stamp: _ConfigStamp | None = None
         self.store: Store | None = None
         self.fetcher: Fetcher | None = None
-        self.scheduler = AsyncIOScheduler(timezone=UTC)
+        # A loop busy rendering must not make jobs "miss" their time: run them late, once.
+        self.scheduler = AsyncIOScheduler(
+            timezone=UTC, job_defaults={"coalesce": True, "misfire_grace_time": None}
+        )
         self.outputs = OutputCache()
         self.metrics = Metrics()
         self.stop = asyncio.Event()
@@ -229,19 +238,22 @@ class Daemon:
                 self._load_config(initial=False)
 
         notify("STOPPING=1")
+        # Pause, not shut down: APScheduler's shutdown cancels the jobs in flight, and
+        # polls in flight get DRAIN_SECONDS to finish and store what they fetched.
+        self.scheduler.pause()
         log.info("stopping: waiting up to %.0f s for %d polls", DRAIN_SECONDS, len(self.in_flight))
-        self.scheduler.shutdown(wait=False)
         if self.in_flight:
             _, pending = await asyncio.wait(set(self.in_flight), timeout=DRAIN_SECONDS)
             for task in pending:
                 task.cancel()
             await asyncio.gather(*pending, return_exceptions=True)
+        self.scheduler.shutdown(wait=False)
         if self.dirty and self.config is not None and self.store is not None:
             self._render()
         if self.server is not None and server_task is not None:
             self.server.should_exit = True
             with contextlib.suppress(asyncio.TimeoutError):
-                await asyncio.wait_for(server_task, timeout=5)
+                await asyncio.wait_for(server_task, timeout=SERVER_STOP_SECONDS)
         await self._close()
         log.info("stopped")
         return 0
@@ -311,7 +323,11 @@ class Daemon:
 
     async def _watch_config(self) -> None:
         stamp = _ConfigStamp.of(self.config_path)
-        if stamp is not None and stamp != self.stamp:
+        settled = stamp == self.seen_stamp
+        self.seen_stamp = stamp
+        # Reload once the file looks the same on two checks in a row: a save caught
+        # between truncation and write would otherwise be read as an empty, invalid file.
+        if stamp is not None and stamp != self.stamp and settled:
             log.info("%s changed: reloading", self.config_path)
             self._load_config(initial=False)
 
@@ -368,12 +384,34 @@ class Daemon:
         self.in_flight.add(task)
         try:
             await self._poll_feed(url)
+        except asyncio.CancelledError:
+            # cut off at the end of the drain: nothing of it was stored
+            log.warning("%s: poll cancelled at shutdown", self._name(url))
+        except Exception:
+            # A bug, not the feed's fault. The date job is used up, so without a new one
+            # this feed would silently never be polled again.
+            retry = utcnow() + self._interval(url)
+            log.exception("%s: internal error while polling; retrying at %s", url, to_iso(retry))
+            if not self.stop.is_set():
+                self._schedule(url, retry)
         finally:
             self.in_flight.discard(task)
 
+    def _source(self, url: str) -> FeedSource | None:
+        config = self.config
+        return next((f for f in config.feeds if f.url == url), None) if config else None
+
+    def _name(self, url: str) -> str:
+        source = self._source(url)
+        return (source.name if source else None) or url
+
+    def _interval(self, url: str) -> timedelta:
+        source = self._source(url)
+        return source.interval if source else timedelta(minutes=30)
+
     async def _poll_feed(self, url: str) -> None:
         config, store = self.config, self.store
-        source = next((f for f in config.feeds if f.url == url), None) if config else None
+        source = self._source(url)
         if source is None or store is None or config is None or self.stop.is_set():
             return
         if self.fetcher is None:

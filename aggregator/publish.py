@@ -162,13 +162,33 @@ def serve_output(output: Output, request: Request) -> Response:
     if _not_modified(output, request):
         return Response(status_code=304, headers=headers)
     body = output.body
-    if "gzip" in request.headers.get("accept-encoding", "").lower():
+    if _accepts_gzip(request.headers.get("accept-encoding", "")):
         body = output.gzipped
         headers["Content-Encoding"] = "gzip"
     headers["Content-Length"] = str(len(body))
     if request.method == "HEAD":
         body = b""
     return Response(body, media_type=output.content_type, headers=headers)
+
+
+def _accepts_gzip(accept_encoding: str) -> bool:
+    """Whether an Accept-Encoding header allows gzip (RFC 9110 §12.5.3): `gzip;q=0` and
+    `*;q=0` refuse it, `*` accepts it when gzip itself is not named."""
+    weights: dict[str, float] = {}
+    for part in accept_encoding.lower().split(","):
+        coding, _, params = part.partition(";")
+        weight = 1.0
+        name, _, value = params.partition("=")
+        if name.strip() == "q":
+            try:
+                weight = float(value)
+            except ValueError:
+                weight = 0.0
+        weights[coding.strip()] = weight
+    for coding in ("gzip", "x-gzip", "*"):
+        if coding in weights:
+            return weights[coding] > 0
+    return False
 
 
 def _not_modified(output: Output, request: Request) -> bool:
