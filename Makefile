@@ -30,5 +30,8 @@ check: lint test
 demo: $(STAMP)
 	$(BIN)/python demo/run.py
 
+bench: $(STAMP)
+	$(BIN)/python bench/run.py $(BENCH_ARGS)
+
 clean:
 	rm -rf $(VENV) public aggregator.db aggregator.db-wal aggregator.db-shm
