@@ -212,7 +212,7 @@ class Daemon:
 
         self.scheduler.start()
         self.scheduler.add_job(
-            self._watch_config, "interval", seconds=WATCH_SECONDS, id="watch-config"
+            self._watch_files, "interval", seconds=WATCH_SECONDS, id="watch-files"
         )
         self.scheduler.add_job(
             self._maintain,
@@ -320,6 +320,15 @@ class Daemon:
         self._render(everything=True)
         log.info("config reloaded: %d feeds, %d topics", len(config.feeds), len(config.topics))
         self._notify_status()
+
+    async def _watch_files(self) -> None:
+        await self._watch_config()
+        if self.config is not None:
+            # outputs another process published (`poll --once`, `build` run by hand)
+            settings = self.config.settings
+            changed = self.outputs.refresh(settings.output_dir, pipeline.output_names(self.config))
+            if changed:
+                log.info("serving %s as written by another process", ", ".join(changed))
 
     async def _watch_config(self) -> None:
         stamp = _ConfigStamp.of(self.config_path)

@@ -112,10 +112,13 @@ class OutputCache:
 
     Only names that were published are reachable: a request path is looked up in a dict,
     never joined to a filesystem path, so there is no traversal to guard against.
+    `refresh` picks up files another process wrote (a hand-run `poll --once` or `build`).
     """
 
     def __init__(self) -> None:
         self._outputs: dict[str, Output] = {}
+        #: (mtime_ns, size, inode) of each file when last read or written by us
+        self._stamps: dict[str, tuple[int, int, int]] = {}
 
     def update(self, outputs: Mapping[str, bytes], now: float | None = None) -> None:
         """Take new bytes for these outputs; unchanged ones keep their validators."""
@@ -134,14 +137,33 @@ class OutputCache:
 
     def load_dir(self, output_dir: Path, names: Iterable[str]) -> None:
         """Serve what an earlier run published, with the files' own modification times."""
-        outputs = {}
+        self._outputs = {}
+        self._stamps = {}
+        self.refresh(output_dir, names)
+
+    def refresh(self, output_dir: Path, names: Iterable[str]) -> list[str]:
+        """Re-read the files among `names` that changed on disk since last seen; returns
+        the names whose served bytes changed. Files are replaced atomically, so a read
+        sees a whole file."""
+        fresh = dict(self._outputs)
+        changed = []
         for name in names:
             path = output_dir / name
             try:
-                outputs[name] = Output.of(name, path.read_bytes(), path.stat().st_mtime)
+                st = path.stat()
+                stamp = (st.st_mtime_ns, st.st_size, st.st_ino)
+                if self._stamps.get(name) == stamp and name in fresh:
+                    continue
+                body = path.read_bytes()
             except OSError:
                 continue
-        self._outputs = outputs
+            self._stamps[name] = stamp
+            known = fresh.get(name)
+            if known is None or known.body != body:
+                fresh[name] = Output.of(name, body, st.st_mtime)
+                changed.append(name)
+        self._outputs = fresh
+        return changed
 
     def get(self, name: str) -> Output | None:
         return self._outputs.get(name)

@@ -1012,3 +1012,21 @@ def test_watchdog_interval_is_half_of_watchdog_usec_for_this_process_only(
     monkeypatch.setenv("WATCHDOG_PID", str(os.getpid()))
     monkeypatch.setenv("WATCHDOG_USEC", "soon")
     assert watchdog_interval() is None
+
+
+def test_outputs_a_hand_run_poll_publishes_are_served_by_the_daemon(
+    site: Site, launch: Callable[..., DaemonProcess]
+) -> None:
+    a = site.feed("alpha", [make_story("a1")])
+    write_config(site.config, site.port, [a], interval="1h")
+    daemon = launch(site.config, site.port)
+    daemon.wait_serving()
+    wait_until(lambda: published_links(daemon) == {make_story("a1").link}, 15, "first publish")
+    site.feed("alpha", [make_story("a1"), make_story("a2")])
+    result = run_command(site.config, "poll", "--once")  # the daemon itself waits an hour
+    assert result.returncode == 0, result.stderr
+    done = time.monotonic()
+    on_disk = (site.root / "public" / "all.atom").read_bytes()
+    assert make_story("a2").link in {link for link, _ in atom_entries(on_disk)}
+    wait_until(lambda: daemon.get("/all.atom").body == on_disk, 5, "the new file served")
+    print(f"hand-run poll's outputs served {time.monotonic() - done:.2f} s after it exited")
