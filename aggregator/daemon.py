@@ -362,6 +362,10 @@ class Daemon:
             if state.last_fetched is None:
                 # Never polled: now, a few ms apart so a big list starts in order.
                 due = now + timedelta(milliseconds=10 * index)
+            elif state.gone:
+                # Gone (410), but its entry was edited since (checked above): retry now,
+                # not after the failure backoff stored with it.
+                due = now
             elif changed is not None and state.failures == 0:
                 interval = pipeline.effective_interval(source.interval, state.hint_seconds)
                 due = state.last_fetched + interval

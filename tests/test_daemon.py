@@ -1030,3 +1030,28 @@ def test_outputs_a_hand_run_poll_publishes_are_served_by_the_daemon(
     assert make_story("a2").link in {link for link, _ in atom_entries(on_disk)}
     wait_until(lambda: daemon.get("/all.atom").body == on_disk, 5, "the new file served")
     print(f"hand-run poll's outputs served {time.monotonic() - done:.2f} s after it exited")
+
+
+def test_a_gone_feed_stays_off_until_its_entry_is_edited(
+    site: Site, launch: Callable[..., DaemonProcess]
+) -> None:
+    a = site.feed("alpha", [make_story("a1")])
+    site.server.respond("/golf.rss", 410, b"gone\n")
+    golf = site.server.url("/golf.rss")
+    write_config(site.config, site.port, [a, golf], interval="1s")
+    # golf's own interval is an hour, so its backoff after the 410 is hours too
+    entry = f"  - url: {golf}\n"
+    site.config.write_text(site.config.read_text().replace(entry, entry + "    interval: 1h\n"))
+    daemon = launch(site.config, site.port)
+    daemon.wait_serving()
+    wait_until(lambda: "no longer polled" in daemon.log, 10, "the 410 logged")
+    polls = len(site.server.requests_to("/alpha.rss"))
+    wait_until(lambda: len(site.server.requests_to("/alpha.rss")) >= polls + 3, 10, "alpha")
+    assert len(site.server.requests_to("/golf.rss")) == 1
+
+    # the publisher is back and the user edits the entry (a name): polled at once,
+    # although its failure backoff would otherwise keep it waiting
+    site.feed("golf", [make_story("g1")])
+    site.config.write_text(site.config.read_text().replace(entry, entry + "    name: G\n"))
+    expected = {make_story("a1").link, make_story("g1").link}
+    wait_until(lambda: published_links(daemon) == expected, 5, "golf polled and published")
