@@ -17,7 +17,7 @@ import lxml.etree
 import lxml.html
 import nh3
 
-from aggregator.dedupe import content_hash, entry_key
+from aggregator.dedupe import content_hash, entry_key, index_keys
 from aggregator.model import Item, ParsedEntry
 from aggregator.urls import canonical_url, strip_tracking
 
@@ -201,12 +201,15 @@ BOILERPLATE_LINKS = re.compile(
 #: WordPress's excerpt ellipsis "[…]" at the end of a text
 _BRACKETED_ELLIPSIS = re.compile(r"\s*\[\s*(…|\.\.\.|&hellip;|&#8230;)\s*\]\s*$")
 _BOILERPLATE_CLASS_NAMES = frozenset({"more-link", *BOILERPLATE_CLASSES})
-#: a cheap test that lets most HTML skip the lxml pass
+#: a cheap test that lets most HTML skip the lxml pass: some phrase or class of the tables
+#: above must occur (each pattern needs one of these words in its text)
 _MAY_HAVE_BOILERPLATE = re.compile(
-    r"appeared|continue|read|more|share|like|related|feedflare|\[|…|\.\.\."
-    r"|sharedaddy|jp-|addtoany|a2a_|yarpp",
+    r"appeared|continue|read|>\s*more\W*<|share|like this|related|feedflare|\[|…|\.\.\."
+    r"|sharedaddy|sd-|jp-|addtoany|a2a_|yarpp|more-link",
     re.IGNORECASE,
 )
+#: boilerplate blocks are short; longer ones are article text whatever they start with
+_MAX_BOILERPLATE_CHARS = 400
 #: what may be left of a paragraph after its read-more link is removed
 _LEFTOVER = re.compile(r"^[\s\W]*$")
 _WHITESPACE = re.compile(r"\s+")
@@ -243,13 +246,13 @@ def _is_boilerplate_element(element: lxml.html.HtmlElement) -> bool:
         return True
     tag = element.tag
     if tag == "a":
-        text = _text_of(element)
-        return bool(text) and bool(BOILERPLATE_LINKS.match(text))
-    if tag in ("p", "div", "h2", "h3", "h4", "h5", "h6"):
-        text = _text_of(element)
-        # a long block is article text even if it happens to start like a footer
-        return 0 < len(text) < 400 and bool(BOILERPLATE_PARAGRAPHS.match(text))
-    return False
+        patterns = BOILERPLATE_LINKS
+    elif tag in ("p", "div", "h2", "h3", "h4", "h5", "h6"):
+        patterns = BOILERPLATE_PARAGRAPHS
+    else:
+        return False
+    text = _short_text_of(element)
+    return bool(text and patterns.match(text))
 
 
 def _remove(element: lxml.html.HtmlElement) -> None:
@@ -280,8 +283,18 @@ def _drop_trailing_ellipsis(root: lxml.html.HtmlElement) -> bool:
     return after != before
 
 
-def _text_of(element: lxml.html.HtmlElement) -> str:
-    return _WHITESPACE.sub(" ", element.text_content()).strip()
+def _short_text_of(element: lxml.html.HtmlElement) -> str | None:
+    """The element's text with whitespace collapsed, or None when it is too long to be
+    boilerplate. Stops reading early, so nested blocks don't cost their whole text each."""
+    parts = []
+    length = 0
+    for piece in element.itertext():
+        length += len(piece)
+        if length > 2 * _MAX_BOILERPLATE_CHARS:  # room for collapsible whitespace
+            return None
+        parts.append(piece)
+    text = _WHITESPACE.sub(" ", "".join(parts)).strip()
+    return text if len(text) < _MAX_BOILERPLATE_CHARS else None
 
 
 # --- text --------------------------------------------------------------------------
@@ -374,6 +387,7 @@ def clean_entry(
         published=published,
         updated=updated,
         content_hash=content_hash(title, text),
+        index_keys=frozenset(index_keys(title, text)),
     )
 
 

@@ -239,6 +239,9 @@ class Item:
     updated: datetime
     #: hash of title + content: a change means the entry was edited
     content_hash: str
+    #: dedupe.index_keys(title, text), computed with the cleaning (in a worker process);
+    #: None means the store computes them
+    index_keys: frozenset[int] | None = None
 
 
 @dataclass(frozen=True)

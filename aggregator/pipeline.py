@@ -18,11 +18,14 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import multiprocessing
+import os
 import time
 from collections.abc import Callable, Collection, Mapping, Sequence
-from concurrent.futures import Executor
+from concurrent.futures import Executor, Future, ProcessPoolExecutor
 from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
+from typing import Any
 
 from aggregator import clean, dedupe, parse, render, topics
 from aggregator.errors import FeedError, Gone, HTTPStatusError, RetryLater
@@ -264,6 +267,30 @@ def _record_failure(
     )
 
 
+class ParsePool(Executor):
+    """Worker processes for parsing and cleaning, started on first use: a round in which
+    every feed answers 304 never pays for them. Parsing is CPU-bound pure Python, so
+    processes, not threads, are what uses more than one core."""
+
+    def __init__(self, workers: int | None = None) -> None:
+        self.workers = workers or max(1, len(os.sched_getaffinity(0)))
+        self._pool: ProcessPoolExecutor | None = None
+
+    def submit(self, fn: Callable[..., Any], /, *args: Any, **kwargs: Any) -> Future[Any]:
+        if self._pool is None:
+            # forkserver: workers fork from a clean process that has imported the pipeline
+            # once, never from this one with its event loop and threads.
+            context = multiprocessing.get_context("forkserver")
+            context.set_forkserver_preload(["aggregator.pipeline"])
+            self._pool = ProcessPoolExecutor(self.workers, mp_context=context)
+        return self._pool.submit(fn, *args, **kwargs)
+
+    def shutdown(self, wait: bool = True, *, cancel_futures: bool = False) -> None:
+        if self._pool is not None:
+            self._pool.shutdown(wait, cancel_futures=cancel_futures)
+            self._pool = None
+
+
 async def poll_round(
     config: Config,
     store: Store,
@@ -274,8 +301,24 @@ async def poll_round(
     feeds: Sequence[FeedSource] | None = None,
     on_result: Callable[[FeedSource, PollResult], None] | None = None,
 ) -> list[PollResult]:
-    """Poll `feeds` (default: every configured feed) concurrently; results in config order."""
+    """Poll `feeds` (default: every configured feed) concurrently; results in config order.
+
+    Without an `executor`, bodies are parsed in a ParsePool of one process per core."""
     sources = list(config.feeds if feeds is None else feeds)
+    if executor is None:
+        with ParsePool() as pool:
+            return await poll_round(
+                config,
+                store,
+                force=force,
+                limits=limits,
+                executor=pool,
+                feeds=sources,
+                on_result=on_result,
+            )
+
+    # One time for the round: copies of a story fetched in it count as seen together.
+    now = utcnow()
 
     async def one(source: FeedSource, fetcher: Fetcher) -> PollResult:
         result = await poll_feed(
@@ -285,6 +328,7 @@ async def poll_round(
             retention=config.settings.retention,
             force=force,
             executor=executor,
+            now=now,
         )
         if on_result is not None:
             on_result(source, result)

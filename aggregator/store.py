@@ -247,10 +247,7 @@ class Store:
         match = self._find_same_story(item)
         if match is not None:
             self._insert_entry(item, match, raw_hash, now)
-            published = to_iso(item.published)
-            self.db.execute(
-                "UPDATE items SET published = min(published, ?) WHERE id = ?", [published, match]
-            )
+            self._merge_copy(item, match, now)
             return "merged"
         item_id = "urn:uuid:" + str(
             uuid.uuid5(uuid.NAMESPACE_URL, f"{item.feed_url}\n{item.entry_key}")
@@ -273,6 +270,31 @@ class Store:
         self._insert_entry(item, item_id, raw_hash, now)
         return "new"
 
+    def _merge_copy(self, item: Item, item_id: str, now: datetime) -> None:
+        """A further copy of a stored story: the story's published date becomes the
+        earliest. A copy seen in the same round as the first one (one `now`) takes the
+        first outlet's place when it was published earlier: within a round "first seen"
+        would otherwise depend on which server answered faster."""
+        stored = self._one(
+            "SELECT published, first_seen, first_feed_url FROM items WHERE id = ?", [item_id]
+        )
+        assert stored is not None
+        published = to_iso(item.published)
+        same_round = stored["first_seen"] == to_iso(now)
+        if same_round and (published, item.feed_url) < (
+            stored["published"],
+            stored["first_feed_url"],
+        ):
+            columns = {
+                **_story_columns(item, item.updated),
+                "first_feed_url": item.feed_url,
+                "published": published,
+            }
+            self._set_columns(item_id, columns)
+            self._reindex(item_id, item)
+        elif published < stored["published"]:
+            self.db.execute("UPDATE items SET published = ? WHERE id = ?", [published, item_id])
+
     def _update_entry(
         self, item: Item, raw_hash: str | None, item_id: str, old_hash: str, now: datetime
     ) -> str:
@@ -292,13 +314,8 @@ class Store:
         assert stored_updated is not None
         # Feeds often edit without moving their own date; then the edit's time is now.
         updated = item.updated if item.updated > stored_updated else max(now, stored_updated)
-        columns = _story_columns(item, updated)
-        self.db.execute(
-            f"UPDATE items SET {', '.join(f'{c} = ?' for c in columns)} WHERE id = ?",
-            [*columns.values(), item_id],
-        )
-        self.db.execute("DELETE FROM item_keys WHERE item_id = ?", [item_id])
-        self._index_keys(item_id, item)
+        self._set_columns(item_id, _story_columns(item, updated))
+        self._reindex(item_id, item)
         return "updated"
 
     def _find_same_story(self, item: Item) -> str | None:
@@ -309,7 +326,7 @@ class Store:
             )
             if row is not None:
                 return str(row["item_id"])
-        keys = sorted(dedupe.index_keys(item.title, item.text))
+        keys = sorted(_keys_of(item))
         if not keys:
             return None
         placeholders = ", ".join("?" for _ in keys)
@@ -324,10 +341,20 @@ class Store:
                 return str(candidate["item_id"])
         return None
 
+    def _set_columns(self, item_id: str, columns: Mapping[str, Any]) -> None:
+        self.db.execute(
+            f"UPDATE items SET {', '.join(f'{c} = ?' for c in columns)} WHERE id = ?",
+            [*columns.values(), item_id],
+        )
+
+    def _reindex(self, item_id: str, item: Item) -> None:
+        self.db.execute("DELETE FROM item_keys WHERE item_id = ?", [item_id])
+        self._index_keys(item_id, item)
+
     def _index_keys(self, item_id: str, item: Item) -> None:
         self.db.conn.executemany(
             "INSERT OR IGNORE INTO item_keys (key, item_id) VALUES (?, ?)",
-            [(key, item_id) for key in dedupe.index_keys(item.title, item.text)],
+            [(key, item_id) for key in _keys_of(item)],
         )
 
     def _insert_entry(self, item: Item, item_id: str, raw_hash: str | None, now: datetime) -> None:
@@ -491,6 +518,12 @@ def _immediate(db: Database) -> Iterator[None]:
         except sqlite3.Error as e:
             db.rollback()
             raise StoreError(f"cannot write the database: {e}") from e
+
+
+def _keys_of(item: Item) -> frozenset[int]:
+    if item.index_keys is not None:
+        return item.index_keys
+    return frozenset(dedupe.index_keys(item.title, item.text))
 
 
 def _story_columns(item: Item, updated: datetime) -> dict[str, Any]:

@@ -18,11 +18,11 @@ from typing import Any
 import feedparser
 import pytest
 
-from tests.feedserver import FeedServer, HostileServer
+from tests.feedserver import FeedServer, HostileServer, gzip_bomb
 
 DATA = Path(__file__).parent / "data"
 GOOD = (DATA / "e2e" / "wp.rss").read_bytes()
-TIMEOUT_SECONDS = 3
+TIMEOUT_SECONDS = 5
 
 #: feed name → (what the user must read in `status`, state)
 EXPECTED = {
@@ -53,6 +53,7 @@ def servers():
 
 
 def write_config(tmp_path: Path, good: FeedServer, bad: HostileServer) -> Path:
+    gzip_bomb()  # built once per test process; not on the clock of the round
     good.set("/good.xml", GOOD)
     good.set("/entity-bomb.xml", (DATA / "feeds" / "entity-bomb.xml").read_bytes())
     good.set("/new-home.xml", GOOD.replace(b"Peninsula Watch", b"Peninsula Watch (moved)"))

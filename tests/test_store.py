@@ -95,12 +95,29 @@ def test_same_link_from_another_feed_is_merged_and_both_outlets_are_named(store:
         published=NOW - timedelta(hours=3),
     )
     save(store, first)
-    assert save(store, copy).merged == 1
+    assert save(store, copy, now=NOW + timedelta(hours=1)).merged == 1
     [item] = all_items(store)
+    # the first-seen copy stays the story's face; published is the earliest of the copies
     assert item.title == "Original headline"
     assert [s.feed_url for s in item.sources] == ["https://a.test/feed", "https://b.test/feed"]
-    # published is the earliest among the copies
     assert item.published == NOW - timedelta(hours=3)
+
+
+def test_copies_seen_in_one_round_are_led_by_the_earliest_published(store: Store) -> None:
+    syndicated = make_item("https://b.test/feed", "x", title="Syndicated copy")
+    original = make_item(
+        "https://a.test/feed",
+        "1",
+        title="Original",
+        link=syndicated.link,
+        canonical_link=syndicated.canonical_link,
+        published=NOW - timedelta(hours=5),
+    )
+    save(store, syndicated)  # the syndicating server answered first
+    save(store, original)
+    [item] = all_items(store)
+    assert item.title == "Original"
+    assert [s.feed_url for s in item.sources] == ["https://a.test/feed", "https://b.test/feed"]
 
 
 def test_the_same_text_under_another_url_is_merged(store: Store) -> None:
