@@ -166,8 +166,8 @@ def _entry_from_feedparser(entry: Any, feed_url: str, feed_author: str | None) -
         title=_plain_title(entry),
         content_html=content,
         summary_html=summary,
-        author=_name_of(dict.get(entry, "author_detail"))
-        or _clean_text(dict.get(entry, "author"))
+        author=_author_name(dict.get(entry, "author"))
+        or _name_of(dict.get(entry, "author_detail"))
         or feed_author,
         categories=_unique(
             (tag.get("label") or tag.get("term") or "") for tag in dict.get(entry, "tags") or []
@@ -234,6 +234,22 @@ def _plain_title(element: Any) -> str:
     if _HAS_ENTITY.search(value):
         value = html.unescape(value)
     return _clean_text(value) or ""
+
+
+#: RSS 2.0 <author> is "email (Name)"; some feeds write "Name <email>"; feedparser gives
+#: an Atom author as "Name (email)"
+_EMAIL_THEN_NAME = re.compile(r"^\S+@\S+\s*\((?P<name>[^()]+)\)$")
+_NAME_THEN_EMAIL = re.compile(r"^(?P<name>[^<>()]+?)\s*[<(]\S+@\S+[>)]$")
+
+
+def _author_name(author: object) -> str | None:
+    """The person's name from an author string, without the e-mail address around it
+    (feedparser's own split of "email (Name)" cuts the address in the wrong place)."""
+    text = _clean_text(author)
+    if not text:
+        return None
+    match = _EMAIL_THEN_NAME.match(text) or _NAME_THEN_EMAIL.match(text)
+    return match.group("name").strip() if match else text
 
 
 def _name_of(detail: Any) -> str | None:

@@ -509,6 +509,9 @@ def _immediate(db: Database) -> Iterator[None]:
         raise StoreError(f"database is busy or read-only: {e}") from e
     try:
         yield
+    except sqlite3.Error as e:
+        db.rollback()
+        raise StoreError(f"cannot write the database: {e}") from e
     except BaseException:
         db.rollback()
         raise

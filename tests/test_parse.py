@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import html
 import time
 import tracemalloc
 from datetime import UTC, datetime
@@ -353,3 +354,20 @@ def test_undecodable_bytes_do_not_crash():
     feed = parse_feed(body, headers, "https://c.test/")
     assert feed.title is not None and feed.title.startswith("Bad")
     assert feed.entries[0].title.startswith("Still")
+
+
+@pytest.mark.parametrize(
+    ("author", "name"),
+    [
+        ("desk@wire.example (Pacific Wire Service)", "Pacific Wire Service"),
+        ("Min-ji Park <mj@example.org>", "Min-ji Park"),
+        ("Daniel Cho", "Daniel Cho"),
+        ("desk@wire.example", "desk@wire.example"),
+    ],
+)
+def test_rss_author_is_the_name_without_the_address(author: str, name: str):
+    body = (
+        '<rss version="2.0"><channel><title>T</title><item><title>x</title>'
+        f"<author>{html.escape(author)}</author></item></channel></rss>"
+    ).encode()
+    assert parse_feed(body, {}, "https://a.test/").entries[0].author == name
