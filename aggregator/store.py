@@ -321,7 +321,9 @@ class Store:
     def _find_same_story(self, item: Item) -> str | None:
         if item.canonical_link and not urls.is_homepage(item.canonical_link):
             row = self._one(
-                "SELECT item_id FROM entries WHERE canonical_link = ? LIMIT 1",
+                # the second condition lets SQLite use the partial index
+                "SELECT item_id FROM entries WHERE canonical_link = ? AND canonical_link != ''"
+                " LIMIT 1",
                 [item.canonical_link],
             )
             if row is not None:
