@@ -15,6 +15,7 @@ import pytest
 from hypothesis import assume, given
 from hypothesis import strategies as st
 
+from aggregator import dedupe
 from aggregator.dedupe import (
     content_hash,
     entry_key,
@@ -505,7 +506,8 @@ def test_contained_text_keeps_its_sampled_keys(text, head, tail, seed) -> None:
     assume(len(part) >= 5)
     full_keys = index_keys("", " ".join(text))
     part_keys = index_keys("", rewrap(part, Random(seed)))
-    sampled = {key for key in shingles(part) if key % 8 == 0}
-    assume(len({key for key in shingles(text) if key % 8 == 0}) <= 60)  # under the cap
+    sampled = {key for key in shingles(part) if key % dedupe.SAMPLE_MODULUS == 0}
+    full_sample = {key for key in shingles(text) if key % dedupe.SAMPLE_MODULUS == 0}
+    assume(len(full_sample) <= dedupe.MAX_SAMPLED_KEYS)  # under the cap
     assert sampled <= part_keys
     assert sampled <= full_keys
