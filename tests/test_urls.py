@@ -186,8 +186,10 @@ TRACKERS = sorted(TRACKING_PARAMS) + ["utm_source", "utm_medium", "UTM_Campaign"
 
 label = st.text(alphabet="abcdefghijklmnopqrstuvwxyz0123456789", min_size=1, max_size=8)
 host = st.lists(label, min_size=1, max_size=3).map(lambda labels: ".".join(labels) + ".com")
+# Spaces inside a segment only: canonical_url strips whitespace around a whole URL (feeds
+# pad links with it), so a path ending in a space is not the same URL once more follows.
 segment = st.text(alphabet="abcdefghijklmnopqrstuvwxyzABC0123456789-_.~é ", min_size=1).filter(
-    lambda s: s not in (".", "..")
+    lambda s: s not in (".", "..") and s == s.strip()
 )
 path = st.lists(segment, max_size=4).map(lambda segments: "/" + "/".join(segments))
 param_name = st.text(alphabet="abcdefghijklmnopqrstuvwxyz_", min_size=1, max_size=6).filter(
