@@ -22,8 +22,8 @@ test: lint
 	$(BIN)/python -m pytest -q -n 2 --dist loadfile
 
 lint: $(STAMP)
-	$(BIN)/ruff check aggregator tests
-	$(BIN)/ruff format --check aggregator tests
+	$(BIN)/ruff check aggregator tests demo
+	$(BIN)/ruff format --check aggregator tests demo
 	$(BIN)/mypy
 
 check: test

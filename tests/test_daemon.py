@@ -461,6 +461,7 @@ def test_healthz_and_metrics_report_polls_items_durations_failures_and_config_lo
     daemon = e2e.daemon
     missing = e2e.site.server.url("/missing.xml")
     wait_until(lambda: poll_lines(daemon.log, missing), 10, "the failing feed's poll")
+    wait_until(lambda: "not modified" in daemon.log, 20, "a second poll answered with 304")
     reply = daemon.get("/healthz")
     assert reply.status == 200
     assert reply.headers["content-type"].startswith("application/json")
