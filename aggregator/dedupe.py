@@ -18,6 +18,7 @@ one of them (precision first).
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import html
 import re
@@ -35,6 +36,7 @@ __all__ = [
     "index_keys",
     "is_same_story",
     "normalize_text",
+    "sampled_shingles",
     "shingles",
     "titles_agree",
     "words",
@@ -82,6 +84,8 @@ _DIGIT = re.compile(r"\d")
 
 def words(text: str) -> list[str]:
     """The words of plain text: NFKC, case-folded, apostrophes joined, other punctuation dropped."""
+    if text.isascii():  # most text: NFKC is the identity and nothing is invisible
+        return _WORD.findall(_APOSTROPHES.sub("", text.lower()))
     text = unicodedata.normalize("NFKC", text).casefold()
     return _WORD.findall(_APOSTROPHES.sub("", _INVISIBLE.sub("", text)))
 
@@ -142,8 +146,8 @@ def _html_to_text(markup: str) -> str:
 def shingles(words: Sequence[str], size: int = SHINGLE_SIZE) -> set[int]:
     """Hashes of every run of `size` words, as signed 64-bit ints (SQLite INTEGER).
 
-    A text shorter than `size` words is one shingle; an empty one has none. blake2b is stable
-    across runs and platforms (Python's hash() is not); about 7 ms for 5,000 words.
+    A text shorter than `size` words is one shingle; an empty one has none. Stable across runs
+    and platforms (built on blake2b, not Python's salted hash()); about 1.5 ms for 5,000 words.
     """
     return set(_shingle_list(words, size))
 
@@ -152,22 +156,43 @@ def index_keys(title: str, text: str) -> set[int]:
     """The keys under which the store indexes an item, and looks up candidates for a new one.
 
     Two items that `is_same_story` could match share a key:
-    - shingles whose hash is 0 mod `SAMPLE_MODULUS`: whether a shingle is sampled depends only
-      on the shingle, so the sample of a contained text is contained in the sample of the
-      containing one. Past `MAX_SAMPLED_KEYS` only the smallest hashes are kept; that keeps
-      containment for texts of similar length (copies, trimmed copies) but may lose it for a
+    - `sampled_shingles`: whether a shingle is sampled depends only on the shingle, so the
+      sample of a contained text is contained in the sample of the containing one. Past
+      `MAX_SAMPLED_KEYS` only the smallest hashes are kept; that keeps containment for
+      texts of similar length (copies, trimmed copies) but may lose it for a
       short excerpt of a long text, hence
     - the first `PREFIX_KEYS` shingles, shared by an excerpt and its full text, and
     - a key for the normalised title, for short texts and copies that differ early.
     At most MAX_SAMPLED_KEYS + PREFIX_KEYS + 1 keys.
     """
-    text_shingles = _shingle_list(words(text))
-    sampled = sorted({key for key in text_shingles if key % SAMPLE_MODULUS == 0})
-    keys = set(sampled[:MAX_SAMPLED_KEYS]) | set(text_shingles[:PREFIX_KEYS])
+    text_words = words(text)
+    sampled = sorted(sampled_shingles(text_words))
+    keys = set(sampled[:MAX_SAMPLED_KEYS])
+    keys.update(_shingle_list(text_words[: PREFIX_KEYS + SHINGLE_SIZE - 1]))
     title_words = words(title)
     if title_words:
         keys.add(_signed64(_digest(b"title\x00" + " ".join(title_words).encode())))
     return keys
+
+
+def sampled_shingles(words: Sequence[str], size: int = SHINGLE_SIZE) -> set[int]:
+    """The shingles that start at an anchor word (one word in `SAMPLE_MODULUS`, chosen by the
+    word's hash). Choosing by the first word rather than by the shingle's own hash gives the
+    same containment property while hashing only the sampled shingles: 8× less work on the
+    path every new entry takes."""
+    if len(words) < size:
+        return set(_shingle_list(words, size))
+    hashes = [_word_hash(word) for word in words]
+    mask, multiplier = _MASK64, _MULTIPLIER
+    sampled = set()
+    for start in range(len(hashes) - size + 1):
+        if hashes[start] % SAMPLE_MODULUS:
+            continue
+        rolling = 0
+        for value in hashes[start : start + size]:
+            rolling = (rolling * multiplier + value) & mask
+        sampled.add(_finish(rolling))
+    return sampled
 
 
 def titles_agree(a_title: str, b_title: str) -> bool:
@@ -268,23 +293,45 @@ def _interior_uncovered_words(short: list[str], found: list[bool]) -> list[str]:
     return [short[i] for i in range(first, last + 1) if not covered[i]]
 
 
+#: shingle hashes are a rolling polynomial over per-word hashes: one blake2b per distinct
+#: word (cached) instead of one per shingle, about 5× faster on long texts
+_MASK64 = (1 << 64) - 1
+_MULTIPLIER = 0x100000001B3  # FNV-64 prime: odd, so the low bits of a shingle mix all words
+_MIX = 0x9E3779B97F4A7C15
+
+
+@functools.lru_cache(maxsize=1 << 16)
+def _word_hash(word: str) -> int:
+    return int.from_bytes(
+        hashlib.blake2b(word.encode("utf-8", "surrogatepass"), digest_size=8).digest(), "little"
+    )
+
+
 def _shingle_list(words: Sequence[str], size: int = SHINGLE_SIZE) -> list[int]:
-    """Shingle hashes in text order (with repeats)."""
+    """Shingle hashes in text order (with repeats), stable across runs and platforms."""
     if not words:
         return []
+    hashes = [_word_hash(word) for word in words]
     if len(words) < size:
-        return [_signed64(_digest(" ".join(words).encode("utf-8", "surrogatepass")))]
-    blake2b, from_bytes, join = hashlib.blake2b, int.from_bytes, " ".join
-    return [
-        from_bytes(
-            blake2b(
-                join(words[i : i + size]).encode("utf-8", "surrogatepass"), digest_size=8
-            ).digest(),
-            "little",
-            signed=True,
-        )
-        for i in range(len(words) - size + 1)
-    ]
+        size = len(words)
+    mask, multiplier = _MASK64, _MULTIPLIER
+    leading = pow(multiplier, size - 1, 1 << 64)  # weight of the word leaving the window
+    rolling = 0
+    for value in hashes[:size]:
+        rolling = (rolling * multiplier + value) & mask
+    windows = [rolling]
+    for old, new in zip(hashes, hashes[size:], strict=False):
+        rolling = ((rolling - old * leading) * multiplier + new) & mask
+        windows.append(rolling)
+    return [_finish(window) for window in windows]
+
+
+def _finish(value: int) -> int:
+    """Mix all 64 bits into the low ones (the sample takes hash mod 8) and make it a
+    signed 64-bit int for SQLite."""
+    value = ((value ^ (value >> 31)) * _MIX) & _MASK64
+    value ^= value >> 29
+    return value - (1 << 64) if value >= 1 << 63 else value
 
 
 def _digest(data: bytes, size: int = 8) -> bytes:
