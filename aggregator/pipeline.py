@@ -319,22 +319,27 @@ async def poll_round(
 
     # One time for the round: copies of a story fetched in it count as seen together.
     now = utcnow()
+    limits = limits or config.settings.fetch_limits()
+    # Feeds between "fetch started" and "stored": bounds the bodies held in memory (and
+    # queued for the parser) when fetching outpaces parsing, as it does on a fast network.
+    in_progress = asyncio.Semaphore(limits.max_connections)
 
     async def one(source: FeedSource, fetcher: Fetcher) -> PollResult:
-        result = await poll_feed(
-            source,
-            store,
-            fetcher,
-            retention=config.settings.retention,
-            force=force,
-            executor=executor,
-            now=now,
-        )
+        async with in_progress:
+            result = await poll_feed(
+                source,
+                store,
+                fetcher,
+                retention=config.settings.retention,
+                force=force,
+                executor=executor,
+                now=now,
+            )
         if on_result is not None:
             on_result(source, result)
         return result
 
-    async with Fetcher(limits or config.settings.fetch_limits()) as fetcher:
+    async with Fetcher(limits) as fetcher:
         return list(await asyncio.gather(*(one(source, fetcher) for source in sources)))
 
 
