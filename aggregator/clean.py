@@ -201,12 +201,19 @@ BOILERPLATE_LINKS = re.compile(
 #: WordPress's excerpt ellipsis "[…]" at the end of a text
 _BRACKETED_ELLIPSIS = re.compile(r"\s*\[\s*(…|\.\.\.|&hellip;|&#8230;)\s*\]\s*$")
 _BOILERPLATE_CLASS_NAMES = frozenset({"more-link", *BOILERPLATE_CLASSES})
-#: a cheap test that lets most HTML skip the lxml pass: some phrase or class of the tables
-#: above must occur (each pattern needs one of these words in its text)
-_MAY_HAVE_BOILERPLATE = re.compile(
-    r"appeared|continue|read|>\s*more\W*<|share|like this|related|feedflare|\[|…|\.\.\."
-    r"|sharedaddy|sd-|jp-|addtoany|a2a_|yarpp|more-link",
-    re.IGNORECASE,
+#: a cheap test that lets most HTML skip the lxml pass: one of these must occur in the
+#: lower-cased HTML for any pattern above to match (substring tests, no regex scan)
+_BOILERPLATE_NEEDLES = (
+    *("appeared", "continue", "read more", "view more", "read the", "read on", "keep reading"),
+    *("share", "like this", "related", "[", "more-link", "feedflare"),
+    *("sharedaddy", "sd-", "jp-", "addtoany", "a2a_", "yarpp"),
+)
+#: links or blocks whose whole text is "more" or an ellipsis
+_BARE_MORE_OR_ELLIPSIS = re.compile(r">\s*(more\W*|…|\.\.\.)\s*<")
+#: how the text of every boilerplate paragraph or link starts (lower-cased)
+_BOILERPLATE_STARTS = (
+    *("the post ", "this post ", "this article ", "share", "like this", "related"),
+    *("continue reading", "read", "view more", "keep reading", "more", "[", "…", "..."),
 )
 #: boilerplate blocks are short; longer ones are article text whatever they start with
 _MAX_BOILERPLATE_CHARS = 400
@@ -218,7 +225,10 @@ _WHITESPACE = re.compile(r"\s+")
 def strip_boilerplate(html_text: str) -> str:
     """`html_text` without sharing blocks, "The post … appeared first on …" footers,
     read-more links and excerpt ellipses. Article text is left as it was."""
-    if not _MAY_HAVE_BOILERPLATE.search(html_text):
+    lowered = html_text.lower()
+    if not any(needle in lowered for needle in _BOILERPLATE_NEEDLES) and not (
+        _BARE_MORE_OR_ELLIPSIS.search(lowered)
+    ):
         return html_text
     try:
         root = lxml.html.fragment_fromstring(html_text, create_parent="div")
@@ -252,7 +262,7 @@ def _is_boilerplate_element(element: lxml.html.HtmlElement) -> bool:
     else:
         return False
     text = _short_text_of(element)
-    return bool(text and patterns.match(text))
+    return bool(text and text.lower().startswith(_BOILERPLATE_STARTS) and patterns.match(text))
 
 
 def _remove(element: lxml.html.HtmlElement) -> None:
@@ -293,7 +303,7 @@ def _short_text_of(element: lxml.html.HtmlElement) -> str | None:
         if length > 2 * _MAX_BOILERPLATE_CHARS:  # room for collapsible whitespace
             return None
         parts.append(piece)
-    text = _WHITESPACE.sub(" ", "".join(parts)).strip()
+    text = " ".join("".join(parts).split())
     return text if len(text) < _MAX_BOILERPLATE_CHARS else None
 
 
@@ -324,13 +334,16 @@ def html_to_text(html_text: str) -> str:
         attributes={},
         link_rel=None,
     )
-    text = html.unescape(_ANY_TAG.sub(" ", only_blocks))
-    return _WHITESPACE.sub(" ", text).strip()
+    return " ".join(html.unescape(_ANY_TAG.sub(" ", only_blocks)).split())
 
 
 def make_excerpt(text: str, limit: int = 300) -> str:
     """At most `limit` characters of `text`, cut at a word boundary and ended with "…"."""
-    text = _WHITESPACE.sub(" ", text).strip()
+    # Only the head matters; collapsing whitespace can only shorten it.
+    head = " ".join(text[: 4 * limit + 4].split())
+    if len(head) <= limit and len(text) <= 4 * limit + 4:
+        return head
+    text = head if len(head) > limit else " ".join(text.split())
     if len(text) <= limit:
         return text
     cut = text[: limit + 1]
