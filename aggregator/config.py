@@ -132,9 +132,13 @@ def _load_yaml(text: str, file: str) -> Any:
     # Round-trip mode keeps every key's and item's line (`.lc`), which plain loading drops.
     yaml = YAML(typ="rt")
     try:
-        # Our own duplicate check first: it names both lines, ruamel names only the second.
-        _check_duplicate_keys(yaml.compose(text), file)
-        return yaml.load(text)
+        # Composed once, then checked and constructed from the same node tree (composing
+        # is most of the time on a long feed list). Our own duplicate check comes first: it
+        # names both lines, ruamel names only the second.
+        constructor, _ = yaml.get_constructor_parser(text)
+        node = constructor.composer.get_single_node()
+        _check_duplicate_keys(node, file)
+        return constructor.construct_document(node) if node is not None else None
     except MarkedYAMLError as error:
         mark = error.problem_mark or error.context_mark
         line = mark.line + 1 if mark is not None else None
