@@ -371,3 +371,9 @@ def test_rss_author_is_the_name_without_the_address(author: str, name: str):
         f"<author>{html.escape(author)}</author></item></channel></rss>"
     ).encode()
     assert parse_feed(body, {}, "https://a.test/").entries[0].author == name
+
+
+def test_a_json_feed_with_a_bare_version_number_is_read():
+    body = b'{"version": "1.1", "title": "T", "items": [{"id": "1", "content_text": "Hello"}]}'
+    feed = parse_feed(body, {"content-type": "application/feed+json"}, "https://j.test/feed.json")
+    assert [e.entry_id for e in feed.entries] == ["1"]
