@@ -99,6 +99,7 @@ def cmd_poll(config: Config, store: Store, *, force: bool) -> int:
         print(pipeline.describe(source, result), file=sys.stderr, flush=True)
 
     results = asyncio.run(pipeline.poll_round(config, store, force=force, on_result=report))
+    store.index_for_search()
     pruned = store.prune(utcnow() - config.settings.retention)
     if pruned:
         print(f"pruned {pruned} items older than {config.settings.retention}", file=sys.stderr)

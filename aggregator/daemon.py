@@ -481,6 +481,8 @@ class Daemon:
         only = None if everything else set(self.dirty)
         self.dirty.clear()
         try:
+            # a burst of polls is over: its new items join the search index in one batch
+            self.store.index_for_search()
             outputs, changed = pipeline.publish(self.config, self.store, only)
         except (StoreError, PublishError) as e:
             log.error("publishing failed: %s", e)

@@ -222,3 +222,19 @@ def test_a_file_database_is_in_wal_mode_and_reopens_with_its_data(tmp_path: Path
     conn = sqlite3.connect(path)
     assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
     conn.close()
+
+
+def test_search_finds_new_items_and_follows_edits_and_deletions(store: Store) -> None:
+    item = make_item("https://a.test/feed", "1", text=STORY)
+    save(store, item)
+    assert store.index_for_search() == 1
+    assert store.index_for_search() == 0
+    [hit] = store.search("ballistic")
+    edited = replace(item, text="A ceasefire was agreed " + STORY[40:], content_hash="edited")
+    save(store, edited, now=NOW + timedelta(hours=1))
+    assert store.search("ceasefire") == [hit]
+    assert store.search("Pyongyang") == []  # the edit removed the word from the text
+    store.prune(NOW + timedelta(days=1))
+    assert store.search("ceasefire") == []
+    # FTS5 raises "database disk image is malformed" if its index disagrees with items
+    store.db.execute("INSERT INTO items_fts (items_fts, rank) VALUES ('integrity-check', 1)")
