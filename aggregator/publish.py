@@ -9,6 +9,7 @@ import tempfile
 import time
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
+from datetime import UTC
 from email.utils import formatdate, parsedate_to_datetime
 from pathlib import Path
 
@@ -214,18 +215,32 @@ def _accepts_gzip(accept_encoding: str) -> bool:
 
 
 def _not_modified(output: Output, request: Request) -> bool:
-    # RFC 9110 §13.2.2: If-None-Match wins over If-Modified-Since when both are sent.
-    if_none_match = request.headers.get("if-none-match")
+    return is_not_modified(
+        output.etag,
+        output.modified_at,
+        request.headers.get("if-none-match"),
+        request.headers.get("if-modified-since"),
+    )
+
+
+def is_not_modified(
+    etag: str, modified_at: float, if_none_match: str | None, if_modified_since: str | None
+) -> bool:
+    """Whether a conditional request may be answered 304 (`modified_at`: POSIX seconds).
+
+    RFC 9110 §13.2.2: If-None-Match, when sent, decides alone; else If-Modified-Since.
+    """
     if if_none_match is not None:
         tags = {tag.strip().removeprefix("W/") for tag in if_none_match.split(",")}
-        return "*" in tags or output.etag in tags
-    if_modified_since = request.headers.get("if-modified-since")
+        return "*" in tags or etag in tags
     if if_modified_since:
         try:
-            since = parsedate_to_datetime(if_modified_since).timestamp()
+            since = parsedate_to_datetime(if_modified_since)
         except (TypeError, ValueError, IndexError):
             return False
-        return output.modified_at <= since
+        if since.tzinfo is None:  # HTTP-dates are GMT
+            since = since.replace(tzinfo=UTC)
+        return int(modified_at) <= since.timestamp()
     return False
 
 

@@ -30,12 +30,13 @@ import time
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from datetime import UTC, datetime
-from email.message import Message
-from email.utils import format_datetime, parsedate_to_datetime
+from email.utils import format_datetime
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from types import FrameType
 from urllib.parse import unquote, urlsplit
+
+from aggregator.publish import is_not_modified
 
 DEMO_DIR = Path(__file__).resolve().parent
 PROJECT_DIR = DEMO_DIR.parent
@@ -102,7 +103,12 @@ class StaticHandler(BaseHTTPRequestHandler):
             "ETag": '"' + hashlib.sha256(body).hexdigest()[:20] + '"',
             "Last-Modified": format_datetime(modified, usegmt=True),
         }
-        if is_not_modified(validators["ETag"], modified, self.headers):
+        if is_not_modified(
+            validators["ETag"],
+            modified.timestamp(),
+            self.headers.get("If-None-Match"),
+            self.headers.get("If-Modified-Since"),
+        ):
             self.answer(304, b"", validators)
             return
         headers = {"Content-Type": content_type, "Cache-Control": "no-cache", **validators}
@@ -118,24 +124,6 @@ class StaticHandler(BaseHTTPRequestHandler):
             self.send_header("Content-Length", str(len(body) if length is None else length))
         self.end_headers()
         self.wfile.write(body)
-
-
-def is_not_modified(etag: str, modified: datetime, request: Message[str, str]) -> bool:
-    """RFC 9110 §13.2.2: If-None-Match decides when present, else If-Modified-Since."""
-    if_none_match = request.get("If-None-Match")
-    if if_none_match is not None:
-        tags = [tag.strip().removeprefix("W/") for tag in if_none_match.split(",")]
-        return "*" in tags or etag in tags
-    if_modified_since = request.get("If-Modified-Since")
-    if not if_modified_since:
-        return False
-    try:
-        since = parsedate_to_datetime(if_modified_since)
-    except (TypeError, ValueError):
-        return False
-    if since.tzinfo is None:
-        since = since.replace(tzinfo=UTC)
-    return modified <= since
 
 
 def make_server(folder: Path, content_types: Mapping[str, str], port: int) -> ThreadingHTTPServer:

@@ -26,11 +26,13 @@ import zlib
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from email.utils import format_datetime, parsedate_to_datetime
+from email.utils import format_datetime
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from types import TracebackType
 from typing import Any, Self
 from urllib.parse import urlsplit
+
+from aggregator.publish import is_not_modified
 
 RSS_TYPE = "application/rss+xml; charset=utf-8"
 
@@ -305,7 +307,12 @@ class FeedServer(_ServerBase):
         headers["Last-Modified"] = _http_date(resource.last_modified)
         if resource.gzip:
             headers["Vary"] = "Accept-Encoding"
-        if _is_not_modified(resource.etag, resource.last_modified, request_headers):
+        if is_not_modified(
+            resource.etag,
+            resource.last_modified.timestamp(),
+            request_headers.get("if-none-match"),
+            request_headers.get("if-modified-since"),
+        ):
             return 304, b"", headers
         body = resource.body
         accepts = request_headers.get("accept-encoding", "").lower()
@@ -313,24 +320,6 @@ class FeedServer(_ServerBase):
             body = gzip.compress(body, mtime=0)
             headers["Content-Encoding"] = "gzip"
         return resource.status, body, headers
-
-
-def _is_not_modified(etag: str, last_modified: datetime, request: Mapping[str, str]) -> bool:
-    # RFC 9110 §13.2.2: If-None-Match wins; If-Modified-Since only without it
-    if_none_match = request.get("if-none-match")
-    if if_none_match is not None:
-        tags = [t.strip().removeprefix("W/") for t in if_none_match.split(",")]
-        return "*" in tags or etag in tags
-    if_modified_since = request.get("if-modified-since")
-    if if_modified_since:
-        try:
-            since = parsedate_to_datetime(if_modified_since)
-        except (TypeError, ValueError):
-            return False
-        if since.tzinfo is None:
-            since = since.replace(tzinfo=UTC)
-        return last_modified <= since
-    return False
 
 
 # --- the hostile server ------------------------------------------------------------
