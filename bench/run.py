@@ -288,6 +288,18 @@ def _rss(pid: int) -> int:
         return 0
 
 
+def _hwm(pid: int) -> int:
+    """The process's own peak RSS so far (VmHWM), children excluded."""
+    try:
+        with open(f"/proc/{pid}/status") as f:
+            for line in f:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError):
+        pass
+    return 0
+
+
 def _pss(pid: int) -> int:
     """Proportional set size: shared pages (a forked worker's) divided among their users."""
     try:
@@ -369,6 +381,10 @@ class Measured:
     other_load: float
     #: this driver's own CPU seconds during the run (the /proc sampler)
     harness_cpu: float
+    #: the main process's own VmHWM, last sample before it exited (≤ 50 ms early)
+    main_hwm_mb: float
+    #: the aggregator source measured (commit, and whether aggregator/ had local changes)
+    source: str
     processes: int
     exit_code: int
     log: str
@@ -379,7 +395,8 @@ def measure(cmd: list[str], log_path: Path) -> Measured:
     before = resource.getrusage(resource.RUSAGE_CHILDREN)
     self_before = resource.getrusage(resource.RUSAGE_SELF)
     busy_before, server_before = _busy_seconds(), _process_cpu(SERVER_PIDS)
-    peak = {"tree": 0, "pss": 0}
+    peak = {"tree": 0, "pss": 0, "hwm": 0}
+    source = source_version()
     seen: set[int] = set()
     done = threading.Event()
     with log_path.open("wb") as out:
@@ -392,6 +409,7 @@ def measure(cmd: list[str], log_path: Path) -> Measured:
                 pids = _tree(proc.pid)
                 seen.update(pids)
                 peak["tree"] = max(peak["tree"], sum(_rss(p) for p in pids))
+                peak["hwm"] = max(peak["hwm"], _hwm(proc.pid))
                 samples += 1
                 if len(pids) > 1 and samples % 5 == 1:  # PSS costs the kernel more: 250 ms
                     peak["pss"] = max(peak["pss"], sum(_pss(p) for p in pids))
@@ -434,6 +452,8 @@ def measure(cmd: list[str], log_path: Path) -> Measured:
         server_cpu=server,
         other_load=other,
         harness_cpu=harness,
+        main_hwm_mb=peak["hwm"] / 2**20,
+        source=source,
         processes=len(seen) + 1,
         exit_code=proc.returncode,
         log=str(log_path.relative_to(ROOT)),
@@ -451,11 +471,13 @@ def median_of(runs: list[Measured]) -> dict[str, Any]:
         "tree_peak_pss_mb",
         "server_cpu",
         "other_load",
+        "main_hwm_mb",
     )
     summary: dict[str, Any] = {f: statistics.median(getattr(r, f) for r in runs) for f in fields}
     summary["runs"] = [vars(r) for r in runs]
     summary["processes"] = max(r.processes for r in runs)
     summary["exit_codes"] = sorted({r.exit_code for r in runs})
+    summary["sources"] = sorted({r.source for r in runs})
     return summary
 
 
@@ -888,6 +910,15 @@ def table(results: dict[str, Any]) -> str:
         f"Run {results['started']} · {m['nproc']} cores ({m['cpu']}), {m['ram_gb']} GB RAM,"
         f" Python {m['python']} · aggregator at {results['aggregator_version']}"
         f" · reader {results.get('reader_version') or '–'}",
+        *(
+            [
+                "",
+                f"Peers and floor reused from the run of {results['reused_peers_from']}"
+                " (same corpus); only aggregator was measured in this run.",
+            ]
+            if results.get("reused_peers_from")
+            else []
+        ),
         "",
         f"Corpus: N = {n:,} feeds, {c['entries']:,} entries, {c['bytes'] / 1e6:,.0f} MB,"
         f" {c['stories']:,} distinct stories ({c['syndicated_stories']:,} syndicated into 2–4"
@@ -918,6 +949,14 @@ def table(results: dict[str, Any]) -> str:
             f" | {_f(floor['main_peak_mb'], 0)} | {_tree_mb(floor)} | – | – | – | – | –"
             f" | {floor['other_load']:.2f} |"
         )
+    agg = results["systems"].get("aggregator", {})
+    sources = {r: agg[r].get("sources", []) for r in ("cold", "warm", "mutated") if r in agg}
+    if len({s for found in sources.values() for s in found}) > 1:
+        lines += [
+            "",
+            "**The aggregator source changed during this run**: "
+            + "; ".join(f"{r}: {', '.join(found)}" for r, found in sources.items()),
+        ]
     lines += ["", "Ratios (wall time, cold round): " + ratios(results), ""]
     render = results.get("render")
     if render:
@@ -988,6 +1027,22 @@ def write_outputs(results: dict[str, Any]) -> Path:
     return raw
 
 
+def load_peers(which: str, corpus: dict[str, Any]) -> dict[str, Any]:
+    """An earlier results file with peer figures for the same corpus (seed, N, entries, bytes)."""
+    if which == "latest":
+        candidates = sorted(OUT.glob("results-*.json"), reverse=True)
+    else:
+        candidates = [Path(which)]
+    same = ("seed", "feeds", "entries", "bytes", "hosts")
+    for path in candidates:
+        earlier: dict[str, Any] = json.loads(path.read_text())
+        has_peers = any(name != "aggregator" for name in earlier.get("systems", {}))
+        if has_peers and all(earlier["corpus"].get(k) == corpus.get(k) for k in same):
+            log(f"reusing peer figures from {path.name}")
+            return earlier
+    raise SystemExit(f"bench: no earlier results with peers for this corpus in {which}")
+
+
 def _interrupted(signum: int, frame: object) -> None:
     raise KeyboardInterrupt
 
@@ -1015,6 +1070,12 @@ def main(argv: list[str] | None = None) -> int:
         "--systems", help="comma-separated subset: aggregator,reader-1,reader-16,afternoon"
     )
     parser.add_argument("--no-floor", action="store_true", help="skip the parse-only floor")
+    parser.add_argument(
+        "--reuse-peers",
+        metavar="RESULTS_JSON",
+        help="take reader, afternoon and floor figures from an earlier run on the same corpus"
+        " ('latest' = newest bench/out/results-*.json that has them) instead of measuring them",
+    )
     parser.add_argument("--no-serve", action="store_true", help="skip render and wrk measurements")
     parser.add_argument(
         "--hosts", type=int, default=50, help="loopback addresses serving the feeds"
@@ -1047,6 +1108,12 @@ def main(argv: list[str] | None = None) -> int:
         "aggregator_version": source_version(),
         "systems": {},
     }
+    reused = load_peers(args.reuse_peers, corpus_stats) if args.reuse_peers else None
+    if reused is not None:
+        chosen = {"aggregator"}
+        args.no_floor = True
+        results["reused_peers_from"] = reused["started"]
+        results["reader_version"] = reused.get("reader_version")
     chosen_systems = systems(reader_python, chosen)
     with Nginx(port, args.hosts) as nginx:
         for system in chosen_systems:
@@ -1064,6 +1131,12 @@ def main(argv: list[str] | None = None) -> int:
         for system in chosen_systems:
             rounds = results["systems"][system.name]
             rounds["mutated"] = run_round(system, "mutated", args.repeat, truth, system.restore)
+        if reused is not None:
+            for name, rounds in reused["systems"].items():
+                if name != "aggregator":
+                    results["systems"][name] = rounds
+            if reused.get("floor"):
+                results["floor"] = reused["floor"]
         if not args.no_serve and "aggregator" in results["systems"]:
             log("render and serve")
             results["render"] = measure_render(args.repeat)
