@@ -1009,10 +1009,11 @@ def ratios(results: dict[str, Any]) -> str:
     return "; ".join(parts) or "–"
 
 
-def write_outputs(results: dict[str, Any]) -> Path:
+def write_outputs(results: dict[str, Any], raw: bool = True) -> Path:
     stamp = results["started"].replace(":", "").replace("-", "")
-    raw = OUT / f"results-{stamp}.json"
-    raw.write_text(json.dumps(results, indent=1, default=str))
+    path = OUT / f"results-{stamp}.json"
+    if raw:
+        path.write_text(json.dumps(results, indent=1, default=str))
     text = table(results)
     (BENCH / "results.md").write_text(
         "# Latest benchmark results\n\nWritten by `bench/run.py` (see README.md).\n\n" + text
@@ -1024,7 +1025,7 @@ def write_outputs(results: dict[str, Any]) -> Path:
             head, rest = current.split(README_START, 1)
             _, tail = rest.split(README_END, 1)
             readme.write_text(f"{head}{README_START}\n{text}{README_END}{tail}")
-    return raw
+    return path
 
 
 def load_peers(which: str, corpus: dict[str, Any]) -> dict[str, Any]:
@@ -1048,9 +1049,12 @@ def _interrupted(signum: int, frame: object) -> None:
 
 
 def source_version() -> str:
-    """The commit measured, and whether aggregator/ had uncommitted changes."""
+    """The last commit that touched aggregator/, and whether it has uncommitted changes."""
     head = subprocess.run(
-        ["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, cwd=ROOT
+        ["git", "log", "-1", "--format=%h", "--", "aggregator"],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
     ).stdout.strip()
     dirty = subprocess.run(
         ["git", "status", "--porcelain", "aggregator"], capture_output=True, text=True, cwd=ROOT
@@ -1080,7 +1084,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--hosts", type=int, default=50, help="loopback addresses serving the feeds"
     )
+    parser.add_argument(
+        "--table-only",
+        metavar="RESULTS_JSON",
+        help="rewrite bench/results.md and the README block from a results file; measure nothing",
+    )
     args = parser.parse_args(argv)
+    if args.table_only:
+        write_outputs(json.loads(Path(args.table_only).read_text()), raw=False)
+        return 0
 
     started = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
     _become_subreaper()
