@@ -55,7 +55,7 @@ def main() -> int:
             parsed = feedparser.parse(response.content, response_headers=headers)
             rows = [entry_row(e, url) for e in parsed.entries if e.get("id") or e.get("link")]
             if rows:
-                db["entries"].upsert_all(rows, pk="id")
+                db.table("entries").upsert_all(rows, pk="id")
             stored += len(rows)
     print(
         json.dumps({"feeds": len(urls), "failed": failed, "entries_seen": stored}), file=sys.stderr

@@ -11,7 +11,7 @@ import argparse
 import json
 from pathlib import Path
 
-from reader import make_reader
+from reader import make_reader  # type: ignore[import-not-found]  # lives in venv-reader
 
 
 def main() -> int:

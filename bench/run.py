@@ -546,6 +546,8 @@ def evaluate_aggregator(db: Path, truth: Truth, log_path: Path) -> dict[str, Any
     return {
         "items": _query(db, "SELECT count(*) FROM items")[0][0],
         "failed_feeds": int(summary.group(3)) if summary else None,
+        "http_304": len(re.findall(r": HTTP 304", text)),
+        "http_200": len(re.findall(r": HTTP 200", text)),
         **truth.score(rows),
     }
 
