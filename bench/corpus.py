@@ -588,6 +588,11 @@ def generate(
             copies.append(
                 {"feed": feed.path, "id": entry.entry_id, "link": entry.link, "kind": copy.kind}
             )
+    # A previous, larger corpus must not leave feeds behind (the parse-only floor reads them all).
+    current = {Path(m["path"]).name for m in manifest}
+    for stale in (corpus / "feeds").iterdir():
+        if stale.name.removesuffix(".gz") not in current:
+            stale.unlink()
     truth_lines = [
         json.dumps({"story": f"s{story}", "copies": copies}, sort_keys=True)
         for story, copies in sorted(truth.items())
