@@ -2,7 +2,7 @@
 
 Each round is a fresh process, started as a user would start it, measured from outside:
 wall time, CPU (user+sys of the whole process tree, from wait4/RUSAGE_CHILDREN deltas),
-peak RSS of the main process (ru_maxrss) and of the whole tree (the sum over the tree's
+peak RSS of the main process (its VmHWM) and of the whole tree (the sum over the tree's
 processes, sampled from /proc every 50 ms). nginx, the server, is not counted.
 
 Results: bench/out/results-*.json (raw), bench/results.md and the block between the markers
@@ -121,6 +121,8 @@ def free_port(hosts: int) -> int:
         try:
             for i in range(hosts):
                 with socket.socket() as s:
+                    # as nginx does: connections in TIME_WAIT from a previous run don't count
+                    s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
                     s.bind((f"127.0.0.{10 + i}", port))
         except OSError:
             continue
@@ -381,8 +383,8 @@ class Measured:
     other_load: float
     #: this driver's own CPU seconds during the run (the /proc sampler)
     harness_cpu: float
-    #: the main process's own VmHWM, last sample before it exited (≤ 50 ms early)
-    main_hwm_mb: float
+    #: ru_maxrss from wait4: inflated by the driver's RSS (inherited across exec); reference only
+    ru_maxrss_mb: float
     #: the aggregator source measured (commit, and whether aggregator/ had local changes)
     source: str
     processes: int
@@ -437,9 +439,10 @@ def measure(cmd: list[str], log_path: Path) -> Measured:
         self_before.ru_utime + self_before.ru_stime
     )
     other = max(0.0, busy - user - system - server - harness) / wall
-    main_peak = (
-        usage.ru_maxrss / 1024
-    )  # kB on Linux; the max of the process and its reaped children
+    # Not ru_maxrss: Linux carries the high-water mark across exec, so a child of this driver
+    # starts with the driver's own RSS as its "peak". VmHWM belongs to the new image; the last
+    # sample is at most SAMPLE_SECONDS before exit.
+    main_peak = peak["hwm"] / 2**20
     tree_peak = max(peak["tree"] / 2**20, main_peak)
     return Measured(
         wall=wall,
@@ -452,7 +455,7 @@ def measure(cmd: list[str], log_path: Path) -> Measured:
         server_cpu=server,
         other_load=other,
         harness_cpu=harness,
-        main_hwm_mb=peak["hwm"] / 2**20,
+        ru_maxrss_mb=usage.ru_maxrss / 1024,
         source=source,
         processes=len(seen) + 1,
         exit_code=proc.returncode,
@@ -471,7 +474,7 @@ def median_of(runs: list[Measured]) -> dict[str, Any]:
         "tree_peak_pss_mb",
         "server_cpu",
         "other_load",
-        "main_hwm_mb",
+        "ru_maxrss_mb",
     )
     summary: dict[str, Any] = {f: statistics.median(getattr(r, f) for r in runs) for f in fields}
     summary["runs"] = [vars(r) for r in runs]
@@ -805,7 +808,18 @@ def _f(value: float | None, digits: int = 1) -> str:
     return "–" if value is None else f"{value:,.{digits}f}"
 
 
+def _memory_ok(r: dict[str, Any]) -> bool:
+    """Runs before the VmHWM fix took ru_maxrss, which includes the driver's own RSS."""
+    return "ru_maxrss_mb" in r
+
+
+def _main_mb(r: dict[str, Any]) -> str:
+    return _f(r["main_peak_mb"], 0) if _memory_ok(r) else "n/a¹"
+
+
 def _tree_mb(r: dict[str, Any]) -> str:
+    if not _memory_ok(r):
+        return f"n/a¹ ({r['processes']})"
     return f"{r['tree_peak_mb']:.0f} / {r['tree_peak_pss_mb']:.0f} ({r['processes']})"
 
 
@@ -939,7 +953,7 @@ def table(results: dict[str, Any]) -> str:
             lines.append(
                 f"| {rounds['label']} | {round_name} (×{runs}) | {_f(r['wall'], 2)}"
                 f" | {_f(r['cpu'], 2)}"
-                f" | {_f(n / r['wall'], 0)} | {_f(r['main_peak_mb'], 0)} | {_tree_mb(r)}"
+                f" | {_f(n / r['wall'], 0)} | {_main_mb(r)} | {_tree_mb(r)}"
                 f" | {r['items']:,} | {r['duplicates_same_link']} | {r['duplicates']}"
                 f" | {r['wrong_merges']} | {r['failed_feeds']} | {r['other_load']:.2f} |"
             )
@@ -948,7 +962,7 @@ def table(results: dict[str, Any]) -> str:
         lines.append(
             f"| feedparser.parse floor (disk, 1 process) | parse only (×{len(floor['runs'])})"
             f" | {_f(floor['wall'], 2)} | {_f(floor['cpu'], 2)} | {_f(n / floor['wall'], 0)}"
-            f" | {_f(floor['main_peak_mb'], 0)} | {_tree_mb(floor)} | – | – | – | – | –"
+            f" | {_main_mb(floor)} | {_tree_mb(floor)} | – | – | – | – | –"
             f" | {floor['other_load']:.2f} |"
         )
     agg = results["systems"].get("aggregator", {})
@@ -958,6 +972,13 @@ def table(results: dict[str, Any]) -> str:
             "",
             "**The aggregator source changed during this run**: "
             + "; ".join(f"{r}: {', '.join(found)}" for r, found in sources.items()),
+        ]
+    every = [r for rounds in results["systems"].values() for k, r in rounds.items() if k != "label"]
+    if any(not _memory_ok(r) for r in [*every, *([floor] if floor else [])]):
+        lines += [
+            "",
+            "¹ measured by a driver that took `ru_maxrss`, which on Linux includes the driver's"
+            " own RSS (carried across exec): not a valid peak. Rerun these systems to get it.",
         ]
     lines += ["", "Ratios (wall time, cold round): " + ratios(results), ""]
     render = results.get("render")
@@ -1126,7 +1147,7 @@ def main(argv: list[str] | None = None) -> int:
     if reused is not None:
         chosen = {"aggregator"}
         args.no_floor = True
-        results["reused_peers_from"] = reused["started"]
+        results["reused_peers_from"] = reused.get("reused_peers_from") or reused["started"]
         results["reader_version"] = reused.get("reader_version")
     chosen_systems = systems(reader_python, chosen)
     with Nginx(port, args.hosts) as nginx:
