@@ -133,6 +133,19 @@ def _batched_search_index(db: Database) -> None:
     )
 
 
+@migrations(name="003_dedupe_keys_v2")
+def _recompute_dedupe_keys(db: Database) -> None:
+    # dedupe.index_keys changed (rolling shingle hashes, anchor sampling, 8 sampled keys):
+    # keys stored by the old scheme would never match new copies of old stories.
+    # Any later change to index_keys needs a migration like this one.
+    db.execute("DELETE FROM item_keys")
+    rows = db.execute("SELECT id, title, text FROM items").fetchall()
+    db.conn.executemany(
+        "INSERT OR IGNORE INTO item_keys (key, item_id) VALUES (?, ?)",
+        [(key, item_id) for item_id, title, text in rows for key in dedupe.index_keys(title, text)],
+    )
+
+
 @dataclass(frozen=True)
 class SaveOutcome:
     new: int = 0

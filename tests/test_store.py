@@ -238,3 +238,17 @@ def test_search_finds_new_items_and_follows_edits_and_deletions(store: Store) ->
     assert store.search("ceasefire") == []
     # FTS5 raises "database disk image is malformed" if its index disagrees with items
     store.db.execute("INSERT INTO items_fts (items_fts, rank) VALUES ('integrity-check', 1)")
+
+
+def test_reopening_recomputes_dedupe_keys_stored_by_an_older_scheme(tmp_path: Path) -> None:
+    path = tmp_path / "agg.db"
+    with Store.open(path) as store:
+        save(store, make_item("https://a.test/feed", "1", title="Missile launch", text=STORY))
+        # as a database written before the key scheme changed: other keys, 003 not applied
+        store.db.execute("DELETE FROM item_keys")
+        store.db.execute("INSERT INTO item_keys (key, item_id) SELECT 1, id FROM items")
+        store.db.execute("DELETE FROM _sqlite_migrations WHERE name = '003_dedupe_keys_v2'")
+        store.db.conn.commit()
+    with Store.open(path) as store:
+        copy = make_item("https://b.test/feed", "2", title="Launch", text="By Staff. " + STORY)
+        assert save(store, copy).merged == 1
