@@ -10,7 +10,7 @@ from __future__ import annotations
 import html
 import re
 from dataclasses import replace
-from datetime import UTC, datetime
+from datetime import datetime
 from urllib.parse import urljoin, urlsplit
 
 import lxml.etree
@@ -19,6 +19,7 @@ import nh3
 
 from aggregator.dedupe import content_hash, entry_key, index_keys
 from aggregator.model import Item, ParsedEntry
+from aggregator.timeutil import to_utc
 from aggregator.urls import canonical_url, strip_tracking
 
 # --- sanitizing --------------------------------------------------------------------
@@ -364,7 +365,7 @@ def clean_entry(
 ) -> Item:
     """The publishable form of `entry`. `now` is the fetch time; `first_seen` the time the
     entry was first stored, if it was (the date of an undated entry)."""
-    now = _as_utc(now)
+    now = to_utc(now)
     entry = _without_unusable_characters(entry)
     content_html = clean_html(entry.content_html, entry.base_url)
     summary_html = clean_html(entry.summary_html, entry.base_url)
@@ -378,11 +379,11 @@ def clean_entry(
     )
     title = entry.title.strip() or make_excerpt(text, _UNTITLED_LIMIT)
 
-    published = _as_utc(entry.published or entry.updated or first_seen or now)
+    published = to_utc(entry.published or entry.updated or first_seen or now)
     published = min(published, now)
     updated = published
     if entry.updated is not None:
-        updated = max(published, min(_as_utc(entry.updated), now))
+        updated = max(published, min(to_utc(entry.updated), now))
 
     link = strip_tracking(entry.link.strip()) if entry.link else ""
     return Item(
@@ -422,10 +423,3 @@ def clean_html(html_text: str, base_url: str) -> str:
     if not html_text.strip():
         return ""
     return sanitize_html(strip_boilerplate(html_text), base_url)
-
-
-def _as_utc(moment: datetime) -> datetime:
-    """Aware UTC; a naive datetime is taken to be UTC already."""
-    if moment.tzinfo is None:
-        return moment.replace(tzinfo=UTC)
-    return moment.astimezone(UTC)

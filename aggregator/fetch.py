@@ -36,6 +36,7 @@ from aggregator.errors import (
     TooManyRedirects,
 )
 from aggregator.model import FeedState, Fetched, FetchLimits, NotModified
+from aggregator.timeutil import to_iso
 
 __all__ = [
     "ACCEPT",
@@ -133,10 +134,6 @@ def _format_size(size: int) -> str:
 
 def _format_seconds(seconds: float) -> str:
     return f"{seconds:g} s"
-
-
-def _format_utc(when: datetime) -> str:
-    return when.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 # --- bounded decompression ---------------------------------------------------------
@@ -475,7 +472,7 @@ def _status_error(feed_url: str, response: httpx.Response, now: datetime) -> HTT
         header = response.headers.get("retry-after")
         retry_after = parse_retry_after(header, now) if header else None
         if retry_after is not None:
-            message = f"server asks to retry after {_format_utc(retry_after)} (HTTP {status})"
+            message = f"server asks to retry after {to_iso(retry_after)} (HTTP {status})"
         elif status == 429:
             message = "too many requests (HTTP 429)"
         else:
