@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import asyncio
 import json
 import os
 import sys
@@ -98,7 +97,7 @@ def cmd_poll(config: Config, store: Store, *, force: bool) -> int:
     def report(source: FeedSource, result: PollResult) -> None:
         print(pipeline.describe(source, result), file=sys.stderr, flush=True)
 
-    results = asyncio.run(pipeline.poll_round(config, store, force=force, on_result=report))
+    results = pipeline.run_loop(pipeline.poll_round(config, store, force=force, on_result=report))
     store.index_for_search()
     pruned = store.prune(utcnow() - config.settings.retention)
     if pruned:

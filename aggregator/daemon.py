@@ -556,4 +556,4 @@ def run_daemon(config_path: Path) -> int:
     )
     logging.getLogger("httpx").setLevel(logging.WARNING)
     logging.getLogger("apscheduler").setLevel(logging.WARNING)
-    return asyncio.run(Daemon(config_path).run())
+    return pipeline.run_loop(Daemon(config_path).run())

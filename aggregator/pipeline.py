@@ -21,11 +21,11 @@ import hashlib
 import multiprocessing
 import os
 import time
-from collections.abc import Callable, Collection, Mapping, Sequence
+from collections.abc import Callable, Collection, Coroutine, Mapping, Sequence
 from concurrent.futures import Executor, Future, ProcessPoolExecutor
 from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
-from typing import Any
+from typing import Any, TypeVar
 
 from aggregator import clean, dedupe, parse, render, topics
 from aggregator.errors import FeedError, Gone, HTTPStatusError, RetryLater
@@ -54,6 +54,21 @@ MAX_HINT = timedelta(hours=24)
 
 
 # --- pure decisions ---------------------------------------------------------------------
+
+
+T = TypeVar("T")
+
+
+def run_loop(main: Coroutine[Any, Any, T]) -> T:
+    """Run `main` to completion on uvloop when it is installed: libuv's loop roughly halves
+    the per-request cost of a round of 304s and of serving, and plain asyncio is the
+    fallback where uvloop does not build."""
+    try:
+        import uvloop
+    except ImportError:
+        return asyncio.run(main)
+    with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
+        return runner.run(main)
 
 
 def feed_fingerprint(source: FeedSource) -> str:
