@@ -518,3 +518,68 @@ def test_load_config_not_utf8(tmp_path):
         load_config(path)
     assert info.value.line is None
     assert re.fullmatch(rf"{re.escape(str(path))}: not UTF-8 text: .+", str(info.value))
+
+
+# --- libyaml and ruamel's own composer agree -------------------------------------
+
+TRICKY = """\
+settings:
+  interval: 45m
+  max_items: 0x10
+topics:
+  nk:
+    title: "North Korea: 'news' & analysis"
+    include: &terms [Pyongyang, "Kim Jong Un", no, 'yes']
+    exclude:
+      - >-
+        folded
+        text
+  nk2:
+    title: Again
+    include: *terms
+feeds:
+  - &first
+    url: https://a.example/feed
+    interval: 2h
+    tags: [nk]
+  - <<: *first
+    url: https://b.example/feed?x=1&y=2#frag
+    name: |
+      B  literal
+"""
+
+
+@pytest.mark.parametrize(
+    "path", [DATA / "valid.yaml", Path(__file__).parents[1] / "feeds.yaml", None]
+)
+def test_the_libyaml_fast_path_reads_a_config_exactly_as_ruamels_own_composer(
+    path: Path | None, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import aggregator.config as config_module
+
+    text = path.read_text() if path else TRICKY
+    where = path or Path("feeds.yaml")
+    assert config_module._compose_fast(text) is not None  # the C extension is installed
+    fast = parse_config(text, where)
+    monkeypatch.setattr(config_module, "_compose_fast", lambda text: None)
+    assert parse_config(text, where) == fast
+
+
+@pytest.mark.parametrize(
+    "snippet",
+    [
+        FEED + "feeds:\n  - url: https://b.example/\n",  # duplicate key
+        FEED + "topics:\n  nk:\n    title: [unclosed\n",  # libyaml rejects: ruamel words it
+        FEED + "topics:\n  nk:\n    title: x\n    include: [1, 2]\n  nk2: 3\n",
+        FEED + "topics:\n  nk:\n    include: [a, 2024-01-01]\n",
+    ],
+)
+def test_errors_are_the_same_with_and_without_the_fast_path(
+    snippet: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import aggregator.config as config_module
+
+    fast = error_of(snippet)
+    monkeypatch.setattr(config_module, "_compose_fast", lambda text: None)
+    assert error_of(snippet) == fast
+    assert re.match(r"feeds\.yaml:\d+: ", fast)
