@@ -23,21 +23,20 @@ import os
 import time
 from collections.abc import Callable, Collection, Coroutine, Mapping, Sequence
 from concurrent.futures import Executor, Future, ProcessPoolExecutor
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from datetime import datetime, timedelta
 from typing import Any, TypeVar
 
-from aggregator import clean, dedupe, parse, render, topics
+from aggregator import render, topics
 from aggregator.errors import FeedError, Gone, HTTPStatusError, RetryLater
 from aggregator.fetch import Fetcher, cache_max_age
+from aggregator.ingest import process_body
 from aggregator.model import (
     Config,
     FeedSource,
     FeedState,
     Fetched,
     FetchLimits,
-    Item,
-    ParsedFeed,
     PollResult,
     PublishedItem,
     SourceRef,
@@ -108,50 +107,6 @@ def poll_hint(headers: Mapping[str, str], ttl_minutes: int | None) -> int | None
     """Seconds the feed itself asks us to wait between polls, if it says."""
     hints = [h for h in (cache_max_age(headers), ttl_minutes and ttl_minutes * 60) if h]
     return max(hints) if hints else None
-
-
-def raw_entry_hash(entry: object) -> str:
-    """A hash of everything the feed said about an entry: equal means nothing to clean."""
-    return hashlib.blake2b(repr(entry).encode(), digest_size=16).hexdigest()
-
-
-@dataclass(frozen=True)
-class Processed:
-    """What parsing and cleaning one body produced."""
-
-    feed: ParsedFeed
-    #: new or changed entries, cleaned, each with its raw hash
-    items: tuple[tuple[Item, str], ...]
-
-
-def process_body(
-    fetched: Fetched,
-    feed_url: str,
-    known: dict[str, str | None],
-    now: datetime,
-    oldest: datetime,
-) -> Processed:
-    """Parse a body and clean the entries that are new or changed. Pure; raises ParseError.
-
-    `known` maps entry keys already stored to their raw hashes; entries published before
-    `oldest` (the retention limit) are dropped.
-    """
-    feed = parse.parse_feed(fetched.body, fetched.headers, fetched.url)
-    items: list[tuple[Item, str]] = []
-    seen: set[str] = set()
-    for entry in feed.entries:
-        key = dedupe.entry_key(entry)
-        if key in seen:
-            continue  # a feed that lists an entry twice: the first copy wins
-        seen.add(key)
-        raw = raw_entry_hash(entry)
-        if known.get(key) == raw:
-            continue
-        item = clean.clean_entry(entry, feed_url, now)
-        if item.published < oldest:
-            continue
-        items.append((item, raw))
-    return Processed(feed=feed, items=tuple(items))
 
 
 # --- polling ----------------------------------------------------------------------------
@@ -293,10 +248,9 @@ class ParsePool(Executor):
 
     def submit(self, fn: Callable[..., Any], /, *args: Any, **kwargs: Any) -> Future[Any]:
         if self._pool is None:
-            # forkserver: workers fork from a clean process that has imported the pipeline
-            # once, never from this one with its event loop and threads.
-            context = multiprocessing.get_context("forkserver")
-            context.set_forkserver_preload(["aggregator.pipeline"])
+            # spawn: fresh interpreters, never a fork of this process with its event loop
+            # and threads; and no forkserver process kept alive beside them (40 MB)
+            context = multiprocessing.get_context("spawn")
             self._pool = ProcessPoolExecutor(self.workers, mp_context=context)
         return self._pool.submit(fn, *args, **kwargs)
 

@@ -12,14 +12,12 @@ from dataclasses import dataclass
 from datetime import UTC
 from email.utils import formatdate, parsedate_to_datetime
 from pathlib import Path
-
-from starlette.applications import Starlette
-from starlette.requests import Request
-from starlette.responses import JSONResponse, PlainTextResponse, Response
-from starlette.routing import Route
-from starlette.types import ASGIApp, Receive, Scope, Send
+from typing import TYPE_CHECKING
 
 from aggregator.errors import PublishError
+
+if TYPE_CHECKING:
+    from starlette.types import ASGIApp, Receive, Scope, Send
 
 #: content type of each published file, by suffix (the contract's table)
 CONTENT_TYPES = {
@@ -266,8 +264,12 @@ def make_app(
 
     Published files, the requests feed readers make all day, are answered straight from
     the cache without Starlette's request and routing objects (that halves the cost of a
-    304); Starlette serves the rest.
+    304); Starlette serves the rest. (Imported here: one-shot commands do not serve.)
     """
+    from starlette.applications import Starlette
+    from starlette.requests import Request
+    from starlette.responses import JSONResponse, PlainTextResponse, Response
+    from starlette.routing import Route
 
     async def healthz(request: Request) -> Response:
         status, body = health()

@@ -1,0 +1,62 @@
+"""Turning a fetched body into cleaned items: the work the parse workers do.
+
+Kept apart from the pipeline so that a worker process imports only the parser, the
+cleaner and dedupe keys, not the HTTP client, the store or the renderer.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+from datetime import datetime
+
+from aggregator import dedupe
+from aggregator.model import Fetched, Item, ParsedFeed
+
+
+def raw_entry_hash(entry: object) -> str:
+    """A hash of everything the feed said about an entry: equal means nothing to clean."""
+    return hashlib.blake2b(repr(entry).encode(), digest_size=16).hexdigest()
+
+
+@dataclass(frozen=True)
+class Processed:
+    """What parsing and cleaning one body produced."""
+
+    feed: ParsedFeed
+    #: new or changed entries, cleaned, each with its raw hash
+    items: tuple[tuple[Item, str], ...]
+
+
+def process_body(
+    fetched: Fetched,
+    feed_url: str,
+    known: dict[str, str | None],
+    now: datetime,
+    oldest: datetime,
+) -> Processed:
+    """Parse a body and clean the entries that are new or changed. Pure; raises ParseError.
+
+    `known` maps entry keys already stored to their raw hashes; entries published before
+    `oldest` (the retention limit) are dropped.
+    """
+    # imported here, not at the top: the main process imports this module for the
+    # types, and a round of 304s never needs feedparser, nh3 or lxml.html
+    from aggregator import clean, parse
+
+    feed = parse.parse_feed(fetched.body, fetched.headers, fetched.url)
+    items: list[tuple[Item, str]] = []
+    seen: set[str] = set()
+    for entry in feed.entries:
+        key = dedupe.entry_key(entry)
+        if key in seen:
+            continue  # a feed that lists an entry twice: the first copy wins
+        seen.add(key)
+        raw = raw_entry_hash(entry)
+        if known.get(key) == raw:
+            continue
+        item = clean.clean_entry(entry, feed_url, now)
+        if item.published < oldest:
+            continue
+        items.append((item, raw))
+    return Processed(feed=feed, items=tuple(items))
