@@ -108,10 +108,14 @@ def sanitize_html(html_text: str, base_url: str) -> str:
             return size.group(1) if size else None
         if attribute not in _URL_ATTRIBUTES:
             return value
-        absolute = urljoin(base_url, value.strip())
-        if not _has_allowed_scheme(absolute) or PIXEL_URLS.match(absolute):
-            return None
-        return absolute
+        value = value.strip()
+        if _is_plain_absolute(value):
+            absolute = value  # most are: urljoin and urlsplit would cost more than nh3 itself
+        else:
+            absolute = urljoin(base_url, value)
+            if not _has_allowed_scheme(absolute):
+                return None
+        return None if PIXEL_URLS.match(absolute) else absolute
 
     # link_rel=None: we drop target=, so rel=noopener is moot, and noreferrer would hide
     # from publishers the readers we send them; renderers add rel to their own pages.
@@ -128,6 +132,17 @@ def sanitize_html(html_text: str, base_url: str) -> str:
     cleaned = _IMG_TAG.sub(_drop_useless_image, cleaned)
     cleaned = _EMPTY_LINK.sub("", cleaned)
     return _BARE_LINK.sub(r"\1", cleaned).strip()
+
+
+def _is_plain_absolute(url: str) -> bool:
+    """An http(s) URL that urljoin would return unchanged: no tabs or newlines (which it
+    strips), no empty query or fragment (which it drops)."""
+    return (
+        url.startswith(("https://", "http://"))
+        and url.isprintable()
+        and not url.endswith(("#", "?"))
+        and "?#" not in url
+    )
 
 
 def _has_allowed_scheme(url: str) -> bool:
@@ -202,20 +217,36 @@ BOILERPLATE_LINKS = re.compile(
 #: WordPress's excerpt ellipsis "[…]" at the end of a text
 _BRACKETED_ELLIPSIS = re.compile(r"\s*\[\s*(…|\.\.\.|&hellip;|&#8230;)\s*\]\s*$")
 _BOILERPLATE_CLASS_NAMES = frozenset({"more-link", *BOILERPLATE_CLASSES})
-#: a cheap test that lets most HTML skip the lxml pass: one of these must occur in the
-#: lower-cased HTML for any pattern above to match (substring tests, no regex scan)
-_BOILERPLATE_NEEDLES = (
-    *("appeared", "continue", "read more", "view more", "read the", "read on", "keep reading"),
-    *("share", "like this", "related", "[", "more-link", "feedflare"),
-    *("sharedaddy", "sd-", "jp-", "addtoany", "a2a_", "yarpp"),
-)
-#: links or blocks whose whole text is "more" or an ellipsis
-_BARE_MORE_OR_ELLIPSIS = re.compile(r">\s*(more\W*|…|\.\.\.)\s*<")
 #: how the text of every boilerplate paragraph or link starts (lower-cased)
 _BOILERPLATE_STARTS = (
     *("the post ", "this post ", "this article ", "share", "like this", "related"),
     *("continue reading", "read", "view more", "keep reading", "more", "[", "…", "..."),
 )
+# The cheap test before the lxml pass works on markup, where text may still hold
+# character references: spaces and ellipses are matched in both spellings.
+_MARKUP_SPACE = r"(?:\s|&nbsp;|&#160;|&#xa0;)"
+#: between two words of a start, tags may come too: "<em>The</em> post … appeared first on"
+_MARKUP_GAP = r"(?:\s|&nbsp;|&#160;|&#xa0;|<[^<>]*>)"
+#: (the text itself may say "&hellip;", double-escaped feeds do: "&amp;hellip;" in markup)
+_MARKUP_ELLIPSIS = r"(?:…|\.\.\.|&hellip;|&#8230;|&#x2026;|&amp;hellip;|&amp;#8230;)"
+_BOILERPLATE_START_AFTER_TAG = re.compile(
+    rf">{_MARKUP_SPACE}*(?:"
+    + "|".join(
+        (_MARKUP_GAP + "+").join(re.escape(word) for word in start.split())
+        + (_MARKUP_GAP if start.endswith(" ") else "")
+        if start not in ("…", "...")
+        else _MARKUP_ELLIPSIS
+        for start in _BOILERPLATE_STARTS
+    )
+    + ")",
+    re.IGNORECASE,
+)
+_BRACKETED_ELLIPSIS_MARKUP = re.compile(
+    rf"\[{_MARKUP_SPACE}*{_MARKUP_ELLIPSIS}{_MARKUP_SPACE}*\]", re.IGNORECASE
+)
+_BOILERPLATE_NAMES = tuple(sorted({*_BOILERPLATE_CLASS_NAMES, *BOILERPLATE_IDS}))
+#: a text this long decides alone whether it starts like boilerplate
+_LONGEST_START = max(len(start) for start in _BOILERPLATE_STARTS)
 #: boilerplate blocks are short; longer ones are article text whatever they start with
 _MAX_BOILERPLATE_CHARS = 400
 #: what may be left of a paragraph after its read-more link is removed
@@ -226,10 +257,7 @@ _WHITESPACE = re.compile(r"\s+")
 def strip_boilerplate(html_text: str) -> str:
     """`html_text` without sharing blocks, "The post … appeared first on …" footers,
     read-more links and excerpt ellipses. Article text is left as it was."""
-    lowered = html_text.lower()
-    if not any(needle in lowered for needle in _BOILERPLATE_NEEDLES) and not (
-        _BARE_MORE_OR_ELLIPSIS.search(lowered)
-    ):
+    if not _may_hold_boilerplate(html_text):
         return html_text
     try:
         root = lxml.html.fragment_fromstring(html_text, create_parent="div")
@@ -251,9 +279,23 @@ def strip_boilerplate(html_text: str) -> str:
     return serialized[len("<div>") : -len("</div>")].strip()
 
 
+def _may_hold_boilerplate(html_text: str) -> bool:
+    """False when no element can be boilerplate, so the lxml pass can be skipped: no
+    boilerplate class or id is named, no element's text starts like boilerplate (text
+    starts right after a tag, perhaps after spaces), and there is no bracketed ellipsis."""
+    lowered = html_text.lower()
+    return (
+        any(name in lowered for name in _BOILERPLATE_NAMES)
+        or _BOILERPLATE_START_AFTER_TAG.search(html_text) is not None
+        or _BRACKETED_ELLIPSIS_MARKUP.search(html_text) is not None
+    )
+
+
 def _is_boilerplate_element(element: lxml.html.HtmlElement) -> bool:
-    classes = set((element.get("class") or "").split())
-    if classes & _BOILERPLATE_CLASS_NAMES or element.get("id") in BOILERPLATE_IDS:
+    classes = element.get("class")
+    if classes and not _BOILERPLATE_CLASS_NAMES.isdisjoint(classes.split()):
+        return True
+    if element.get("id") in BOILERPLATE_IDS:
         return True
     tag = element.tag
     if tag == "a":
@@ -261,6 +303,12 @@ def _is_boilerplate_element(element: lxml.html.HtmlElement) -> bool:
     elif tag in ("p", "div", "h2", "h3", "h4", "h5", "h6"):
         patterns = BOILERPLATE_PARAGRAPHS
     else:
+        return False
+    # Most blocks are article paragraphs: their first text rules them out before the whole
+    # text is gathered (the first piece may be short: "<p>The <em>post</em> …").
+    first = next((piece for piece in element.itertext() if not piece.isspace()), "")
+    head = " ".join(first[:64].split()).lower()  # a prefix of the collapsed whole text
+    if len(head) >= _LONGEST_START and not head.startswith(_BOILERPLATE_STARTS):
         return False
     text = _short_text_of(element)
     return bool(text and text.lower().startswith(_BOILERPLATE_STARTS) and patterns.match(text))

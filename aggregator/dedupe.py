@@ -182,12 +182,12 @@ def sampled_shingles(words: Sequence[str], size: int = SHINGLE_SIZE) -> set[int]
     path every new entry takes."""
     if len(words) < size:
         return set(_shingle_list(words, size))
-    hashes = [_word_hash(word) for word in words]
+    hashes = list(map(_word_hash, words))
     mask, multiplier = _MASK64, _MULTIPLIER
     sampled = set()
-    for start in range(len(hashes) - size + 1):
-        if hashes[start] % SAMPLE_MODULUS:
-            continue
+    modulus = SAMPLE_MODULUS
+    anchors = [i for i, value in enumerate(hashes[: len(hashes) - size + 1]) if not value % modulus]
+    for start in anchors:
         rolling = 0
         for value in hashes[start : start + size]:
             rolling = (rolling * multiplier + value) & mask

@@ -183,6 +183,14 @@ def test_wordpress_boilerplate_removed_article_kept():
         "<p>Short summary of the story.</p><p><a href='/s'>Read more \u00bb</a></p>",
         "<p>Short summary of the story. [&#8230;]</p>",
         "<p>Short summary of the story.</p><p>The post Story first appeared on Blog.</p>",
+        # spelled with character references and odd spacing: the markup test must see them
+        "<p>Short summary of the story.</p><p>&nbsp;The&nbsp;post\n  Story appeared first on B</p>",
+        "<p>Short summary of the story. <a href='/s'>&#160; READ\tMORE</a></p>",
+        "<p>Short summary of the story. [&hellip;]</p>",
+        "<p>Short summary of the story. [ &#x2026; ]</p>",
+        "<p>Short summary of the story. <a href='/s'>&#8230;</a></p>",
+        "<p>Short summary of the story.</p><div><em>The</em> post S appeared first on B</div>",
+        "<p>Short summary of the story.</p><p>The <em>post</em> S appeared first on B</p>",
     ],
 )
 def test_read_more_tails_removed(html_text: str):
