@@ -369,6 +369,12 @@ _BLOCK_TAGS = frozenset(
 _ANY_TAG = re.compile(r"<[^>]*>")
 
 
+# a tag of nh3's output: '>' may occur unescaped inside a double-quoted attribute value
+_SANITIZED_TAG = r'(?:[^>"]|"[^"]*")*>'
+_SANITIZED_BLOCK_TAG = re.compile(rf"</?(?:{'|'.join(sorted(_BLOCK_TAGS))})\b{_SANITIZED_TAG}")
+_SANITIZED_INLINE_TAG = re.compile(rf"</?[a-z][a-z0-9]*\b{_SANITIZED_TAG}")
+
+
 def html_to_text(html_text: str) -> str:
     """Plain text of an HTML fragment: entities unescaped, blocks apart, whitespace collapsed."""
     html_text = remove_unusable_characters(html_text)
@@ -384,6 +390,17 @@ def html_to_text(html_text: str) -> str:
         link_rel=None,
     )
     return " ".join(html.unescape(_ANY_TAG.sub(" ", only_blocks)).split())
+
+
+def sanitized_html_to_text(html_text: str) -> str:
+    """`html_to_text` for what `sanitize_html` returned, without a second parse: its markup
+    is normalized (no comments, scripts or styles; attribute values double-quoted), so
+    block tags can be found by pattern. (Measured equal to html_to_text on the bench and
+    real-world corpora.)"""
+    if "<" not in html_text and "&" not in html_text:
+        return " ".join(html_text.split())
+    text = _SANITIZED_INLINE_TAG.sub("", _SANITIZED_BLOCK_TAG.sub(" ", html_text))
+    return " ".join(html.unescape(text).split())
 
 
 def make_excerpt(text: str, limit: int = 300) -> str:
@@ -417,8 +434,8 @@ def clean_entry(
     entry = _without_unusable_characters(entry)
     content_html = clean_html(entry.content_html, entry.base_url)
     summary_html = clean_html(entry.summary_html, entry.base_url)
-    content_text = html_to_text(content_html)
-    summary_text = html_to_text(summary_html)
+    content_text = sanitized_html_to_text(content_html)
+    summary_text = sanitized_html_to_text(summary_html)
     text = content_text or summary_text
     excerpt_source = (
         summary_text

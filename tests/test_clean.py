@@ -8,12 +8,15 @@ from pathlib import Path
 
 import lxml.html
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from aggregator.clean import (
     clean_entry,
     html_to_text,
     make_excerpt,
     sanitize_html,
+    sanitized_html_to_text,
     strip_boilerplate,
 )
 from aggregator.model import Item, ParsedEntry
@@ -457,3 +460,23 @@ def test_characters_xml_cannot_carry_are_removed():
     assert item.text == "xy"
     assert item.author == "A"
     assert item.categories == ("t",)
+
+
+# --- text from sanitized HTML without a second parse -------------------------------
+
+_PIECES = st.sampled_from(
+    [
+        *("<p>", "</p>", "<br>", "<div class='x'>", "</div>", "<li>", "<ul>", "</ul>", "<hr/>"),
+        *("<em>", "</em>", "<a href='/a?b=1&c=2' title='x>y'>", "</a>", "<img src=a.png>"),
+        *("<script>x()</script>", "<style>p{}</style>", "<!-- c -->", "<table><tr><td>"),
+        *("&amp;", "&lt;", "&gt;", "&nbsp;", "&hellip;", "&#8230;", "&bogus;", "<", ">", "&"),
+        *("Kim", "'s", " ", "\n", "\t", "word", "\u00a0", "\u2028", "é", '"', "<pre>a\n b</pre>"),
+    ]
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(_PIECES, max_size=30).map("".join))
+def test_text_of_sanitized_html_is_what_a_parse_gives(markup: str) -> None:
+    cleaned = sanitize_html(markup, "https://example.org/")
+    assert sanitized_html_to_text(cleaned) == html_to_text(cleaned)
