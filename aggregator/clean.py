@@ -109,6 +109,8 @@ def sanitize_html(html_text: str, base_url: str) -> str:
         if attribute not in _URL_ATTRIBUTES:
             return value
         value = value.strip()
+        if "\\" in value:
+            return None  # not a URL (RFC 3986); browsers read it as "/", our checks would not
         if _is_plain_absolute(value):
             absolute = value  # most are: urljoin and urlsplit would cost more than nh3 itself
         else:
@@ -137,8 +139,12 @@ def sanitize_html(html_text: str, base_url: str) -> str:
 def _is_plain_absolute(url: str) -> bool:
     """An http(s) URL that urljoin would return unchanged: no tabs or newlines (which it
     strips), no empty query or fragment (which it drops)."""
+    host_at = 8 if url.startswith("https://") else 7 if url.startswith("http://") else 0
     return (
-        url.startswith(("https://", "http://"))
+        host_at > 0
+        # "https:///pixel.wp.com/…": browsers skip the extra slashes, so the pixel test
+        # must see the URL urljoin makes of it
+        and url[host_at : host_at + 1] not in ("", "/")
         and url.isprintable()
         and not url.endswith(("#", "?"))
         and "?#" not in url
@@ -369,10 +375,9 @@ _BLOCK_TAGS = frozenset(
 _ANY_TAG = re.compile(r"<[^>]*>")
 
 
-# a tag of nh3's output: '>' may occur unescaped inside a double-quoted attribute value
-_SANITIZED_TAG = r'(?:[^>"]|"[^"]*")*>'
-_SANITIZED_BLOCK_TAG = re.compile(rf"</?(?:{'|'.join(sorted(_BLOCK_TAGS))})\b{_SANITIZED_TAG}")
-_SANITIZED_INLINE_TAG = re.compile(rf"</?[a-z][a-z0-9]*\b{_SANITIZED_TAG}")
+# a tag of nh3's output, matched left to right so that a '<' or '>' inside a
+# double-quoted attribute value (nh3 leaves them unescaped there) stays inside its tag
+_SANITIZED_TAG = re.compile(r'</?([a-z][a-z0-9]*)\b(?:[^>"]|"[^"]*")*>')
 
 
 def html_to_text(html_text: str) -> str:
@@ -399,8 +404,12 @@ def sanitized_html_to_text(html_text: str) -> str:
     real-world corpora.)"""
     if "<" not in html_text and "&" not in html_text:
         return " ".join(html_text.split())
-    text = _SANITIZED_INLINE_TAG.sub("", _SANITIZED_BLOCK_TAG.sub(" ", html_text))
+    text = _SANITIZED_TAG.sub(_word_break_or_nothing, html_text)
     return " ".join(html.unescape(text).split())
+
+
+def _word_break_or_nothing(tag: re.Match[str]) -> str:
+    return " " if tag.group(1) in _BLOCK_TAGS else ""
 
 
 def make_excerpt(text: str, limit: int = 300) -> str:

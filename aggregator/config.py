@@ -134,14 +134,21 @@ def _load_yaml(text: str, file: str) -> Any:
     yaml = YAML(typ="rt")
     # Composed once, then checked and constructed from the same node tree. Our own
     # duplicate check comes first: it names both lines, ruamel names only the second.
-    node = _compose_fast(text)
-    if node is not None:
-        _check_duplicate_keys(node, file)
-        constructor, _ = yaml.get_constructor_parser("")
-        return constructor.construct_document(node)
+    version = _YAML_DIRECTIVE.search(text)
+    if version:
+        raise ConfigError(
+            file,
+            text.count("\n", 0, version.start()) + 1,
+            "yaml",
+            "a %YAML directive is not supported (feeds.yaml is read as YAML 1.2); remove it",
+        )
     try:
-        constructor, _ = yaml.get_constructor_parser(text)
-        node = constructor.composer.get_single_node()
+        node = _compose_fast(text)
+        if node is not None:
+            constructor, _ = yaml.get_constructor_parser("")
+        else:
+            constructor, _ = yaml.get_constructor_parser(text)
+            node = constructor.composer.get_single_node()
         _check_duplicate_keys(node, file)
         return constructor.construct_document(node) if node is not None else None
     except MarkedYAMLError as error:
@@ -159,11 +166,18 @@ def _load_yaml(text: str, file: str) -> Any:
         raise ConfigError(file, line, "yaml", what) from error
 
 
+_DIRECTIVE = re.compile(r"^%", re.MULTILINE)
+_YAML_DIRECTIVE = re.compile(r"^%YAML\b", re.MULTILINE)
+
+
 def _compose_fast(text: str) -> Node | None:
     """The node tree from libyaml (ruamel.yaml.clib), ten times faster than ruamel's
     Python composer on a long feed list; None when the C extension is missing, the
     document is empty, or libyaml rejects the text, so ruamel's own composer decides and
-    words the error."""
+    words the error; and when there are directives, which only ruamel's own parser
+    passes on."""
+    if _DIRECTIVE.search(text):
+        return None
     try:
         from ruamel.yaml.cyaml import CParser  # type: ignore[attr-defined]
     except ImportError:

@@ -15,6 +15,7 @@ import importlib
 import re
 import socket
 import ssl
+import urllib.request
 import zlib
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -74,6 +75,18 @@ class _Redirect:
 def _ssl_context() -> ssl.SSLContext:
     """httpx's default verifying context, built once: loading the CA bundle is slow."""
     return httpx.create_ssl_context()
+
+
+def environment_proxies() -> dict[str, str]:
+    """Proxy URL by scheme (http, https) from the environment: HTTP_PROXY, HTTPS_PROXY,
+    ALL_PROXY (or their lower-case forms). Hosts in NO_PROXY bypass them per request."""
+    found = urllib.request.getproxies_environment()
+    proxies = {}
+    for scheme in ("http", "https"):
+        url = found.get(scheme) or found.get("all")
+        if url:
+            proxies[scheme] = url if "://" in url else "http://" + url
+    return proxies
 
 
 def _load_brotli() -> Any | None:
@@ -296,6 +309,7 @@ class Fetcher:
         self.limits = limits
         self.user_agent = user_agent
         self._transport: httpx.AsyncHTTPTransport | None = None
+        self._proxied: dict[str, httpx.AsyncHTTPTransport] = {}
         self._timeouts: dict[str, float | None] = {}
         self._all_hosts = asyncio.Semaphore(limits.max_connections)
         self._per_host: dict[str, asyncio.Semaphore] = {}
@@ -304,14 +318,21 @@ class Fetcher:
         limits = self.limits
         # httpx's transport, not its Client: we follow redirects, keep no cookies and set
         # our own headers, so the Client's layers only cost time (a third of a 304 round)
-        self._transport = httpx.AsyncHTTPTransport(
-            verify=_ssl_context(),
-            # the semaphores are the real bound; the pool just never gets in their way
-            limits=httpx.Limits(
-                max_connections=limits.max_connections,
-                max_keepalive_connections=limits.max_connections,
-            ),
-        )
+
+        def transport(proxy: str | None = None) -> httpx.AsyncHTTPTransport:
+            return httpx.AsyncHTTPTransport(
+                verify=_ssl_context(),
+                proxy=proxy,
+                # the semaphores are the real bound; the pool never gets in their way
+                limits=httpx.Limits(
+                    max_connections=limits.max_connections,
+                    max_keepalive_connections=limits.max_connections,
+                ),
+            )
+
+        self._transport = transport()
+        # HTTP_PROXY, HTTPS_PROXY, ALL_PROXY and NO_PROXY, as httpx's Client honours them
+        self._proxied = {scheme: transport(url) for scheme, url in environment_proxies().items()}
         self._timeouts = httpx.Timeout(
             connect=limits.connect_timeout,
             read=limits.read_timeout,
@@ -326,9 +347,19 @@ class Fetcher:
         exc: BaseException | None,
         traceback: TracebackType | None,
     ) -> None:
+        for proxied in self._proxied.values():
+            await proxied.aclose()
+        self._proxied = {}
         if self._transport is not None:
             await self._transport.aclose()
             self._transport = None
+
+    def _transport_for(self, url: httpx.URL) -> httpx.AsyncHTTPTransport:
+        assert self._transport is not None
+        proxied = self._proxied.get(url.scheme)
+        if proxied is None or urllib.request.proxy_bypass(url.host):
+            return self._transport
+        return proxied
 
     def _host_semaphore(self, url: httpx.URL) -> asyncio.Semaphore:
         # Per server (host and port): politeness is owed to the server a host name points at.
@@ -424,7 +455,7 @@ class Fetcher:
         limits = self.limits
         request = httpx.Request("GET", url, headers=headers, extensions={"timeout": self._timeouts})
         try:
-            response = await self._transport.handle_async_request(request)
+            response = await self._transport_for(url).handle_async_request(request)
             try:
                 status = response.status_code
                 response_headers = dict(response.headers.items())  # keys come lower-cased

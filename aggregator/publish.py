@@ -25,7 +25,7 @@ CONTENT_TYPES = {
     ".rss": "application/rss+xml",
     ".json": "application/feed+json",
     ".html": "text/html; charset=utf-8",
-    ".opml": "text/x-opml",
+    ".opml": "text/x-opml; charset=utf-8",
 }
 
 
@@ -295,7 +295,7 @@ def make_app(
             if found is not None:
                 wanted: dict[bytes, str] = {}
                 for key, value in scope["headers"]:
-                    if key in _CONDITIONAL_HEADERS:
+                    if key in _CONDITIONAL_HEADERS and key not in wanted:  # the first wins
                         wanted[key] = value.decode("latin-1")
                 status, headers, body = output_response(
                     found,

@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta, timezone
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import lxml.html
 import pytest
@@ -136,11 +137,23 @@ def test_refused_link_keeps_its_text():
         '<a href="http://feeds.wordpress.com/1.0/gocomments/news.wordpress.com/1/">'
         '<img src="http://feeds.wordpress.com/1.0/comments/news.wordpress.com/1/"></a>',
         '<a href="http://feeds.feedburner.com/~ff/news?a=x"><img src="http://feeds.feedburner.com/~ff/news?d=y"></a>',
+        # spellings a browser reads as the same tracker
+        '<img src="http://\\pixel.wp.com/b.gif">',
+        '<img src="https:\\\\pixel.wp.com\\b.gif">',
+        '<img src="HTTPS://PIXEL.WP.COM/b.gif">',
     ],
 )
 def test_tracking_pixels_are_removed(pixel: str):
     output = sanitize_html(f"<p>Story text.{pixel}</p>", BASE)
     assert output == "<p>Story text.</p>"
+
+
+@pytest.mark.parametrize("src", ["https:///pixel.wp.com/b.gif", "https:////pixel.wp.com/b.gif"])
+def test_extra_slashes_cannot_hide_a_tracker(src: str):
+    # urljoin reads these as paths on the feed's own site, and that is what is published
+    output = sanitize_html(f'<p>Story text.<img src="{src}"></p>', BASE)
+    image = lxml.html.fragment_fromstring(output).find(".//img")
+    assert image is None or urlsplit(image.get("src")).hostname == urlsplit(BASE).hostname
 
 
 def test_ordinary_images_survive_pixel_removal():
@@ -471,6 +484,7 @@ _PIECES = st.sampled_from(
         *("<script>x()</script>", "<style>p{}</style>", "<!-- c -->", "<table><tr><td>"),
         *("&amp;", "&lt;", "&gt;", "&nbsp;", "&hellip;", "&#8230;", "&bogus;", "<", ">", "&"),
         *("Kim", "'s", " ", "\n", "\t", "word", "\u00a0", "\u2028", "é", '"', "<pre>a\n b</pre>"),
+        *("<abbr title='x <p '>", "<abbr title='a>b'>", "</abbr>", "<q cite='/c?x=<br>'>"),
     ]
 )
 

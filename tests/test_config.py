@@ -572,6 +572,11 @@ def test_the_libyaml_fast_path_reads_a_config_exactly_as_ruamels_own_composer(
         FEED + "topics:\n  nk:\n    title: [unclosed\n",  # libyaml rejects: ruamel words it
         FEED + "topics:\n  nk:\n    title: x\n    include: [1, 2]\n  nk2: 3\n",
         FEED + "topics:\n  nk:\n    include: [a, 2024-01-01]\n",
+        # errors raised while constructing, after composing succeeded
+        "feeds:\n  - <<: first\n    url: https://a.example/\n",
+        FEED + "settings:\n  true: a\n  True: b\n",
+        # a directive for YAML 1.1 (where 010 would be octal and no false) is refused
+        "# feeds\n%YAML 1.1\n---\n" + FEED + "settings:\n  max_items: 010\n",
     ],
 )
 def test_errors_are_the_same_with_and_without_the_fast_path(
@@ -583,3 +588,8 @@ def test_errors_are_the_same_with_and_without_the_fast_path(
     monkeypatch.setattr(config_module, "_compose_fast", lambda text: None)
     assert error_of(snippet) == fast
     assert re.match(r"feeds\.yaml:\d+: ", fast)
+
+
+def test_a_yaml_version_directive_is_refused_with_its_line() -> None:
+    message = error_of("# feeds\n%YAML 1.1\n---\n" + FEED)
+    assert message.startswith("feeds.yaml:2: yaml: a %YAML directive is not supported")

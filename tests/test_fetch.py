@@ -499,3 +499,60 @@ def test_servers_stop_promptly_with_clients_still_connected() -> None:
     idle.close()
     dripping.close()
     assert threading.active_count() == threads_before
+
+
+# --- proxies from the environment ----------------------------------------------------
+
+
+@contextmanager
+def forward_proxy() -> Iterator[tuple[str, list[str]]]:
+    """A loopback HTTP proxy that answers every absolute-form GET with RSS itself and
+    records the request lines it received."""
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    seen: list[str] = []
+
+    class Proxy(BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            seen.append(self.requestline)
+            self.send_response(200)
+            self.send_header("Content-Type", "application/rss+xml")
+            self.send_header("Content-Length", str(len(RSS)))
+            self.end_headers()
+            self.wfile.write(RSS)
+
+        def log_message(self, *args: Any) -> None:
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Proxy)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}", seen
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+def test_http_proxy_from_the_environment_is_used(monkeypatch: pytest.MonkeyPatch) -> None:
+    for name in ("NO_PROXY", "no_proxy", "ALL_PROXY", "all_proxy", "http_proxy"):
+        monkeypatch.delenv(name, raising=False)
+    with forward_proxy() as (proxy, seen):
+        monkeypatch.setenv("HTTP_PROXY", proxy)
+        result = fetched("http://feeds.example.invalid/news.xml")
+    assert result.body == RSS
+    assert seen == ["GET http://feeds.example.invalid/news.xml HTTP/1.1"]
+
+
+def test_no_proxy_hosts_are_fetched_directly(
+    monkeypatch: pytest.MonkeyPatch, feed_server: FeedServer
+) -> None:
+    for name in ("ALL_PROXY", "all_proxy", "http_proxy", "no_proxy"):
+        monkeypatch.delenv(name, raising=False)
+    feed_server.set("/direct.xml", RSS)
+    with forward_proxy() as (proxy, seen):
+        monkeypatch.setenv("HTTP_PROXY", proxy)
+        monkeypatch.setenv("NO_PROXY", "127.0.0.1")
+        result = fetched(feed_server.url("/direct.xml"))
+    assert result.body == RSS
+    assert seen == []
