@@ -445,7 +445,8 @@ class Fetcher:
         if url.scheme not in ("http", "https"):
             what = "redirect to" if base is not None else "cannot fetch"
             raise FetchError(feed_url, f"{what} unsupported URL {location!r}")
-        return url.copy_with(fragment=None)
+        # copy_with re-parses the URL: only when there is a fragment to drop
+        return url.copy_with(fragment=None) if url.fragment else url
 
     async def _request(
         self, state: FeedState, url: httpx.URL, headers: dict[str, str], now: datetime
