@@ -375,8 +375,8 @@ _BLOCK_TAGS = frozenset(
 _ANY_TAG = re.compile(r"<[^>]*>")
 
 
-# a tag of nh3's output, matched left to right so that a '<' or '>' inside a
-# double-quoted attribute value (nh3 leaves them unescaped there) stays inside its tag
+# a tag of nh3's output, matched left to right, a double-quoted attribute value as a
+# whole: should a '<' or '>' ever appear inside one, it stays inside its tag
 _SANITIZED_TAG = re.compile(r'</?([a-z][a-z0-9]*)\b(?:[^>"]|"[^"]*")*>')
 
 

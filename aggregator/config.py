@@ -132,8 +132,6 @@ def parse_config(text: str, path: Path) -> Config:
 def _load_yaml(text: str, file: str) -> Any:
     # Round-trip mode keeps every key's and item's line (`.lc`), which plain loading drops.
     yaml = YAML(typ="rt")
-    # Composed once, then checked and constructed from the same node tree. Our own
-    # duplicate check comes first: it names both lines, ruamel names only the second.
     version = _YAML_DIRECTIVE.search(text)
     if version:
         raise ConfigError(
@@ -142,6 +140,8 @@ def _load_yaml(text: str, file: str) -> Any:
             "yaml",
             "a %YAML directive is not supported (feeds.yaml is read as YAML 1.2); remove it",
         )
+    # Composed once, then checked and constructed from the same node tree. Our own
+    # duplicate check comes first: it names both lines, ruamel names only the second.
     try:
         node = _compose_fast(text)
         if node is not None:

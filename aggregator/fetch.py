@@ -317,7 +317,8 @@ class Fetcher:
     async def __aenter__(self) -> Fetcher:
         limits = self.limits
         # httpx's transport, not its Client: we follow redirects, keep no cookies and set
-        # our own headers, so the Client's layers only cost time (a third of a 304 round)
+        # our own headers, so the Client's layers only cost time (about a tenth of a round
+        # of 304s)
 
         def transport(proxy: str | None = None) -> httpx.AsyncHTTPTransport:
             return httpx.AsyncHTTPTransport(

@@ -59,9 +59,9 @@ T = TypeVar("T")
 
 
 def run_loop(main: Coroutine[Any, Any, T]) -> T:
-    """Run `main` to completion on uvloop when it is installed: libuv's loop roughly halves
-    the per-request cost of a round of 304s and of serving, and plain asyncio is the
-    fallback where uvloop does not build."""
+    """Run `main` to completion on uvloop when it is installed: libuv's loop takes about a
+    fifth less CPU per request than asyncio's (2,000 conditional GETs through httpx: 4.05
+    -> 3.18 CPU-s), and plain asyncio is the fallback where uvloop does not build."""
     try:
         import uvloop
     except ImportError:

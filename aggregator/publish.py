@@ -89,33 +89,29 @@ class Output:
 
     body: bytes
     gzipped: bytes
-    content_type: str
     etag: str
-    last_modified: str
     modified_at: float
-
-    @property
-    def etag_header(self) -> bytes:
-        return self.etag.encode()
-
-    @property
-    def last_modified_header(self) -> bytes:
-        return self.last_modified.encode()
-
-    @property
-    def content_type_header(self) -> bytes:
-        return self.content_type.encode()
+    #: ETag, Last-Modified and caching headers, encoded once rather than per request
+    headers: tuple[tuple[bytes, bytes], ...]
+    content_type: bytes
 
     @classmethod
     def of(cls, name: str, body: bytes, modified_at: float) -> Output:
-        suffix = Path(name).suffix
+        etag = '"' + hashlib.sha256(body).hexdigest()[:32] + '"'
+        content_type = CONTENT_TYPES.get(Path(name).suffix, "application/octet-stream")
         return cls(
             body=body,
             gzipped=gzip.compress(body, compresslevel=6, mtime=0),
-            content_type=CONTENT_TYPES.get(suffix, "application/octet-stream"),
-            etag='"' + hashlib.sha256(body).hexdigest()[:32] + '"',
-            last_modified=formatdate(modified_at, usegmt=True),
+            etag=etag,
             modified_at=int(modified_at),
+            headers=(
+                (b"etag", etag.encode()),
+                (b"last-modified", formatdate(modified_at, usegmt=True).encode()),
+                # readers should revalidate: a 304 is cheap, a stale feed is not
+                (b"cache-control", b"public, max-age=60, must-revalidate"),
+                (b"vary", b"accept-encoding"),
+            ),
+            content_type=content_type.encode(),
         )
 
 
@@ -184,14 +180,6 @@ class OutputCache:
         return sorted(self._outputs)
 
 
-#: headers sent with every published file: readers should revalidate, since a 304 is
-#: cheap and a stale feed is not
-_CACHING = [
-    (b"cache-control", b"public, max-age=60, must-revalidate"),
-    (b"vary", b"accept-encoding"),
-]
-
-
 def output_response(
     output: Output,
     method: str,
@@ -201,15 +189,14 @@ def output_response(
 ) -> tuple[int, list[tuple[bytes, bytes]], bytes]:
     """Status, headers and body for a GET or HEAD of a published file: ETag and
     Last-Modified, 304 when the client's copy is current, gzip when asked."""
-    headers = [(b"etag", output.etag_header), (b"last-modified", output.last_modified_header)]
-    headers += _CACHING
+    headers = list(output.headers)
     if is_not_modified(output.etag, output.modified_at, if_none_match, if_modified_since):
         return 304, headers, b""
     body = output.body
     if accept_encoding and _accepts_gzip(accept_encoding):
         body = output.gzipped
         headers.append((b"content-encoding", b"gzip"))
-    headers.append((b"content-type", output.content_type_header))
+    headers.append((b"content-type", output.content_type))
     headers.append((b"content-length", str(len(body)).encode()))
     return 200, headers, b"" if method == "HEAD" else body
 
@@ -263,8 +250,9 @@ def make_app(
     """The ASGI app: published outputs, /healthz and /metrics; everything else is 404.
 
     Published files, the requests feed readers make all day, are answered straight from
-    the cache without Starlette's request and routing objects (that halves the cost of a
-    304); Starlette serves the rest. (Imported here: one-shot commands do not serve.)
+    the cache without Starlette's request, routing and response objects, which cost more
+    than the answer itself; Starlette serves the rest. (Imported here: one-shot commands
+    do not serve.)
     """
     from starlette.applications import Starlette
     from starlette.requests import Request

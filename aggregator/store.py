@@ -139,10 +139,11 @@ def _recompute_dedupe_keys(db: Database) -> None:
     # keys stored by the old scheme would never match new copies of old stories.
     # Any later change to index_keys needs a migration like this one.
     db.execute("DELETE FROM item_keys")
-    rows = db.execute("SELECT id, title, text FROM items").fetchall()
+    # streamed, not fetched whole: a large database's texts need not fit in memory
+    rows = db.conn.execute("SELECT id, title, text FROM items")
     db.conn.executemany(
         "INSERT OR IGNORE INTO item_keys (key, item_id) VALUES (?, ?)",
-        [(key, item_id) for item_id, title, text in rows for key in dedupe.index_keys(title, text)],
+        ((key, item_id) for item_id, title, text in rows for key in dedupe.index_keys(title, text)),
     )
 
 

@@ -292,22 +292,20 @@ def _rss(pid: int) -> int:
 
 def _hwm(pid: int) -> int:
     """The process's own peak RSS so far (VmHWM), children excluded."""
-    try:
-        with open(f"/proc/{pid}/status") as f:
-            for line in f:
-                if line.startswith("VmHWM:"):
-                    return int(line.split()[1]) * 1024
-    except (OSError, ValueError):
-        pass
-    return 0
+    return _proc_kb(pid, "status", "VmHWM:")
 
 
 def _pss(pid: int) -> int:
     """Proportional set size: shared pages (a forked worker's) divided among their users."""
+    return _proc_kb(pid, "smaps_rollup", "Pss:")
+
+
+def _proc_kb(pid: int, name: str, field: str) -> int:
+    """Bytes of a "Field:  N kB" line in /proc/PID/NAME; 0 if the process is gone."""
     try:
-        with open(f"/proc/{pid}/smaps_rollup") as f:
+        with open(f"/proc/{pid}/{name}") as f:
             for line in f:
-                if line.startswith("Pss:"):
+                if line.startswith(field):
                     return int(line.split()[1]) * 1024
     except (OSError, ValueError):
         pass
