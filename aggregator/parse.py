@@ -9,6 +9,7 @@ links are made absolute.
 
 from __future__ import annotations
 
+import functools
 import html
 import io
 import json
@@ -21,6 +22,8 @@ from typing import Any
 from urllib.parse import urljoin
 
 import feedparser
+import feedparser.mixin
+import feedparser.urls
 
 from aggregator.errors import ParseError
 from aggregator.model import ParsedEntry, ParsedFeed
@@ -49,6 +52,14 @@ _TAG = re.compile(r"<[^>]*>")
 _HAS_ENTITY = re.compile(r"&(#\d+|#x[0-9a-fA-F]+|[A-Za-z]\w*);")
 _SPACE = re.compile(r"\s+")
 _BLANK_LINE = re.compile(r"\n\s*\n")
+
+# feedparser joins the xml:base in effect with each element's own on every start tag,
+# nearly always the same two strings: a fifth of its time on our corpus (1.04 → 0.82 ms
+# an entry). Both functions are pure, so a small cache gives the same results.
+feedparser.mixin.make_safe_absolute_uri = functools.lru_cache(maxsize=1024)(
+    feedparser.urls.make_safe_absolute_uri
+)
+feedparser.mixin._urljoin = functools.lru_cache(maxsize=1024)(feedparser.urls._urljoin)
 
 
 def parse_feed(body: bytes, headers: Mapping[str, str], url: str) -> ParsedFeed:

@@ -121,6 +121,23 @@ def test_atom_xml_base_links_dates_authors():
     assert "North Korea" in marathon.summary_html
 
 
+def test_relative_xml_base_resolves_against_each_feeds_own_url():
+    # feedparser's URI joins are cached (parse.py): the same relative xml:base in two
+    # feeds from different sites must still resolve to each site's own address
+    body = b"""<?xml version="1.0"?><feed xmlns="http://www.w3.org/2005/Atom" xml:base="news/">
+    <title>t</title><entry xml:base="2024/"><id>urn:x:1</id><title>a</title>
+    <link href="story.html"/><content type="html">&lt;p&gt;x&lt;/p&gt;</content></entry></feed>"""
+    links = [
+        parse_feed(body, {}, f"https://{site}/feed.atom").entries[0].link
+        for site in ("one.test", "two.test", "one.test")
+    ]
+    assert links == [
+        "https://one.test/news/2024/story.html",
+        "https://two.test/news/2024/story.html",
+        "https://one.test/news/2024/story.html",
+    ]
+
+
 def test_atom_entry_inherits_feed_author():
     body = b"""<feed xmlns="http://www.w3.org/2005/Atom"><title>F</title><id>f</id>
         <author><name>Desk Editor</name></author><updated>2024-01-01T00:00:00Z</updated>
