@@ -7,7 +7,7 @@ cleaner and dedupe keys, not the HTTP client, the store or the renderer.
 from __future__ import annotations
 
 import hashlib
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime
 
 from aggregator import dedupe
@@ -23,6 +23,7 @@ def raw_entry_hash(entry: object) -> str:
 class Processed:
     """What parsing and cleaning one body produced."""
 
+    #: the feed's own fields; `entries` left empty, since `items` holds what the store needs
     feed: ParsedFeed
     #: new or changed entries, cleaned, each with its raw hash
     items: tuple[tuple[Item, str], ...]
@@ -59,4 +60,6 @@ def process_body(
         if item.published < oldest:
             continue
         items.append((item, raw))
-    return Processed(feed=feed, items=tuple(items))
+    # The entries' raw HTML would otherwise be pickled back to the main process, the
+    # round's busiest, only to be thrown away.
+    return Processed(feed=replace(feed, entries=()), items=tuple(items))

@@ -16,6 +16,7 @@ import json
 import re
 import time
 import xml.sax
+import xml.sax.expatreader
 from collections.abc import Iterable, Mapping
 from datetime import UTC, datetime
 from typing import Any
@@ -60,6 +61,27 @@ feedparser.mixin.make_safe_absolute_uri = functools.lru_cache(maxsize=1024)(
     feedparser.urls.make_safe_absolute_uri
 )
 feedparser.mixin._urljoin = functools.lru_cache(maxsize=1024)(feedparser.urls._urljoin)
+
+
+class _BufferedExpatParser(xml.sax.expatreader.ExpatParser):
+    """expat passing each run of text in one call instead of one per line and entity:
+    feedparser handles every call in Python, and escaped HTML has an entity every few
+    characters. A tenth of its time on the bench corpus; the same results there and on all
+    1,479 real-world test feeds."""
+
+    def reset(self) -> None:
+        super().reset()
+        self._parser.buffer_text = True  # type: ignore[attr-defined]  # set by reset()
+
+
+def create_parser() -> xml.sax.xmlreader.XMLReader:
+    """The SAX driver hook (`xml.sax.make_parser` imports the named module and calls this)."""
+    return _BufferedExpatParser()
+
+
+# feedparser asks xml.sax for the first driver of this list that imports; its default,
+# "drv_libxml2", is a module nobody has, looked for on sys.path at every parse.
+feedparser.api.PREFERRED_XML_PARSERS[:] = [__name__]
 
 
 def parse_feed(body: bytes, headers: Mapping[str, str], url: str) -> ParsedFeed:
