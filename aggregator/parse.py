@@ -18,6 +18,7 @@ import time
 import xml.sax
 import xml.sax.expatreader
 from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 from urllib.parse import urljoin
@@ -99,7 +100,63 @@ def parse_feed(body: bytes, headers: Mapping[str, str], url: str) -> ParsedFeed:
     return _parse_xml_feed(body, lowered, url)
 
 
-# --- RSS and Atom ------------------------------------------------------------------
+# --- entries as bytes ----------------------------------------------------------------
+
+#: an RSS <item> or Atom <entry> start tag, unprefixed (a prefixed one makes the body unsplit)
+_ENTRY_START = re.compile(rb"<(item|entry)[\s>]")
+_ENTRY_END = {b"item": b"</item>", b"entry": b"</entry>"}
+
+
+@dataclass(frozen=True)
+class SplitBody:
+    """An XML feed body cut at its entries: the header, each entry element, the footer
+    (the space between entries is not kept)."""
+
+    header: bytes
+    entries: tuple[bytes, ...]
+    footer: bytes
+
+    def with_entries(self, entries: Iterable[bytes]) -> bytes:
+        """The body with only `entries` (the feed itself, its namespaces and base kept)."""
+        return self.header + b"\n".join(entries) + self.footer
+
+
+def split_entries(body: bytes) -> SplitBody | None:
+    """Cut a body at its top-level `<item>`/`<entry>` elements by a byte scan, or None when
+    that cannot be done safely: no entries, a JSON or non-ASCII-compatible body, an entry
+    that does not close, a start tag inside another entry, or a CDATA section or comment
+    cut by a boundary. A wrong cut makes the parts disagree with the parser; callers check
+    the entries parsed from a reduced body against the number they passed.
+    """
+    pieces: list[bytes] = []
+    position = 0
+    header_end = None
+    for match in _ENTRY_START.finditer(body):
+        start = match.start()
+        if start < position:
+            return None  # an entry start inside the previous entry
+        if header_end is None:
+            header_end = start
+        elif body[position:start].strip():
+            return None  # something other than whitespace between entries
+        end_tag = _ENTRY_END[match.group(1)]
+        end = body.find(end_tag, match.end())
+        if end < 0:
+            return None
+        position = end + len(end_tag)
+        pieces.append(body[start:position])
+    if header_end is None:
+        return None
+    split = SplitBody(body[:header_end], tuple(pieces), body[position:])
+    if not all(map(_balanced, (split.header, *split.entries, split.footer))):
+        return None
+    return split
+
+
+def _balanced(part: bytes) -> bool:
+    return part.count(b"<![CDATA[") == part.count(b"]]>") and part.count(b"<!--") == part.count(
+        b"-->"
+    )
 
 
 def _parse_xml_feed(body: bytes, headers: dict[str, str], url: str) -> ParsedFeed:

@@ -165,10 +165,18 @@ async def poll_feed(
         return _result(source, state, started, moved_to=response.moved_to, unchanged=True)
 
     known = store.known_raw_hashes(source.url)
+    known_chunks = store.known_entry_chunks(source.url)
     loop = asyncio.get_running_loop()
     try:
         processed = await loop.run_in_executor(
-            executor, process_body, response, source.url, known, now, now - retention
+            executor,
+            process_body,
+            response,
+            source.url,
+            known,
+            now,
+            now - retention,
+            known_chunks,
         )
     except FeedError as error:
         return _record_failure(store, source, state, error, now, started, fingerprint)
@@ -183,7 +191,9 @@ async def poll_feed(
         hint_seconds=hint,
         next_due=next_due(effective_interval(source.interval, hint), now, 0),
     )
-    outcome = store.save_poll(state, processed.items, now)
+    outcome = store.save_poll(
+        state, processed.items, now, entry_chunks=" ".join(processed.entry_chunks)
+    )
     return _result(
         source,
         state,

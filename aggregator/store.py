@@ -147,6 +147,13 @@ def _recompute_dedupe_keys(db: Database) -> None:
     )
 
 
+@migrations(name="004_entry_chunks")
+def _entry_chunks(db: Database) -> None:
+    # hashes of the entries' bytes in the feed's last parsed body (ingest.entry_chunk_hash),
+    # so that the next changed body parses only its new or edited entries
+    db.execute("ALTER TABLE feeds ADD COLUMN entry_chunks TEXT")
+
+
 @dataclass(frozen=True)
 class SaveOutcome:
     new: int = 0
@@ -258,6 +265,11 @@ class Store:
         )
 
     # --- items ------------------------------------------------------------------------
+
+    def known_entry_chunks(self, feed_url: str) -> frozenset[str]:
+        """The entry chunk hashes saved with the feed's last parsed body."""
+        row = self._one("SELECT entry_chunks FROM feeds WHERE url = ?", [feed_url])
+        return frozenset((row["entry_chunks"] or "").split()) if row else frozenset()
 
     def known_raw_hashes(self, feed_url: str) -> dict[str, str | None]:
         """entry_key → raw hash of what was stored, so unchanged entries skip cleaning."""
