@@ -814,6 +814,16 @@ def machine() -> dict[str, Any]:
     }
 
 
+def speed_probe() -> float:
+    """CPU seconds of a fixed pure-Python loop: how fast this (shared, virtual) machine is
+    right now. It has varied by 1.5x within an hour here, which moves every figure."""
+    started = time.process_time()
+    total = 0
+    for i in range(5_000_000):
+        total += i
+    return round(time.process_time() - started, 3)
+
+
 def _f(value: float | None, digits: int = 1) -> str:
     return "–" if value is None else f"{value:,.{digits}f}"
 
@@ -1009,6 +1019,15 @@ def table(results: dict[str, Any]) -> str:
             "¹ measured by a driver that took `ru_maxrss`, which on Linux includes the driver's"
             " own RSS (carried across exec): not a valid peak. Rerun these systems to get it.",
         ]
+    probes = results.get("speed_probes")
+    if probes:
+        lines += [
+            "",
+            "Machine speed during the run (CPU seconds of a fixed Python loop before each"
+            " system's rounds; lower is faster): "
+            + ", ".join(f"{at} {before} {cpu:.2f}" for at, before, cpu in probes)
+            + ".",
+        ]
     lines += ["", "Ratios (wall time, cold round): " + ratios(results), ""]
     render = results.get("render")
     if render:
@@ -1179,8 +1198,14 @@ def main(argv: list[str] | None = None) -> int:
         results["reused_peers_from"] = reused.get("reused_peers_from") or reused["started"]
         results["reader_version"] = reused.get("reader_version")
     chosen_systems = systems(reader_python, chosen)
+    probes: list[tuple[str, str, float]] = results.setdefault("speed_probes", [])
+
+    def probe_speed(before: str) -> None:
+        probes.append((datetime.now(UTC).strftime("%H:%M:%SZ"), before, speed_probe()))
+
     with Nginx(port, args.hosts) as nginx:
         for system in chosen_systems:
+            probe_speed(f"{system.name} cold")
             rounds: dict[str, Any] = {"label": system.label}
             rounds["cold"] = run_round(system, "cold", args.repeat, truth, system.reset)
             rounds["warm"] = run_round(system, "warm", args.repeat, truth, None)
@@ -1194,8 +1219,10 @@ def main(argv: list[str] | None = None) -> int:
         results["mutated_entries"] = mutated["entries"] - manifest["entries"]
         truth = Truth(mutated)
         for system in chosen_systems:
+            probe_speed(f"{system.name} mutated")
             rounds = results["systems"][system.name]
             rounds["mutated"] = run_round(system, "mutated", args.repeat, truth, system.restore)
+        probe_speed("end")
         if reused is not None:
             for name, rounds in reused["systems"].items():
                 if name != "aggregator":
