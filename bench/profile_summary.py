@@ -1,0 +1,63 @@
+"""Summarise a `py-spy record --subprocesses --format raw` profile of `poll --once`.
+
+Each sample is put under its process role (main process or parse worker) and the pipeline
+stage it was in: the first aggregator function below `process_body` in a worker, below
+`poll_feed` in the main process. Prints the shares of all samples, largest first.
+
+    .venv/bin/python bench/profile_summary.py bench/out/profile-cold.txt [ROWS]
+"""
+
+from __future__ import annotations
+
+import collections
+import sys
+
+
+def _name(frame: str) -> str:
+    return frame.split(" (")[0]
+
+
+def stage_of(frames: list[str], role: str) -> str:
+    dispatch = "process_body" if role == "worker" else "poll_feed"
+    for i, frame in enumerate(frames):
+        if not frame.startswith(dispatch):
+            continue
+        below = [_name(f) for f in frames[i + 1 : i + 4]] or [_name(frame)]
+        if role == "worker":
+            key = below[0]
+            if key == "clean_entry" and len(below) > 1:
+                key += ">" + below[1]
+                if below[1] == "clean_html" and len(below) > 2:
+                    key += ">" + below[2]
+            return key
+        key = "poll_feed>" + below[0]
+        if below[0] == "Store.save_poll":
+            key += "".join(">" + name for name in below[1:])
+        return key
+    named = [_name(f) for f in frames]
+    return named[min(len(named) - 1, 3)] if named else "?"
+
+
+def main() -> int:
+    counts: collections.Counter[tuple[str, str]] = collections.Counter()
+    total = 0
+    with open(sys.argv[1]) as profile:
+        for line in profile:
+            stack, _, count_text = line.rstrip().rpartition(" ")
+            count = int(count_text)
+            total += count
+            frames = stack.split(";")
+            processes = [f for f in frames if f.startswith("process ")]
+            role = "worker" if len(processes) > 1 else "main"
+            counts[(role, stage_of([f for f in frames if not f.startswith("process ")], role))] += (
+                count
+            )
+    rows = int(sys.argv[2]) if len(sys.argv) > 2 else 40
+    print(f"{total} samples")
+    for (role, stage), count in counts.most_common(rows):
+        print(f"{100 * count / total:5.1f}% {role:<7} {stage}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
