@@ -6,13 +6,20 @@ cleaner and dedupe keys, not the HTTP client, the store or the renderer.
 
 from __future__ import annotations
 
+import functools
 import hashlib
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, replace
 from datetime import datetime
+from pathlib import Path
+from typing import TYPE_CHECKING
 
 from aggregator import dedupe
 from aggregator.errors import ParseError
 from aggregator.model import Fetched, Item, ParsedFeed
+
+if TYPE_CHECKING:
+    from aggregator.parse import SplitBody
 
 
 def raw_entry_hash(entry: object) -> str:
@@ -20,9 +27,40 @@ def raw_entry_hash(entry: object) -> str:
     return hashlib.blake2b(repr(entry).encode(), digest_size=16).hexdigest()
 
 
-def entry_chunk_hash(chunk: bytes) -> str:
-    """A hash of one entry's bytes as the feed sent them (`parse.split_entries`)."""
-    return hashlib.blake2b(chunk, digest_size=8).hexdigest()
+@functools.cache
+def _parser_identity() -> bytes:
+    """Changes with our parse module or feedparser: entries parsed by another version
+    may read differently, so their chunk hashes must not match."""
+    import feedparser
+
+    from aggregator import parse
+
+    source = Path(parse.__file__).read_bytes() + feedparser.__version__.encode()
+    return hashlib.blake2b(source, digest_size=32).digest()
+
+
+def entry_chunk_hashes(split: SplitBody, fetched: Fetched) -> tuple[str, ...]:
+    """A hash of each entry's bytes, keyed by everything else it is read with: the body's
+    context (`SplitBody.context`), the URL and headers that give its base and charset,
+    and the parser. Equal hashes mean the entry parses as it did last time."""
+    headers = {name.lower(): value for name, value in fetched.headers.items()}
+    context = b"\0".join(
+        (
+            _parser_identity(),
+            fetched.url.encode(),
+            headers.get("content-type", "").encode(),
+            headers.get("content-location", "").encode(),
+            split.context(),
+        )
+    )
+    key = hashlib.blake2b(context, digest_size=32).digest()
+    return tuple(
+        hashlib.blake2b(chunk, digest_size=8, key=key).hexdigest() for chunk in split.entries
+    )
+
+
+def _key_hash(entry_key: str) -> str:
+    return hashlib.blake2b(entry_key.encode(), digest_size=8).hexdigest()
 
 
 @dataclass(frozen=True)
@@ -33,8 +71,9 @@ class Processed:
     feed: ParsedFeed
     #: new or changed entries, cleaned, each with its raw hash
     items: tuple[tuple[Item, str], ...]
-    #: `entry_chunk_hash` of every entry in the body, in order; empty when it was not split
-    entry_chunks: tuple[str, ...] = ()
+    #: (`entry_chunk_hashes`, hash of the entry key) of every entry in the body, in order;
+    #: empty when the next body must be parsed whole (see `process_body`)
+    entry_chunks: tuple[tuple[str, str], ...] = ()
 
 
 def process_body(
@@ -43,35 +82,40 @@ def process_body(
     known: dict[str, str | None],
     now: datetime,
     oldest: datetime,
-    known_chunks: frozenset[str] = frozenset(),
+    known_chunks: Mapping[str, str] | None = None,
 ) -> Processed:
     """Parse a body and clean the entries that are new or changed. Pure; raises ParseError.
 
     `known` maps entry keys already stored to their raw hashes; entries published before
-    `oldest` (the retention limit) are dropped. `known_chunks` are the `entry_chunks` of the
-    feed's previous body: entries whose bytes are among them were handled then, so only the
+    `oldest` (the retention limit) are dropped. `known_chunks` is the previous body's
+    `entry_chunks`: entries whose chunk hash is among them were handled then, so only the
     others are parsed (feedparser reads the whole of what it is given, and a changed feed
-    usually differs by an entry or two). When that reduced body does not parse into exactly
-    the entries it was given, the whole body is parsed instead.
+    usually differs by an entry or two). The whole body is parsed instead when that
+    reduced body parses with a warning, into another number of entries, or into an entry
+    whose key an unparsed one has (a feed listing an entry twice keeps the first copy).
+    No chunks are kept from a body whose whole parse warned, listed an entry twice, or did
+    not give one entry per chunk, so the next body is parsed whole too.
     """
     # imported here, not at the top: the main process imports this module for the
     # types, and a round of 304s never needs feedparser, nh3 or lxml.html
     from aggregator import clean, parse
 
     split = parse.split_entries(fetched.body)
-    chunks = tuple(map(entry_chunk_hash, split.entries)) if split else ()
-    feed = None
-    if split is not None and known_chunks:
-        fresh = [
-            c for c, digest in zip(split.entries, chunks, strict=True) if digest not in known_chunks
-        ]
-        feed = _parse_reduced(split.with_entries(fresh), len(fresh), fetched)
-    if feed is None:
+    chunks = entry_chunk_hashes(split, fetched) if split else ()
+    reduced = (
+        _parse_changed(split, chunks, known_chunks, fetched) if split and known_chunks else None
+    )
+    if reduced is not None:
+        feed, keys, entry_chunks = reduced
+    else:
         feed = parse.parse_feed(fetched.body, fetched.headers, fetched.url)
+        keys = [dedupe.entry_key(entry) for entry in feed.entries]
+        entry_chunks = ()
+        if feed.warning is None and len(keys) == len(chunks):
+            entry_chunks = _pair_unique(zip(chunks, map(_key_hash, keys), strict=True)) or ()
     items: list[tuple[Item, str]] = []
     seen: set[str] = set()
-    for entry in feed.entries:
-        key = dedupe.entry_key(entry)
+    for entry, key in zip(feed.entries, keys, strict=True):
         if key in seen:
             continue  # a feed that lists an entry twice: the first copy wins
         seen.add(key)
@@ -84,18 +128,38 @@ def process_body(
         items.append((item, raw))
     # The entries' raw HTML would otherwise be pickled back to the main process, the
     # round's busiest, only to be thrown away.
-    return Processed(feed=replace(feed, entries=()), items=tuple(items), entry_chunks=chunks)
+    return Processed(feed=replace(feed, entries=()), items=tuple(items), entry_chunks=entry_chunks)
 
 
-def _parse_reduced(body: bytes, expected: int, fetched: Fetched) -> ParsedFeed | None:
-    """The feed parsed from a body holding only some of its entries, or None when the
-    result cannot be trusted: a parse error or warning, or another number of entries."""
+def _parse_changed(
+    split: SplitBody,
+    chunks: tuple[str, ...],
+    known_chunks: Mapping[str, str],
+    fetched: Fetched,
+) -> tuple[ParsedFeed, list[str], tuple[tuple[str, str], ...]] | None:
+    """The feed parsed from a body holding only the entries not in `known_chunks`, their
+    keys and the body's entry chunks; None when the whole body must be parsed instead."""
     from aggregator import parse
 
+    fresh = [index for index, chunk in enumerate(chunks) if chunk not in known_chunks]
+    body = split.with_entries(split.entries[index] for index in fresh)
     try:
         feed = parse.parse_feed(body, fetched.headers, fetched.url)
     except ParseError:
         return None
-    if feed.warning is not None or len(feed.entries) != expected:
+    if feed.warning is not None or len(feed.entries) != len(fresh):
         return None
-    return feed
+    keys = [dedupe.entry_key(entry) for entry in feed.entries]
+    fresh_keys = dict(zip(fresh, map(_key_hash, keys), strict=True))
+    entry_chunks = _pair_unique(
+        (chunk, fresh_keys.get(index) or known_chunks[chunk]) for index, chunk in enumerate(chunks)
+    )
+    return None if entry_chunks is None else (feed, keys, entry_chunks)
+
+
+def _pair_unique(pairs: Iterable[tuple[str, str]]) -> tuple[tuple[str, str], ...] | None:
+    """The (chunk, key) pairs, or None when two different chunks have the same entry key:
+    which copy counts then depends on the order, which a reduced body does not keep."""
+    result = tuple(pairs)
+    distinct = set(result)
+    return result if len({key for _, key in distinct}) == len(distinct) else None

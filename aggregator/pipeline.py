@@ -191,9 +191,7 @@ async def poll_feed(
         hint_seconds=hint,
         next_due=next_due(effective_interval(source.interval, hint), now, 0),
     )
-    outcome = store.save_poll(
-        state, processed.items, now, entry_chunks=" ".join(processed.entry_chunks)
-    )
+    outcome = store.save_poll(state, processed.items, now, entry_chunks=processed.entry_chunks)
     return _result(
         source,
         state,

@@ -17,7 +17,7 @@ from __future__ import annotations
 import json
 import sqlite3
 import uuid
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from datetime import datetime
@@ -149,7 +149,7 @@ def _recompute_dedupe_keys(db: Database) -> None:
 
 @migrations(name="004_entry_chunks")
 def _entry_chunks(db: Database) -> None:
-    # hashes of the entries' bytes in the feed's last parsed body (ingest.entry_chunk_hash),
+    # "chunk:key" hashes of the entries in the feed's last parsed body (ingest.process_body),
     # so that the next changed body parses only its new or edited entries
     db.execute("ALTER TABLE feeds ADD COLUMN entry_chunks TEXT")
 
@@ -266,10 +266,14 @@ class Store:
 
     # --- items ------------------------------------------------------------------------
 
-    def known_entry_chunks(self, feed_url: str) -> frozenset[str]:
-        """The entry chunk hashes saved with the feed's last parsed body."""
+    def known_entry_chunks(self, feed_url: str) -> dict[str, str]:
+        """Entry chunk hash → entry key hash, saved with the feed's last parsed body."""
         row = self._one("SELECT entry_chunks FROM feeds WHERE url = ?", [feed_url])
-        return frozenset((row["entry_chunks"] or "").split()) if row else frozenset()
+        pairs = (
+            (token.partition(":") for token in (row["entry_chunks"] or "").split()) if row else ()
+        )
+        # a token without ":" was written before keys were kept: it never matches again
+        return {chunk: key for chunk, colon, key in pairs if colon}
 
     def known_raw_hashes(self, feed_url: str) -> dict[str, str | None]:
         """entry_key → raw hash of what was stored, so unchanged entries skip cleaning."""
@@ -285,9 +289,11 @@ class Store:
         state: FeedState,
         items: Sequence[tuple[Item, str | None]],
         now: datetime,
-        **extra: Any,
+        entry_chunks: Iterable[tuple[str, str]] = (),
     ) -> SaveOutcome:
-        """Store one feed's new state and its (item, raw hash) pairs in one transaction."""
+        """Store one feed's new state, its (item, raw hash) pairs and the (chunk hash, key
+        hash) pairs of its body's entries (`ingest.Processed`) in one transaction."""
+        extra = {"entry_chunks": " ".join(f"{chunk}:{key}" for chunk, key in entry_chunks)}
         new = updated = merged = 0
         with _immediate(self.db):
             self._upsert_state(state, extra)

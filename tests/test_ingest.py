@@ -2,15 +2,21 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-from datetime import UTC, datetime
+import asyncio
+from collections.abc import Iterator, Mapping
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
 
-from aggregator.ingest import Processed, entry_chunk_hash, process_body
-from aggregator.model import Fetched
+from aggregator import parse
+from aggregator.fetch import Fetcher
+from aggregator.ingest import Processed, process_body
+from aggregator.model import FeedSource, Fetched, ParsedFeed
 from aggregator.parse import parse_feed, split_entries
+from aggregator.pipeline import poll_feed
+from aggregator.store import Store
+from tests.feedserver import FeedServer
 
 FEEDS = Path(__file__).parent / "data" / "feeds"
 NOW = datetime(2026, 11, 23, 12, 0, tzinfo=UTC)
@@ -18,11 +24,12 @@ LONG_AGO = datetime(2000, 1, 1, tzinfo=UTC)
 URL = "https://blog.example/feed/"
 
 
-def rss(*items: str, title: str = "Peninsula Notes") -> bytes:
+def rss(*items: str, title: str = "Peninsula Notes", built: str = "01") -> bytes:
     return (
         '<?xml version="1.0" encoding="UTF-8"?>\n'
         '<rss version="2.0" xmlns:content="http://purl.org/rss/1.0/modules/content/">\n'
         f"<channel><title>{title}</title><link>https://blog.example/</link>\n"
+        f"<lastBuildDate>Mon, {built} Nov 2026 09:00:00 +0000</lastBuildDate>\n"
         + "\n".join(items)
         + "\n</channel></rss>\n"
     ).encode()
@@ -38,13 +45,51 @@ def item(number: int, text: str = "") -> str:
     )
 
 
+def atom(*entries: str, author: str = "Min-ji Park", base: str = "https://blog.example/") -> bytes:
+    return (
+        f'<feed xmlns="http://www.w3.org/2005/Atom" xml:base="{base}">'
+        "<title>Border Log</title><id>urn:border-log</id>"
+        f"<updated>2026-11-2{len(entries)}T00:00:00Z</updated>"
+        f"<author><name>{author}</name></author>\n" + "\n".join(entries) + "\n</feed>"
+    ).encode()
+
+
+def entry(number: int) -> str:
+    return (
+        f"<entry><id>urn:border-log:{number}</id><title>Entry {number}</title>"
+        f'<link href="{number}/"/><updated>2026-11-0{number}T08:00:00Z</updated>'
+        f'<content type="html">&lt;p&gt;Report {number} from the border.&lt;/p&gt;</content>'
+        "</entry>"
+    )
+
+
+@pytest.fixture
+def parsed_entry_counts(monkeypatch: pytest.MonkeyPatch) -> Iterator[list[int]]:
+    """How many entries each call to the parser read: what partial parsing saves."""
+    counts: list[int] = []
+    whole = parse.parse_feed
+
+    def counting(body: bytes, headers: Mapping[str, str], url: str) -> ParsedFeed:
+        feed = whole(body, headers, url)
+        counts.append(len(feed.entries))
+        return feed
+
+    monkeypatch.setattr(parse, "parse_feed", counting)
+    yield counts
+
+
 def process(
     body: bytes,
     known: Mapping[str, str | None] | None = None,
-    known_chunks: frozenset[str] = frozenset(),
+    known_chunks: Mapping[str, str] | None = None,
+    url: str = URL,
 ) -> Processed:
-    fetched = Fetched(url=URL, status=200, body=body, headers={})
+    fetched = Fetched(url=url, status=200, body=body, headers={})
     return process_body(fetched, URL, dict(known or {}), NOW, LONG_AGO, known_chunks)
+
+
+def known_of(processed: Processed) -> dict[str, str | None]:
+    return {item.entry_key: raw for item, raw in processed.items}
 
 
 def titles(processed: Processed) -> list[str]:
@@ -63,43 +108,72 @@ def test_split_reassembles_the_body(name: str, count: int) -> None:
 @pytest.mark.parametrize(
     "body",
     [
-        # a boundary inside a CDATA section: an article quoting RSS
-        rss(item(1, "</item> closes an item"), item(2)),
+        # an article quoting RSS in a CDATA section
+        rss(item(1, "<item> opens and </item> closes an item"), item(2)),
+        # comment and CDATA markers inside each other, or loose in text, count for nothing
+        rss(item(1, "arrows --> and <!-- openers in CDATA"), item(2)),
+        rss("<!-- <item> in a comment -->" + item(1), item(2)).replace(
+            b"<title>Peninsula", b"<title>arrows --&gt; Peninsula"
+        ),
+        rss("<?pi <item> in a processing instruction ?>" + item(1), item(2)),
+    ],
+)
+def test_split_steps_over_comments_cdata_and_processing_instructions(body: bytes) -> None:
+    split = split_entries(body)
+    assert split is not None
+    assert len(split.entries) == 2
+    assert split.with_entries(split.entries).count(b"<item>") == body.count(b"<item>")
+    assert parse_feed(split.with_entries(split.entries), {}, URL) == parse_feed(body, {}, URL)
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
         # entries with a namespace prefix are not looked for
         b'<a:feed xmlns:a="http://www.w3.org/2005/Atom"><a:entry><a:id>1</a:id></a:entry></a:feed>',
         rss(),  # no entries
         rss(item(1) + "<!-- between -->" + item(2)),  # not only space between entries
         rss(item(1), "<item><title>never closed</title>"),
-        b'{"version": "https://jsonfeed.org/version/1.1", "items": []}',
+        rss(item(1), "<item/>"),
+        rss(item(1), item(2)).replace(b"<rss", b'<!DOCTYPE rss [<!ENTITY x "<item>">]>\n<rss'),
+        rss(item(1), "<!-- never closed " + item(2)),
+        b'{"version": "https://jsonfeed.org/version/1.1", "items": [{"id": "<item></item>"}]}',
     ],
 )
 def test_split_refuses_bodies_it_cannot_cut_safely(body: bytes) -> None:
     assert split_entries(body) is None
 
 
-def test_a_changed_body_parses_only_its_new_and_edited_entries() -> None:
+def test_a_changed_body_parses_only_its_new_and_edited_entries(
+    parsed_entry_counts: list[int],
+) -> None:
     first = process(rss(item(1), item(2), item(3)))
     assert titles(first) == ["Story 1", "Story 2", "Story 3"]
     assert len(first.entry_chunks) == 3
-    known = {item.entry_key: raw for item, raw in first.items}
 
-    edited = rss(item(4), item(1), item(2, "Paragraph 2, corrected: the talks resumed."), item(3))
-    again = process(edited, known, frozenset(first.entry_chunks))
+    # as WordPress does on a new post: the feed's build date changes too
+    edited = rss(
+        item(4),
+        item(1),
+        item(2, "Paragraph 2, corrected: the talks resumed."),
+        item(3),
+        built="02",
+    )
+    again = process(edited, known_of(first), dict(first.entry_chunks))
+    assert parsed_entry_counts == [3, 2]  # story 4 and the edited story 2, not 1 or 3
     assert titles(again) == ["Story 4", "Story 2"]
     assert "corrected" in again.items[1][0].text
     assert again.feed.title == "Peninsula Notes"  # the feed's own fields come from the header
-    split = split_entries(edited)
-    assert split is not None
-    assert again.entry_chunks == tuple(map(entry_chunk_hash, split.entries))
-    # the same items as parsing the whole body
-    whole = process(edited, known)
+    # the same items and chunks as parsing the whole body
+    whole = process(edited, known_of(first))
     assert again.items == whole.items
+    assert again.entry_chunks == whole.entry_chunks
 
 
 def test_entries_with_known_bytes_are_not_parsed_at_all() -> None:
     first = process(rss(item(1), item(2)))
     # nothing stored for them (say, dropped as too old): only the chunk hashes say "seen"
-    again = process(rss(item(1), item(2), item(3)), {}, frozenset(first.entry_chunks))
+    again = process(rss(item(1), item(2), item(3)), {}, dict(first.entry_chunks))
     assert titles(again) == ["Story 3"]
 
 
@@ -107,15 +181,82 @@ def test_a_reduced_body_that_parses_wrongly_falls_back_to_the_whole_body() -> No
     first = process(rss(item(1), item(2)))
     # a bare "&" outside CDATA: not well-formed XML
     broken = rss(item(1), item(2), item(3).replace("<title>", "<author>Kim & Lee</author><title>"))
-    again = process(broken, {}, frozenset(first.entry_chunks))
+    again = process(broken, {}, dict(first.entry_chunks))
     # the reduced body (header + item 3) parses with a warning, so the whole body was
     # parsed: every entry is back, since `known` says none is stored
     assert titles(again) == ["Story 1", "Story 2", "Story 3"]
+    assert again.feed.warning is not None
+    # and the next body is parsed whole too, so the warning stays while the fault does
+    assert again.entry_chunks == ()
+    later = process(broken + b"\n", known_of(again), dict(again.entry_chunks))
+    assert later.feed.warning is not None
 
 
-def test_a_header_change_alone_parses_no_entry() -> None:
+@pytest.mark.parametrize(
+    ("before", "after", "url"),
+    [
+        # the feed author, which entries without their own inherit
+        (atom(entry(1), entry(2)), atom(entry(1), entry(2), author="Jae-won Lee"), URL),
+        # the base the entries' relative links resolve against
+        (atom(entry(1), entry(2)), atom(entry(1), entry(2), base="https://mirror.example/"), URL),
+        # the URL the body came from (after a redirect)
+        (atom(entry(1), entry(2), base=""), atom(entry(1), entry(2), base=""), URL + "atom/"),
+        # a channel title: nothing entries inherit, but the header is compared whole
+        (rss(item(1), item(2)), rss(item(1), item(2), title="Renamed"), URL),
+    ],
+)
+def test_a_change_outside_the_entries_parses_them_all_again(
+    before: bytes, after: bytes, url: str, parsed_entry_counts: list[int]
+) -> None:
+    first = process(before)
+    again = process(after, known_of(first), dict(first.entry_chunks), url=url)
+    assert parsed_entry_counts == [2, 2]
+    assert again.items == process(after, known_of(first), url=url).items
+
+
+def test_a_new_feed_author_reaches_the_stored_entries() -> None:
+    first = process(atom(entry(1), entry(2)))
+    assert {item.author for item, _ in first.items} == {"Min-ji Park"}
+    again = process(
+        atom(entry(1), entry(2), author="Jae-won Lee"), known_of(first), dict(first.entry_chunks)
+    )
+    assert [item.author for item, _ in again.items] == ["Jae-won Lee", "Jae-won Lee"]
+
+
+def test_an_entry_listed_twice_keeps_its_first_copy(parsed_entry_counts: list[int]) -> None:
     first = process(rss(item(1), item(2)))
-    known = {item.entry_key: raw for item, raw in first.items}
-    again = process(rss(item(1), item(2), title="Renamed"), known, frozenset(first.entry_chunks))
+    # a second, different copy of story 2 is appended: the first copy still counts
+    twice = rss(item(1), item(2), item(2, "A stale copy of story 2."))
+    again = process(twice, known_of(first), dict(first.entry_chunks))
     assert again.items == ()
-    assert again.feed.title == "Renamed"
+    assert parsed_entry_counts == [2, 1, 3]  # the reduced parse met story 2's key: all again
+    assert again.entry_chunks == ()  # such a body is always parsed whole
+
+
+def test_poll_saves_entry_chunks_and_the_next_changed_body_parses_only_new_entries(
+    tmp_path: Path, parsed_entry_counts: list[int]
+) -> None:
+    store = Store.open(tmp_path / "agg.db")
+
+    async def poll(source: FeedSource) -> None:
+        async with Fetcher() as fetcher:
+            result = await poll_feed(
+                source, store, fetcher, retention=timedelta(days=36500), force=True
+            )
+        assert result.error is None
+
+    with FeedServer() as server:
+        source = FeedSource(url=server.url("/feed/"))
+        server.set("/feed/", rss(item(1), item(2), item(3)))
+        asyncio.run(poll(source))
+        server.set(
+            "/feed/", rss(item(4), item(1), item(2, "Corrected: the talks resumed."), item(3))
+        )
+        asyncio.run(poll(source))
+
+    assert parsed_entry_counts == [3, 2]
+    stored = store.newest_items([source.url], 10, lambda item, text: True, {})
+    assert sorted(item.title for item in stored) == ["Story 1", "Story 2", "Story 3", "Story 4"]
+    [corrected] = [item for item in stored if item.title == "Story 2"]
+    assert "Corrected" in corrected.content_html
+    store.close()

@@ -214,12 +214,12 @@ def test_feed_state_round_trips(store: Store) -> None:
 
 def test_entry_chunks_are_kept_until_the_next_parsed_body(store: Store) -> None:
     state = FeedState(url="https://a.test/feed", fetch_url="https://a.test/feed")
-    assert store.known_entry_chunks(state.url) == frozenset()
-    store.save_poll(state, [], NOW, entry_chunks="0a1b 2c3d")
+    assert store.known_entry_chunks(state.url) == {}
+    store.save_poll(state, [], NOW, entry_chunks=[("0a1b", "k1"), ("2c3d", "k2")])
     store.save_state(replace(state, last_status=304))  # a 304 leaves them as they were
-    assert store.known_entry_chunks(state.url) == {"0a1b", "2c3d"}
-    store.save_poll(state, [], NOW, entry_chunks="")  # a body that could not be split
-    assert store.known_entry_chunks(state.url) == frozenset()
+    assert store.known_entry_chunks(state.url) == {"0a1b": "k1", "2c3d": "k2"}
+    store.save_poll(state, [], NOW)  # a body that could not be split
+    assert store.known_entry_chunks(state.url) == {}
 
 
 def test_a_file_database_is_in_wal_mode_and_reopens_with_its_data(tmp_path: Path) -> None:
