@@ -29,14 +29,20 @@ def raw_entry_hash(entry: object) -> str:
 
 @functools.cache
 def _parser_identity() -> bytes:
-    """Changes with our parse module or feedparser: entries parsed by another version
-    may read differently, so their chunk hashes must not match."""
+    """Changes with the code that turns entry bytes into stored keys and fields (our parse,
+    dedupe and urls modules, feedparser): entries parsed by another version may read
+    differently, so their chunk hashes must not match."""
     import feedparser
 
-    from aggregator import parse
+    from aggregator import __version__, dedupe, parse, urls
 
-    source = Path(parse.__file__).read_bytes() + feedparser.__version__.encode()
-    return hashlib.blake2b(source, digest_size=32).digest()
+    identity = [__version__.encode(), feedparser.__version__.encode()]
+    for module in (parse, dedupe, urls):
+        try:
+            identity.append(Path(module.__file__ or "").read_bytes())
+        except OSError:  # installed without sources: the release version has to do
+            pass
+    return hashlib.blake2b(b"\0".join(identity), digest_size=32).digest()
 
 
 def entry_chunk_hashes(split: SplitBody, fetched: Fetched) -> tuple[str, ...]:
@@ -88,13 +94,13 @@ def process_body(
 
     `known` maps entry keys already stored to their raw hashes; entries published before
     `oldest` (the retention limit) are dropped. `known_chunks` is the previous body's
-    `entry_chunks`: entries whose chunk hash is among them were handled then, so only the
-    others are parsed (feedparser reads the whole of what it is given, and a changed feed
-    usually differs by an entry or two). The whole body is parsed instead when that
-    reduced body parses with a warning, into another number of entries, or into an entry
-    whose key an unparsed one has (a feed listing an entry twice keeps the first copy).
-    No chunks are kept from a body whose whole parse warned, listed an entry twice, or did
-    not give one entry per chunk, so the next body is parsed whole too.
+    `entry_chunks`: an entry whose chunk hash is among them and whose key is in `known`
+    is stored already as it reads now, so only the others are parsed (feedparser reads the
+    whole of what it is given, and a changed feed usually differs by an entry or two).
+    The whole body is parsed instead when that reduced body parses with a warning or a
+    guessed encoding, into another number of entries, or into an entry whose key a cut-away
+    one has (a feed listing an entry twice keeps the first copy). No chunks are kept from
+    a body whose whole parse did any of these, so the next body is parsed whole too.
     """
     # imported here, not at the top: the main process imports this module for the
     # types, and a round of 304s never needs feedparser, nh3 or lxml.html
@@ -102,16 +108,16 @@ def process_body(
 
     split = parse.split_entries(fetched.body)
     chunks = entry_chunk_hashes(split, fetched) if split else ()
-    reduced = (
-        _parse_changed(split, chunks, known_chunks, fetched) if split and known_chunks else None
-    )
+    stored = {_key_hash(key) for key in known} if known_chunks else set()
+    reusable = {chunk: key for chunk, key in (known_chunks or {}).items() if key in stored}
+    reduced = _parse_changed(split, chunks, reusable, fetched) if split and reusable else None
     if reduced is not None:
         feed, keys, entry_chunks = reduced
     else:
         feed = parse.parse_feed(fetched.body, fetched.headers, fetched.url)
         keys = [dedupe.entry_key(entry) for entry in feed.entries]
         entry_chunks = ()
-        if feed.warning is None and len(keys) == len(chunks):
+        if _exact(feed) and len(keys) == len(chunks):
             entry_chunks = _pair_unique(zip(chunks, map(_key_hash, keys), strict=True)) or ()
     items: list[tuple[Item, str]] = []
     seen: set[str] = set()
@@ -134,27 +140,33 @@ def process_body(
 def _parse_changed(
     split: SplitBody,
     chunks: tuple[str, ...],
-    known_chunks: Mapping[str, str],
+    reusable: Mapping[str, str],
     fetched: Fetched,
 ) -> tuple[ParsedFeed, list[str], tuple[tuple[str, str], ...]] | None:
-    """The feed parsed from a body holding only the entries not in `known_chunks`, their
-    keys and the body's entry chunks; None when the whole body must be parsed instead."""
+    """The feed parsed from a body holding only the entries not in `reusable`, their keys
+    and the body's entry chunks; None when the whole body must be parsed instead."""
     from aggregator import parse
 
-    fresh = [index for index, chunk in enumerate(chunks) if chunk not in known_chunks]
+    fresh = [index for index, chunk in enumerate(chunks) if chunk not in reusable]
     body = split.with_entries(split.entries[index] for index in fresh)
     try:
         feed = parse.parse_feed(body, fetched.headers, fetched.url)
     except ParseError:
         return None
-    if feed.warning is not None or len(feed.entries) != len(fresh):
+    if not _exact(feed) or len(feed.entries) != len(fresh):
         return None
     keys = [dedupe.entry_key(entry) for entry in feed.entries]
     fresh_keys = dict(zip(fresh, map(_key_hash, keys), strict=True))
     entry_chunks = _pair_unique(
-        (chunk, fresh_keys.get(index) or known_chunks[chunk]) for index, chunk in enumerate(chunks)
+        (chunk, fresh_keys.get(index) or reusable[chunk]) for index, chunk in enumerate(chunks)
     )
     return None if entry_chunks is None else (feed, keys, entry_chunks)
+
+
+def _exact(feed: ParsedFeed) -> bool:
+    """Whether each entry of the feed reads the same whatever other entries are with it:
+    not so after a warning (the loose parser's recovery) or a guessed encoding."""
+    return feed.warning is None and not feed.encoding_guessed
 
 
 def _pair_unique(pairs: Iterable[tuple[str, str]]) -> tuple[tuple[str, str], ...] | None:

@@ -208,6 +208,9 @@ class ParsedFeed:
     ttl_minutes: int | None = None
     #: feedparser's complaint about a malformed feed that still gave entries
     warning: str | None = None
+    #: the body did not decode in the encoding it declared (or its server did), so
+    #: feedparser tried others: which one it settles on depends on every byte
+    encoding_guessed: bool = False
 
 
 # --- clean → store -----------------------------------------------------------------

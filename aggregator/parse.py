@@ -106,11 +106,15 @@ def parse_feed(body: bytes, headers: Mapping[str, str], url: str) -> ParsedFeed:
 #: (unprefixed: a prefixed entry makes the body unsplit)
 _SPLIT_TOKEN = re.compile(rb"<!--|<!\[CDATA\[|<\?|<!DOCTYPE|<(item|entry)[\s>/]|</(item|entry)\s*>")
 _SKIPPED_MARKUP = {b"<!--": b"-->", b"<![CDATA[": b"]]>", b"<?": b"?>"}
-#: feed-level elements a new entry changes without changing how any entry reads: the
-#: feed's dates and RSS 1.0's table of contents
+#: the feed's dates, which change whenever an entry is added and which no entry inherits;
+#: text only, so a match never runs past other markup
 _VOLATILE_HEADER = re.compile(
-    rb"<(lastBuildDate|pubDate|updated|dc:date|items)[\s>].*?</\1\s*>", re.DOTALL
+    rb"<(lastBuildDate|pubDate|updated|dc:date|modified)(\s[^<>]*)?>[^<]*</\1\s*>"
 )
+#: feedparser reads both; see split_entries
+_BASE_ATTRIBUTE = re.compile(rb"\sbase\s*=|\sxml:base\s*=")
+#: what XML counts as space
+_XML_SPACE = b" \t\r\n"
 
 
 @dataclass(frozen=True)
@@ -127,8 +131,8 @@ class SplitBody:
         return self.header + b"\n".join(entries) + self.footer
 
     def context(self) -> bytes:
-        """Everything outside the entries that could change how they read (encoding,
-        entities, namespaces, xml:base, a feed author entries inherit): the header and
+        """Everything outside the entries that could change how they read (declared
+        encoding, namespaces, xml:base, a feed author entries inherit): the header and
         footer without the feed's dates, which change whenever an entry is added."""
         return _VOLATILE_HEADER.sub(b"", self.header) + b"\0" + self.footer
 
@@ -138,10 +142,12 @@ def split_entries(body: bytes) -> SplitBody | None:
     steps over comments, CDATA sections and processing instructions, or None when that
     cannot be done safely: a JSON or non-ASCII-compatible body, a DOCTYPE (its entities
     may stand for markup), no entries, an empty-element or nested entry, one that does not
-    close, or anything but space between entries. Callers still check what a reduced body
-    parses into (the scan does not read attributes or the rest of the markup).
+    close, anything but space between entries, or an xml:base inside entries (feedparser
+    can carry one entry's base over to the next when an element's end tag is swallowed by
+    escaped markup, so an entry may read differently with its neighbour cut away). Callers
+    still check what a reduced body parses into.
     """
-    if body.lstrip(b"\xef\xbb\xbf \t\r\n").startswith(b"{"):
+    if body.lstrip(b"\xef\xbb\xbf" + _XML_SPACE).startswith(b"{"):
         return None  # JSON Feed: `parse_feed` reads it whole
     pieces: list[bytes] = []
     header_end = open_name = None
@@ -163,7 +169,7 @@ def split_entries(body: bytes) -> SplitBody | None:
                 return None
             if header_end is None:
                 header_end = match.start()
-            elif body[entry_start : match.start()].strip():
+            elif body[entry_start : match.start()].strip(_XML_SPACE):
                 return None
             open_name, entry_start = match.group(1), match.start()
         else:  # an entry end tag
@@ -172,6 +178,8 @@ def split_entries(body: bytes) -> SplitBody | None:
             pieces.append(body[entry_start : match.end()])
             open_name, entry_start = None, match.end()
     if header_end is None or open_name is not None:
+        return None
+    if _BASE_ATTRIBUTE.search(body, header_end, entry_start):
         return None
     return SplitBody(body[:header_end], tuple(pieces), body[entry_start:])
 
@@ -212,6 +220,7 @@ def _parse_xml_feed(body: bytes, headers: dict[str, str], url: str) -> ParsedFee
         entries=tuple(_entry_from_feedparser(entry, url, feed_author) for entry in entries),
         ttl_minutes=_ttl_minutes(dict.get(feed, "ttl")),
         warning=warning,
+        encoding_guessed=isinstance(bozo_exception, feedparser.CharacterEncodingOverride),
     )
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import re
 from collections.abc import Iterator, Mapping
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -63,6 +64,16 @@ def entry(number: int) -> str:
     )
 
 
+def commented_atom(author: str) -> bytes:
+    """An Atom feed whose header holds "<updated>" in a comment before its author, and its
+    own updated element after it."""
+    body = atom(entry(1), entry(2), author=author)
+    updated = re.search(rb"<updated>[^<]*</updated>", body)
+    assert updated is not None
+    body = body.replace(updated.group(), b"<!-- <updated> -->", 1)
+    return body.replace(b"</author>", b"</author>" + updated.group(), 1)
+
+
 @pytest.fixture
 def parsed_entry_counts(monkeypatch: pytest.MonkeyPatch) -> Iterator[list[int]]:
     """How many entries each call to the parser read: what partial parsing saves."""
@@ -96,9 +107,16 @@ def titles(processed: Processed) -> list[str]:
     return [item.title for item, _ in processed.items]
 
 
-@pytest.mark.parametrize(("name", "count"), [("wordpress.rss", 3), ("atom.xml", 3)])
-def test_split_reassembles_the_body(name: str, count: int) -> None:
-    body = (FEEDS / name).read_bytes()
+@pytest.mark.parametrize(
+    ("body", "count"),
+    [
+        ((FEEDS / "wordpress.rss").read_bytes(), 3),
+        ((FEEDS / "rss1.rdf").read_bytes(), 2),  # items beside the channel, not in it
+        ((FEEDS / "windows-1252.rss").read_bytes(), 1),
+        (atom(entry(1), entry(2), entry(3)), 3),
+    ],
+)
+def test_split_reassembles_the_body(body: bytes, count: int) -> None:
     split = split_entries(body)
     assert split is not None
     assert len(split.entries) == count
@@ -137,6 +155,9 @@ def test_split_steps_over_comments_cdata_and_processing_instructions(body: bytes
         rss(item(1), "<item/>"),
         rss(item(1), item(2)).replace(b"<rss", b'<!DOCTYPE rss [<!ENTITY x "<item>">]>\n<rss'),
         rss(item(1), "<!-- never closed " + item(2)),
+        rss(item(1) + "\x0c" + item(2)),  # a form feed is not XML space
+        # an xml:base inside entries (feedparser may carry it over to the next entry)
+        atom(entry(1).replace("<entry>", '<entry xml:base="https://a.example/x/">'), entry(2)),
         b'{"version": "https://jsonfeed.org/version/1.1", "items": [{"id": "<item></item>"}]}',
     ],
 )
@@ -170,11 +191,25 @@ def test_a_changed_body_parses_only_its_new_and_edited_entries(
     assert again.entry_chunks == whole.entry_chunks
 
 
-def test_entries_with_known_bytes_are_not_parsed_at_all() -> None:
+def test_entries_not_stored_are_parsed_again(parsed_entry_counts: list[int]) -> None:
+    # story 1 was not stored (dropped as too old, or pruned since): when retention is
+    # raised, the next changed body must store it, as a whole parse would
     first = process(rss(item(1), item(2)))
-    # nothing stored for them (say, dropped as too old): only the chunk hashes say "seen"
-    again = process(rss(item(1), item(2), item(3)), {}, dict(first.entry_chunks))
-    assert titles(again) == ["Story 3"]
+    known = {key: raw for key, raw in known_of(first).items() if not key.endswith("p=1")}
+    again = process(rss(item(1), item(2), item(3)), known, dict(first.entry_chunks))
+    assert titles(again) == ["Story 1", "Story 3"]
+    assert parsed_entry_counts == [2, 2]
+
+
+def test_a_body_in_a_guessed_encoding_is_parsed_whole(parsed_entry_counts: list[int]) -> None:
+    # declared UTF-8, but a new entry brings a windows-1252 byte: feedparser then reads
+    # the whole body as windows-1252, the earlier entries' "é" included
+    first = process(rss(item(1, "Café talks"), item(2)))
+    latin = rss(item(1, "Café talks"), item(2), item(3)).replace(b"Story 3", b"Story \x933\x94")
+    again = process(latin, known_of(first), dict(first.entry_chunks))
+    assert parsed_entry_counts == [2, 1, 3]
+    assert again.items == process(latin, known_of(first)).items
+    assert again.entry_chunks == ()
 
 
 def test_a_reduced_body_that_parses_wrongly_falls_back_to_the_whole_body() -> None:
@@ -203,6 +238,8 @@ def test_a_reduced_body_that_parses_wrongly_falls_back_to_the_whole_body() -> No
         (atom(entry(1), entry(2), base=""), atom(entry(1), entry(2), base=""), URL + "atom/"),
         # a channel title: nothing entries inherit, but the header is compared whole
         (rss(item(1), item(2)), rss(item(1), item(2), title="Renamed"), URL),
+        # a date element in a comment does not hide the author after it
+        (commented_atom("Min-ji Park"), commented_atom("Jae-won Lee"), URL),
     ],
 )
 def test_a_change_outside_the_entries_parses_them_all_again(
