@@ -108,8 +108,10 @@ def process_body(
 
     split = parse.split_entries(fetched.body)
     chunks = entry_chunk_hashes(split, fetched) if split else ()
-    stored = {_key_hash(key) for key in known} if known_chunks else set()
-    reusable = {chunk: key for chunk, key in (known_chunks or {}).items() if key in stored}
+    reusable: dict[str, str] = {}
+    if known_chunks:
+        stored = {_key_hash(key) for key in known}
+        reusable = {chunk: key for chunk, key in known_chunks.items() if key in stored}
     reduced = _parse_changed(split, chunks, reusable, fetched) if split and reusable else None
     if reduced is not None:
         feed, keys, entry_chunks = reduced

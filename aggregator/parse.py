@@ -112,7 +112,7 @@ _VOLATILE_HEADER = re.compile(
     rb"<(lastBuildDate|pubDate|updated|dc:date|modified)(\s[^<>]*)?>[^<]*</\1\s*>"
 )
 #: feedparser reads both; see split_entries
-_BASE_ATTRIBUTE = re.compile(rb"\sbase\s*=|\sxml:base\s*=")
+_BASE_ATTRIBUTE = re.compile(rb"\s(xml:)?base\s*=")
 #: what XML counts as space
 _XML_SPACE = b" \t\r\n"
 

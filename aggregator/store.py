@@ -269,11 +269,9 @@ class Store:
     def known_entry_chunks(self, feed_url: str) -> dict[str, str]:
         """Entry chunk hash → entry key hash, saved with the feed's last parsed body."""
         row = self._one("SELECT entry_chunks FROM feeds WHERE url = ?", [feed_url])
-        pairs = (
-            (token.partition(":") for token in (row["entry_chunks"] or "").split()) if row else ()
-        )
+        tokens = (row["entry_chunks"] or "").split() if row else []
         # a token without ":" was written before keys were kept: it never matches again
-        return {chunk: key for chunk, colon, key in pairs if colon}
+        return {chunk: key for chunk, _, key in (t.partition(":") for t in tokens) if key}
 
     def known_raw_hashes(self, feed_url: str) -> dict[str, str | None]:
         """entry_key → raw hash of what was stored, so unchanged entries skip cleaning."""

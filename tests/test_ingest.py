@@ -212,18 +212,21 @@ def test_a_body_in_a_guessed_encoding_is_parsed_whole(parsed_entry_counts: list[
     assert again.entry_chunks == ()
 
 
-def test_a_reduced_body_that_parses_wrongly_falls_back_to_the_whole_body() -> None:
+def test_a_reduced_body_that_parses_wrongly_falls_back_to_the_whole_body(
+    parsed_entry_counts: list[int],
+) -> None:
     first = process(rss(item(1), item(2)))
     # a bare "&" outside CDATA: not well-formed XML
     broken = rss(item(1), item(2), item(3).replace("<title>", "<author>Kim & Lee</author><title>"))
-    again = process(broken, {}, dict(first.entry_chunks))
-    # the reduced body (header + item 3) parses with a warning, so the whole body was
-    # parsed: every entry is back, since `known` says none is stored
-    assert titles(again) == ["Story 1", "Story 2", "Story 3"]
+    again = process(broken, known_of(first), dict(first.entry_chunks))
+    # the reduced body (header + item 3) parsed with a warning, so the whole body was too
+    assert parsed_entry_counts == [2, 1, 3]
+    assert again.items == process(broken, known_of(first)).items
     assert again.feed.warning is not None
     # and the next body is parsed whole too, so the warning stays while the fault does
     assert again.entry_chunks == ()
-    later = process(broken + b"\n", known_of(again), dict(again.entry_chunks))
+    later = process(broken + b"\n", known_of(first), dict(again.entry_chunks))
+    assert parsed_entry_counts[-1] == 3
     assert later.feed.warning is not None
 
 
