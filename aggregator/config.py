@@ -44,6 +44,15 @@ _UNIT_SECONDS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
 _SIZE = re.compile(r"(\d+)\s*(B|KB|MB|GB)?")
 _UNIT_BYTES = {"B": 1, "KB": 1 << 10, "MB": 1 << 20, "GB": 1 << 30}
 _HOSTNAME = re.compile(r"[A-Za-z0-9](?:[A-Za-z0-9.-]*[A-Za-z0-9])?")
+#: characters no value may hold, whatever YAML escape wrote them: lone surrogates cannot be
+#: encoded at all (every command that prints or stores the value would die on it), and
+#: control characters and non-characters have no place in a URL, name, path or term
+_UNUSABLE_CHARACTER = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f\ud800-\udfff\ufffe\uffff]")
+#: bounds that keep every date computed from a setting (now + interval, now - retention,
+#: the backoff) inside the years datetime can represent
+MAX_DURATION = timedelta(days=36500)
+MAX_ITEMS = 10_000
+MAX_SIZE = 1 << 30
 
 T = TypeVar("T")
 
@@ -150,6 +159,7 @@ def _load_yaml(text: str, file: str) -> Any:
             constructor, _ = yaml.get_constructor_parser(text)
             node = constructor.composer.get_single_node()
         _check_duplicate_keys(node, file)
+        _check_characters(node, file)
         return constructor.construct_document(node) if node is not None else None
     except MarkedYAMLError as error:
         mark = error.problem_mark or error.context_mark
@@ -209,8 +219,43 @@ def _check_duplicate_keys(node: Node | None, file: str) -> None:
             first_lines[key_node.value] = line
 
 
+def _check_characters(node: Node | None, file: str) -> None:
+    """Refuse a key or value holding a character another command would choke on; checked
+    on the composed nodes, where YAML escapes (`"\\ud800"`) are already resolved."""
+    for scalar in _scalar_nodes(node):
+        value = scalar.value if isinstance(scalar.value, str) else ""
+        if scalar.style == ">":
+            # ruamel's own composer marks the folds of a folded scalar with "\a"
+            value = value.replace("\a", "")
+        found = _UNUSABLE_CHARACTER.search(value)
+        if found is not None:
+            line = scalar.start_mark.line + 1
+            code = f"U+{ord(found.group()):04X}"
+            if "\ud800" <= found.group() <= "\udfff":
+                kind = "a lone surrogate"
+            elif found.group() in "\ufffe\uffff":
+                kind = "a non-character"
+            else:
+                kind = "a control character"
+            what = f"character {code} ({kind}) is not allowed in a value"
+            raise ConfigError(file, line, "yaml", what)
+
+
+def _scalar_nodes(node: Node | None) -> Iterator[ScalarNode]:
+    for current in _nodes(node):
+        if isinstance(current, ScalarNode):
+            yield current
+
+
 def _mapping_nodes(node: Node | None) -> Iterator[MappingNode]:
-    # iterative and guarded: anchors and aliases can make the node graph share subtrees
+    for current in _nodes(node):
+        if isinstance(current, MappingNode):
+            yield current
+
+
+def _nodes(node: Node | None) -> Iterator[Node]:
+    """Every node once, in document order (so the first problem in the file is named).
+    Iterative and guarded: anchors and aliases can make the node graph share subtrees."""
     pending = [node] if node is not None else []
     seen: set[int] = set()
     while pending:
@@ -218,12 +263,12 @@ def _mapping_nodes(node: Node | None) -> Iterator[MappingNode]:
         if id(current) in seen:
             continue
         seen.add(id(current))
+        yield current
         if isinstance(current, MappingNode):
-            yield current
-            for key_node, value_node in current.value:
-                pending += [key_node, value_node]
+            for key_node, value_node in reversed(current.value):
+                pending += [value_node, key_node]
         elif isinstance(current, SequenceNode):
-            pending += current.value
+            pending += reversed(current.value)
 
 
 # --- generic validators ------------------------------------------------------------
@@ -301,12 +346,14 @@ def _text(value: object, spot: _Spot) -> str:
     return value.strip()
 
 
-def _positive_int(value: object, spot: _Spot) -> int:
+def _positive_int(value: object, spot: _Spot, most: int) -> int:
     # bool is an int in Python, but `max_items: yes` is a mistake
     if isinstance(value, bool) or not isinstance(value, int):
         spot.error(f"expected a positive integer, got {_kind(value)}")
     if value < 1:
         spot.error(f"must be at least 1, got {value}")
+    if value > most:
+        spot.error(f"must be at most {most:,}, got {value}")
     return int(value)
 
 
@@ -324,6 +371,8 @@ def _duration(value: object, spot: _Spot) -> timedelta:
     )
     if seconds < 1:
         spot.error(f"must be at least 1s, got {text!r}")
+    if seconds > MAX_DURATION.total_seconds():
+        spot.error(f"must be at most {MAX_DURATION.days}d (100 years), got {text!r}")
     return timedelta(seconds=seconds)
 
 
@@ -410,6 +459,8 @@ def _size(value: object, spot: _Spot) -> int:
         spot.error(f"expected a size such as 512KB, 10MB or 1GB, got {value!r}")
     if size < 1024:
         spot.error(f"must be at least 1KB, got {value!r}")
+    if size > MAX_SIZE:
+        spot.error(f"must be at most 1GB, got {value!r}")
     return size
 
 
@@ -419,7 +470,7 @@ _SETTINGS_VALIDATORS: dict[str, Validator] = {
     "listen": _listen,
     "base_url": _base_url,
     "interval": _duration,
-    "max_items": _positive_int,
+    "max_items": partial(_positive_int, most=MAX_ITEMS),
     "retention": _duration,
     "timeout": _duration,
     "max_feed_size": _size,
