@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import difflib
 import ipaddress
+import os
 import re
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, replace
@@ -26,7 +27,7 @@ from ruamel.yaml.nodes import MappingNode, Node, ScalarNode, SequenceNode
 from ruamel.yaml.resolver import VersionedResolver
 
 from aggregator.errors import ConfigError
-from aggregator.model import Config, FeedSource, Settings, Term, Topic
+from aggregator.model import Config, FeedAuth, FeedSource, Settings, Term, Topic
 from aggregator.topics import compile_term, selects_feed
 
 DEFAULT_SETTINGS = Settings()
@@ -112,7 +113,53 @@ def load_config(path: Path) -> Config:
     except OSError as error:
         reason = error.strerror or str(error)
         raise ConfigError(str(path), None, "", f"cannot read: {reason}") from error
-    return parse_config(text, path)
+    return read_secrets(parse_config(text, path))
+
+
+#: a password file larger than this is not a password file
+MAX_SECRET_BYTES = 4096
+_ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+
+
+def read_secrets(config: Config, environ: Mapping[str, str] | None = None) -> Config:
+    """`config` with each feed's `auth` password read from its file or environment
+    variable; ConfigError naming the feed's auth line when it cannot be."""
+    env = os.environ if environ is None else environ
+    feeds = []
+    for index, feed in enumerate(config.feeds):
+        auth = feed.auth
+        if auth is not None:
+            key = "password_env" if auth.password_env is not None else "password_file"
+            spot = _Spot(str(config.path), f"feeds[{index}].auth.{key}", auth.line)
+            feeds.append(replace(feed, auth=replace(auth, password=_password(auth, spot, env))))
+        else:
+            feeds.append(feed)
+    return replace(config, feeds=tuple(feeds))
+
+
+def _password(auth: FeedAuth, spot: _Spot, env: Mapping[str, str]) -> str:
+    if auth.password_env is not None:
+        value = env.get(auth.password_env)
+        if not value:
+            spot.error(f"the environment variable {auth.password_env} is not set")
+        return value
+    assert auth.password_file is not None
+    path = Path(os.path.expandvars(str(auth.password_file)))
+    try:
+        with path.open("rb") as file:
+            data = file.read(MAX_SECRET_BYTES + 1)
+    except OSError as error:
+        spot.error(f"cannot read {path}: {error.strerror or error}")
+    if len(data) > MAX_SECRET_BYTES:
+        spot.error(f"{path} is larger than {MAX_SECRET_BYTES} bytes")
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError:
+        spot.error(f"{path} is not UTF-8 text")
+    password = text.removesuffix("\n").removesuffix("\r")
+    if not password or _UNUSABLE_CHARACTER.search(password):
+        spot.error(f"{path} is empty or holds control characters")
+    return password
 
 
 def parse_config(text: str, path: Path) -> Config:
@@ -539,11 +586,44 @@ def _tag(value: object, spot: _Spot) -> str:
     return tag
 
 
+def _auth(value: object, spot: _Spot) -> FeedAuth:
+    """`{username, password_file}` or `{username, password_env}`: the password itself is
+    never written in feeds.yaml (userinfo in the URL is the inline way)."""
+    validators: dict[str, Validator] = {
+        "username": _string,
+        "password_file": _secret_path,
+        "password_env": _env_name,
+    }
+    if not isinstance(value, CommentedMap):
+        spot.error("expected a mapping with username and password_file or password_env")
+    fields = _fields(value, spot, validators)
+    if "username" not in fields:
+        spot.missing("username").error("missing: auth needs a username")
+    if ":" in fields["username"]:
+        spot.key(value, "username").error("a Basic auth user name cannot hold ':'")
+    sources = [key for key in ("password_file", "password_env") if key in fields]
+    if len(sources) != 1:
+        spot.error("give exactly one of password_file or password_env")
+    return FeedAuth(**fields, line=spot.key(value, sources[0]).line)
+
+
+def _secret_path(value: object, spot: _Spot) -> Path:
+    return Path(_string(value, spot))
+
+
+def _env_name(value: object, spot: _Spot) -> str:
+    name = _string(value, spot)
+    if not _ENV_NAME.fullmatch(name):
+        spot.error(f"not an environment variable name: {name!r}")
+    return name
+
+
 _FEED_VALIDATORS: dict[str, Validator] = {
     "url": _http_url,
     "name": _string,
     "tags": _tags,
     "interval": _duration,
+    "auth": _auth,
 }
 
 

@@ -30,6 +30,33 @@ class Term:
 
 
 @dataclass(frozen=True)
+class Credentials:
+    """HTTP Basic credentials for one feed; the password never shows in a repr."""
+
+    username: str
+    password: str = field(repr=False)
+
+
+@dataclass(frozen=True)
+class FeedAuth:
+    """A feed's `auth:` block: the user name and where its password is kept, so that
+    feeds.yaml itself holds no secret. `load_config` reads the password."""
+
+    username: str
+    #: a file holding the password (trailing newline ignored); `$VARS` expanded, e.g.
+    #: `${CREDENTIALS_DIRECTORY}/feed.pw` under systemd's LoadCredential=
+    password_file: Path | None = None
+    #: an environment variable holding the password
+    password_env: str | None = None
+    #: read from the file or variable by load_config; "" until then
+    password: str = field(default="", repr=False, compare=False)
+    line: int | None = None
+
+    def credentials(self) -> Credentials:
+        return Credentials(self.username, self.password)
+
+
+@dataclass(frozen=True)
 class FeedSource:
     """A feed as configured in feeds.yaml."""
 
@@ -40,6 +67,8 @@ class FeedSource:
     tags: tuple[str, ...] = ()
     #: effective poll interval (the feed's own or settings.interval)
     interval: timedelta = timedelta(minutes=30)
+    #: credentials kept outside feeds.yaml (userinfo in `url` is the other way)
+    auth: FeedAuth | None = None
     #: line in feeds.yaml, for messages
     line: int | None = None
 

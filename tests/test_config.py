@@ -280,7 +280,7 @@ INVALID = [
     (FEED + "  - name: B\n", "5: feeds[1].url: missing: every feed needs a url"),
     (
         FEED + "  - url: https://b.example/\n    title: B\n",
-        "6: feeds[1].title: unknown key; expected one of url, name, tags, interval",
+        "6: feeds[1].title: unknown key; expected one of url, name, tags, interval, auth",
     ),
     (
         FEED + "  - url: ftp://b.example/\n",
@@ -593,3 +593,54 @@ def test_errors_are_the_same_with_and_without_the_fast_path(
 def test_a_yaml_version_directive_is_refused_with_its_line() -> None:
     message = error_of("# feeds\n%YAML 1.1\n---\n" + FEED)
     assert message.startswith("feeds.yaml:2: yaml: a %YAML directive is not supported")
+
+
+# --- auth: passwords kept outside feeds.yaml -------------------------------------
+
+
+AUTH_FEED = "feeds:\n  - url: https://a.example/feed\n    auth:\n{auth}"
+
+
+def test_auth_password_is_read_from_its_file(tmp_path):
+    (tmp_path / "pw").write_text("s3cret\n")
+    config_path = tmp_path / "feeds.yaml"
+    config_path.write_text(
+        AUTH_FEED.format(auth=f"      username: bob\n      password_file: {tmp_path}/pw\n")
+    )
+    (feed,) = load_config(config_path).feeds
+    assert feed.auth is not None
+    assert feed.auth.credentials().username == "bob"
+    assert feed.auth.credentials().password == "s3cret"
+    assert "s3cret" not in repr(feed)
+
+
+def test_auth_password_from_the_environment(tmp_path, monkeypatch):
+    monkeypatch.setenv("FEED_PW", "from-env")
+    config_path = tmp_path / "feeds.yaml"
+    config_path.write_text(AUTH_FEED.format(auth="      {username: al, password_env: FEED_PW}\n"))
+    (feed,) = load_config(config_path).feeds
+    assert feed.auth is not None and feed.auth.password == "from-env"
+
+
+@pytest.mark.parametrize(
+    "auth, message",
+    [
+        ("      username: bob\n", "give exactly one of password_file or password_env"),
+        ("      password_env: X\n", "feeds[0].auth.username: missing"),
+        ("      {username: 'a:b', password_env: X}\n", "cannot hold ':'"),
+        ("      {username: a, password_env: X, password: p}\n", "unknown key"),
+        ("      {username: a, password_env: 'no such'}\n", "not an environment variable name"),
+    ],
+)
+def test_invalid_auth(auth, message):
+    assert message in error_of(AUTH_FEED.format(auth=auth))
+
+
+def test_an_unreadable_password_file_is_a_config_error_with_its_line(tmp_path):
+    config_path = tmp_path / "feeds.yaml"
+    config_path.write_text(
+        AUTH_FEED.format(auth="      username: bob\n      password_file: /nonexistent/pw\n")
+    )
+    with pytest.raises(ConfigError) as info:
+        load_config(config_path)
+    assert str(info.value).startswith(f"{config_path}:5: feeds[0].auth.password_file: cannot read")
