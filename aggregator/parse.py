@@ -209,15 +209,23 @@ def _parse_xml_feed(body: bytes, headers: dict[str, str], url: str) -> ParsedFee
         reason = _describe_bozo(bozo_exception) if bozo_exception else "unrecognized format"
         raise ParseError(url, f"not a feed: {reason}")
 
+    feed_author = _name_of(dict.get(feed, "author_detail")) if version.startswith("atom") else None
+    parsed = [_entry_from_feedparser(entry, url, feed_author) for entry in entries]
+    # an <item> with nothing in it (no id, link, title or text; a cut-off body ends so)
+    # is no entry: there is nothing to publish or to tell it from the next one by
+    parsed = [entry for entry in parsed if _has_substance(entry)]
     warning = None
     if bozo_exception is not None and not isinstance(bozo_exception, _HARMLESS_BOZO):
         warning = _describe_bozo(bozo_exception)
+        if not parsed:
+            # the parser gave up before any entry: what it read is not the feed, and
+            # calling the poll ok would hide that the feed is broken
+            raise ParseError(url, f"malformed feed, no entry could be read: {warning}")
 
-    feed_author = _name_of(dict.get(feed, "author_detail")) if version.startswith("atom") else None
     return ParsedFeed(
         title=feed_title or None,
         site_url=_feed_link(feed, headers["content-location"]),
-        entries=tuple(_entry_from_feedparser(entry, url, feed_author) for entry in entries),
+        entries=tuple(parsed),
         ttl_minutes=_ttl_minutes(dict.get(feed, "ttl")),
         warning=warning,
         encoding_guessed=isinstance(bozo_exception, feedparser.CharacterEncodingOverride),
@@ -247,6 +255,16 @@ def _defuse_entity_declarations(body: bytes) -> bytes:
                 return body[len(prologue) :]
             return body[: doctype.start()] + body[doctype.end() :]
     return body
+
+
+def _has_substance(entry: ParsedEntry) -> bool:
+    return bool(
+        entry.entry_id
+        or entry.link
+        or entry.title.strip()
+        or entry.content_html.strip()
+        or entry.summary_html.strip()
+    )
 
 
 def _looks_like_html(body: bytes, headers: Mapping[str, str]) -> bool:

@@ -140,6 +140,10 @@ async def poll_feed(
 
     moved_to = response.moved_to or state.moved_to
     hint = poll_hint(response.headers, None) or state.hint_seconds
+    # What a parse failure is recorded against: the move is real, but the validators
+    # stay those of the last body we could read, so the next poll fetches the body again
+    # rather than taking a 304 (or the same bytes) as confirming a result that failed.
+    unparsed = replace(state, fetch_url=response.moved_to or state.fetch_url, moved_to=moved_to)
     state = replace(
         state,
         fetch_url=response.moved_to or state.fetch_url,
@@ -179,7 +183,7 @@ async def poll_feed(
             known_chunks,
         )
     except FeedError as error:
-        return _record_failure(store, source, state, error, now, started, fingerprint)
+        return _record_failure(store, source, unparsed, error, now, started, fingerprint)
 
     feed = processed.feed
     hint = poll_hint(response.headers, feed.ttl_minutes)

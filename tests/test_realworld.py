@@ -41,7 +41,20 @@ def readable_by_feedparser(body: bytes, headers: dict[str, str]) -> bool:
     parsed = feedparser.parse(
         io.BytesIO(body), response_headers={k.lower(): v for k, v in headers.items()}
     )
-    return bool(parsed.entries) or (not parsed.bozo and bool(parsed.get("version")))
+    # an entry feedparser opened but could read nothing of (`{}`, a body cut off inside
+    # it) is not one: a malformed body with only such entries is rightly an error
+    return any(parsed.entries) or (not parsed.bozo and bool(parsed.get("version")))
+
+
+def feed_states(config: Path) -> dict[str, dict[str, object]]:
+    status = subprocess.run(
+        [sys.executable, "-m", "aggregator", "-c", str(config), "status", "--json"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert status.returncode == 0, status.stderr
+    return {row["url"]: row for row in json.loads(status.stdout)}
 
 
 def test_every_feed_feedparser_reads_is_accepted_and_nothing_crashes(tmp_path: Path) -> None:
@@ -63,7 +76,7 @@ def test_every_feed_feedparser_reads_is_accepted_and_nothing_crashes(tmp_path: P
 
         config = tmp_path / "feeds.yaml"
         config.write_text(
-            "settings:\n  database: agg.db\n  output_dir: public\n  retention: 100000d\n"
+            "settings:\n  database: agg.db\n  output_dir: public\n  retention: 36500d\n"
             "feeds:\n" + "".join(f"  - url: {json.dumps(url)}\n" for url in urls)
         )
         run = subprocess.run(
@@ -74,13 +87,25 @@ def test_every_feed_feedparser_reads_is_accepted_and_nothing_crashes(tmp_path: P
         )
         assert run.returncode == 0, run.stderr[-3000:]
         assert "Traceback" not in run.stderr
-        status = subprocess.run(
-            [sys.executable, "-m", "aggregator", "-c", str(config), "status", "--json"],
+        first = feed_states(config)
+        # a second round: the server answers 304 or the same bytes, which confirm the
+        # first round's result; a feed that failed to parse must not turn ok
+        again = subprocess.run(
+            [sys.executable, "-m", "aggregator", "-c", str(config), "poll", "--once"],
             capture_output=True,
             text=True,
-            timeout=120,
+            timeout=400,
         )
-    rows_by_url = {row["url"]: row for row in json.loads(status.stdout)}
+        assert again.returncode == 0, again.stderr[-3000:]
+        assert "Traceback" not in again.stderr
+        second = feed_states(config)
+    turned_ok = [
+        f"{urls[url][0]}: {row['last_error']}"
+        for url, row in first.items()
+        if row["state"] == "error" and second[url]["state"] == "ok"
+    ]
+    assert not turned_ok, "failed feeds reported ok after a 304:\n" + "\n".join(turned_ok)
+    rows_by_url = second
     rejected = []
     for url, (name, headers) in urls.items():
         row = rows_by_url[url]
