@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Any
 from aggregator import __version__
 from aggregator.errors import ConfigError, PublishError, StoreError
 from aggregator.model import Config, FeedSource, FeedState, PollResult
-from aggregator.timeutil import to_iso, utcnow
+from aggregator.timeutil import to_iso
 
 if TYPE_CHECKING:
     from aggregator.store import Store
@@ -77,11 +77,17 @@ def main(argv: Sequence[str] | None = None) -> int:
         config = load_config(config_path(args))
         if args.command == "check":
             return cmd_check(config)
+        if args.command == "poll":
+            return cmd_poll(config, force=args.force)
+        if args.command == "status":
+            # read-only: works on a read-only file system and beside a running daemon
+            readonly = Store.open_readonly(config.settings.database)
+            try:
+                return cmd_status(config, readonly, as_json=args.json)
+            finally:
+                if readonly is not None:
+                    readonly.close()
         with Store.open(config.settings.database) as store:
-            if args.command == "poll":
-                return cmd_poll(config, store, force=args.force)
-            if args.command == "status":
-                return cmd_status(config, store, as_json=args.json)
             if args.command == "build":
                 return cmd_build(config, store)
     except ConfigError as e:
@@ -101,18 +107,17 @@ def cmd_check(config: Config) -> int:
     return EXIT_OK
 
 
-def cmd_poll(config: Config, store: Store, *, force: bool) -> int:
+def cmd_poll(config: Config, *, force: bool) -> int:
     from aggregator import pipeline
 
     def report(source: FeedSource, result: PollResult) -> None:
         print(pipeline.describe(source, result), file=sys.stderr, flush=True)
 
-    results = pipeline.run_loop(pipeline.poll_round(config, store, force=force, on_result=report))
-    store.index_for_search()
-    pruned = store.prune(utcnow() - config.settings.retention)
+    results, pruned, changed = pipeline.run_loop(
+        pipeline.poll_and_publish(config, force=force, on_result=report)
+    )
     if pruned:
         print(f"pruned {pruned} items older than {config.settings.retention}", file=sys.stderr)
-    _, changed = pipeline.publish(config, store)
     failed = sum(r.error is not None for r in results)
     skipped = sum(r.skipped is not None for r in results)
     new = sum(r.new for r in results)
@@ -129,7 +134,7 @@ def cmd_poll(config: Config, store: Store, *, force: bool) -> int:
 def cmd_build(config: Config, store: Store) -> int:
     from aggregator import pipeline
 
-    _, changed = pipeline.publish(config, store)
+    _, changed = pipeline.publish(store, config)
     print(f"{len(changed)} output files changed in {config.settings.output_dir}")
     return EXIT_OK
 
@@ -157,9 +162,9 @@ def feed_status(source: FeedSource, state: FeedState | None, items: int) -> dict
     }
 
 
-def cmd_status(config: Config, store: Store, *, as_json: bool) -> int:
-    states = store.feed_states()
-    counts = store.item_counts()
+def cmd_status(config: Config, store: Store | None, *, as_json: bool) -> int:
+    states = store.feed_states() if store is not None else {}
+    counts = store.item_counts() if store is not None else {}
     rows = [feed_status(s, states.get(s.url), counts.get(s.url, 0)) for s in config.feeds]
     if as_json:
         print(json.dumps(rows, indent=2))

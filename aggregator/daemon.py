@@ -41,10 +41,10 @@ from aggregator import __version__, pipeline
 from aggregator.config import load_config
 from aggregator.errors import ConfigError, PublishError, StoreError
 from aggregator.fetch import Fetcher
-from aggregator.model import Config, FeedSource, PollResult, Settings
+from aggregator.model import Config, FeedSource, FeedState, PollResult, Settings
 from aggregator.notify import notify, watchdog_interval
 from aggregator.publish import OutputCache, make_app
-from aggregator.store import Store
+from aggregator.store import Store, StoreThread
 from aggregator.timeutil import to_iso, utcnow
 
 log = logging.getLogger("aggregator")
@@ -55,6 +55,13 @@ disable_created_metrics()  # type: ignore[no-untyped-call]  # *_created series a
 DRAIN_SECONDS = 7.5
 #: open HTTP requests get this long to finish on SIGTERM
 SERVER_STOP_SECONDS = 1.0
+#: the last render at SIGTERM, and closing the database, get this long each
+FINAL_RENDER_SECONDS = 0.5
+CLOSE_SECONDS = 0.5
+#: a poll that could not write the database is retried this soon (or at its interval)
+STORE_RETRY = timedelta(minutes=1)
+#: the store's thread stuck on one call this long (another process's lock) is "busy"
+STALLED_SECONDS = 5.0
 #: a burst of polls within this many seconds leads to one render
 RENDER_DELAY = 1.0
 #: how often feeds.yaml is checked for changes (a change is read once it has settled
@@ -157,7 +164,8 @@ class Daemon:
         self.stamp: _ConfigStamp | None = None
         #: what the watcher saw last time, while waiting for a save to settle
         self.seen_stamp: _ConfigStamp | None = None
-        self.store: Store | None = None
+        #: the store, on a thread of its own: the loop never waits on SQLite
+        self.db: StoreThread | None = None
         self.fetcher: Fetcher | None = None
         # A loop busy rendering must not make jobs "miss" their time: run them late, once.
         self.scheduler = AsyncIOScheduler(
@@ -171,7 +179,10 @@ class Daemon:
         self.dirty: set[str] = set()
         self.failing: dict[str, bool] = {}
         self.last_poll: datetime | None = None
-        self.database_ok = True
+        #: None while the database takes writes; "locked" while another process holds its
+        #: write lock; else why it cannot be written
+        self.database_problem: str | None = None
+        self.probe: asyncio.Task[None] | None = None
         self.server: _Server | None = None
 
     # --- life cycle -----------------------------------------------------------------------
@@ -182,7 +193,7 @@ class Daemon:
         loop.add_signal_handler(signal.SIGINT, self.stop.set)
         loop.add_signal_handler(signal.SIGHUP, self.hup.set)
 
-        self._load_config(initial=True)
+        self.config = self._read_config()
         settings = self.config.settings if self.config else Settings()
         try:
             listener = _bind(settings.listen) if settings.listen else None
@@ -191,7 +202,7 @@ class Daemon:
             return 1
         if self.config is not None:
             try:
-                self._open(self.config)
+                await self._open(self.config)
             except (StoreError, PublishError) as e:
                 log.error("%s", e)
                 return 1
@@ -235,7 +246,7 @@ class Daemon:
             if self.hup.is_set() and not self.stop.is_set():
                 self.hup.clear()
                 log.info("SIGHUP: reloading %s", self.config_path)
-                self._load_config(initial=False)
+                await self._reload()
 
         notify("STOPPING=1")
         # Pause, not shut down: APScheduler's shutdown cancels the jobs in flight, and
@@ -248,8 +259,10 @@ class Daemon:
                 task.cancel()
             await asyncio.gather(*pending, return_exceptions=True)
         self.scheduler.shutdown(wait=False)
-        if self.dirty and self.config is not None and self.store is not None:
-            self._render()
+        if self.dirty and self.config is not None and self.db is not None:
+            # bounded: a database another process holds must not hold up the exit
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._render(), timeout=FINAL_RENDER_SECONDS)
         if self.server is not None and server_task is not None:
             self.server.should_exit = True
             with contextlib.suppress(asyncio.TimeoutError):
@@ -258,66 +271,89 @@ class Daemon:
         log.info("stopped")
         return 0
 
-    def _open(self, config: Config) -> None:
-        self.store = Store.open(config.settings.database)
+    async def _open(self, config: Config) -> None:
+        self.db = await StoreThread.open(config.settings.database)
         self.outputs.load_dir(config.settings.output_dir, pipeline.output_names(config))
-        self._render(everything=True)
-        states = self.store.feed_states()
+        await self._render(everything=True)
+        states = await self.db.run(Store.feed_states)
         self.failing = {
             f.url: bool(states[f.url].last_error) if f.url in states else False
             for f in config.feeds
         }
         self.metrics.failing.set(sum(self.failing.values()))
-        self._schedule_all(config, changed=None)
+        await self._schedule_all(config, changed=None)
 
     async def _close(self) -> None:
         if self.fetcher is not None:
             await self.fetcher.__aexit__(None, None, None)
             self.fetcher = None
-        if self.store is not None:
-            self.store.close()
-            self.store = None
+        if self.db is not None:
+            await self.db.close(timeout=CLOSE_SECONDS)
+            self.db = None
 
     # --- config -----------------------------------------------------------------------------
 
-    def _load_config(self, *, initial: bool) -> None:
+    def _read_config(self) -> Config | None:
+        """The config file, validated; None (with the error logged once and kept for
+        /healthz) when it is invalid or cannot be read."""
         self.stamp = _ConfigStamp.of(self.config_path)
         try:
             config = load_config(self.config_path)
         except ConfigError as e:
-            if str(e) != self.config_error:
-                log.error("%s", e)
-                if self.config is not None:
-                    log.error("keeping the last valid config; fix the file and save again")
-            self.config_error = str(e)
-            self.metrics.config_valid.set(0)
-            self._notify_status()
-            return
-        previous = self.config
-        self.config = config
+            if isinstance(e.__cause__, OSError):
+                # cannot read it now (out of file descriptors, a mount away): try again
+                # on the next check rather than wait for the file to change
+                self.stamp = None
+            self._config_failed(str(e))
+            return None
         self.config_error = None
         self.metrics.config_valid.set(1)
         self.metrics.config_loaded.set(time.time())
         self.metrics.feeds.set(len(config.feeds))
-        if initial:
-            return
+        return config
+
+    def _config_failed(self, error: str) -> None:
+        if error != self.config_error:
+            log.error("%s", error)
+            if self.config is not None:
+                log.error("keeping the last valid config; fix the file and save again")
+        self.config_error = error
+        self.metrics.config_valid.set(0)
+        self._notify_status()
+
+    async def _reload(self) -> None:
+        """Apply the config file as it is now. Whatever the file holds, the daemon stays
+        up: an invalid file, or a failure applying a valid one, keeps the last good config."""
+        try:
+            config = self._read_config()
+            if config is not None:
+                await self._apply(config)
+        except Exception as e:  # a bug must not take the service down; it is logged
+            log.exception("reloading %s failed", self.config_path)
+            self._config_failed(f"{self.config_path}: reload failed: {type(e).__name__}: {e}")
+
+    async def _apply(self, config: Config) -> None:
+        previous = self.config
         if previous is None:
             try:
-                self._open(config)
+                await self._open(config)
             except (StoreError, PublishError) as e:
                 log.error("%s", e)
-                self.database_ok = False
+                self.database_problem = str(e)
+                return
+            self.config = config
             return
+        self.config = config
         if previous.settings.listen != config.settings.listen:
             log.warning("settings.listen changed: restart the service to apply it")
         if previous.settings.database != config.settings.database:
             log.warning("settings.database changed: restart the service to apply it")
         changed = {f.url for f in config.feeds} ^ {f.url for f in previous.feeds}
         changed |= {f.url for f in config.feeds if f not in previous.feeds}
-        self._schedule_all(config, changed=changed)
         self.failing = {f.url: self.failing.get(f.url, False) for f in config.feeds}
         self.metrics.failing.set(sum(self.failing.values()))
-        self._render(everything=True)
+        await self._schedule_all(config, changed=changed)
+        await self._render(everything=True)
         log.info("config reloaded: %d feeds, %d topics", len(config.feeds), len(config.topics))
         self._notify_status()
 
@@ -338,26 +374,26 @@ class Daemon:
         # between truncation and write would otherwise be read as an empty, invalid file.
         if stamp is not None and stamp != self.stamp and settled:
             log.info("%s changed: reloading", self.config_path)
-            self._load_config(initial=False)
+            await self._reload()
 
     # --- scheduling -------------------------------------------------------------------------
 
-    def _schedule_all(self, config: Config, changed: set[str] | None) -> None:
+    async def _schedule_all(self, config: Config, changed: set[str] | None) -> None:
         """(Re)schedule feeds: every feed when `changed` is None, else just those URLs;
         jobs of feeds no longer configured are removed."""
-        assert self.store is not None
+        assert self.db is not None
         configured = {f.url for f in config.feeds}
         for job in self.scheduler.get_jobs():
             if job.id.startswith("poll:") and job.id[5:] not in configured:
                 job.remove()
+        states, gone_fingerprints = await self.db.run(_states_and_gone_fingerprints)
         now = utcnow()
         for index, source in enumerate(config.feeds):
             if changed is not None and source.url not in changed:
                 continue
-            state = self.store.feed_state(source.url)
-            if state.gone and self.store.gone_fingerprint(source.url) == pipeline.feed_fingerprint(
-                source
-            ):
+            state = states.get(source.url) or FeedState(url=source.url, fetch_url=source.url)
+            fingerprint = pipeline.feed_fingerprint(source)
+            if state.gone and gone_fingerprints.get(source.url) == fingerprint:
                 continue
             if state.last_fetched is None:
                 # Never polled: now, a few ms apart so a big list starts in order.
@@ -423,28 +459,30 @@ class Daemon:
         return source.interval if source else timedelta(minutes=30)
 
     async def _poll_feed(self, url: str) -> None:
-        config, store = self.config, self.store
+        config, db = self.config, self.db
         source = self._source(url)
-        if source is None or store is None or config is None or self.stop.is_set():
+        if source is None or db is None or config is None or self.stop.is_set():
             return
         if self.fetcher is None:
             self.fetcher = Fetcher(config.settings.fetch_limits())
             await self.fetcher.__aenter__()
         try:
             result = await pipeline.poll_feed(
-                source, store, self.fetcher, retention=config.settings.retention
+                source, db, self.fetcher, retention=config.settings.retention
             )
-        except (StoreError, PublishError) as e:
-            self.database_ok = False
-            log.error("%s: %s", source.name or url, e)
-            self._schedule(url, utcnow() + source.interval)
+            state = await db.run(Store.feed_state, url)
+        except StoreError as e:
+            # Nothing of this poll was stored: it is retried soon, and fetches again.
+            self.database_problem = _database_problem(e)
+            retry = utcnow() + min(source.interval, STORE_RETRY)
+            log.error("%s: %s; retrying at %s", source.name or url, e, to_iso(retry))
+            self._schedule(url, retry)
             return
-        self.database_ok = True
+        self.database_problem = None
         self.metrics.record(result)
         self.last_poll = utcnow()
         self.failing[url] = result.error is not None
         self.metrics.failing.set(sum(self.failing.values()))
-        state = store.feed_state(url)
         line = pipeline.describe(source, result)
         if state.gone:
             log.warning("%s; no longer polled until its config entry changes", line)
@@ -465,61 +503,84 @@ class Daemon:
         self.dirty |= slugs
         if self.scheduler.get_job("render") is None:
             self.scheduler.add_job(
-                self._render_job,
+                self._render,
                 "date",
                 run_date=datetime.now(UTC) + timedelta(seconds=RENDER_DELAY),
                 id="render",
                 misfire_grace_time=None,
             )
 
-    async def _render_job(self) -> None:
-        self._render()
-
-    def _render(self, everything: bool = False) -> None:
-        if self.config is None or self.store is None:
+    async def _render(self, everything: bool = False) -> None:
+        config, db = self.config, self.db
+        if config is None or db is None:
             return
         only = None if everything else set(self.dirty)
         self.dirty.clear()
         try:
-            # a burst of polls is over: its new items join the search index in one batch
-            self.store.index_for_search()
-            outputs, changed = pipeline.publish(self.config, self.store, only)
+            # on the store's thread: reading the items and rendering them never hold up
+            # the loop that serves the outputs
+            outputs, changed = await db.run(_index_and_publish, config, only)
         except (StoreError, PublishError) as e:
             log.error("publishing failed: %s", e)
+            self.dirty |= only if only is not None else {t.slug for t in config.topics}
             return
         self.outputs.update(outputs)
-        self.outputs.retain(pipeline.output_names(self.config))
+        self.outputs.retain(pipeline.output_names(config))
         if changed:
             log.info("published %s", ", ".join(changed))
 
     # --- maintenance, health ----------------------------------------------------------------
 
     async def _maintain(self) -> None:
-        if self.store is None or self.config is None:
+        config, db = self.config, self.db
+        if db is None or config is None:
             return
-        removed = self.store.prune(utcnow() - self.config.settings.retention)
-        self.store.optimize()
+        try:
+            removed = await db.run(Store.prune, utcnow() - config.settings.retention)
+            await db.run(Store.optimize)
+        except StoreError as e:
+            log.error("maintenance failed: %s", e)
+            return
         if removed:
             log.info("pruned %d items older than the retention", removed)
-            self._request_render({t.slug for t in self.config.topics})
+            self._request_render({t.slug for t in config.topics})
 
     async def _watchdog(self) -> None:
-        self.database_ok = self.store is not None and self.store.ping()
-        if self.database_ok:
-            notify("WATCHDOG=1")
+        # The loop runs this, so the daemon is alive: that is what systemd asks. The
+        # database is probed beside it, never in its way (another process may hold it).
+        notify("WATCHDOG=1")
+        if self.db is not None and (self.probe is None or self.probe.done()):
+            self.probe = asyncio.create_task(self._probe_database(self.db))
         self._notify_status()
+
+    async def _probe_database(self, db: StoreThread) -> None:
+        with contextlib.suppress(StoreError):
+            self.database_problem = await db.run(Store.probe)
+
+    def database_state(self) -> str:
+        """ "ok", "busy" (another process holds the write lock, or the store's thread has
+        been stuck on one call for a while) or why the database cannot be written."""
+        if self.db is None:
+            return "not open"
+        if self.database_problem == "locked" or self.db.stalled_for() > STALLED_SECONDS:
+            return "busy"
+        return self.database_problem or "ok"
 
     def health(self) -> tuple[int, dict[str, object]]:
         failing = sum(self.failing.values())
         total = len(self.failing)
-        healthy = self.config is not None and self.store is not None and self.database_ok
-        degraded = self.config_error is not None or (total > 0 and failing * 2 > total)
+        database = self.database_state()
+        healthy = self.config is not None and database in ("ok", "busy")
+        degraded = (
+            self.config_error is not None or (total > 0 and failing * 2 > total) or database != "ok"
+        )
         body: dict[str, object] = {
             "status": "ok" if healthy and not degraded else "degraded",
             "config_valid": self.config_error is None,
             "config_error": self.config_error,
             "last_poll": to_iso(self.last_poll) if self.last_poll else None,
             "feeds_failing": failing,
+            "database": database,
             "version": __version__,
         }
         return (200 if healthy else 503), body
@@ -527,9 +588,30 @@ class Daemon:
     def _notify_status(self) -> None:
         failing = sum(self.failing.values())
         text = f"{len(self.failing)} feeds, {failing} failing"
+        database = self.database_state() if self.db is not None else "ok"
+        if database != "ok":
+            text += f"; database {database}"
         if self.config_error:
             text += "; config invalid: " + self.config_error
         notify(f"STATUS={text}")
+
+
+def _states_and_gone_fingerprints(store: Store) -> tuple[dict[str, FeedState], dict[str, str]]:
+    return store.feed_states(), store.gone_fingerprints()
+
+
+def _index_and_publish(
+    store: Store, config: Config, only: set[str] | None
+) -> tuple[dict[str, bytes], list[str]]:
+    # a burst of polls is over: its new items join the search index in one batch
+    store.index_for_search()
+    return pipeline.publish(store, config, only)
+
+
+def _database_problem(error: StoreError) -> str:
+    """ "locked" when another process holds the write lock, else the error."""
+    cause = str(error.__cause__ or error)
+    return "locked" if "locked" in cause or "busy" in cause else str(error)
 
 
 def _bind(listen: str) -> socket.socket:

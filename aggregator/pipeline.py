@@ -43,7 +43,7 @@ from aggregator.model import (
     Topic,
 )
 from aggregator.publish import write_outputs
-from aggregator.store import Store
+from aggregator.store import Store, StoreThread
 from aggregator.timeutil import to_iso, utcnow
 
 #: failures back off exponentially up to this
@@ -114,7 +114,7 @@ def poll_hint(headers: Mapping[str, str], ttl_minutes: int | None) -> int | None
 
 async def poll_feed(
     source: FeedSource,
-    store: Store,
+    db: StoreThread,
     fetcher: Fetcher,
     *,
     retention: timedelta,
@@ -122,12 +122,13 @@ async def poll_feed(
     executor: Executor | None = None,
     now: datetime | None = None,
 ) -> PollResult:
-    """Poll one feed and store what it brings. Never raises for a feed's own fault."""
+    """Poll one feed and store what it brings. Never raises for a feed's own fault; a
+    StoreError (the database cannot be written) propagates, nothing of the poll stored."""
     started = time.monotonic()
     now = now or utcnow()
-    state = store.feed_state(source.url)
     fingerprint = feed_fingerprint(source)
-    if state.gone and store.gone_fingerprint(source.url) != fingerprint:
+    state, gone_fingerprint = await db.run(_state_and_gone_fingerprint, source.url)
+    if state.gone and gone_fingerprint != fingerprint:
         state = replace(state, gone=False)
     skip = should_skip(state, now, force)
     if skip is not None:
@@ -136,7 +137,7 @@ async def poll_feed(
     try:
         response = await fetcher.fetch(state, now)
     except FeedError as error:
-        return _record_failure(store, source, state, error, now, started, fingerprint)
+        return await _record_failure(db, source, state, error, now, started, fingerprint)
 
     moved_to = response.moved_to or state.moved_to
     hint = poll_hint(response.headers, None) or state.hint_seconds
@@ -160,16 +161,15 @@ async def poll_feed(
         next_due=next_due(effective_interval(source.interval, hint), now, 0),
     )
     if not isinstance(response, Fetched):
-        store.save_state(state)
+        await db.run(Store.save_state, state)
         return _result(source, state, started, moved_to=response.moved_to)
 
     body_hash = hashlib.sha256(response.body).hexdigest()
     if body_hash == state.body_hash:
-        store.save_state(state)
+        await db.run(Store.save_state, state)
         return _result(source, state, started, moved_to=response.moved_to, unchanged=True)
 
-    known = store.known_raw_hashes(source.url)
-    known_chunks = store.known_entry_chunks(source.url)
+    known, known_chunks = await db.run(_known_entries, source.url)
     loop = asyncio.get_running_loop()
     try:
         processed = await loop.run_in_executor(
@@ -183,7 +183,7 @@ async def poll_feed(
             known_chunks,
         )
     except FeedError as error:
-        return _record_failure(store, source, unparsed, error, now, started, fingerprint)
+        return await _record_failure(db, source, unparsed, error, now, started, fingerprint)
 
     feed = processed.feed
     hint = poll_hint(response.headers, feed.ttl_minutes)
@@ -195,7 +195,9 @@ async def poll_feed(
         hint_seconds=hint,
         next_due=next_due(effective_interval(source.interval, hint), now, 0),
     )
-    outcome = store.save_poll(state, processed.items, now, entry_chunks=processed.entry_chunks)
+    outcome = await db.run(
+        Store.save_poll, state, processed.items, now, entry_chunks=processed.entry_chunks
+    )
     return _result(
         source,
         state,
@@ -208,6 +210,14 @@ async def poll_feed(
     )
 
 
+def _state_and_gone_fingerprint(store: Store, url: str) -> tuple[FeedState, str | None]:
+    return store.feed_state(url), store.gone_fingerprint(url)
+
+
+def _known_entries(store: Store, url: str) -> tuple[dict[str, str | None], dict[str, str]]:
+    return store.known_raw_hashes(url), store.known_entry_chunks(url)
+
+
 def _result(source: FeedSource, state: FeedState, started: float, **fields: object) -> PollResult:
     return PollResult(
         url=source.url,
@@ -217,8 +227,8 @@ def _result(source: FeedSource, state: FeedState, started: float, **fields: obje
     )
 
 
-def _record_failure(
-    store: Store,
+async def _record_failure(
+    db: StoreThread,
     source: FeedSource,
     state: FeedState,
     error: FeedError,
@@ -239,8 +249,7 @@ def _record_failure(
     )
     if isinstance(error, RetryLater) and error.retry_after and state.next_due:
         state = replace(state, next_due=max(state.next_due, error.retry_after))
-    extra = {"gone_fingerprint": fingerprint} if state.gone else {}
-    store.save_state(state, **extra)
+    await db.run(Store.save_state, state, fingerprint if state.gone else None)
     return PollResult(
         url=source.url,
         status=state.last_status,
@@ -284,7 +293,7 @@ class ParsePool(Executor):
 
 async def poll_round(
     config: Config,
-    store: Store,
+    db: StoreThread,
     *,
     force: bool = False,
     limits: FetchLimits | None = None,
@@ -300,7 +309,7 @@ async def poll_round(
         with ParsePool() as pool:
             return await poll_round(
                 config,
-                store,
+                db,
                 force=force,
                 limits=limits,
                 executor=pool,
@@ -319,7 +328,7 @@ async def poll_round(
         async with in_progress:
             result = await poll_feed(
                 source,
-                store,
+                db,
                 fetcher,
                 retention=config.settings.retention,
                 force=force,
@@ -332,6 +341,29 @@ async def poll_round(
 
     async with Fetcher(limits) as fetcher:
         return list(await asyncio.gather(*(one(source, fetcher) for source in sources)))
+
+
+async def poll_and_publish(
+    config: Config,
+    *,
+    force: bool = False,
+    on_result: Callable[[FeedSource, PollResult], None] | None = None,
+) -> tuple[list[PollResult], int, list[str]]:
+    """`poll --once`: one round over every feed, then prune and publish. Returns the
+    results, the number of items pruned and the output files that changed."""
+    db = await StoreThread.open(config.settings.database)
+    try:
+        results = await poll_round(config, db, force=force, on_result=on_result)
+        pruned = await db.run(Store.prune, utcnow() - config.settings.retention)
+        await db.run(Store.index_for_search)
+        _, changed = await db.run(publish, config)
+    finally:
+        await db.close(timeout=CLOSE_SECONDS)
+    return results, pruned, changed
+
+
+#: closing the database waits this long for a call stuck on another process's lock
+CLOSE_SECONDS = 5.0
 
 
 def describe(source: FeedSource, result: PollResult) -> str:
@@ -432,7 +464,7 @@ def topics_of_feed(config: Config, feed_url: str) -> set[str]:
 
 
 def publish(
-    config: Config, store: Store, only: Collection[str] | None = None
+    store: Store, config: Config, only: Collection[str] | None = None
 ) -> tuple[dict[str, bytes], list[str]]:
     """Render outputs (every topic, or those in `only`) and write the ones whose bytes
     changed; returns what was rendered and the names written."""

@@ -14,15 +14,20 @@ loses at most the feeds in flight and a concurrent writer (the daemon and a hand
 
 from __future__ import annotations
 
+import asyncio
 import json
 import sqlite3
+import threading
+import time
+import urllib.parse
 import uuid
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, Concatenate, ParamSpec, TypeVar
 
 from sqlite_utils import Database
 from sqlite_utils.migrations import Migrations
@@ -36,6 +41,11 @@ from aggregator.timeutil import from_iso, to_iso
 BUSY_TIMEOUT = 30.0
 #: candidate items checked in full when looking for a near-duplicate
 MAX_CANDIDATES = 5
+#: the watchdog's write probe waits this long for another process's lock, not BUSY_TIMEOUT
+PING_TIMEOUT = 1.0
+
+P = ParamSpec("P")
+T = TypeVar("T")
 
 migrations = Migrations("aggregator")
 
@@ -179,6 +189,26 @@ class Store:
     # --- life cycle -------------------------------------------------------------------
 
     @classmethod
+    def open_readonly(cls, path: Path | str) -> Store | None:
+        """The database for reading only (`status`), even on a read-only file system or
+        where this user may not write; None when there is none yet. Never migrates."""
+        if not Path(path).exists():
+            return None
+        uri = "file:" + urllib.parse.quote(str(Path(path).absolute())) + "?mode=ro"
+        try:
+            try:
+                conn = sqlite3.connect(uri, uri=True, timeout=BUSY_TIMEOUT)
+                conn.execute("SELECT count(*) FROM sqlite_master").fetchone()
+            except sqlite3.OperationalError:
+                # a WAL database needs its -shm file, which a read-only directory cannot
+                # get: nothing can write there either, so reading it as immutable is exact
+                conn = sqlite3.connect(uri + "&immutable=1", uri=True, timeout=BUSY_TIMEOUT)
+                conn.execute("SELECT count(*) FROM sqlite_master").fetchone()
+        except sqlite3.Error as e:
+            raise StoreError(f"{path}: cannot open database: {e}") from e
+        return cls(Database(conn))
+
+    @classmethod
     def open(cls, path: Path | str) -> Store:
         """Open (creating and migrating if needed) the database in WAL mode."""
         try:
@@ -226,12 +256,18 @@ class Store:
     def feed_states(self) -> dict[str, FeedState]:
         return {row["url"]: _state_from_row(row) for row in self._rows("SELECT * FROM feeds")}
 
+    def gone_fingerprints(self) -> dict[str, str]:
+        """Feed URL → its config fingerprint when it was found gone."""
+        rows = self._rows("SELECT url, gone_fingerprint FROM feeds WHERE gone_fingerprint")
+        return {row["url"]: row["gone_fingerprint"] for row in rows}
+
     def gone_fingerprint(self, url: str) -> str | None:
         row = self._one("SELECT gone_fingerprint FROM feeds WHERE url = ?", [url])
         return row["gone_fingerprint"] if row else None
 
-    def save_state(self, state: FeedState, **extra: Any) -> None:
-        """Write a feed's state (and extra columns such as gone_fingerprint)."""
+    def save_state(self, state: FeedState, gone_fingerprint: str | None = None) -> None:
+        """Write a feed's state; `gone_fingerprint` with a gone one (see should_skip)."""
+        extra = {"gone_fingerprint": gone_fingerprint} if gone_fingerprint else {}
         with _immediate(self.db):
             self._upsert_state(state, extra)
 
@@ -549,14 +585,23 @@ class Store:
     def optimize(self) -> None:
         self.db.execute("PRAGMA optimize")
 
-    def ping(self) -> bool:
-        """True when the database answers and can take a write lock (for the watchdog)."""
+    def probe(self) -> str | None:
+        """None when the database can take a write lock within PING_TIMEOUT; "locked"
+        when another process holds it; else what is wrong (read-only, I/O error)."""
+        conn = self.db.conn
+        conn.execute(f"PRAGMA busy_timeout = {int(PING_TIMEOUT * 1000)}")
         try:
-            with _immediate(self.db):
-                self.db.execute("SELECT 1")
-        except (StoreError, sqlite3.Error):
-            return False
-        return True
+            conn.execute("BEGIN IMMEDIATE")
+            conn.execute("ROLLBACK")
+        except sqlite3.OperationalError as e:
+            with suppress(sqlite3.Error):
+                conn.rollback()
+            return "locked" if "locked" in str(e) or "busy" in str(e) else str(e)
+        except sqlite3.Error as e:
+            return str(e)
+        finally:
+            conn.execute(f"PRAGMA busy_timeout = {int(BUSY_TIMEOUT * 1000)}")
+        return None
 
     def integrity_ok(self) -> bool:
         row = self._one("PRAGMA integrity_check")
@@ -575,6 +620,81 @@ class Store:
 
     def _one(self, sql: str, params: Sequence[Any] = ()) -> dict[str, Any] | None:
         return next(self._iter_rows(sql, params), None)
+
+
+class StoreThread:
+    """The Store on a thread of its own, so the event loop never waits on SQLite: not on
+    its I/O, and not on another process's write lock (up to BUSY_TIMEOUT per write).
+    Calls run one at a time, in order, on the thread that opened the connection.
+
+        db = await StoreThread.open(path)
+        state = await db.run(Store.feed_state, url)
+    """
+
+    def __init__(self, executor: ThreadPoolExecutor, store: Store) -> None:
+        self._executor = executor
+        self._store = store
+        #: monotonic submit time of each call not yet finished
+        self._pending: dict[int, float] = {}
+        self._lock = threading.Lock()
+        self._serial = 0
+
+    @classmethod
+    async def open(cls, path: Path | str) -> StoreThread:
+        executor = ThreadPoolExecutor(1, thread_name_prefix="store")
+        loop = asyncio.get_running_loop()
+        try:
+            store = await loop.run_in_executor(executor, Store.open, path)
+        except BaseException:
+            executor.shutdown(wait=False)
+            raise
+        return cls(executor, store)
+
+    async def run(
+        self, fn: Callable[Concatenate[Store, P], T], /, *args: P.args, **kwargs: P.kwargs
+    ) -> T:
+        """`fn(store, *args, **kwargs)` on the store's thread."""
+        with self._lock:
+            self._serial += 1
+            serial = self._serial
+            self._pending[serial] = time.monotonic()
+
+        def call() -> T:
+            try:
+                return fn(self._store, *args, **kwargs)
+            finally:
+                with self._lock:
+                    self._pending.pop(serial, None)
+
+        future = self._executor.submit(call)
+        try:
+            return await asyncio.wrap_future(future)
+        except asyncio.CancelledError:
+            # the call may be running (it cannot be stopped half-way) or still queued
+            if future.cancel():
+                with self._lock:
+                    self._pending.pop(serial, None)
+            raise
+
+    def stalled_for(self) -> float:
+        """Seconds the oldest unfinished call has waited: 0 when the thread keeps up."""
+        with self._lock:
+            oldest = min(self._pending.values(), default=None)
+        return 0.0 if oldest is None else time.monotonic() - oldest
+
+    async def close(self, timeout: float) -> None:
+        """Close the database after the calls queued before; a call stuck on another
+        process's lock is interrupted once `timeout` has passed, so shutdown is bounded."""
+        closing = self._executor.submit(self._store.close)
+        try:
+            await asyncio.wait_for(asyncio.shield(asyncio.wrap_future(closing)), timeout)
+        except TimeoutError:
+            self._store.db.conn.interrupt()  # the one call that may come from another thread
+            with suppress(Exception):
+                await asyncio.wait_for(asyncio.wrap_future(closing), timeout)
+        except (StoreError, sqlite3.Error):
+            pass
+        self._executor.shutdown(wait=False, cancel_futures=True)
 
 
 @contextmanager

@@ -16,7 +16,7 @@ from aggregator.ingest import Processed, process_body
 from aggregator.model import FeedSource, Fetched, ParsedFeed
 from aggregator.parse import parse_feed, split_entries
 from aggregator.pipeline import poll_feed
-from aggregator.store import Store
+from aggregator.store import Store, StoreThread
 from tests.feedserver import FeedServer
 
 FEEDS = Path(__file__).parent / "data" / "feeds"
@@ -276,13 +276,13 @@ def test_an_entry_listed_twice_keeps_its_first_copy(parsed_entry_counts: list[in
 def test_poll_saves_entry_chunks_and_the_next_changed_body_parses_only_new_entries(
     tmp_path: Path, parsed_entry_counts: list[int]
 ) -> None:
-    store = Store.open(tmp_path / "agg.db")
-
     async def poll(source: FeedSource) -> None:
+        db = await StoreThread.open(tmp_path / "agg.db")
         async with Fetcher() as fetcher:
             result = await poll_feed(
-                source, store, fetcher, retention=timedelta(days=36500), force=True
+                source, db, fetcher, retention=timedelta(days=36500), force=True
             )
+        await db.close(timeout=5)
         assert result.error is None
 
     with FeedServer() as server:
@@ -295,6 +295,7 @@ def test_poll_saves_entry_chunks_and_the_next_changed_body_parses_only_new_entri
         asyncio.run(poll(source))
 
     assert parsed_entry_counts == [3, 2]
+    store = Store.open(tmp_path / "agg.db")
     stored = store.newest_items([source.url], 10, lambda item, text: True, {})
     assert sorted(item.title for item in stored) == ["Story 1", "Story 2", "Story 3", "Story 4"]
     [corrected] = [item for item in stored if item.title == "Story 2"]
