@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import gzip
 import hashlib
 import os
@@ -29,47 +30,57 @@ CONTENT_TYPES = {
 }
 
 
-def write_atomic(path: Path, data: bytes) -> bool:
-    """Replace `path` with `data` unless it already holds exactly that. True if written.
+def write_outputs(output_dir: Path, outputs: Mapping[str, bytes]) -> list[str]:
+    """Replace the files among `outputs` whose bytes changed, as one set; returns their
+    names (the others are not touched).
 
-    A temporary file in the same directory is fsynced and renamed over the target, so a
-    reader sees the old file or the new one, never a half-written one, even after kill -9
-    or power loss.
+    Every new file is first written in full to a temporary file in the same directory
+    and fsynced; only then are they all renamed over their targets. So a reader sees
+    each file old or new, never half-written (even after kill -9 or power loss), and a
+    failure while writing (a full disk) leaves the previous set whole, not newer Atom
+    beside older RSS.
     """
+    staged: list[tuple[str, Path, str]] = []
     try:
-        if path.read_bytes() == data:
-            return False
+        output_dir.mkdir(parents=True, exist_ok=True)
+        for name, data in sorted(outputs.items()):
+            path = output_dir / name
+            if _holds(path, data):
+                continue
+            staged.append((_write_temporary(path, data), path, name))
+        for temporary, path, _ in staged:
+            os.replace(temporary, path)
+        if staged:
+            _fsync_dir(output_dir)
+    except OSError as e:
+        for temporary, _, _ in staged:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(temporary)
+        raise PublishError(f"cannot write outputs in {output_dir}: {e}") from e
+    return [name for _, _, name in staged]
+
+
+def _holds(path: Path, data: bytes) -> bool:
+    try:
+        return path.stat().st_size == len(data) and path.read_bytes() == data
     except FileNotFoundError:
-        pass
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+        return False
+
+
+def _write_temporary(path: Path, data: bytes) -> str:
+    """`data` in a new temporary file beside `path`, fsynced; its name."""
+    fd, name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
         with os.fdopen(fd, "wb") as tmp:
             tmp.write(data)
             tmp.flush()
             os.fsync(tmp.fileno())
-        os.chmod(tmp_name, 0o644)
-        os.replace(tmp_name, path)
+        os.chmod(name, 0o644)
     except BaseException:
-        try:
-            os.unlink(tmp_name)
-        except FileNotFoundError:
-            pass
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(name)
         raise
-    _fsync_dir(path.parent)
-    return True
-
-
-def write_outputs(output_dir: Path, outputs: Mapping[str, bytes]) -> list[str]:
-    """Write each name → bytes atomically; returns the names that changed."""
-    changed = []
-    try:
-        for name, data in sorted(outputs.items()):
-            if write_atomic(output_dir / name, data):
-                changed.append(name)
-    except OSError as e:
-        raise PublishError(f"cannot write outputs in {output_dir}: {e}") from e
-    return changed
+    return name
 
 
 def _fsync_dir(directory: Path) -> None:
