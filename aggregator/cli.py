@@ -14,6 +14,7 @@ from aggregator import __version__
 from aggregator.errors import ConfigError, PublishError, StoreError
 from aggregator.model import Config, FeedSource, FeedState, PollResult
 from aggregator.timeutil import to_iso
+from aggregator.urls import redact_text, redact_url
 
 if TYPE_CHECKING:
     from aggregator.store import Store
@@ -91,7 +92,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             if args.command == "build":
                 return cmd_build(config, store)
     except ConfigError as e:
-        print(e, file=sys.stderr)
+        print(redact_text(str(e)), file=sys.stderr)
         return EXIT_CONFIG
     except (StoreError, PublishError) as e:
         print(f"aggregator: {e}", file=sys.stderr)
@@ -149,16 +150,18 @@ def feed_status(source: FeedSource, state: FeedState | None, items: int) -> dict
         condition = "error"
     else:
         condition = "ok"
+    # credentials in a URL or a message are shown as "***": status output gets pasted
+    # into bug reports and chat
     return {
-        "url": source.url,
+        "url": redact_url(source.url),
         "name": source.name or (state.title if state else None),
         "state": condition,
         "last_fetched": to_iso(state.last_fetched) if state and state.last_fetched else None,
         "next_due": to_iso(state.next_due) if state and state.next_due and not state.gone else None,
         "last_status": state.last_status if state else None,
-        "last_error": state.last_error if state else None,
+        "last_error": redact_text(state.last_error) if state and state.last_error else None,
         "items": items,
-        "moved_to": state.moved_to if state else None,
+        "moved_to": redact_url(state.moved_to) if state and state.moved_to else None,
     }
 
 

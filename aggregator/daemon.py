@@ -46,6 +46,7 @@ from aggregator.notify import notify, watchdog_interval
 from aggregator.publish import OutputCache, make_app
 from aggregator.store import Store, StoreThread
 from aggregator.timeutil import to_iso, utcnow
+from aggregator.urls import redact_text
 
 log = logging.getLogger("aggregator")
 disable_created_metrics()  # type: ignore[no-untyped-call]  # *_created series are noise
@@ -313,6 +314,7 @@ class Daemon:
         return config
 
     def _config_failed(self, error: str) -> None:
+        error = redact_text(error)  # shown in /healthz and the STATUS line
         if error != self.config_error:
             log.error("%s", error)
             if self.config is not None:
@@ -631,11 +633,19 @@ def _bind(listen: str) -> socket.socket:
     return sock
 
 
+class _RedactingFormatter(logging.Formatter):
+    """Every log line, tracebacks included, with credentials in URLs shown as "***":
+    one place for the journal, whatever a message or an exception quotes."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        return redact_text(super().format(record))
+
+
 def run_daemon(config_path: Path) -> int:
     """`aggregator run`: returns the exit code."""
-    logging.basicConfig(
-        level=logging.INFO, format="%(levelname)s %(message)s", stream=sys.stderr, force=True
-    )
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(_RedactingFormatter("%(levelname)s %(message)s"))
+    logging.basicConfig(level=logging.INFO, handlers=[handler], force=True)
     logging.getLogger("httpx").setLevel(logging.WARNING)
     logging.getLogger("apscheduler").setLevel(logging.WARNING)
     return pipeline.run_loop(Daemon(config_path).run())

@@ -45,6 +45,7 @@ from aggregator.model import (
 from aggregator.publish import write_outputs
 from aggregator.store import Store, StoreThread
 from aggregator.timeutil import to_iso, utcnow
+from aggregator.urls import redact_text
 
 #: failures back off exponentially up to this
 MAX_BACKOFF = timedelta(hours=24)
@@ -241,7 +242,8 @@ async def _record_failure(
         state,
         last_fetched=now,
         last_status=error.status if isinstance(error, HTTPStatusError) else None,
-        last_error=error.message,
+        # stored as shown: a credential quoted in a message never reaches the database
+        last_error=redact_text(error.message),
         failures=failures,
         gone=isinstance(error, Gone),
         retry_after=error.retry_after if isinstance(error, RetryLater) else None,
@@ -367,7 +369,12 @@ CLOSE_SECONDS = 5.0
 
 
 def describe(source: FeedSource, result: PollResult) -> str:
-    """One log line per feed: readable in a terminal and in journald."""
+    """One log line per feed: readable in a terminal and in journald. Credentials in the
+    feed's URL, a redirect's or an error message are shown as "***"."""
+    return redact_text(_describe(source, result))
+
+
+def _describe(source: FeedSource, result: PollResult) -> str:
     name = source.name or source.url
     if result.skipped:
         return f"{name}: {result.skipped}"
