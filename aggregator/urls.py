@@ -1,22 +1,55 @@
-"""Link hygiene: canonical links for matching, tracking parameters off published links. No I/O.
+"""Link hygiene: which URLs may be published, canonical links for matching, secrets and
+tracking parameters off what we publish or log. No I/O.
 
-`canonical_url` is for matching only (CONTRACT.md "Canonical links"); what we publish is
-`strip_tracking(link)`, the publisher's own spelling minus tracking parameters.
-Neither function raises: a feed can put anything in a link.
+`publishable_url` is the one gate for every URL we publish (cleaning and rendering both
+call it): http(s) only, as a browser reads it (`http_url`), without userinfo or
+secret-looking query parameters. `canonical_url` is for matching only (CONTRACT.md
+"Canonical links"); a published item link is `strip_tracking` of a publishable URL, the
+publisher's own spelling minus tracking parameters. `redact_url` and `redact_text` keep
+credentials out of what users read (logs, status, error messages).
+No function here raises: a feed can put anything in a link.
 """
 
 from __future__ import annotations
 
 import re
-from urllib.parse import unquote, urlsplit
+from urllib.parse import unquote, unquote_plus, urljoin, urlsplit
 
-__all__ = ["canonical_url", "is_homepage", "is_http_url", "is_tracking_param", "strip_tracking"]
+__all__ = [
+    "SECRET_PARAMS",
+    "SECRET_PARAM_SUFFIXES",
+    "canonical_url",
+    "http_url",
+    "is_homepage",
+    "is_http_url",
+    "is_secret_param",
+    "is_tracking_param",
+    "publishable_url",
+    "redact_text",
+    "redact_url",
+    "strip_tracking",
+]
 
 #: exact names (case-insensitive) of click-tracking parameters; `utm_*` is matched by prefix
 TRACKING_PARAMS = frozenset(
     {"fbclid", "gclid", "dclid", "msclkid", "mc_cid", "mc_eid", "igshid", "ref_src"}
 )
 _TRACKING_PREFIX = "utm_"
+
+#: query parameter names (compared lower-cased, "-" read as "_") whose values are
+#: credentials: never published, shown as "***" in logs and status
+SECRET_PARAMS = frozenset(
+    {
+        *("api_key", "apikey", "key", "token", "access_token", "accesstoken"),
+        *("auth", "auth_token", "authtoken", "private_token"),
+        *("secret", "client_secret", "password", "passwd", "pass", "pwd"),
+        *("sig", "signature", "session", "sessionid", "jsessionid", "phpsessid"),
+    }
+)
+#: ... and every name ending in one of these (refresh_token, x-api-key, X-Amz-Signature)
+SECRET_PARAM_SUFFIXES = ("_token", "_key", "_secret", "_password", "_signature")
+#: what a secret is shown as
+REDACTED = "***"
 
 #: http and https are one scheme for matching; both are spelled like this
 _WEB_SCHEME = "https"
@@ -89,6 +122,118 @@ def is_http_url(url: str) -> bool:
         return False
 
 
+# --- what may be published ---------------------------------------------------------------
+
+# https://url.spec.whatwg.org/#concept-basic-url-parser: a browser strips C0 controls and
+# spaces from both ends of a URL and removes tabs and newlines anywhere in it, so
+# " \tjava\nscript:alert(1)" is a live javascript: link.
+_C0_CONTROL_OR_SPACE = "".join(chr(code) for code in range(0x21))
+_TAB_OR_NEWLINE = re.compile("[\t\n\r]")
+_WEB_SCHEMES = ("http", "https")
+#: ASCII no browser accepts in a host name (https://url.spec.whatwg.org/#host-parsing);
+#: nor does it accept controls or spaces of the rest of Unicode (not str.isprintable)
+_FORBIDDEN_IN_HOST = re.compile("[ \"'<>^`{|}]")
+#: what separates query parameters: "&", and ";" for servers that read it so
+_PARAM_SEPARATOR = re.compile(r"([&;])")
+
+
+def http_url(value: str | None, base: str | None = None) -> str | None:
+    """`value` as a browser reads it (trimmed, tabs and newlines removed, resolved against
+    `base` when relative) if that is an http(s) URL with a host; else None.
+
+    An absolute URL comes back as written. Backslashes before the query (which browsers
+    read as "/", and Python does not) make a URL unusable rather than ambiguous.
+    """
+    if not value:
+        return None
+    url = _trim_like_a_browser(value)
+    try:
+        if not _is_web_url(url):
+            if base is None:
+                return None
+            # trimmed again: urljoin drops an empty query or fragment ("a ?"), which
+            # can leave a space at the end
+            url = _trim_like_a_browser(urljoin(_trim_like_a_browser(base), url))
+            if not _is_web_url(url):
+                return None
+    except ValueError:  # bad IPv6 literal or port, bad characters under NFKC
+        return None
+    return url
+
+
+def publishable_url(value: str | None, base: str | None = None) -> str | None:
+    """`http_url(value, base)` without userinfo and without secret-looking query (or
+    fragment) parameters: the form of a URL we may put in a published file."""
+    url = http_url(value, base)
+    if url is None:
+        return None
+    scheme, separator, rest = url.partition("://")
+    authority, after_authority = _split_authority(rest)
+    host = authority.rpartition("@")[2]
+    path, query_mark, query, hash_sign, fragment = _split_rest(after_authority)
+    query = _without_secret_params(query)
+    fragment = _without_secret_params(fragment)
+    return (
+        scheme
+        + separator
+        + host
+        + path
+        + (query_mark + query if query else "")
+        + (hash_sign + fragment if fragment else "")
+    )
+
+
+def redact_url(url: str) -> str:
+    """`url` for display in logs and status: userinfo shown as "***" ("http://***@host/"),
+    the value of each secret-looking query or fragment parameter as "***"; the rest as
+    written. Any string is accepted."""
+    scheme, separator, rest = url.partition("://")
+    if not separator:
+        scheme, rest = "", url
+    else:
+        authority, after_authority = _split_authority(rest)
+        if "@" in authority:
+            authority = REDACTED + "@" + authority.rpartition("@")[2]
+        rest = authority + after_authority
+    path, query_mark, query, hash_sign, fragment = _split_rest(rest)
+    return (
+        scheme
+        + separator
+        + path
+        + query_mark
+        + _redact_params(query)
+        + hash_sign
+        + _redact_params(fragment)
+    )
+
+
+#: a URL in free text: a scheme, "://", then anything up to whitespace, a quote or a bracket
+_URL_IN_TEXT = re.compile(r"""[A-Za-z][A-Za-z0-9+.-]*://[^\s"'`<>()\[\]{}]+""")
+#: a query parameter outside a full URL ("Location: /feed?token=…")
+_PARAM_IN_TEXT = re.compile(r"""(?<=[?&;])[^\s"'`<>()\[\]{}?&;#=]+=[^\s"'`<>()\[\]{}&;#]*""")
+
+
+def redact_text(text: str) -> str:
+    """`text` (an error message, say, quoting a redirect's Location) with every URL in it
+    passed through `redact_url`, and secret-looking parameters of relative URLs redacted."""
+    pieces: list[str] = []
+    position = 0
+    for match in _URL_IN_TEXT.finditer(text):
+        pieces.append(_PARAM_IN_TEXT.sub(_redacted_param, text[position : match.start()]))
+        pieces.append(redact_url(match.group()))
+        position = match.end()
+    pieces.append(_PARAM_IN_TEXT.sub(_redacted_param, text[position:]))
+    return "".join(pieces)
+
+
+def is_secret_param(name: str) -> bool:
+    """Whether a query parameter name (already unescaped) looks like it carries a credential:
+    one of SECRET_PARAMS or ending in one of SECRET_PARAM_SUFFIXES, case-insensitively,
+    "-" read as "_" ("X-Api-Key")."""
+    lowered = name.strip().lower().replace("-", "_")
+    return lowered in SECRET_PARAMS or lowered.endswith(SECRET_PARAM_SUFFIXES)
+
+
 def is_homepage(url: str) -> bool:
     """Whether `url` (absolute or relative) points at a site's front page.
 
@@ -108,6 +253,74 @@ def is_homepage(url: str) -> bool:
 
 
 # --- helpers ---------------------------------------------------------------------------
+
+
+def _trim_like_a_browser(value: str) -> str:
+    return _TAB_OR_NEWLINE.sub("", value.strip(_C0_CONTROL_OR_SPACE))
+
+
+def _is_web_url(url: str) -> bool:
+    """An absolute http(s) URL with a host and a valid port, read as a browser would."""
+    parts = urlsplit(url)
+    host = parts.hostname
+    if parts.scheme.lower() not in _WEB_SCHEMES or not host:
+        return False
+    if not host.isprintable() or _FORBIDDEN_IN_HOST.search(host):
+        return False
+    parts.port  # noqa: B018  # raises ValueError for a port that is not a number in range
+    before_query = url.partition("?")[0].partition("#")[0]
+    return "\\" not in before_query
+
+
+def _split_authority(after_scheme: str) -> tuple[str, str]:
+    """ "user@host:port/path?q" → ("user@host:port", "/path?q"): the authority ends at the
+    first "/", "?" or "#" (as urlsplit reads it)."""
+    end = len(after_scheme)
+    for delimiter in "/?#":
+        found = after_scheme.find(delimiter)
+        if 0 <= found < end:
+            end = found
+    return after_scheme[:end], after_scheme[end:]
+
+
+def _split_rest(rest: str) -> tuple[str, str, str, str, str]:
+    """path, "?", query, "#", fragment (the marks empty when absent)."""
+    before_fragment, hash_sign, fragment = rest.partition("#")
+    path, query_mark, query = before_fragment.partition("?")
+    return path, query_mark, query, hash_sign, fragment
+
+
+def _is_secret_piece(param: str) -> bool:
+    """Whether one "name=value" of a query carries a secret (a bare name carries none)."""
+    name, equals, _ = param.partition("=")
+    return bool(equals) and is_secret_param(unquote_plus(name))
+
+
+def _without_secret_params(params: str) -> str:
+    """`params` ("a=1&token=x;b") without the secret-looking ones, the rest as written."""
+    if "=" not in params:
+        return params
+    pieces = _PARAM_SEPARATOR.split(params)[0::2]
+    kept = [piece for piece in pieces if not _is_secret_piece(piece)]
+    if len(kept) == len(pieces):
+        return params
+    return "&".join(piece for piece in kept if piece)
+
+
+def _redact_params(params: str) -> str:
+    """`params` with the value of each secret-looking one replaced by REDACTED."""
+    if "=" not in params:
+        return params
+    return "".join(_redacted_piece(piece) for piece in _PARAM_SEPARATOR.split(params))
+
+
+def _redacted_piece(param: str) -> str:
+    name, _, value = param.partition("=")
+    return f"{name}={REDACTED}" if value and _is_secret_piece(param) else param
+
+
+def _redacted_param(match: re.Match[str]) -> str:
+    return _redacted_piece(match.group(0))
 
 
 def _canonical_netloc(netloc: str, scheme: str) -> str | None:

@@ -1,4 +1,6 @@
-"""canonical_url, strip_tracking, is_http_url, is_homepage: table cases and properties."""
+"""canonical_url, strip_tracking, is_http_url, is_homepage, and the publishing gate
+(http_url, publishable_url) and redaction (redact_url, redact_text): table cases and
+properties."""
 
 from __future__ import annotations
 
@@ -9,10 +11,16 @@ from hypothesis import example, given
 from hypothesis import strategies as st
 
 from aggregator.urls import (
+    SECRET_PARAMS,
     TRACKING_PARAMS,
     canonical_url,
+    http_url,
     is_homepage,
     is_http_url,
+    is_secret_param,
+    publishable_url,
+    redact_text,
+    redact_url,
     strip_tracking,
 )
 
@@ -290,3 +298,222 @@ def test_strip_tracking_never_raises_and_is_idempotent(url: str) -> None:
     assert strip_tracking(once) == once
     is_http_url(url)
     is_homepage(url)
+
+
+# --- http_url, publishable_url: what may be published ----------------------------------------
+
+BASE = "https://feed.example/news/feed.xml"
+
+ACTIVE_LINKS = [
+    "javascript:alert(1)",
+    "JavaScript:alert(1)",
+    " \tjavascript:alert(1)",
+    "\x00\x1fjavascript:alert(1) ",
+    "java\tscript:alert(1)",
+    "java\nscript:alert(1)",
+    "jav\r\nascript:alert(1)",
+    "vbscript:msgbox(1)",
+    "data:text/html;base64,PHNjcmlwdD5hbGVydCgxKTwvc2NyaXB0Pg==",
+    " data:text/html,<script>alert(1)</script>",
+    "file:///etc/passwd",
+    "ftp://example.com/x",
+    "mailto:a@example.com",
+]
+
+
+@pytest.mark.parametrize("link", ACTIVE_LINKS)
+@pytest.mark.parametrize("base", [None, BASE])
+def test_http_url_drops_every_other_scheme(link: str, base: str | None) -> None:
+    assert http_url(link, base) is None
+    assert publishable_url(link, base) is None
+
+
+@pytest.mark.parametrize(
+    ("value", "base", "expected"),
+    [
+        # absolute: as written, trimmed as a browser trims
+        ("https://a.example/x?b=2&a=1#f", None, "https://a.example/x?b=2&a=1#f"),
+        ("HTTP://A.example/X", None, "HTTP://A.example/X"),
+        (" \t https://a.example/x \n", None, "https://a.example/x"),
+        ("https://a.exa\tmple/x\ny", None, "https://a.example/xy"),
+        # relative: resolved against the base, only then judged
+        ("/story/1", BASE, "https://feed.example/story/1"),
+        ("story-2", BASE, "https://feed.example/news/story-2"),
+        ("//cdn.example/x", BASE, "https://cdn.example/x"),
+        ("  ../up  ", BASE, "https://feed.example/up"),
+        ("/story/1", None, None),
+        ("/story/1", "javascript:alert(1)", None),
+        # no host, a bad port, a bad IPv6 literal, backslashes: not a usable link
+        ("https://", None, None),
+        ("https:///path", None, None),
+        ("http://:80/", None, None),
+        ("http://a.example:http/", None, None),
+        ("http://[::1/", None, None),
+        ("http://exa mple.com/", None, None),
+        ("https:\\\\evil.example\\x", BASE, None),
+        ("https://evil.example\\@good.example/", None, None),
+        ("", BASE, None),
+        (None, BASE, None),
+    ],
+)
+def test_http_url(value: str | None, base: str | None, expected: str | None) -> None:
+    assert http_url(value, base) == expected
+
+
+@pytest.mark.parametrize(
+    ("value", "expected"),
+    [
+        ("http://user:secret@feeds.example/feed", "http://feeds.example/feed"),
+        ("https://tok3n@feeds.example:8443/f?x=1", "https://feeds.example:8443/f?x=1"),
+        ("https://feeds.example/feed?api_key=XYZ", "https://feeds.example/feed"),
+        ("https://feeds.example/feed?a=1&TOKEN=XYZ&b=2", "https://feeds.example/feed?a=1&b=2"),
+        ("https://feeds.example/f?x-api-key=1;page=2", "https://feeds.example/f?page=2"),
+        ("https://feeds.example/f?api%5Fkey=XYZ&q=a", "https://feeds.example/f?q=a"),
+        ("https://a.example/cb#access_token=XYZ&state=1", "https://a.example/cb#state=1"),
+        ("https://a.example/cb#access_token=XYZ", "https://a.example/cb"),
+        # a secret-looking name without a value carries nothing; others are kept as written
+        (
+            "https://a.example/s?token&keyword=x&monkey=1",
+            "https://a.example/s?token&keyword=x&monkey=1",
+        ),
+    ],
+)
+def test_publishable_url_removes_credentials(value: str, expected: str) -> None:
+    assert publishable_url(value) == expected
+
+
+def test_publishable_url_resolves_against_a_credentialed_base() -> None:
+    base = "https://user:pw@feeds.example/feed?api_key=XYZ"
+    assert publishable_url("/story", base) == "https://feeds.example/story"
+    assert publishable_url("#part", base) == "https://feeds.example/feed#part"
+
+
+@pytest.mark.parametrize(
+    ("name", "secret"),
+    [
+        *((name, True) for name in sorted(SECRET_PARAMS)),
+        *((name, True) for name in ("API_KEY", "Api-Key", "X-Api-Key", "refresh_token")),
+        *((name, True) for name in ("oauth_signature", "X-Amz-Signature", "app_secret")),
+        *((name, False) for name in ("id", "page", "q", "keyword", "monkey", "tokens", "sort")),
+    ],
+)
+def test_is_secret_param(name: str, secret: bool) -> None:
+    assert is_secret_param(name) is secret
+
+
+def test_secret_params_include_the_documented_names() -> None:
+    documented = {
+        *("api_key", "apikey", "api-key", "key", "token", "access_token", "auth"),
+        *("auth_token", "secret", "client_secret", "password", "passwd", "pass", "pwd"),
+        *("sig", "signature", "session", "sessionid", "private_token"),
+    }
+    assert all(is_secret_param(name) for name in documented)
+
+
+# --- redact_url, redact_text ------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("url", "expected"),
+    [
+        ("http://user:secret@host.example/feed", "http://***@host.example/feed"),
+        ("https://tok3n@host.example/", "https://***@host.example/"),
+        (
+            "https://host.example/feed?api_key=XYZ&page=2&Token=abc",
+            "https://host.example/feed?api_key=***&page=2&Token=***",
+        ),
+        ("https://host.example/f?token=&sig", "https://host.example/f?token=&sig"),
+        (
+            "https://host.example/?x=1#access_token=XYZ",
+            "https://host.example/?x=1#access_token=***",
+        ),
+        ("https://host.example/plain", "https://host.example/plain"),
+        ("/relative?password=hunter2", "/relative?password=***"),
+        ("not a url", "not a url"),
+        ("", ""),
+    ],
+)
+def test_redact_url(url: str, expected: str) -> None:
+    assert redact_url(url) == expected
+
+
+def test_redact_text_redacts_every_url_in_a_message() -> None:
+    message = (
+        "redirect loop: http://u:pw1@a.example/f?token=t1 -> 'https://b.example/g?key=k1'"
+        " then (Location: /login?session=s1&next=/x)"
+    )
+    redacted = redact_text(message)
+    assert redacted == (
+        "redirect loop: http://***@a.example/f?token=*** -> 'https://b.example/g?key=***'"
+        " then (Location: /login?session=***&next=/x)"
+    )
+    assert redact_text("connection refused") == "connection refused"
+
+
+secret_value = st.text(alphabet="DEFGHJKLMNPQRSTUVWXYZ", min_size=12, max_size=20)
+secret_name = st.sampled_from(
+    sorted(SECRET_PARAMS) + ["API-Key", "X-Api-Key", "refresh_token", "Client_Secret"]
+)
+
+
+@given(
+    host=host,
+    path=path,
+    query=params,
+    data=st.data(),
+    user=st.sampled_from(["", "user", "user:"]),
+    secret=secret_value,
+    name=secret_name,
+)
+def test_secrets_never_survive_publishing_or_redaction(
+    host: str,
+    path: str,
+    query: list[tuple[str, str]],
+    data: st.DataObject,
+    user: str,
+    secret: str,
+    name: str,
+) -> None:
+    noisy = [pair for pair in query if not is_secret_param(pair[0])]
+    noisy.insert(data.draw(st.integers(0, len(noisy))), (name, secret))
+    userinfo = f"{user}{secret}@" if user else ""
+    url = build(data.draw(st.sampled_from(["http", "HTTPS"])), userinfo + host, path, noisy, "")
+    published = publishable_url(url)
+    assert published is not None and secret not in published
+    assert publishable_url(published) == published
+    assert secret not in redact_url(url)
+    assert secret not in redact_text(f"fetching {url}: HTTP 500")
+    assert secret not in redact_text(f"moved to <{url}>.")
+    # what is not a secret stays as written
+    kept = [(key, value) for key, value in noisy if key != name]
+    assert parse_qsl(urlsplit(published).query, keep_blank_values=True) == kept
+    assert urlsplit(published).hostname == host
+
+
+C0_CONTROL_OR_SPACE = "".join(chr(code) for code in range(0x21))
+
+
+@given(url_like, st.sampled_from([None, BASE, "http://u:p@h.example/a/b?token=x", "mailto:x"]))
+@example(" \tjavascript:alert(1)", BASE)
+@example("http://[::1]:99999/", None)
+@example("HTTP:/x", BASE)
+@example("http:x", BASE)
+def test_published_urls_are_always_http_or_none(url: str, base: str | None) -> None:
+    for function in (http_url, publishable_url):
+        once = function(url, base)
+        if once is None:
+            continue
+        assert urlsplit(once).scheme.lower() in ("http", "https")
+        assert urlsplit(once).hostname
+        assert once == once.strip(C0_CONTROL_OR_SPACE) and not {"\t", "\n", "\r"} & set(once)
+        assert function(once) == once
+        assert function(once, base) == once
+    published = publishable_url(url, base)
+    if published is not None:
+        assert "@" not in urlsplit(published).netloc
+
+
+@given(url_like)
+def test_redaction_never_raises_and_is_idempotent(text: str) -> None:
+    assert redact_url(redact_url(text)) == redact_url(text)
+    assert redact_text(redact_text(text)) == redact_text(text)
