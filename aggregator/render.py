@@ -10,8 +10,8 @@ embedded in the feeds as escaped text (Atom type="html", RSS description), never
 markup, and the HTML page shows only the plain-text excerpt.
 
 This is also the last gate for what was stored before cleaning got stricter: every URL
-taken from a feed or the config goes through `published_url` (http(s) only, no
-credentials, else left out), titles, names and category terms through `single_line` (no
+taken from a feed, and every configured feed URL, goes through `published_url` (http(s)
+only, no credentials, else left out), titles, names and category terms through `single_line` (no
 bidirectional controls), and every item gets what each format requires (a title, content
 when it has no link) whatever its source lacked.
 """
@@ -101,7 +101,8 @@ def _line(text: str | None) -> str:
 def published_url(url: str | None, base: str | None = None) -> str | None:
     """`url` as it may be published, resolved against `base` when relative: http(s) only,
     without userinfo or secret-looking parameters (`urls.publishable_url`); None means
-    leave it out. Every URL that comes from a feed or the config passes here."""
+    leave it out. Every URL that comes from a feed, and every configured feed URL, passes
+    here (our own links, made from `base_url` and slugs, do not need to)."""
     return publishable_url(clean_text(url), clean_text(base) or None)
 
 
