@@ -19,8 +19,9 @@ import nh3
 
 from aggregator.dedupe import content_hash, entry_key, index_keys
 from aggregator.model import Item, ParsedEntry
+from aggregator.text import single_line
 from aggregator.timeutil import to_utc
-from aggregator.urls import canonical_url, strip_tracking
+from aggregator.urls import canonical_url, publishable_url, strip_tracking
 
 # --- sanitizing --------------------------------------------------------------------
 
@@ -438,7 +439,12 @@ def clean_entry(
     entry: ParsedEntry, feed_url: str, now: datetime, first_seen: datetime | None = None
 ) -> Item:
     """The publishable form of `entry`. `now` is the fetch time; `first_seen` the time the
-    entry was first stored, if it was (the date of an undated entry)."""
+    entry was first stored, if it was (the date of an undated entry).
+
+    The link is stored only as an absolute http(s) URL without credentials or trackers
+    (`urls.publishable_url`, the gate render.py applies again), else as ""; title, author
+    and categories are single lines without bidirectional controls (`text.single_line`).
+    """
     now = to_utc(now)
     entry = _without_unusable_characters(entry)
     content_html = clean_html(entry.content_html, entry.base_url)
@@ -451,7 +457,7 @@ def clean_entry(
         if len(summary_text) >= _EXCERPT_MIN_SUMMARY or not content_text
         else content_text
     )
-    title = entry.title.strip() or make_excerpt(text, _UNTITLED_LIMIT)
+    title = single_line(entry.title) or single_line(make_excerpt(text, _UNTITLED_LIMIT))
 
     published = to_utc(entry.published or entry.updated or first_seen or now)
     published = min(published, now)
@@ -459,7 +465,9 @@ def clean_entry(
     if entry.updated is not None:
         updated = max(published, min(to_utc(entry.updated), now))
 
-    link = strip_tracking(entry.link.strip()) if entry.link else ""
+    url = publishable_url(entry.link, entry.base_url)
+    link = strip_tracking(url) if url else ""
+    categories = (single_line(category) for category in entry.categories)
     return Item(
         feed_url=feed_url,
         entry_key=entry_key(entry),
@@ -470,8 +478,8 @@ def clean_entry(
         summary_html=summary_html,
         excerpt=make_excerpt(excerpt_source),
         text=text,
-        author=entry.author,
-        categories=entry.categories,
+        author=single_line(entry.author) or None,
+        categories=tuple(dict.fromkeys(category for category in categories if category)),
         published=published,
         updated=updated,
         content_hash=content_hash(title, text),

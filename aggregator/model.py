@@ -230,7 +230,7 @@ class ParsedEntry:
 @dataclass(frozen=True)
 class ParsedFeed:
     title: str | None
-    #: the site's home page
+    #: the site's home page (http(s) only, without credentials)
     site_url: str | None
     entries: tuple[ParsedEntry, ...]
     #: RSS <ttl> in minutes, a hint for the poll interval
@@ -252,7 +252,8 @@ class Item:
     feed_url: str
     #: identity within its feed: entry id, else link, else hash of title and content
     entry_key: str
-    #: the publisher's link minus tracking parameters ("" if the entry had none)
+    #: the publisher's link, absolute http(s), minus credentials and tracking parameters
+    #: ("" if the entry had none, or none that is http(s))
     link: str
     #: canonical_url(link), for matching only ("" if no link)
     canonical_link: str

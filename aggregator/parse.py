@@ -4,7 +4,8 @@ RSS 0.9x/1.0/2.0 and Atom go through feedparser with its sanitizer and URI
 rewriting turned off: clean.py does both with nh3, which is far faster. JSON
 Feed 1.0/1.1 (https://jsonfeed.org/version/1.1) is read here, since
 feedparser 6 does not know it. HTML is left as the feed gave it; only entry
-links are made absolute.
+links are made absolute. The feed's own link (its site) is kept only as an
+http(s) URL without credentials, and author names as plain text.
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ import feedparser.urls
 
 from aggregator.errors import ParseError
 from aggregator.model import ParsedEntry, ParsedFeed
+from aggregator.urls import publishable_url
 
 #: bozo exceptions that only say the server mislabelled a readable document
 _HARMLESS_BOZO: tuple[type[Exception], ...] = (
@@ -333,8 +335,10 @@ def _entry_link(entry: Any) -> str | None:
 
 
 def _feed_link(feed: Any, base_url: str) -> str | None:
+    """The feed's site: published (OPML htmlUrl, outlet links), so http(s) only and without
+    the credentials the feed URL it may be resolved against can carry."""
     link = dict.get(feed, "link")
-    return urljoin(base_url, str(link).strip()) if link else None
+    return publishable_url(str(link), base_url) if link else None
 
 
 def _longest_content(contents: Iterable[Any]) -> str:
@@ -375,12 +379,14 @@ def _plain_title(element: Any) -> str:
 #: an Atom author as "Name (email)"
 _EMAIL_THEN_NAME = re.compile(r"^\S+@\S+\s*\((?P<name>[^()]+)\)$")
 _NAME_THEN_EMAIL = re.compile(r"^(?P<name>[^<>()]+?)\s*[<(]\S+@\S+[>)]$")
+#: a start or end tag, as opposed to a "<" in text ("AT&T <3")
+_MARKUP_TAG = re.compile(r"</?[A-Za-z][^<>]*>")
 
 
 def _author_name(author: object) -> str | None:
     """The person's name from an author string, without the e-mail address around it
     (feedparser's own split of "email (Name)" cuts the address in the wrong place)."""
-    text = _clean_text(author)
+    text = _plain_name(author)
     if not text:
         return None
     match = _EMAIL_THEN_NAME.match(text) or _NAME_THEN_EMAIL.match(text)
@@ -390,7 +396,22 @@ def _author_name(author: object) -> str | None:
 def _name_of(detail: Any) -> str | None:
     if not detail:
         return None
-    return _clean_text(detail.get("name"))
+    return _plain_name(detail.get("name"))
+
+
+def _plain_name(value: object) -> str | None:
+    """A name as plain text, which renderers escape once. feedparser hands names over with
+    whatever the feed put in them: markup (`<dc:creator>&lt;b&gt;Bob&lt;/b&gt;` comes as
+    "<b>Bob</b>") and, from feeds that escape twice, character references ("Tom &amp;
+    Jerry"). References are decoded once, then tags dropped (their text kept)."""
+    text = _clean_text(value)
+    if not text:
+        return None
+    if _HAS_ENTITY.search(text):
+        text = html.unescape(text)
+    if "<" in text:
+        text = _MARKUP_TAG.sub(" ", text)
+    return _clean_text(text)
 
 
 def _clean_text(value: object) -> str | None:
@@ -462,10 +483,9 @@ def _parse_json_feed(body: bytes, url: str) -> ParsedFeed:
     if not isinstance(items, list):
         raise ParseError(url, "invalid JSON Feed: items is not a list")
     feed_authors = _json_authors(document)
-    home_page = _json_string(document.get("home_page_url"))
     return ParsedFeed(
         title=_json_string(document.get("title")),
-        site_url=urljoin(url, home_page) if home_page else None,
+        site_url=publishable_url(_json_string(document.get("home_page_url")), url),
         entries=tuple(
             _entry_from_json(item, url, feed_authors) for item in items if isinstance(item, dict)
         ),
@@ -518,7 +538,7 @@ def _json_authors(container: Mapping[str, Any]) -> str | None:
         author = container.get("author")
         authors = [author] if isinstance(author, dict) else []
     names = _unique(
-        author["name"]
+        _plain_name(author["name"]) or ""
         for author in authors
         if isinstance(author, dict) and isinstance(author.get("name"), str)
     )

@@ -8,6 +8,12 @@ Every document is built as a tree (lxml) or with json.dumps, never by pasting st
 hostile feed text always ends up as text. Item HTML (already sanitized by clean.py) is
 embedded in the feeds as escaped text (Atom type="html", RSS description), never as
 markup, and the HTML page shows only the plain-text excerpt.
+
+This is also the last gate for what was stored before cleaning got stricter: every URL
+taken from a feed, and every configured feed URL, goes through `published_url` (http(s)
+only, no credentials, else left out), titles, names and category terms through `single_line` (no
+bidirectional controls), and every item gets what each format requires (a title, content
+when it has no link) whatever its source lacked.
 """
 
 from __future__ import annotations
@@ -24,7 +30,9 @@ from lxml import etree
 
 from aggregator import PROJECT_URL, __version__
 from aggregator.model import PublishedItem, SourceRef, Topic
+from aggregator.text import single_line, without_bidi_embeddings
 from aggregator.timeutil import to_utc
+from aggregator.urls import publishable_url, redact_text
 
 ATOM_NS = "http://www.w3.org/2005/Atom"
 DC_NS = "http://purl.org/dc/elements/1.1/"
@@ -40,6 +48,8 @@ JSON_FEED_TYPE = "application/feed+json"
 EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
 GENERATOR_NAME = "aggregator"
+#: the title of an item that has none (every format shows one)
+UNTITLED = "(untitled)"
 
 # XML 1.0 allows only these characters (https://www.w3.org/TR/xml/#charsets); lxml refuses
 # the rest, and lone surrogates cannot even be encoded, so hostile feed text loses them.
@@ -82,6 +92,20 @@ def clean_text(text: str | None) -> str:
     return _NOT_XML_CHAR.sub("", text)
 
 
+def _line(text: str | None) -> str:
+    """A single-line field (title, name, category term) as published: one line, without
+    the characters XML cannot carry or bidirectional controls."""
+    return single_line(clean_text(text))
+
+
+def published_url(url: str | None, base: str | None = None) -> str | None:
+    """`url` as it may be published, resolved against `base` when relative: http(s) only,
+    without userinfo or secret-looking parameters (`urls.publishable_url`); None means
+    leave it out. Every URL that comes from a feed, and every configured feed URL, passes
+    here (our own links, made from `base_url` and slugs, do not need to)."""
+    return publishable_url(clean_text(url), clean_text(base) or None)
+
+
 def format_rfc3339(moment: datetime) -> str:
     """`2024-03-05T14:07:09Z`: whole seconds, UTC, as Atom and JSON Feed want."""
     return to_utc(moment).strftime("%Y-%m-%dT%H:%M:%SZ")
@@ -102,13 +126,30 @@ def _feed_updated(items: Sequence[PublishedItem]) -> datetime:
     return max((to_utc(item.updated) for item in items), default=EPOCH)
 
 
+def _title(item: PublishedItem) -> str:
+    """The item's title, never empty: Atom requires one, RSS one of title or description."""
+    return _line(item.title) or UNTITLED
+
+
+def _link(item: PublishedItem) -> str | None:
+    """The item's link if it may be published; a relative one (stored before links were
+    resolved when cleaned) is resolved against its first outlet's feed."""
+    base = item.sources[0].feed_url if item.sources else None
+    return published_url(item.link, base)
+
+
+def _author(item: PublishedItem) -> str:
+    """The item's author as one line, or ""."""
+    return _line(item.author)
+
+
 def _author_name(item: PublishedItem) -> str:
     """The item's author, else its first outlet: an Atom entry needs an author."""
-    author = clean_text(item.author).strip()
+    author = _author(item)
     if author:
         return author
     for source in item.sources:
-        title = clean_text(source.title).strip()
+        title = _source_title(source)
         if title:
             return title
     return "Unknown"
@@ -118,10 +159,30 @@ def _categories(item: PublishedItem) -> list[str]:
     """Non-empty categories, each once, in the feed's order."""
     seen: dict[str, None] = {}
     for category in item.categories:
-        term = clean_text(category).strip()
+        term = _line(category)
         if term:
             seen.setdefault(term, None)
     return list(seen)
+
+
+def _source_title(source: SourceRef) -> str:
+    """The outlet's name as one line. A feed with neither a configured name nor a title of
+    its own is named by its URL: that name is published as URLs are (no credentials), and
+    any URL quoted in a feed's title is shown redacted."""
+    title = _line(source.title)
+    if not title or title == _line(source.feed_url):
+        return published_url(source.feed_url) or ""
+    return redact_text(title)
+
+
+def _source_url(source: SourceRef) -> str | None:
+    """The outlet's site or its link to the story, else its feed; None if neither may be
+    published."""
+    return published_url(source.url, source.feed_url) or _source_feed_url(source)
+
+
+def _source_feed_url(source: SourceRef) -> str | None:
+    return published_url(source.feed_url)
 
 
 def _summary_html(item: PublishedItem) -> str:
@@ -129,10 +190,6 @@ def _summary_html(item: PublishedItem) -> str:
     if item.summary_html:
         return clean_text(item.summary_html)
     return html.escape(clean_text(item.excerpt), quote=False)
-
-
-def _source_href(source: SourceRef) -> str:
-    return clean_text(source.url or source.feed_url)
 
 
 def _output_url(base_url: str, slug: str, extension: str) -> str:
@@ -179,7 +236,7 @@ def render_atom(topic: Topic, items: Sequence[PublishedItem], base_url: str) -> 
     feed = etree.Element(_atom("feed"), nsmap={None: ATOM_NS})  # type: ignore[dict-item]
     # The self URL doubles as the feed id: stable for as long as the feed lives there.
     _sub(feed, _atom("id"), self_url)
-    _sub(feed, _atom("title"), topic.title, {"type": "text"})
+    _sub(feed, _atom("title"), _line(topic.title), {"type": "text"})
     if topic.description:
         _sub(feed, _atom("subtitle"), topic.description, {"type": "text"})
     _sub(feed, _atom("updated"), format_rfc3339(_feed_updated(items)))
@@ -207,14 +264,16 @@ def render_atom(topic: Topic, items: Sequence[PublishedItem], base_url: str) -> 
 def _add_atom_entry(feed: etree._Element, item: PublishedItem) -> None:
     entry = _sub(feed, _atom("entry"))
     _sub(entry, _atom("id"), item.id)
-    _sub(entry, _atom("title"), item.title, {"type": "text"})
-    if item.link:
-        _sub(entry, _atom("link"), attrib={"rel": "alternate", "href": item.link})
+    _sub(entry, _atom("title"), _title(item), {"type": "text"})
+    link = _link(item)
+    if link:
+        _sub(entry, _atom("link"), attrib={"rel": "alternate", "href": link})
     # The contract: every outlet beyond the first (which is atom:source) is a via link.
     for source in item.sources[1:]:
-        href = _source_href(source)
+        href = _source_url(source)
         if href:
-            _sub(entry, _atom("link"), attrib={"rel": "via", "href": href, "title": source.title})
+            attrib = {"rel": "via", "href": href, "title": _source_title(source)}
+            _sub(entry, _atom("link"), attrib=attrib)
     _sub(entry, _atom("published"), format_rfc3339(item.published))
     _sub(entry, _atom("updated"), format_rfc3339(item.updated))
     author = _sub(entry, _atom("author"))
@@ -225,8 +284,8 @@ def _add_atom_entry(feed: etree._Element, item: PublishedItem) -> None:
     if summary:
         _sub(entry, _atom("summary"), summary, {"type": "html"})
     # RFC 4287 4.1.1.1: an entry without an alternate link must carry content.
-    content = clean_text(item.content_html) or ("" if item.link else summary)
-    if content or not item.link:
+    content = clean_text(item.content_html) or ("" if link else summary)
+    if content or not link:
         _sub(entry, _atom("content"), content, {"type": "html"})
     if item.sources:
         _add_atom_source(entry, item.sources[0])
@@ -234,13 +293,15 @@ def _add_atom_entry(feed: etree._Element, item: PublishedItem) -> None:
 
 def _add_atom_source(entry: etree._Element, source: SourceRef) -> None:
     element = _sub(entry, _atom("source"))
-    if source.feed_url:
-        _sub(element, _atom("id"), source.feed_url)
-    _sub(element, _atom("title"), source.title, {"type": "text"})
-    if source.feed_url:
-        _sub(element, _atom("link"), attrib={"rel": "self", "href": source.feed_url})
-    if source.url:
-        _sub(element, _atom("link"), attrib={"rel": "alternate", "href": source.url})
+    feed_url = _source_feed_url(source)
+    if feed_url:
+        _sub(element, _atom("id"), feed_url)
+    _sub(element, _atom("title"), _source_title(source), {"type": "text"})
+    if feed_url:
+        _sub(element, _atom("link"), attrib={"rel": "self", "href": feed_url})
+    site = published_url(source.url, source.feed_url)
+    if site:
+        _sub(element, _atom("link"), attrib={"rel": "alternate", "href": site})
 
 
 # --- RSS -----------------------------------------------------------------------------
@@ -252,7 +313,7 @@ def render_rss(topic: Topic, items: Sequence[PublishedItem], base_url: str) -> b
         "rss", nsmap={"atom": ATOM_NS, "content": CONTENT_NS, "dc": DC_NS}, version="2.0"
     )
     channel = _sub(rss, "channel")
-    _sub(channel, "title", topic.title)
+    _sub(channel, "title", _line(topic.title))
     _sub(channel, "link", _output_url(base_url, topic.slug, "html"))
     # <description> is required by RSS 2.0; the title is better than nothing.
     _sub(channel, "description", topic.description or topic.title)
@@ -275,20 +336,22 @@ def render_rss(topic: Topic, items: Sequence[PublishedItem], base_url: str) -> b
 
 def _add_rss_item(channel: etree._Element, item: PublishedItem) -> None:
     element = _sub(channel, "item")
-    _sub(element, "title", item.title)
-    if item.link:
-        _sub(element, "link", item.link)
+    # RSS 2.0 wants a title or a description; _title is never empty.
+    _sub(element, "title", _title(item))
+    link = _link(item)
+    if link:
+        _sub(element, "link", link)
     _sub(element, "guid", item.id, {"isPermaLink": "false"})
     _sub(element, "pubDate", format_rfc822(item.published))
     # RSS <author> must be an e-mail address; Dublin Core takes a name.
-    if clean_text(item.author).strip():
-        _sub(element, f"{{{DC_NS}}}creator", clean_text(item.author).strip())
+    if _author(item):
+        _sub(element, f"{{{DC_NS}}}creator", _author(item))
     for term in _categories(item):
         _sub(element, "category", term)
     # RSS has room for one <source>: the first outlet (the contract).
-    if item.sources and item.sources[0].feed_url:
-        first = item.sources[0]
-        _sub(element, "source", first.title, {"url": first.feed_url})
+    feed_url = _source_feed_url(item.sources[0]) if item.sources else None
+    if feed_url:
+        _sub(element, "source", _source_title(item.sources[0]), {"url": feed_url})
     summary = _summary_html(item)
     if summary:
         _sub(element, "description", summary)
@@ -303,7 +366,7 @@ def render_json(topic: Topic, items: Sequence[PublishedItem], base_url: str) -> 
     """The topic as a JSON Feed 1.1 document, items in the order given."""
     feed: dict[str, Any] = {
         "version": JSON_FEED_VERSION,
-        "title": clean_text(topic.title),
+        "title": _line(topic.title),
         "home_page_url": _output_url(base_url, topic.slug, "html"),
         "feed_url": _output_url(base_url, topic.slug, "json"),
     }
@@ -317,26 +380,27 @@ def render_json(topic: Topic, items: Sequence[PublishedItem], base_url: str) -> 
 
 def _json_item(item: PublishedItem) -> dict[str, Any]:
     entry: dict[str, Any] = {"id": clean_text(item.id)}
-    if item.link:
-        entry["url"] = clean_text(item.link)
-    entry["title"] = clean_text(item.title)
+    link = _link(item)
+    if link:
+        entry["url"] = link
+    entry["title"] = _title(item)
     # JSON Feed wants content_html or content_text on every item.
     entry["content_html"] = clean_text(item.content_html) or _summary_html(item)
     if item.excerpt:
         entry["summary"] = clean_text(item.excerpt)
     entry["date_published"] = format_rfc3339(item.published)
     entry["date_modified"] = format_rfc3339(item.updated)
-    if clean_text(item.author).strip():
-        entry["authors"] = [{"name": clean_text(item.author).strip()}]
+    if _author(item):
+        entry["authors"] = [{"name": _author(item)}]
     categories = _categories(item)
     if categories:
         entry["tags"] = categories
     entry["_aggregator"] = {
         "sources": [
             {
-                "title": clean_text(source.title),
-                "url": clean_text(source.url),
-                "feed_url": clean_text(source.feed_url),
+                "title": _source_title(source),
+                "url": _source_url(source),
+                "feed_url": _source_feed_url(source),
             }
             for source in item.sources
         ]
@@ -345,14 +409,6 @@ def _json_item(item: PublishedItem) -> dict[str, Any]:
 
 
 # --- HTML pages ----------------------------------------------------------------------
-
-
-def _safe_href(url: str) -> str | None:
-    """`url` if a browser may follow it from our page: http(s) only, no javascript:."""
-    url = clean_text(url).strip()
-    if url.lower().startswith(("https://", "http://")):
-        return url
-    return None
 
 
 def _html_page(
@@ -380,10 +436,12 @@ def _html_page(
 
 def _add_footer(body: etree._Element) -> None:
     footer = _sub(body, "footer")
-    _sub(footer, "p", "Generated by ").append(_link(f"{GENERATOR_NAME} {__version__}", PROJECT_URL))
+    _sub(footer, "p", "Generated by ").append(
+        _anchor(f"{GENERATOR_NAME} {__version__}", PROJECT_URL)
+    )
 
 
-def _link(text: str, href: str | None, rel: str | None = None) -> etree._Element:
+def _anchor(text: str, href: str | None, rel: str | None = None) -> etree._Element:
     anchor = etree.Element("a")
     if href:
         anchor.set("href", clean_text(href))
@@ -405,7 +463,7 @@ def _html_bytes(root: etree._Element) -> bytes:
 
 
 def _feed_alternates(topic: Topic) -> list[tuple[str, str, str]]:
-    title = clean_text(topic.title)
+    title = _line(topic.title)
     return [
         (ATOM_TYPE, f"{title} (Atom)", f"{topic.slug}.atom"),
         (RSS_TYPE, f"{title} (RSS)", f"{topic.slug}.rss"),
@@ -418,7 +476,7 @@ def _add_feed_nav(parent: etree._Element, slug: str) -> None:
     formats = (("Atom", "atom"), ("RSS", "rss"), ("JSON Feed", "json"))
     for index, (label, extension) in enumerate(formats):
         separator = " · " if index < len(formats) - 1 else ""
-        _append_inline(nav, _link(label, f"{slug}.{extension}"), separator)
+        _append_inline(nav, _anchor(label, f"{slug}.{extension}"), separator)
 
 
 def render_html(topic: Topic, items: Sequence[PublishedItem], base_url: str) -> bytes:
@@ -428,9 +486,9 @@ def render_html(topic: Topic, items: Sequence[PublishedItem], base_url: str) -> 
     so the static copies in output_dir work as well as the served ones.
     """
     del base_url
-    root, body = _html_page(topic.title, _feed_alternates(topic))
+    root, body = _html_page(_line(topic.title), _feed_alternates(topic))
     header = _sub(body, "header")
-    _sub(header, "h1", topic.title)
+    _sub(header, "h1", _line(topic.title))
     if topic.description:
         _sub(header, "p", topic.description, {"class": "description"})
     _add_feed_nav(header, topic.slug)
@@ -439,7 +497,7 @@ def render_html(topic: Topic, items: Sequence[PublishedItem], base_url: str) -> 
         _sub(main, "p", "No items yet.", {"class": "empty"})
     for item in items:
         _add_html_item(main, item)
-    _sub(body, "p").append(_link("All topics", "index.html"))
+    _sub(body, "p").append(_anchor("All topics", "index.html"))
     _add_footer(body)
     return _html_bytes(root)
 
@@ -447,24 +505,27 @@ def render_html(topic: Topic, items: Sequence[PublishedItem], base_url: str) -> 
 def _add_html_item(main: etree._Element, item: PublishedItem) -> None:
     article = _sub(main, "article")
     heading = _sub(article, "h2")
-    heading.append(_link(item.title or "(untitled)", _safe_href(item.link), rel="noopener"))
+    heading.append(_anchor(_title(item), _link(item), rel="noopener"))
     meta = _sub(article, "p", attrib={"class": "meta"})
     if item.sources:
         first = item.sources[0]
-        _append_inline(meta, _link(first.title, _safe_href(first.url)), " · ")
+        _append_inline(meta, _anchor(_source_title(first), _source_url(first)), " · ")
     when = _sub(meta, "time", format_human(item.published))
     when.set("datetime", format_rfc3339(item.published))
-    author = clean_text(item.author).strip()
+    author = _author(item)
     if author:
         when.tail = f" · by {author}"
-    if item.excerpt:
-        _sub(article, "p", item.excerpt, {"class": "excerpt"})
+    # An override or isolate left open would reorder the rest of the page.
+    excerpt = without_bidi_embeddings(clean_text(item.excerpt))
+    if excerpt:
+        _sub(article, "p", excerpt, {"class": "excerpt"})
     if len(item.sources) > 1:
         also = _sub(article, "p", "also in: ", {"class": "also"})
         further = item.sources[1:]
         for index, source in enumerate(further):
             separator = ", " if index < len(further) - 1 else ""
-            _append_inline(also, _link(source.title, _safe_href(source.url)), separator)
+            anchor = _anchor(_source_title(source), _source_url(source))
+            _append_inline(also, anchor, separator)
 
 
 def render_index(topics: Sequence[Topic], base_url: str) -> bytes:
@@ -482,12 +543,12 @@ def render_index(topics: Sequence[Topic], base_url: str) -> bytes:
         for topic in topics:
             entry = _sub(listing, "li")
             heading = _sub(entry, "h2")
-            heading.append(_link(topic.title or topic.slug, f"{topic.slug}.html"))
+            heading.append(_anchor(_line(topic.title) or topic.slug, f"{topic.slug}.html"))
             if topic.description:
                 _sub(entry, "p", topic.description, {"class": "description"})
             _add_feed_nav(entry, topic.slug)
     sources = _sub(body, "p", "The configured sources as OPML: ")
-    sources.append(_link("feeds.opml", "feeds.opml"))
+    sources.append(_anchor("feeds.opml", "feeds.opml"))
     _add_footer(body)
     return _html_bytes(root)
 
@@ -502,9 +563,13 @@ def render_opml(title: str, sources: Sequence[SourceRef]) -> bytes:
     _sub(head, "title", title)
     body = _sub(opml, "body")
     for source in sources:
-        label = source.title or source.feed_url
-        attrib = {"type": "rss", "text": label, "title": label, "xmlUrl": source.feed_url}
-        if source.url:
-            attrib["htmlUrl"] = source.url
+        feed_url = _source_feed_url(source)
+        if not feed_url:
+            continue  # nothing a reader could subscribe to
+        label = _source_title(source)
+        attrib = {"type": "rss", "text": label, "title": label, "xmlUrl": feed_url}
+        site = published_url(source.url, source.feed_url)
+        if site:
+            attrib["htmlUrl"] = site
         _sub(body, "outline", attrib=attrib)
     return _xml_bytes(opml)

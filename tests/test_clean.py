@@ -494,3 +494,70 @@ _PIECES = st.sampled_from(
 def test_text_of_sanitized_html_is_what_a_parse_gives(markup: str) -> None:
     cleaned = sanitize_html(markup, "https://example.org/")
     assert sanitized_html_to_text(cleaned) == html_to_text(cleaned)
+
+
+# --- links, names and titles as published ----------------------------------------------------
+
+ACTIVE_LINKS = [
+    "javascript:alert(1)",
+    "JAVASCRIPT:alert(1)",
+    " \tjavascript:alert(1)",
+    "java\tscript:alert(1)",
+    "vbscript:msgbox(1)",
+    "data:text/html;base64,PHNjcmlwdD5hbGVydCgxKTwvc2NyaXB0Pg==",
+    "ftp://files.example/x",
+]
+
+
+@pytest.mark.parametrize("link", ACTIVE_LINKS)
+def test_a_link_that_is_not_http_is_not_stored(link: str):
+    entry = make_entry(link=link)
+    item = clean(entry)
+    assert item.link == ""
+    assert item.canonical_link == ""
+    # the entry itself is kept, under the same key, with its text
+    assert item.entry_key == clean(make_entry(link=link)).entry_key
+    assert item.title == "Envoys meet"
+    assert item.text == "Full article text about envoys meeting in Geneva."
+
+
+@pytest.mark.parametrize(
+    ("link", "stored"),
+    [
+        # trimmed as a browser trims it
+        (" \n https://news.example.org/a\t?id=7 ", "https://news.example.org/a?id=7"),
+        # relative links resolve against the entry's base
+        ("/2024/03/b", "https://news.example.org/2024/03/b"),
+        ("c?id=1", "https://news.example.org/2024/03/story/c?id=1"),
+        # no credentials, no trackers
+        (
+            "https://user:pw@news.example.org/d?api_key=XYZ&id=2&utm_source=rss",
+            "https://news.example.org/d?id=2",
+        ),
+    ],
+)
+def test_the_stored_link_is_absolute_http_and_publishable(link: str, stored: str):
+    item = clean(make_entry(link=link))
+    assert item.link == stored
+    assert item.canonical_link.startswith("https://news.example.org/")
+
+
+def test_bidi_controls_are_removed_from_titles_names_and_categories():
+    item = clean(
+        make_entry(
+            title="Invoice \u202egpj.exe",
+            author="\u2067Mallory\u2069\u200f",
+            categories=("\u202aDiplomacy\u202c", "\u200e", "\u061cKorea"),
+            content_html="<p>\u05e9\u05dc\u05d5\u05dd\u200f text</p>",
+        )
+    )
+    assert item.title == "Invoice gpj.exe"
+    assert item.author == "Mallory"
+    assert item.categories == ("Diplomacy", "Korea")
+    # bodies keep the marks right-to-left text uses
+    assert "\u200f" in item.content_html and "\u200f" in item.text
+
+
+def test_a_title_made_from_the_text_has_no_bidi_controls_either():
+    item = clean(make_entry(title="", content_html="<p>\u202eReversed text</p>"))
+    assert item.title == "Reversed text"

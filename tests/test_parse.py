@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import html
+import json
 import time
 import tracemalloc
 from datetime import UTC, datetime
 from pathlib import Path
 
+import feedparser
+import lxml.html
 import pytest
 
 from aggregator.errors import ParseError
@@ -394,3 +397,98 @@ def test_a_json_feed_with_a_bare_version_number_is_read():
     body = b'{"version": "1.1", "title": "T", "items": [{"id": "1", "content_text": "Hello"}]}'
     feed = parse_feed(body, {"content-type": "application/feed+json"}, "https://j.test/feed.json")
     assert [e.entry_id for e in feed.entries] == ["1"]
+
+
+# --- the feed's own link, authors as plain text ---------------------------------------------
+
+
+def rss_with(channel_link: str = "", creator: str = "", author: str = "") -> bytes:
+    return (
+        '<rss version="2.0" xmlns:dc="http://purl.org/dc/elements/1.1/"><channel><title>T</title>'
+        f"<link>{channel_link}</link><item><title>x</title><guid>1</guid>"
+        + (f"<dc:creator>{creator}</dc:creator>" if creator else "")
+        + (f"<author>{author}</author>" if author else "")
+        + "</item></channel></rss>"
+    ).encode()
+
+
+@pytest.mark.parametrize(
+    ("channel_link", "site_url"),
+    [
+        ("javascript:alert(1)", None),
+        (" &#9;javascript:alert(1)", None),
+        ("vbscript:msgbox(1)", None),
+        ("data:text/html;base64,PHNjcmlwdD4=", None),
+        ("/home", "https://feeds.test/home"),
+        ("https://site.test/?session=abc&amp;lang=en", "https://site.test/?lang=en"),
+    ],
+)
+def test_the_feeds_site_link_is_http_without_credentials(channel_link: str, site_url: str | None):
+    feed = parse_feed(rss_with(channel_link), {}, "https://user:pw@feeds.test/rss?token=t")
+    assert feed.site_url == site_url
+
+
+@pytest.mark.parametrize(
+    "home_page", ["javascript:alert(1)", "data:text/html,x", " \tjavascript:x"]
+)
+def test_a_json_feeds_home_page_is_http_only(home_page: str):
+    body = json.dumps(
+        {"version": "https://jsonfeed.org/version/1.1", "title": "T", "home_page_url": home_page}
+    ).encode()
+    assert parse_feed(body, {}, "https://j.test/feed.json").site_url is None
+
+
+@pytest.mark.parametrize(
+    ("creator", "name"),
+    [
+        # markup escaped once in the XML: feedparser hands over the markup
+        ("&lt;b onclick=x&gt;Bob&lt;/b&gt;", "Bob"),
+        # escaped twice: feedparser hands over its character references
+        ("&amp;lt;b onclick=x&amp;gt;Bob&amp;lt;/b&amp;gt;", "Bob"),
+        ("<![CDATA[<a href='javascript:alert(1)'>Ann</a> Lee]]>", "Ann Lee"),
+        ("Tom &amp;amp; Jerry", "Tom & Jerry"),
+        ("AT&amp;T &lt;3", "AT&T <3"),
+        ("Min-ji Park &lt;mj@example.org&gt;", "Min-ji Park"),
+    ],
+)
+def test_author_names_are_plain_text_decoded_once(creator: str, name: str):
+    (entry,) = parse_feed(rss_with(creator=creator), {}, "https://a.test/").entries
+    assert entry.author == name
+
+
+def test_an_escaped_author_reads_as_a_name_on_every_published_page():
+    from aggregator.clean import clean_entry
+    from aggregator.model import PublishedItem, SourceRef, Topic
+    from aggregator.render import render_atom, render_html, render_json, render_rss
+
+    body = rss_with(creator="&lt;b onclick=x&gt;Bob &amp;amp; Alice&lt;/b&gt;")
+    (entry,) = parse_feed(body, {}, "https://a.test/").entries
+    now = datetime(2024, 3, 1, tzinfo=UTC)
+    cleaned = clean_entry(entry, "https://a.test/", now)
+    item = PublishedItem(
+        id="urn:x:1",
+        link=cleaned.link,
+        title=cleaned.title,
+        content_html=cleaned.content_html,
+        summary_html=cleaned.summary_html,
+        excerpt=cleaned.excerpt,
+        author=cleaned.author,
+        categories=cleaned.categories,
+        published=cleaned.published,
+        updated=cleaned.updated,
+        sources=(SourceRef("T", "https://a.test/", "https://a.test/"),),
+    )
+    topic = Topic(slug="all", title="All")
+    page = render_html(topic, [item], "https://n.test/")
+    assert b"by Bob &amp; Alice</p>" in page
+    assert b"&amp;lt;" not in page and b"&lt;b" not in page and b"onclick" not in page
+    meta = str(lxml.html.document_fromstring(page).xpath("string(//p[@class='meta'])"))
+    assert meta.endswith("by Bob & Alice")
+    assert feedparser.parse(render_atom(topic, [item], "https://n.test/")).entries[0].author == (
+        "Bob & Alice"
+    )
+    assert feedparser.parse(render_rss(topic, [item], "https://n.test/")).entries[0].author == (
+        "Bob & Alice"
+    )
+    json_item = json.loads(render_json(topic, [item], "https://n.test/"))["items"][0]
+    assert json_item["authors"] == [{"name": "Bob & Alice"}]

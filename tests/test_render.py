@@ -9,6 +9,7 @@ from dataclasses import replace
 from datetime import UTC, datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any
+from urllib.parse import urljoin, urlsplit
 
 import feedparser
 import lxml.html
@@ -649,3 +650,276 @@ def test_control_characters_in_index_and_opml() -> None:
         assert not set(CONTROL_CHARACTERS) & set(text)
     assert "Control topic" in index
     assert etree.fromstring(opml.encode()).findtext("head/title") == "My feeds"
+
+
+# --- every published URL is http(s) ------------------------------------------------------
+
+#: links a feed may give that a browser would run rather than open
+ACTIVE_LINKS = [
+    "javascript:alert(1)",
+    "vbscript:msgbox(1)",
+    "data:text/html;base64,PHNjcmlwdD5hbGVydCgxKTwvc2NyaXB0Pg==",
+    " \tjavascript:alert(1)",
+    "java\nscript:alert(1)",
+]
+ACTIVE_SCHEMES = re.compile(r"(java|vb)script:|data:", re.IGNORECASE)
+
+
+def strings(tree: etree._Element, xpath: str, **namespaces: str) -> list[str]:
+    """The text or attribute values an XPath selects."""
+    result = tree.xpath(xpath, namespaces=namespaces)
+    assert isinstance(result, list)
+    return [str(value) for value in result]
+
+
+def published_urls(name: str, document: bytes) -> list[str]:
+    """Every URL a reader of this document may follow (HTML links resolved on BASE_URL)."""
+    if name == "json":
+        feed = json.loads(document)
+        urls = [feed["home_page_url"], feed["feed_url"]]
+        for item in feed["items"]:
+            urls += [item["url"]] if "url" in item else []
+            for source in item["_aggregator"]["sources"]:
+                urls += [source["url"], source["feed_url"]]
+        return urls
+    if name == "html":
+        page = parse_html(document)
+        return [urljoin(BASE_URL, href) for href in strings(page, "//@href | //@src")]
+    tree = etree.fromstring(document)
+    if name == "opml":
+        return strings(tree, "//outline/@xmlUrl | //outline/@htmlUrl")
+    if name == "rss":
+        return strings(tree, "//link/text() | //source/@url | //*[local-name()='link']/@href")
+    # Atom: links, and the ids that are feed URLs (atom:source/atom:id)
+    return strings(tree, "//a:link/@href | //a:source/a:id/text()", a=ATOM_NS)
+
+
+def render_every_format(items: list[PublishedItem]) -> dict[str, bytes]:
+    documents = {name: render(TOPIC, items, BASE_URL) for name, render in RENDERERS.items()}
+    documents["opml"] = render_opml("feeds", [source for item in items for source in item.sources])
+    return documents
+
+
+def assert_only_http_urls(documents: dict[str, bytes]) -> None:
+    for name, document in documents.items():
+        urls = published_urls(name, document)
+        assert urls, name
+        for url in urls:
+            assert urlsplit(url).scheme in ("http", "https") and urlsplit(url).hostname, (name, url)
+            assert url == url.strip() and not ACTIVE_SCHEMES.search(url), (name, url)
+
+
+@pytest.mark.parametrize("link", ACTIVE_LINKS)
+def test_active_links_are_published_in_no_format(link: str) -> None:
+    outlet = SourceRef(title="Hostile outlet", url=link, feed_url="https://evil.example/feed")
+    items = [
+        make_item(link=link, sources=(outlet, replace(OUTLET_B, url=link))),
+        make_item(id="urn:x:2", link=link, content_html="", sources=(outlet,)),
+    ]
+    documents = render_every_format(items)
+    assert_only_http_urls(documents)
+    # the items are still there, with their ids and text
+    for name in ("atom", "rss", "json", "html"):
+        assert b"Talks resume in Panmunjom" in documents[name]
+    parsed = feedparser.parse(documents["atom"])
+    assert [entry.id for entry in parsed.entries] == [item.id for item in items]
+    # an Atom entry without a usable link carries content (RFC 4287 4.1.1.1)
+    assert [entry.content[0].value for entry in parsed.entries] == [
+        items[0].content_html,
+        items[1].summary_html,
+    ]
+    assert "url" not in json.loads(documents["json"])["items"][0]
+    assert [entry.get("link") for entry in feedparser.parse(documents["rss"]).entries] == [
+        None,
+        None,
+    ]
+
+
+def test_relative_links_stored_before_are_resolved_on_the_feed() -> None:
+    item = make_item(link="/2024/03/talks", sources=(replace(OUTLET_A, url="/"),))
+    documents = render_every_format([item])
+    assert_only_http_urls(documents)
+    assert feedparser.parse(documents["atom"]).entries[0].link == "https://a.example/2024/03/talks"
+    assert json.loads(documents["json"])["items"][0]["url"] == "https://a.example/2024/03/talks"
+
+
+# --- no credentials in published files ---------------------------------------------------
+
+PASSWORD = "pw-0f8e7d6c"
+TOKEN = "tok-9a8b7c6d"
+CREDENTIALED_FEED = f"http://reader:{PASSWORD}@private.example/feed?api_key={TOKEN}&lang=en"
+
+
+@pytest.mark.parametrize(
+    "source",
+    [
+        pytest.param(
+            SourceRef(title="Private", url="https://private.example/", feed_url=CREDENTIALED_FEED),
+            id="titled",
+        ),
+        # a feed without a title or name is shown by its URL
+        pytest.param(
+            SourceRef(title=CREDENTIALED_FEED, url=CREDENTIALED_FEED, feed_url=CREDENTIALED_FEED),
+            id="named-by-its-url",
+        ),
+    ],
+)
+def test_credentials_in_feed_urls_are_published_in_no_format(source: SourceRef) -> None:
+    items = [
+        make_item(sources=(source,), author=None),
+        make_item(id="urn:x:2", sources=(OUTLET_A, source)),
+        make_item(id="urn:x:3", link=f"https://private.example/story?token={TOKEN}", sources=()),
+    ]
+    documents = render_every_format(items)
+    assert_only_http_urls(documents)
+    for name, document in documents.items():
+        assert PASSWORD.encode() not in document, name
+        assert TOKEN.encode() not in document, name
+    public = "http://private.example/feed?lang=en"
+    opml = etree.fromstring(documents["opml"])
+    assert strings(opml, "//outline/@xmlUrl")[0] == public
+    assert feedparser.parse(documents["atom"]).entries[0].source.id == public
+    assert feedparser.parse(documents["rss"]).entries[0].source.href == public
+    sources = json.loads(documents["json"])["items"][1]["_aggregator"]["sources"]
+    assert sources[1]["feed_url"] == public
+
+
+# --- valid whatever the item lacks --------------------------------------------------------
+
+#: an item missing each field in turn, then all of them
+INCOMPLETE_ITEMS = [
+    make_item(id="urn:x:no-title", title=""),
+    make_item(id="urn:x:blank-title", title=" \n\t "),
+    make_item(id="urn:x:no-link", link=""),
+    make_item(id="urn:x:bad-link", link="javascript:alert(1)"),
+    make_item(id="urn:x:no-content", content_html=""),
+    make_item(id="urn:x:no-summary", summary_html=""),
+    make_item(id="urn:x:no-excerpt", excerpt=""),
+    make_item(id="urn:x:no-author", author=None),
+    make_item(id="urn:x:blank-author", author=" "),
+    make_item(id="urn:x:no-categories", categories=()),
+    make_item(id="urn:x:blank-categories", categories=("", " ")),
+    make_item(id="urn:x:no-sources", sources=(), author=None),
+    make_item(id="urn:x:untitled-outlet", sources=(SourceRef("", "", ""),), author=None),
+    make_item(
+        id="urn:x:nothing",
+        title="",
+        link="",
+        content_html="",
+        summary_html="",
+        excerpt="",
+        author=None,
+        categories=(),
+        sources=(),
+    ),
+    make_item(
+        id="urn:x:nothing-but-a-bad-link",
+        title="",
+        link="data:text/html,x",
+        content_html="",
+        summary_html="",
+        excerpt="",
+        author=None,
+        categories=(),
+        sources=(SourceRef("", "javascript:alert(1)", ""),),
+    ),
+]
+
+
+def test_every_format_is_valid_whatever_an_item_lacks(atom_schema: AtomSchema) -> None:
+    items = INCOMPLETE_ITEMS
+    ids = [item.id for item in items]
+
+    atom = render_atom(TOPIC, items, BASE_URL)
+    assert atom_schema.errors(atom) == []
+    a = {"a": ATOM_NS}
+    entries = etree.fromstring(atom).findall("a:entry", a)
+    assert [entry.findtext("a:id", namespaces=a) for entry in entries] == ids
+    for entry in entries:
+        for required in ("a:title", "a:updated", "a:author/a:name"):
+            assert (entry.findtext(required, namespaces=a) or "").strip(), required
+        if not entry.xpath("a:link[@rel='alternate']", namespaces=a):
+            assert entry.find("a:content", a) is not None
+
+    rss = etree.fromstring(render_rss(TOPIC, items, BASE_URL))
+    rss_items = rss.findall("channel/item")
+    assert [item.findtext("guid") for item in rss_items] == ids
+    for item in rss_items:
+        # RSS 2.0: "All elements of an item are optional, however at least one of title
+        # or description must be present."
+        assert (item.findtext("title") or "").strip() or (item.findtext("description") or "")
+        assert item.findtext("pubDate")
+
+    feed = json.loads(render_json(TOPIC, items, BASE_URL))
+    assert [item["id"] for item in feed["items"]] == ids
+    for item in feed["items"]:
+        assert isinstance(item.get("content_html", item.get("content_text")), str)
+
+    page = parse_html(render_html(TOPIC, items, BASE_URL))
+    headings = [article.find("h2/a") for article in page.iter("article")]
+    assert len(headings) == len(items)
+    assert all(heading.text and heading.text.strip() for heading in headings)
+
+
+# --- bidirectional controls ---------------------------------------------------------------
+
+#: embeddings, overrides and isolates: they reorder all the text after them
+BIDI_EMBEDDINGS = "\u202a\u202b\u202c\u202d\u202e\u2066\u2067\u2068\u2069"
+#: the implicit marks, which right-to-left text uses legitimately
+BIDI_MARKS = "\u200e\u200f\u061c"
+
+
+def test_bidi_controls_are_stripped_from_single_line_fields_in_every_format() -> None:
+    outlet = SourceRef(
+        title="Outlet \u202bA\u202c\u200f", url=OUTLET_A.url, feed_url=OUTLET_A.feed_url
+    )
+    item = make_item(
+        title="Invoice \u202egpj.exe",
+        author="\u2066Mallory\u2069\u200e",
+        categories=("\u202dDiplomacy", "\u061cKorea"),
+        excerpt="\u05e9\u05dc\u05d5\u05dd\u200f excerpt \u202ereversed",
+        content_html="<p>\u05e9\u05dc\u05d5\u05dd\u200f content</p>",
+        sources=(outlet, OUTLET_B),
+    )
+    documents = render_every_format([item])
+
+    a = {"a": ATOM_NS}
+    entry = child(etree.fromstring(documents["atom"]), "a:entry", a)
+    rss_item = child(etree.fromstring(documents["rss"]), "channel/item")
+    json_item = json.loads(documents["json"])["items"][0]
+    page = parse_html(documents["html"])
+    article = page.find(".//article")
+    opml = etree.fromstring(documents["opml"])
+    single_line = {
+        "atom": [
+            entry.findtext("a:title", namespaces=a),
+            entry.findtext("a:author/a:name", namespaces=a),
+            entry.findtext("a:source/a:title", namespaces=a),
+            *(category.get("term") for category in entry.findall("a:category", a)),
+        ],
+        "rss": [
+            rss_item.findtext("title"),
+            rss_item.findtext("{http://purl.org/dc/elements/1.1/}creator"),
+            rss_item.findtext("source"),
+            *(category.text for category in rss_item.findall("category")),
+        ],
+        "json": [
+            json_item["title"],
+            json_item["authors"][0]["name"],
+            json_item["_aggregator"]["sources"][0]["title"],
+            *json_item["tags"],
+        ],
+        "html": [article.find("h2/a").text, article.find_class("meta")[0].text_content()],
+        "opml": strings(opml, "//outline/@text | //outline/@title"),
+    }
+    assert single_line["atom"] == ["Invoice gpj.exe", "Mallory", "Outlet A", "Diplomacy", "Korea"]
+    for name, values in single_line.items():
+        for value in values:
+            assert not set(BIDI_EMBEDDINGS + BIDI_MARKS) & set(value), (name, value)
+    # bodies keep the marks right-to-left text needs; the page's excerpt loses only the
+    # controls that would reorder what follows it
+    excerpt = article.find_class("excerpt")[0].text_content()
+    assert excerpt == "\u05e9\u05dc\u05d5\u05dd\u200f excerpt reversed"
+    assert not set(BIDI_EMBEDDINGS) & set(page.text_content())
+    assert json_item["content_html"] == item.content_html
+    assert json_item["summary"] == item.excerpt
