@@ -9,6 +9,7 @@ released, the story is stored and published: nothing is lost.
 
 from __future__ import annotations
 
+import os
 import sqlite3
 import threading
 import time
@@ -27,7 +28,8 @@ from tests.test_daemon import (  # noqa: F401 - site and launch are fixtures
     write_config,
 )
 
-LOCK_SECONDS = 12.0
+#: the issue measured 45 s; the suite holds it 12 s (set AGGREGATOR_LOCK_SECONDS to change)
+LOCK_SECONDS = float(os.environ.get("AGGREGATOR_LOCK_SECONDS", "12"))
 WATCHDOG_USEC = 2_000_000  # WatchdogSec=2: pinged every second
 
 
