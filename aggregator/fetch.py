@@ -8,19 +8,25 @@ neither an endless body nor a gzip bomb is ever held in memory whole.
 Credentials: the feed's explicit `Credentials`, else the userinfo of its configured URL, go out
 as HTTP Basic auth (RFC 7617, UTF-8), and only to the configured URL's origin (scheme, host,
 port; http → https on the same host counts as the same site): a redirect to another origin, or
-from https down to http, gets no Authorization header. Userinfo never leaves this module: it is
+from https down to http, gets no Authorization header. The userinfo goes nowhere else: it is
 stripped from every URL we request or return, and every URL quoted in a message goes through
-`_redact_url` first.
+`_redact_url` first. (FeedError.url stays the configured URL, the feed's identity: whoever
+shows it redacts it.)
 
 The private network: a feed configured at a public address may not redirect (any hop, or a
 stored permanent redirect) to an address that is not public (`is_public_address`: loopback,
 private, link-local, CGNAT, multicast, reserved…); a host name is resolved first and refused
 when any of its addresses is not public. A feed configured on the LAN or on localhost may
-redirect anywhere: its user meant the private network. For a direct connection the check is
-made again where the connection is opened (`_PublicOnlyBackend`), which connects to the very
-addresses it checked: a host name that answers a public address to the check and a private
-one to the connection (DNS rebinding) gets nowhere. Through a proxy the proxy resolves, so
-only the check before the request applies there.
+redirect anywhere: its user meant the private network (decided the same way, by resolving the
+configured host, once a minute at most; a host that does not resolve counts as public).
+For a direct connection the check is made again where the connection is opened
+(`_PublicOnlyBackend`), which connects to the very addresses it checked: a host name that
+answers a public address to the check and a private one to the connection (DNS rebinding)
+gets nowhere. Through a proxy the proxy resolves, so
+only the check before the request applies there; and a kept-alive connection is reused
+without a new connect, so a host name's current addresses are checked, not the one the
+connection was opened to (which matters only for a name some feed configured on the private
+network also uses).
 """
 
 from __future__ import annotations
@@ -351,7 +357,8 @@ class _PublicOnlyBackend(httpcore.AsyncNetworkBackend):
         deadline = None if timeout is None else loop.time() + timeout
         try:
             async with asyncio.timeout_at(deadline):
-                addresses = await _resolve(host, port)
+                literal = _literal_address(host)
+                addresses = [host] if literal is not None else await _resolve(host, port)
         except TimeoutError as e:
             raise httpcore.ConnectTimeout(str(e)) from e
         except OSError as e:
@@ -654,15 +661,18 @@ class Fetcher:
 
         url = self._checked_url(state.url, state.fetch_url)
         configured = url
-        if state.fetch_url != state.url:
+        moved = state.fetch_url != state.url
+        if moved:
             configured = self._checked_url(state.url, state.url)
+            moved = url != configured  # not when the stored URL only lacks the userinfo
         authorization = _basic_authorization(credentials) if credentials else None
         seen = {str(url)}
         all_permanent = True
         redirects = 0
         while True:
-            # anything but the configured URL was reached by a redirect (a stored one included)
-            public_only = url != configured and await self._is_public(configured)
+            # every hop but the first was reached by a redirect; the first too when the feed
+            # moved (a stored permanent redirect)
+            public_only = (redirects > 0 or moved) and await self._is_public(configured)
             if public_only:
                 await self._refuse_non_public(state.url, url)
             hop_headers: dict[str, str] = headers

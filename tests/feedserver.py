@@ -7,7 +7,8 @@ and closes every socket.
 
 FeedServer: serves a mutable path → resource table with strong ETags, Last-Modified, 304s and
 optional gzip; arbitrary status/headers/body answers (redirects, 410, 429…); records requests
-and the peak number of requests served at once.
+and the peak number of requests served at once. Optionally on another local address (`host`),
+over TLS (`tls`), with paths that want HTTP Basic credentials (`require_auth`).
 
 HostileServer: a raw-socket server for bytes no polite server sends, one behaviour per path
 (see HostileServer.PATHS).
