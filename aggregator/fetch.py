@@ -186,9 +186,10 @@ def _format_seconds(seconds: float) -> str:
 # --- credentials and redaction -----------------------------------------------------
 
 #: query parameters whose values are secrets: key, api_key, x-api-key, token, access_token,
-#: auth, client_secret, password…
+#: auth, client_secret, password, sig (signed URLs)…
 _SECRET_PARAM = re.compile(
-    r"(?:^|[_.-])(?:api_?key|key|token|auth|secret|password|passwd|pwd)$", re.IGNORECASE
+    r"(?:^|[_.-])(?:api_?key|key|token|auth|secret|password|passwd|pwd|sig|signature)$",
+    re.IGNORECASE,
 )
 #: scheme (optional) and "//", then userinfo up to the last "@" of the authority
 _USERINFO = re.compile(r"^(\s*(?:[A-Za-z][A-Za-z0-9+.-]*:)?//)[^/?#]*@")
