@@ -4,26 +4,54 @@ Defensive by design: bounded concurrency (global and per host), conditional GET,
 timeout plus a total deadline per feed, redirects followed by hand (counted, loops detected,
 permanence tracked), and a body limit enforced on the raw bytes *and* while decompressing, so
 neither an endless body nor a gzip bomb is ever held in memory whole.
+
+Credentials: the feed's explicit `Credentials`, else the userinfo of its configured URL, go out
+as HTTP Basic auth (RFC 7617, UTF-8), and only to the configured URL's origin (scheme, host,
+port; http → https on the same host counts as the same site): a redirect to another origin, or
+from https down to http, gets no Authorization header. The userinfo goes nowhere else: it is
+stripped from every URL we request or return, and every URL quoted in a message goes through
+`_redact_url` first. (FeedError.url stays the configured URL, the feed's identity: whoever
+shows it redacts it.)
+
+The private network: a feed configured at a public address may not redirect (any hop, or a
+stored permanent redirect) to an address that is not public (`is_public_address`: loopback,
+private, link-local, CGNAT, multicast, reserved…); a host name is resolved first and refused
+when any of its addresses is not public. A feed configured on the LAN or on localhost may
+redirect anywhere: its user meant the private network (decided the same way, by resolving the
+configured host, once a minute at most; a host that does not resolve counts as public).
+For a direct connection the check is made again where the connection is opened
+(`_PublicOnlyBackend`), which connects to the very addresses it checked: a host name that
+answers a public address to the check and a private one to the connection (DNS rebinding)
+gets nowhere. Through a proxy the proxy resolves, so
+only the check before the request applies there; and a kept-alive connection is reused
+without a new connect, so a host name's current addresses are checked, not the one the
+connection was opened to (which matters only for a name some feed configured on the private
+network also uses).
 """
 
 from __future__ import annotations
 
 import asyncio
+import base64
+import contextvars
 import errno
 import functools
 import importlib
+import ipaddress
 import re
 import socket
 import ssl
 import urllib.request
 import zlib
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from email.utils import parsedate_to_datetime
 from types import TracebackType
-from typing import Any, Protocol
+from typing import Any, Literal, Protocol
+from urllib.parse import unquote_plus
 
+import httpcore
 import httpx
 
 from aggregator import USER_AGENT
@@ -36,7 +64,7 @@ from aggregator.errors import (
     TooLarge,
     TooManyRedirects,
 )
-from aggregator.model import FeedState, Fetched, FetchLimits, NotModified
+from aggregator.model import Credentials, FeedState, Fetched, FetchLimits, NotModified
 from aggregator.timeutil import to_iso
 
 __all__ = [
@@ -45,8 +73,12 @@ __all__ = [
     "DEFAULT_LIMITS",
     "Fetcher",
     "cache_max_age",
+    "is_public_address",
     "parse_retry_after",
 ]
+
+#: how long a configured host's verdict (public or not) is trusted, in seconds
+_VERDICT_TTL = 60.0
 
 #: feed types first; HTML last so a site's home page still comes back for the parser to judge
 ACCEPT = (
@@ -58,6 +90,8 @@ ACCEPT = (
 _REDIRECT_STATUSES = frozenset({301, 302, 303, 307, 308})
 _PERMANENT_REDIRECTS = frozenset({301, 308})
 _RETRY_STATUSES = frozenset({429, 503})
+_AUTH_STATUSES = frozenset({401, 403})
+_DEFAULT_PORTS = {"http": 80, "https": 443}
 _CHUNK = 64 * 1024
 
 DEFAULT_LIMITS = FetchLimits()
@@ -147,6 +181,215 @@ def _format_size(size: int) -> str:
 
 def _format_seconds(seconds: float) -> str:
     return f"{seconds:g} s"
+
+
+# --- credentials and redaction -----------------------------------------------------
+
+#: query parameters whose values are secrets: key, api_key, x-api-key, token, access_token,
+#: auth, client_secret, password, sig (signed URLs)…
+_SECRET_PARAM = re.compile(
+    r"(?:^|[_.-])(?:api_?key|key|token|auth|secret|password|passwd|pwd|sig|signature)$",
+    re.IGNORECASE,
+)
+#: scheme (optional) and "//", then userinfo up to the last "@" of the authority
+_USERINFO = re.compile(r"^(\s*(?:[A-Za-z][A-Za-z0-9+.-]*:)?//)[^/?#]*@")
+_URL_IN_TEXT = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*://[^\s'\"<>]+")
+
+
+def _redact_url(url: str) -> str:
+    """`url` fit to be quoted in a message: userinfo and secret-looking query values → ***.
+
+    Works on the text, so it also cleans what is not a valid URL. (A stand-in for
+    aggregator.urls.redact_url until that lands.)
+    """
+    url = _USERINFO.sub(r"\1***@", url)
+    before_fragment, hash_sign, fragment = url.partition("#")
+    base, question_mark, query = before_fragment.partition("?")
+    if not question_mark:
+        return url
+    params = []
+    for param in query.split("&"):
+        name, equals, _ = param.partition("=")
+        if equals and _SECRET_PARAM.search(unquote_plus(name).strip()):
+            param = f"{name}=***"
+        params.append(param)
+    return f"{base}?{'&'.join(params)}{hash_sign}{fragment}"
+
+
+def _redact_text(text: str) -> str:
+    """`text` (a library's message) with every URL in it redacted."""
+    return _URL_IN_TEXT.sub(lambda match: _redact_url(match.group(0)), text)
+
+
+def _userinfo_credentials(url: str) -> Credentials | None:
+    """The userinfo of `url` as credentials (percent-decoded), or None when it has none."""
+    try:
+        parsed = httpx.URL(url)
+    except httpx.InvalidURL:
+        return None
+    if not parsed.userinfo:
+        return None
+    return Credentials(parsed.username, parsed.password)
+
+
+def _basic_authorization(credentials: Credentials) -> str:
+    """The Authorization header value for HTTP Basic (RFC 7617, charset UTF-8)."""
+    pair = f"{credentials.username}:{credentials.password}".encode()
+    return "Basic " + base64.b64encode(pair).decode("ascii")
+
+
+def _origin(url: httpx.URL) -> tuple[str, str, int]:
+    return url.scheme, url.host, url.port or _DEFAULT_PORTS.get(url.scheme, 0)
+
+
+def _origin_text(url: httpx.URL) -> str:
+    default = _DEFAULT_PORTS.get(url.scheme)
+    port = f":{url.port}" if url.port and url.port != default else ""
+    host = f"[{url.host}]" if ":" in url.host else url.host
+    return f"{url.scheme}://{host}{port}"
+
+
+def _may_send_credentials(configured: httpx.URL, url: httpx.URL) -> bool:
+    """Credentials go to the configured origin only; http → https on the same host too."""
+    if _origin(url) == _origin(configured):
+        return True
+    return configured.scheme == "http" and url.scheme == "https" and url.host == configured.host
+
+
+_AuthUse = Literal["none", "sent", "withheld"]
+
+
+# --- public and private addresses --------------------------------------------------
+
+_Address = ipaddress.IPv4Address | ipaddress.IPv6Address
+_NAT64 = ipaddress.ip_network("64:ff9b::/96")
+
+
+def is_public_address(address: _Address) -> bool:
+    """Whether `address` is on the public internet: not loopback, private, link-local,
+    unique-local, CGNAT, multicast, unspecified, reserved or otherwise non-global. An IPv6
+    address that embeds an IPv4 one (IPv4-mapped, NAT64, 6to4) is judged by the IPv4 one."""
+    if isinstance(address, ipaddress.IPv6Address):
+        embedded = address.ipv4_mapped or address.sixtofour
+        if embedded is None and address in _NAT64:
+            embedded = ipaddress.IPv4Address(int(address) & 0xFFFFFFFF)
+        if embedded is not None:
+            return is_public_address(embedded)
+    return address.is_global and not (
+        address.is_multicast
+        or address.is_reserved
+        or address.is_unspecified
+        or address.is_loopback
+        or address.is_link_local
+        or address.is_private
+    )
+
+
+def _literal_address(host: str) -> _Address | None:
+    try:
+        return ipaddress.ip_address(host)
+    except ValueError:
+        return None
+
+
+def _first_non_public(addresses: Iterable[str]) -> str | None:
+    for address in addresses:
+        if not is_public_address(ipaddress.ip_address(address)):
+            return address
+    return None
+
+
+async def _resolve(host: str, port: int) -> list[str]:
+    """The addresses `host` resolves to, in getaddrinfo's order, without blocking the loop.
+    (A literal address, numeric forms like "127.1" included, comes back as itself.)"""
+    infos = await asyncio.get_running_loop().getaddrinfo(host, port, type=socket.SOCK_STREAM)
+    addresses: list[str] = []
+    for family, _, _, _, sockaddr in infos:
+        address = str(sockaddr[0])
+        if family in (socket.AF_INET, socket.AF_INET6) and address not in addresses:
+            addresses.append(address)
+    return addresses
+
+
+def _refusal(host: str, address: str) -> str:
+    named = f" ({host})" if _literal_address(host) is None else ""
+    return f"redirect to a non-public address {address}{named} refused"
+
+
+class _NonPublicAddress(Exception):
+    """Internal: a connection for a public-only request would have gone to `address`."""
+
+    def __init__(self, host: str, address: str) -> None:
+        self.host = host
+        self.address = address
+        super().__init__(_refusal(host, address))
+
+
+#: set while a request that may only reach public addresses is being sent
+_PUBLIC_ONLY: contextvars.ContextVar[bool] = contextvars.ContextVar(
+    "aggregator_fetch_public_only", default=False
+)
+
+
+class _PublicOnlyBackend(httpcore.AsyncNetworkBackend):
+    """httpcore's network backend, checking where a public-only request connects.
+
+    Other requests connect as httpcore always does. A public-only one (see `_PUBLIC_ONLY`)
+    resolves the host here, refuses when any address is not public, and connects to the
+    addresses it checked (in getaddrinfo's order, the connect timeout shared among them), so
+    httpcore never resolves the name a second time (no DNS rebinding window). TLS still
+    verifies the certificate against the host name: httpcore takes SNI from the URL.
+    """
+
+    def __init__(self) -> None:
+        self._inner = httpcore.AnyIOBackend()
+
+    async def connect_tcp(
+        self,
+        host: str,
+        port: int,
+        timeout: float | None = None,
+        local_address: str | None = None,
+        socket_options: Iterable[httpcore.SOCKET_OPTION] | None = None,
+    ) -> httpcore.AsyncNetworkStream:
+        if not _PUBLIC_ONLY.get():
+            return await self._inner.connect_tcp(host, port, timeout, local_address, socket_options)
+        loop = asyncio.get_running_loop()
+        deadline = None if timeout is None else loop.time() + timeout
+        try:
+            async with asyncio.timeout_at(deadline):
+                literal = _literal_address(host)
+                addresses = [host] if literal is not None else await _resolve(host, port)
+        except TimeoutError as e:
+            raise httpcore.ConnectTimeout(str(e)) from e
+        except OSError as e:
+            raise httpcore.ConnectError(str(e)) from e
+        refused = _first_non_public(addresses)
+        if refused is not None:
+            raise _NonPublicAddress(host, refused)
+        for index, address in enumerate(addresses):
+            share = None
+            if deadline is not None:
+                share = max(0.0, deadline - loop.time()) / (len(addresses) - index)
+            try:
+                return await self._inner.connect_tcp(
+                    address, port, share, local_address, socket_options
+                )
+            except (httpcore.ConnectError, httpcore.ConnectTimeout):
+                if index == len(addresses) - 1:
+                    raise
+        raise httpcore.ConnectError(f"{host} has no address")
+
+    async def connect_unix_socket(
+        self,
+        path: str,
+        timeout: float | None = None,
+        socket_options: Iterable[httpcore.SOCKET_OPTION] | None = None,
+    ) -> httpcore.AsyncNetworkStream:
+        return await self._inner.connect_unix_socket(path, timeout, socket_options)
+
+    async def sleep(self, seconds: float) -> None:
+        await self._inner.sleep(seconds)
 
 
 # --- bounded decompression ---------------------------------------------------------
@@ -280,6 +523,7 @@ def _describe_transport_error(exc: httpx.TransportError) -> str:
         if isinstance(cause, OSError) and cause.errno in (errno.EHOSTUNREACH, errno.ENETUNREACH):
             return "host unreachable"
     text = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+    text = _redact_text(text)
     if isinstance(exc, httpx.RemoteProtocolError):
         if "without sending complete message body" in text:
             return "connection closed before the body was complete"
@@ -313,6 +557,8 @@ class Fetcher:
         self._timeouts: dict[str, float | None] = {}
         self._all_hosts = asyncio.Semaphore(limits.max_connections)
         self._per_host: dict[str, asyncio.Semaphore] = {}
+        #: configured host → (on the public internet?, until when the verdict holds)
+        self._verdicts: dict[str, tuple[bool, float]] = {}
 
     async def __aenter__(self) -> Fetcher:
         limits = self.limits
@@ -321,7 +567,7 @@ class Fetcher:
         # of 304s)
 
         def transport(proxy: str | None = None) -> httpx.AsyncHTTPTransport:
-            return httpx.AsyncHTTPTransport(
+            made = httpx.AsyncHTTPTransport(
                 verify=_ssl_context(),
                 proxy=proxy,
                 # the semaphores are the real bound; the pool never gets in their way
@@ -330,6 +576,14 @@ class Fetcher:
                     max_keepalive_connections=limits.max_connections,
                 ),
             )
+            if proxy is None:
+                # httpx takes no network backend, so it goes into the pool it made (before
+                # any connection exists); fail loudly if httpx ever builds its pool otherwise
+                pool = made._pool
+                if type(pool) is not httpcore.AsyncConnectionPool:
+                    raise RuntimeError(f"unexpected httpx connection pool {type(pool)!r}")
+                pool._network_backend = _PublicOnlyBackend()
+            return made
 
         self._transport = transport()
         # HTTP_PROXY, HTTPS_PROXY, ALL_PROXY and NO_PROXY, as httpx's Client honours them
@@ -369,21 +623,32 @@ class Fetcher:
             self._per_host[host] = asyncio.Semaphore(self.limits.max_per_host)
         return self._per_host[host]
 
-    async def fetch(self, state: FeedState, now: datetime) -> Fetched | NotModified:
-        """GET state.fetch_url conditionally; raise a FetchError subclass on failure."""
+    async def fetch(
+        self, state: FeedState, now: datetime, credentials: Credentials | None = None
+    ) -> Fetched | NotModified:
+        """GET state.fetch_url conditionally; raise a FetchError subclass on failure.
+
+        `credentials` (the feed's `auth:`) win over userinfo in state.url; either is sent as
+        HTTP Basic auth to the configured URL's origin only.
+        """
         if self._transport is None:
             raise RuntimeError("Fetcher used outside `async with`")
         total = self.limits.total_timeout
+        credentials = credentials or _userinfo_credentials(state.url)
         try:
             # the deadline starts once a connection slot is ours: queueing is not the feed's fault
             async with asyncio.timeout(None) as deadline:
-                return await self._follow(state, now, deadline)
+                return await self._follow(state, now, deadline, credentials)
         except TimeoutError as e:
             message = f"timed out after {_format_seconds(total)} (total deadline)"
             raise FetchTimeout(state.url, message) from e
 
     async def _follow(
-        self, state: FeedState, now: datetime, deadline: asyncio.Timeout
+        self,
+        state: FeedState,
+        now: datetime,
+        deadline: asyncio.Timeout,
+        credentials: Credentials | None,
     ) -> Fetched | NotModified:
         headers = {
             "User-Agent": self.user_agent,
@@ -396,16 +661,36 @@ class Fetcher:
             headers["If-Modified-Since"] = state.last_modified
 
         url = self._checked_url(state.url, state.fetch_url)
+        configured = url
+        moved = state.fetch_url != state.url
+        if moved:
+            configured = self._checked_url(state.url, state.url)
+            moved = url != configured  # not when the stored URL only lacks the userinfo
+        authorization = _basic_authorization(credentials) if credentials else None
         seen = {str(url)}
         all_permanent = True
         redirects = 0
         while True:
+            # every hop but the first was reached by a redirect; the first too when the feed
+            # moved (a stored permanent redirect)
+            public_only = (redirects > 0 or moved) and await self._is_public(configured)
+            if public_only:
+                await self._refuse_non_public(state.url, url)
+            hop_headers: dict[str, str] = headers
+            auth_use: _AuthUse = "none"
+            if authorization is not None:
+                if _may_send_credentials(configured, url):
+                    hop_headers, auth_use = {**headers, "Authorization": authorization}, "sent"
+                else:
+                    auth_use = "withheld"
             host_slot = self._host_semaphore(url)
             async with host_slot, self._all_hosts:
                 if deadline.when() is None:
                     loop = asyncio.get_running_loop()
                     deadline.reschedule(loop.time() + self.limits.total_timeout)
-                outcome = await self._request(state, url, headers, now)
+                outcome = await self._request(
+                    state, url, hop_headers, now, public_only=public_only, auth_use=auth_use
+                )
             if not isinstance(outcome, _Redirect):
                 moved_to = str(url) if redirects and all_permanent else None
                 if isinstance(outcome, NotModified):
@@ -427,7 +712,8 @@ class Fetcher:
                 )
             target = self._checked_url(state.url, outcome.location, base=url)
             if str(target) in seen:
-                raise TooManyRedirects(state.url, f"redirect loop (back to {target})")
+                back_to = _redact_url(str(target))
+                raise TooManyRedirects(state.url, f"redirect loop (back to {back_to})")
             redirects += 1
             if redirects > self.limits.max_redirects:
                 raise TooManyRedirects(
@@ -439,23 +725,77 @@ class Fetcher:
 
     @staticmethod
     def _checked_url(feed_url: str, location: str, base: httpx.URL | None = None) -> httpx.URL:
+        """`location` (joined to `base`) as an http(s) URL without fragment or userinfo."""
         try:
             url = base.join(location) if base is not None else httpx.URL(location)
         except httpx.InvalidURL as e:
-            raise FetchError(feed_url, f"invalid URL {location!r}") from e
+            raise FetchError(feed_url, f"invalid URL {_redact_url(location)!r}") from e
         if url.scheme not in ("http", "https"):
             what = "redirect to" if base is not None else "cannot fetch"
-            raise FetchError(feed_url, f"{what} unsupported URL {location!r}")
-        # copy_with re-parses the URL: only when there is a fragment to drop
-        return url.copy_with(fragment=None) if url.fragment else url
+            raise FetchError(feed_url, f"{what} unsupported URL {_redact_url(location)!r}")
+        # copy_with re-parses the URL: only when there is something to drop. Userinfo is
+        # never requested (a redirect's is ignored; the configured URL's is sent as auth)
+        if url.fragment or url.userinfo:
+            return url.copy_with(fragment=None, userinfo=b"")
+        return url
+
+    async def _is_public(self, configured: httpx.URL) -> bool:
+        """Whether the configured URL's host is on the public internet (every address it
+        resolves to is public). Resolved at most once a minute per host; a host that does not
+        resolve counts as public, the stricter choice."""
+        host = configured.raw_host.decode("ascii")
+        literal = _literal_address(host)
+        if literal is not None:
+            return is_public_address(literal)
+        loop = asyncio.get_running_loop()
+        verdict, until = self._verdicts.get(host, (True, 0.0))
+        if loop.time() < until:
+            return verdict
+        try:
+            async with asyncio.timeout(self.limits.connect_timeout):
+                addresses = await _resolve(host, configured.port or 0)
+            verdict = _first_non_public(addresses) is None
+        except (OSError, TimeoutError):
+            verdict = True
+        self._verdicts[host] = (verdict, loop.time() + _VERDICT_TTL)
+        return verdict
+
+    async def _refuse_non_public(self, feed_url: str, url: httpx.URL) -> None:
+        """Raise when `url`'s host is, or resolves to, an address that is not public.
+
+        A host that does not resolve passes: the request then fails on its own, or a proxy
+        resolves it. For a direct connection `_PublicOnlyBackend` checks again, on the
+        addresses it connects to.
+        """
+        host = url.raw_host.decode("ascii")
+        literal = _literal_address(host)
+        if literal is not None:
+            addresses = [host]  # as written: "::ffff:127.0.0.1" says more than "::ffff:7f00:1"
+        else:
+            try:
+                async with asyncio.timeout(self.limits.connect_timeout):
+                    addresses = await _resolve(host, url.port or _DEFAULT_PORTS[url.scheme])
+            except (OSError, TimeoutError):
+                return
+        refused = _first_non_public(addresses)
+        if refused is not None:
+            raise FetchError(feed_url, _refusal(host, refused))
 
     async def _request(
-        self, state: FeedState, url: httpx.URL, headers: dict[str, str], now: datetime
+        self,
+        state: FeedState,
+        url: httpx.URL,
+        headers: dict[str, str],
+        now: datetime,
+        *,
+        public_only: bool = False,
+        auth_use: _AuthUse = "none",
     ) -> _Redirect | Fetched | NotModified:
         """One GET, no redirects followed; the body is read only for a 2xx."""
         assert self._transport is not None
         limits = self.limits
         request = httpx.Request("GET", url, headers=headers, extensions={"timeout": self._timeouts})
+        public_only_token = _PUBLIC_ONLY.set(public_only)
         try:
             response = await self._transport_for(url).handle_async_request(request)
             try:
@@ -478,7 +818,7 @@ class Fetcher:
                         headers=response_headers,
                     )
                 if not 200 <= status < 300:
-                    raise _status_error(state.url, response, now)
+                    raise _status_error(state.url, response, now, auth_use, url)
                 body = await _read_body(state.url, response, limits.max_body_bytes)
                 return Fetched(
                     url=str(url),
@@ -490,12 +830,16 @@ class Fetcher:
                 )
             finally:
                 await response.aclose()  # back to the pool, or closed when the body was cut
+        except _NonPublicAddress as e:
+            raise FetchError(state.url, str(e)) from e
         except httpx.TimeoutException as e:
             raise FetchTimeout(state.url, _describe_timeout(e, limits)) from e
         except httpx.TransportError as e:
             raise FetchError(state.url, _describe_transport_error(e)) from e
         except httpx.HTTPError as e:  # e.g. a malformed header value
-            raise FetchError(state.url, f"HTTP error: {e}") from e
+            raise FetchError(state.url, _redact_text(f"HTTP error: {e}")) from e
+        finally:
+            _PUBLIC_ONLY.reset(public_only_token)
 
 
 def _describe_timeout(exc: httpx.TimeoutException, limits: FetchLimits) -> str:
@@ -506,8 +850,12 @@ def _describe_timeout(exc: httpx.TimeoutException, limits: FetchLimits) -> str:
     return f"no data for {_format_seconds(limits.read_timeout)} (read timeout)"
 
 
-def _status_error(feed_url: str, response: httpx.Response, now: datetime) -> HTTPStatusError:
+def _status_error(
+    feed_url: str, response: httpx.Response, now: datetime, auth_use: _AuthUse, url: httpx.URL
+) -> HTTPStatusError:
     status = response.status_code
+    if status in _AUTH_STATUSES:
+        return HTTPStatusError(feed_url, status, _auth_message(status, auth_use, url))
     if status == 410:
         return Gone(feed_url, status, "gone (HTTP 410)")
     if status in _RETRY_STATUSES:
@@ -522,6 +870,21 @@ def _status_error(feed_url: str, response: httpx.Response, now: datetime) -> HTT
         return RetryLater(feed_url, status, message, retry_after)
     reason = response.reason_phrase or ""
     return HTTPStatusError(feed_url, status, f"HTTP {status} {reason}".strip())
+
+
+def _auth_message(status: int, auth_use: _AuthUse, url: httpx.URL) -> str:
+    """What a 401 or 403 means for this feed, and what to do about it."""
+    if auth_use == "sent":
+        return f"credentials refused (HTTP {status})"
+    what = "HTTP 401 Unauthorized" if status == 401 else "HTTP 403 Forbidden"
+    if auth_use == "withheld":
+        return (
+            f"{what} at {_origin_text(url)}, where a redirect led: the feed's credentials"
+            " are only sent to the origin of its configured URL"
+        )
+    if status == 401:
+        return f"{what}: the server wants credentials (add auth: to this feed)"
+    return f"{what}: access denied (if the feed is private, add auth: to this feed)"
 
 
 async def _read_body(feed_url: str, response: httpx.Response, max_bytes: int) -> bytes:

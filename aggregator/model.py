@@ -138,6 +138,23 @@ class FetchLimits:
     max_per_host: int = 4
 
 
+@dataclass(frozen=True)
+class Credentials:
+    """HTTP Basic credentials for one feed (its `auth:`, or the userinfo of its URL).
+
+    repr() and str() never show the password, so a credential cannot reach a log line or a
+    message by being printed.
+    """
+
+    username: str
+    password: str = field(repr=False)
+
+    def __repr__(self) -> str:
+        return f"Credentials(username={self.username!r}, password=***)"
+
+    __str__ = __repr__
+
+
 # --- store → fetch -----------------------------------------------------------------
 
 

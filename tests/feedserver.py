@@ -7,7 +7,8 @@ and closes every socket.
 
 FeedServer: serves a mutable path → resource table with strong ETags, Last-Modified, 304s and
 optional gzip; arbitrary status/headers/body answers (redirects, 410, 429…); records requests
-and the peak number of requests served at once.
+and the peak number of requests served at once. Optionally on another local address (`host`),
+over TLS (`tls`), with paths that want HTTP Basic credentials (`require_auth`).
 
 HostileServer: a raw-socket server for bytes no polite server sends, one behaviour per path
 (see HostileServer.PATHS).
@@ -15,10 +16,12 @@ HostileServer: a raw-socket server for bytes no polite server sends, one behavio
 
 from __future__ import annotations
 
+import base64
 import functools
 import gzip
 import hashlib
 import socket
+import ssl
 import struct
 import threading
 import time
@@ -84,10 +87,14 @@ class _ServerBase:
         raise NotImplementedError
 
     port: int = 0
+    #: the address the server listens on
+    host: str = "127.0.0.1"
+    scheme: str = "http"
 
     @property
     def base_url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return f"{self.scheme}://{host}:{self.port}"
 
     def url(self, path: str) -> str:
         """The absolute URL of `path` ("/a.xml") on this server."""
@@ -128,7 +135,14 @@ class _HTTPServer(ThreadingHTTPServer):
         self.owner = owner
         self.open_sockets: set[socket.socket] = set()
         self.sockets_lock = threading.Lock()
-        super().__init__(("127.0.0.1", 0), _Handler)
+        if ":" in owner.host:
+            self.address_family = socket.AF_INET6
+        super().__init__((owner.host, 0), _Handler)
+        if owner.tls is not None:
+            # the handshake happens in the handler thread, on the first read
+            self.socket = owner.tls.wrap_socket(
+                self.socket, server_side=True, do_handshake_on_connect=False
+            )
 
     def process_request(self, request: Any, client_address: Any) -> None:
         with self.sockets_lock:
@@ -154,7 +168,12 @@ class FeedServer(_ServerBase):
         assert server.requests_to("/a.xml")[0].headers["user-agent"]
     """
 
-    def __init__(self) -> None:
+    def __init__(self, host: str = "127.0.0.1", tls: ssl.SSLContext | None = None) -> None:
+        """Listen on `host` (any local address), over TLS with `tls` (a server context)."""
+        self.host = host
+        self.tls = tls
+        self.scheme = "https" if tls is not None else "http"
+        self._protected: dict[str, str] = {}
         self._resources: dict[str, _Resource] = {}
         self._requests: list[RecordedRequest] = []
         self._lock = threading.Lock()
@@ -246,6 +265,13 @@ class FeedServer(_ServerBase):
         with self._lock:
             self._resources.pop(path, None)
 
+    def require_auth(self, path: str, username: str, password: str) -> None:
+        """Answer `path` with 401 (and a Basic challenge) unless the request carries these
+        credentials as HTTP Basic auth (UTF-8)."""
+        token = base64.b64encode(f"{username}:{password}".encode()).decode("ascii")
+        with self._lock:
+            self._protected[path] = f"Basic {token}"
+
     # -- what happened
 
     @property
@@ -276,11 +302,18 @@ class FeedServer(_ServerBase):
         with self._lock:
             self._requests.append(recorded)
             resource = self._resources.get(urlsplit(handler.path).path)
+            expected = self._protected.get(urlsplit(handler.path).path)
             self._in_flight += 1
             self._max_in_flight = max(self._max_in_flight, self._in_flight)
         try:
             if resource is None:
                 resource = _Resource(404, b"not found\n", {"Content-Type": "text/plain"})
+            if expected is not None and headers.get("authorization") != expected:
+                challenge = {
+                    "Content-Type": "text/plain",
+                    "WWW-Authenticate": 'Basic realm="feeds"',
+                }
+                resource = _Resource(401, b"unauthorized\n", challenge)
             if resource.delay:
                 time.sleep(resource.delay)
             status, body, out_headers = self._answer(resource, headers)

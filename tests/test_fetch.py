@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import shutil
 import socket
+import ssl
+import subprocess
 import threading
 import time
 import tracemalloc
@@ -14,9 +17,11 @@ from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from email.utils import format_datetime
 from typing import Any
+from urllib.parse import quote
 
 import pytest
 
+import aggregator.fetch
 from aggregator import USER_AGENT, __version__
 from aggregator.errors import (
     FetchError,
@@ -28,7 +33,7 @@ from aggregator.errors import (
     TooManyRedirects,
 )
 from aggregator.fetch import Fetcher, cache_max_age, parse_retry_after
-from aggregator.model import FeedState, Fetched, FetchLimits, NotModified
+from aggregator.model import Credentials, FeedState, Fetched, FetchLimits, NotModified
 from tests.feedserver import FeedServer, HostileServer, gzip_bomb
 
 NOW = datetime(2026, 3, 1, 12, 0, tzinfo=UTC)
@@ -556,3 +561,209 @@ def test_no_proxy_hosts_are_fetched_directly(
         result = fetched(feed_server.url("/direct.xml"))
     assert result.body == RSS
     assert seen == []
+
+
+# --- credentials ---------------------------------------------------------------------
+
+USERNAME = "reader"
+PASSWORD = "sécret:pass word"  # non-ASCII, a colon and a space: all percent-encoded in a URL
+
+
+def with_userinfo(url: str, username: str = USERNAME, password: str = PASSWORD) -> str:
+    scheme, rest = url.split("://", 1)
+    return f"{scheme}://{quote(username, safe='')}:{quote(password, safe='')}@{rest}"
+
+
+def fetch_with(url: str, credentials: Credentials | None, **fields: Any) -> Fetched | NotModified:
+    async def run() -> Fetched | NotModified:
+        async with Fetcher(LIMITS) as fetcher:
+            return await fetcher.fetch(state_for(url, **fields), NOW, credentials)
+
+    return asyncio.run(run())
+
+
+def assert_no_credential_in(text: str) -> None:
+    for secret in (PASSWORD, quote(PASSWORD, safe=""), "hunter2", "abc123"):
+        assert secret not in text, text
+
+
+def private_feed(server: FeedServer, path: str = "/private.xml") -> str:
+    server.set(path, RSS)
+    server.require_auth(path, USERNAME, PASSWORD)
+    return server.url(path)
+
+
+def test_userinfo_in_the_feed_url_is_sent_as_basic_auth(feed_server: FeedServer) -> None:
+    result = fetched(with_userinfo(private_feed(feed_server)))
+    assert result.body == RSS
+    # the credentials went as a header, not in the URL, and do not come back in it either
+    assert result.url == feed_server.url("/private.xml")
+    (request,) = feed_server.requests_to("/private.xml")
+    assert request.path == "/private.xml"
+    assert request.headers["host"] == f"127.0.0.1:{feed_server.port}"
+    assert_no_credential_in(result.url)
+
+
+def test_explicit_credentials_win_over_userinfo(feed_server: FeedServer) -> None:
+    url = with_userinfo(private_feed(feed_server), "old-user", "stale password")
+    result = fetch_with(url, Credentials(USERNAME, PASSWORD))
+    assert isinstance(result, Fetched)
+    assert result.body == RSS
+
+
+def test_credentials_reach_a_moved_feed_on_the_same_origin(feed_server: FeedServer) -> None:
+    """After a 301 the feed is fetched at its new URL; the configured URL's userinfo is
+    still the credentials, and neither the new URL nor moved_to carries them."""
+    moved = private_feed(feed_server, "/new.xml")
+    feed_server.redirect("/old.xml", "/new.xml", 301)
+    configured = with_userinfo(feed_server.url("/old.xml"))
+    first = fetched(configured)
+    assert first.moved_to == moved
+    # the next poll
+    result = asyncio.run(fetch_async(FeedState(url=configured, fetch_url=moved)))
+    assert isinstance(result, Fetched)
+    assert result.body == RSS
+    assert [r.path for r in feed_server.requests_to("/old.xml")] == ["/old.xml"]
+
+
+def test_credentials_stay_with_the_configured_origin_across_redirects(
+    feed_server: FeedServer,
+) -> None:
+    with FeedServer() as elsewhere:  # same host, another port: another origin
+        elsewhere.set("/feed.xml", RSS)
+        feed_server.redirect("/start.xml", "/middle.xml", 302)
+        feed_server.redirect("/middle.xml", elsewhere.url("/feed.xml"), 302)
+        feed_server.require_auth("/start.xml", USERNAME, PASSWORD)
+        feed_server.require_auth("/middle.xml", USERNAME, PASSWORD)
+        result = fetched(with_userinfo(feed_server.url("/start.xml")))
+        assert result.body == RSS
+        (seen_elsewhere,) = elsewhere.requests
+    assert "authorization" not in seen_elsewhere.headers
+    for path in ("/start.xml", "/middle.xml"):
+        (request,) = feed_server.requests_to(path)
+        assert request.headers["authorization"].startswith("Basic ")
+
+
+def test_401_after_a_redirect_to_another_origin_says_the_credentials_were_withheld(
+    feed_server: FeedServer,
+) -> None:
+    with FeedServer() as elsewhere:
+        feed_server.redirect("/start.xml", private_feed(elsewhere), 302)
+        with pytest.raises(HTTPStatusError) as caught:
+            fetch_with(feed_server.url("/start.xml"), Credentials(USERNAME, PASSWORD))
+        assert "authorization" not in elsewhere.requests[0].headers
+    assert caught.value.status == 401
+    assert str(caught.value) == (
+        f"HTTP 401 Unauthorized at http://127.0.0.1:{elsewhere.port}, where a redirect led:"
+        " the feed's credentials are only sent to the origin of its configured URL"
+    )
+
+
+@pytest.fixture(scope="module")
+def tls_files(tmp_path_factory: pytest.TempPathFactory) -> tuple[str, str]:
+    """A self-signed certificate for 127.0.0.1 and its key, made with the openssl tool."""
+    if shutil.which("openssl") is None:
+        pytest.skip("the openssl command is needed to make a test certificate")
+    folder = tmp_path_factory.mktemp("tls")
+    cert, key = str(folder / "cert.pem"), str(folder / "key.pem")
+    subprocess.run(
+        ["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2"]
+        + ["-keyout", key, "-out", cert, "-subj", "/CN=127.0.0.1"]
+        + ["-addext", "subjectAltName=IP:127.0.0.1"],
+        check=True,
+        capture_output=True,
+    )
+    return cert, key
+
+
+@pytest.fixture
+def tls_server(tls_files: tuple[str, str], monkeypatch: pytest.MonkeyPatch) -> Iterator[FeedServer]:
+    """An https FeedServer on 127.0.0.1 whose certificate the Fetcher trusts."""
+    cert, key = tls_files
+    server_context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    server_context.load_cert_chain(cert, key)
+    client_context = ssl.create_default_context(cafile=cert)
+    monkeypatch.setattr(aggregator.fetch, "_ssl_context", lambda: client_context)
+    with FeedServer(tls=server_context) as server:
+        yield server
+
+
+def test_credentials_follow_http_up_to_https_on_the_same_host(
+    feed_server: FeedServer, tls_server: FeedServer
+) -> None:
+    feed_server.redirect("/feed.xml", private_feed(tls_server), 301)
+    result = fetched(with_userinfo(feed_server.url("/feed.xml")))
+    assert result.body == RSS
+    assert result.moved_to == tls_server.url("/private.xml")
+
+
+def test_credentials_do_not_follow_https_down_to_http(
+    feed_server: FeedServer, tls_server: FeedServer
+) -> None:
+    tls_server.redirect("/feed.xml", feed_server.url("/plain.xml"), 302)
+    tls_server.require_auth("/feed.xml", USERNAME, PASSWORD)
+    feed_server.set("/plain.xml", RSS)
+    assert fetched(with_userinfo(tls_server.url("/feed.xml"))).body == RSS
+    assert tls_server.requests_to("/feed.xml")[0].headers["authorization"].startswith("Basic ")
+    assert "authorization" not in feed_server.requests_to("/plain.xml")[0].headers
+
+
+def test_401_without_credentials_says_to_add_auth(feed_server: FeedServer) -> None:
+    with pytest.raises(HTTPStatusError) as caught:
+        fetch(private_feed(feed_server))
+    assert caught.value.status == 401
+    assert str(caught.value) == (
+        "HTTP 401 Unauthorized: the server wants credentials (add auth: to this feed)"
+    )
+
+
+def test_401_with_wrong_credentials_says_they_were_refused(feed_server: FeedServer) -> None:
+    url = with_userinfo(private_feed(feed_server), USERNAME, "wrong")
+    with pytest.raises(HTTPStatusError) as caught:
+        fetch(url)
+    assert str(caught.value) == "credentials refused (HTTP 401)"
+
+
+def test_403_says_whether_credentials_were_sent(feed_server: FeedServer) -> None:
+    feed_server.respond("/forbidden.xml", 403, b"no")
+    with pytest.raises(HTTPStatusError) as without:
+        fetch(feed_server.url("/forbidden.xml"))
+    assert str(without.value) == (
+        "HTTP 403 Forbidden: access denied (if the feed is private, add auth: to this feed)"
+    )
+    with pytest.raises(HTTPStatusError) as sent:
+        fetch(with_userinfo(feed_server.url("/forbidden.xml")))
+    assert str(sent.value) == "credentials refused (HTTP 403)"
+
+
+def test_a_redirect_loop_message_shows_no_credentials(hostile_server: HostileServer) -> None:
+    with pytest.raises(TooManyRedirects) as caught:
+        fetch(with_userinfo(hostile_server.url("/loop/a")))
+    assert str(caught.value) == f"redirect loop (back to {hostile_server.url('/loop/a')})"
+
+
+@pytest.mark.parametrize(
+    ("location", "message"),
+    [
+        (
+            "ftp://admin:hunter2@files.example/feed.xml?token=abc123&page=2",
+            "redirect to unsupported URL 'ftp://***@files.example/feed.xml?token=***&page=2'",
+        ),
+        ("http://admin:hunter2@[::1/feed.xml", "invalid URL 'http://***@[::1/feed.xml'"),
+    ],
+)
+def test_urls_quoted_in_messages_show_no_credentials(
+    feed_server: FeedServer, location: str, message: str
+) -> None:
+    feed_server.redirect("/a.xml", location, 302)
+    with pytest.raises(FetchError) as caught:
+        fetch(with_userinfo(feed_server.url("/a.xml")))
+    assert str(caught.value) == message
+    assert_no_credential_in(str(caught.value))
+
+
+def test_credentials_never_show_their_password() -> None:
+    credentials = Credentials("reader", "hunter2")
+    for text in (repr(credentials), str(credentials), f"{credentials}", repr([credentials])):
+        assert "hunter2" not in text
+        assert "reader" in text
