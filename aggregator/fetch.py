@@ -10,7 +10,7 @@ as HTTP Basic auth (RFC 7617, UTF-8), and only to the configured URL's origin (s
 port; http → https on the same host counts as the same site): a redirect to another origin, or
 from https down to http, gets no Authorization header. The userinfo goes nowhere else: it is
 stripped from every URL we request or return, and every URL quoted in a message goes through
-`_redact_url` first. (FeedError.url stays the configured URL, the feed's identity: whoever
+`redact_url` first. (FeedError.url stays the configured URL, the feed's identity: whoever
 shows it redacts it.)
 
 The private network: a feed configured at a public address may not redirect (any hop, or a
@@ -49,7 +49,6 @@ from datetime import UTC, datetime, timedelta
 from email.utils import parsedate_to_datetime
 from types import TracebackType
 from typing import Any, Literal, Protocol
-from urllib.parse import unquote_plus
 
 import httpcore
 import httpx
@@ -66,6 +65,7 @@ from aggregator.errors import (
 )
 from aggregator.model import Credentials, FeedState, Fetched, FetchLimits, NotModified
 from aggregator.timeutil import to_iso
+from aggregator.urls import redact_text, redact_url
 
 __all__ = [
     "ACCEPT",
@@ -185,42 +185,9 @@ def _format_seconds(seconds: float) -> str:
 
 # --- credentials and redaction -----------------------------------------------------
 
+
 #: query parameters whose values are secrets: key, api_key, x-api-key, token, access_token,
 #: auth, client_secret, password, sig (signed URLs)…
-_SECRET_PARAM = re.compile(
-    r"(?:^|[_.-])(?:api_?key|key|token|auth|secret|password|passwd|pwd|sig|signature)$",
-    re.IGNORECASE,
-)
-#: scheme (optional) and "//", then userinfo up to the last "@" of the authority
-_USERINFO = re.compile(r"^(\s*(?:[A-Za-z][A-Za-z0-9+.-]*:)?//)[^/?#]*@")
-_URL_IN_TEXT = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*://[^\s'\"<>]+")
-
-
-def _redact_url(url: str) -> str:
-    """`url` fit to be quoted in a message: userinfo and secret-looking query values → ***.
-
-    Works on the text, so it also cleans what is not a valid URL. (A stand-in for
-    aggregator.urls.redact_url until that lands.)
-    """
-    url = _USERINFO.sub(r"\1***@", url)
-    before_fragment, hash_sign, fragment = url.partition("#")
-    base, question_mark, query = before_fragment.partition("?")
-    if not question_mark:
-        return url
-    params = []
-    for param in query.split("&"):
-        name, equals, _ = param.partition("=")
-        if equals and _SECRET_PARAM.search(unquote_plus(name).strip()):
-            param = f"{name}=***"
-        params.append(param)
-    return f"{base}?{'&'.join(params)}{hash_sign}{fragment}"
-
-
-def _redact_text(text: str) -> str:
-    """`text` (a library's message) with every URL in it redacted."""
-    return _URL_IN_TEXT.sub(lambda match: _redact_url(match.group(0)), text)
-
-
 def _userinfo_credentials(url: str) -> Credentials | None:
     """The userinfo of `url` as credentials (percent-decoded), or None when it has none."""
     try:
@@ -523,7 +490,7 @@ def _describe_transport_error(exc: httpx.TransportError) -> str:
         if isinstance(cause, OSError) and cause.errno in (errno.EHOSTUNREACH, errno.ENETUNREACH):
             return "host unreachable"
     text = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
-    text = _redact_text(text)
+    text = redact_text(text)
     if isinstance(exc, httpx.RemoteProtocolError):
         if "without sending complete message body" in text:
             return "connection closed before the body was complete"
@@ -712,7 +679,7 @@ class Fetcher:
                 )
             target = self._checked_url(state.url, outcome.location, base=url)
             if str(target) in seen:
-                back_to = _redact_url(str(target))
+                back_to = redact_url(str(target))
                 raise TooManyRedirects(state.url, f"redirect loop (back to {back_to})")
             redirects += 1
             if redirects > self.limits.max_redirects:
@@ -729,10 +696,10 @@ class Fetcher:
         try:
             url = base.join(location) if base is not None else httpx.URL(location)
         except httpx.InvalidURL as e:
-            raise FetchError(feed_url, f"invalid URL {_redact_url(location)!r}") from e
+            raise FetchError(feed_url, f"invalid URL {redact_url(location)!r}") from e
         if url.scheme not in ("http", "https"):
             what = "redirect to" if base is not None else "cannot fetch"
-            raise FetchError(feed_url, f"{what} unsupported URL {_redact_url(location)!r}")
+            raise FetchError(feed_url, f"{what} unsupported URL {redact_url(location)!r}")
         # copy_with re-parses the URL: only when there is something to drop. Userinfo is
         # never requested (a redirect's is ignored; the configured URL's is sent as auth)
         if url.fragment or url.userinfo:
@@ -837,7 +804,7 @@ class Fetcher:
         except httpx.TransportError as e:
             raise FetchError(state.url, _describe_transport_error(e)) from e
         except httpx.HTTPError as e:  # e.g. a malformed header value
-            raise FetchError(state.url, _redact_text(f"HTTP error: {e}")) from e
+            raise FetchError(state.url, redact_text(f"HTTP error: {e}")) from e
         finally:
             _PUBLIC_ONLY.reset(public_only_token)
 

@@ -30,14 +30,6 @@ class Term:
 
 
 @dataclass(frozen=True)
-class Credentials:
-    """HTTP Basic credentials for one feed; the password never shows in a repr."""
-
-    username: str
-    password: str = field(repr=False)
-
-
-@dataclass(frozen=True)
 class FeedAuth:
     """A feed's `auth:` block: the user name and where its password is kept, so that
     feeds.yaml itself holds no secret. `load_config` reads the password."""

@@ -136,7 +136,8 @@ async def poll_feed(
         return PollResult(url=source.url, skipped=skip, status=state.last_status)
 
     try:
-        response = await fetcher.fetch(state, now)
+        credentials = source.auth.credentials() if source.auth else None
+        response = await fetcher.fetch(state, now, credentials)
     except FeedError as error:
         return await _record_failure(db, source, state, error, now, started, fingerprint)
 
