@@ -40,6 +40,9 @@ from uvicorn.server import ServerState
 
 log = logging.getLogger("aggregator")
 
+#: how often request timeouts are checked: a request times out 0 to this many seconds late
+SWEEP_SECONDS = 0.5
+
 
 @dataclass(frozen=True)
 class Limits:
@@ -49,7 +52,8 @@ class Limits:
     max_target: int = 8 * 1024
     #: a request body, bytes: we serve GET and HEAD only
     max_body: int = 16 * 1024
-    #: seconds for a whole request to arrive once the server waits for one
+    #: seconds for a whole request to arrive once the server waits for one (checked every
+    #: SWEEP_SECONDS)
     request_timeout: float = 10.0
     #: seconds an idle keep-alive connection is kept after an answer (uvicorn's default)
     keep_alive: int = 5
@@ -75,10 +79,34 @@ class ServerConfig(uvicorn.Config):
         super().__init__(app, **kwargs)
         self.limits = limits
         self.max_connections = connection_cap(limits)
-        #: connections waiting for a request, the longest-waiting first (a dict keeps
-        #: insertion order; re-inserting moves a connection to the end)
-        self.waiting: dict[LimitedHttpToolsProtocol, None] = {}
+        #: connections waiting for a request → until when (loop time), the longest-waiting
+        #: first: a dict keeps insertion order, and the timeout is the same for all
+        self.waiting: dict[LimitedHttpToolsProtocol, float] = {}
+        self.sweeper: asyncio.TimerHandle | None = None
         self.warnings = _Warnings()
+
+    def wait(self, connection: LimitedHttpToolsProtocol, loop: asyncio.AbstractEventLoop) -> None:
+        """Start `connection`'s request timeout, moving it to the end of `waiting`. One
+        sweep every SWEEP_SECONDS, not a timer per request: cheaper by a timer's creation
+        and cancellation per request, the timeout being 0–SWEEP_SECONDS later."""
+        self.waiting.pop(connection, None)
+        self.waiting[connection] = loop.time() + self.limits.request_timeout
+        if self.sweeper is None:
+            self.sweeper = loop.call_later(SWEEP_SECONDS, self.sweep, loop)
+
+    def sweep(self, loop: asyncio.AbstractEventLoop) -> None:
+        self.sweeper = None
+        now = loop.time()
+        expired = []
+        for connection, deadline in self.waiting.items():
+            if deadline > now:
+                break
+            expired.append(connection)
+        for connection in expired:
+            del self.waiting[connection]
+            connection.timed_out()
+        if self.waiting:
+            self.sweeper = loop.call_later(SWEEP_SECONDS, self.sweep, loop)
 
 
 def make_config(app: Callable[..., Any], limits: Limits | None = None) -> ServerConfig:
@@ -94,6 +122,8 @@ def make_config(app: Callable[..., Any], limits: Limits | None = None) -> Server
         log_level="warning",
         access_log=False,
         server_header=False,
+        # nothing reads the client's address or scheme: no X-Forwarded-* rewriting
+        proxy_headers=False,
         timeout_keep_alive=limits.keep_alive,
         backlog=limits.backlog,
     )
@@ -147,7 +177,6 @@ class LimitedHttpToolsProtocol(HttpToolsProtocol):
         self.in_head = True
         self.head_bytes = 0
         self.body_bytes = 0
-        self.request_timer: asyncio.TimerHandle | None = None
 
     # --- connections -----------------------------------------------------------------------
 
@@ -166,7 +195,6 @@ class LimitedHttpToolsProtocol(HttpToolsProtocol):
         waiting = self.shared.waiting
         for victim in waiting:
             del waiting[victim]
-            victim._stop_timer()
             # out of the count now: its connection_lost comes on a later loop iteration
             self.connections.discard(victim)
             victim.transport.close()
@@ -174,39 +202,31 @@ class LimitedHttpToolsProtocol(HttpToolsProtocol):
         return False
 
     def connection_lost(self, exc: Exception | None) -> None:
-        self._stop_timer()
+        self.shared.waiting.pop(self, None)
         super().connection_lost(exc)
 
     # --- the request timeout ---------------------------------------------------------------
 
-    def _answering(self) -> bool:
-        return bool(self.pipeline) or (self.cycle is not None and not self.cycle.response_complete)
-
     def _wait_for_request(self) -> None:
         """(Re)start the clock for the next request, unless a request is being answered."""
-        self._stop_timer()
-        if self._answering() or self.transport.is_closing():
-            return
-        self.request_timer = self.loop.call_later(
-            self.limits.request_timeout, self._request_timed_out
-        )
-        self.shared.waiting[self] = None
+        answering = self.pipeline or (self.cycle is not None and not self.cycle.response_complete)
+        if answering or self.transport.is_closing():
+            self.shared.waiting.pop(self, None)
+        else:
+            self.shared.wait(self, self.loop)
 
-    def _stop_timer(self) -> None:
-        if self.request_timer is not None:
-            self.request_timer.cancel()
-            self.request_timer = None
-        self.shared.waiting.pop(self, None)
-
-    def _request_timed_out(self) -> None:
-        self.request_timer = None
-        self.shared.waiting.pop(self, None)
+    def timed_out(self) -> None:
         if not self.transport.is_closing():
             self.transport.close()
 
     # --- reading: the head limit -----------------------------------------------------------
 
     def data_received(self, data: bytes) -> None:
+        if self.in_head and self.head_bytes + len(data) < self.limits.max_head:
+            # the usual case: a whole request, or part of one, well within the limit
+            self.head_bytes += len(data)
+            self._feed(data)
+            return
         # Feed the parser no more than the head limit leaves: past it, a head is refused
         # unread. Outside a head, pieces of max_head bytes, so that a head starting inside
         # a piece has at most that many bytes uncounted.
@@ -224,7 +244,7 @@ class LimitedHttpToolsProtocol(HttpToolsProtocol):
                 self._refuse(431, f"request line and headers over {limit} bytes")
                 return
 
-    def _feed(self, data: memoryview) -> None:
+    def _feed(self, data: bytes | memoryview) -> None:
         # HttpToolsProtocol.data_received, with our refusals in place of its 400
         self._unset_keepalive_if_required()
         try:
