@@ -2,18 +2,19 @@
 
 uvicorn bounds neither a request's head nor the time a client may take to send it. An
 endless header line made httptools grow the partial value by concatenation (quadratic:
-55 → 300 MB and 3–5 s answers for everyone else), and a connection that sent half a head
-stayed open forever. `LimitedHttpToolsProtocol` adds, per connection:
+200 MB sent took the daemon from 53 to 362 MB, and /healthz went unanswered for over
+10 s), and a connection that sent half a head stayed open forever.
+`LimitedHttpToolsProtocol` adds, per connection:
 
 - a head limit: the request line and headers together may take `max_head` bytes (431),
   the request target `max_target` (414); the parser is fed at most what the limit leaves,
   so an over-long head is answered without reading further;
 - a body limit: we serve GET and HEAD only, so a body over `max_body` (413) ends the
   connection instead of being buffered or read and thrown away without end;
-- a request timeout: a request must arrive whole within `request_timeout` seconds of the
-  server waiting for it (connection opened, or previous answer sent); else the connection
-  is closed without an answer. Idle keep-alive connections go after uvicorn's
-  `timeout_keep_alive`, idle new ones after `request_timeout`;
+- a request timeout: a request must arrive whole within `request_timeout` seconds (plus
+  up to SWEEP_SECONDS) of the server waiting for it (connection opened, or previous
+  answer sent), else the connection is closed without an answer; idle keep-alive
+  connections also go after uvicorn's `timeout_keep_alive`;
 - a connection cap: at `max_connections`, a new connection closes the one that has been
   waiting longest for a request; only when every connection is being answered is the new
   one refused. The cap is kept to half the process's file descriptor limit, so the rest
@@ -263,6 +264,7 @@ class LimitedHttpToolsProtocol(HttpToolsProtocol):
     def _refuse(self, status: int, reason: str) -> None:
         """Answer `status` and close; only close if an answer is already on its way."""
         self.shared.warnings.warn(f"refused a request with {status}: {reason}")
+        self.shared.waiting.pop(self, None)  # not one to close to make room: it is closing
         if self.transport.is_closing():
             return
         cycle = self.cycle
