@@ -37,7 +37,7 @@ from prometheus_client import (
     generate_latest,
 )
 
-from aggregator import __version__, pipeline
+from aggregator import __version__, httpserver, pipeline
 from aggregator.config import load_config
 from aggregator.errors import ConfigError, PublishError, StoreError
 from aggregator.fetch import Fetcher
@@ -210,15 +210,8 @@ class Daemon:
 
         server_task = None
         if listener is not None:
-            self.server = _Server(
-                uvicorn.Config(
-                    make_app(self.outputs, self.health, self.metrics.render),
-                    log_level="warning",
-                    access_log=False,
-                    lifespan="off",
-                    server_header=False,
-                )
-            )
+            app = make_app(self.outputs, self.health, self.metrics.render)
+            self.server = _Server(httpserver.make_config(app))
             server_task = asyncio.create_task(self.server.serve(sockets=[listener]))
             log.info("serving on http://%s/", settings.listen)
 

@@ -111,3 +111,12 @@ def test_every_hardening_line_has_its_own_comment() -> None:
     assert len(settings) >= 25
     for before, line in settings:
         assert before.startswith("#"), f"no comment above {line}"
+
+
+def test_the_file_descriptor_limit_leaves_room_for_the_connection_cap() -> None:
+    from aggregator.httpserver import Limits
+
+    # the daemon caps connections at half its RLIMIT_NOFILE: the unit must not lower
+    # Limits.max_connections (systemd's default soft limit, 1024, would: 512)
+    (limit,) = SETTINGS["LimitNOFILE"]
+    assert int(limit) >= 2 * Limits().max_connections
