@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -20,19 +19,11 @@ from hypothesis import strategies as st
 from aggregator import cli
 from aggregator.config import parse_config
 from aggregator.errors import ConfigError
-
-ROOT = Path(__file__).resolve().parents[1]
+from tests.commands import aggregator
 
 
 def run_cli(config: Path, *args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "aggregator", "-c", str(config), *args],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        cwd=config.parent,
-        env={"PYTHONPATH": str(ROOT), "PATH": "/usr/bin:/bin"},
-    )
+    return aggregator(config, *args, timeout=60)
 
 
 # YAML double-quoted escapes, as a user (or a tool) writes them

@@ -11,14 +11,11 @@ from __future__ import annotations
 
 import json
 import subprocess
-import sys
 from pathlib import Path
 
+from tests.commands import aggregator
 from tests.feedserver import FeedServer
 from tests.test_daemon import DaemonProcess, free_port, wait_until
-
-ROOT = Path(__file__).resolve().parents[1]
-ENV = {"PYTHONPATH": str(ROOT), "PATH": "/usr/bin:/bin"}
 
 URL_PASSWORD = "url-pa55word"
 FILE_PASSWORD = "file-pa55word"
@@ -36,13 +33,7 @@ def rss(name: str) -> bytes:
 
 
 def run(config: Path, *args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "aggregator", "-c", str(config), *args],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        env=ENV,
-    )
+    return aggregator(config, *args, timeout=60)
 
 
 def assert_no_secret(where: str, text: str) -> None:

@@ -10,7 +10,6 @@ import json
 import os
 import shutil
 import subprocess
-import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -19,9 +18,8 @@ import pytest
 
 from aggregator.errors import PublishError
 from aggregator.publish import write_outputs
+from tests.commands import aggregator
 from tests.feedserver import FeedServer
-
-ROOT = Path(__file__).resolve().parents[1]
 
 
 @contextmanager
@@ -80,27 +78,14 @@ def test_status_reads_a_database_on_a_read_only_file_system(state_disk: Path) ->
         config.write_text(
             f'settings:\n  listen: ""\nfeeds:\n  - url: {server.url("/feed.xml")}\n    name: f\n'
         )
-        env = {"PYTHONPATH": str(ROOT), "PATH": "/usr/bin:/bin"}
-        polled = subprocess.run(
-            [sys.executable, "-m", "aggregator", "-c", str(config), "poll", "--once"],
-            capture_output=True,
-            text=True,
-            timeout=60,
-            env=env,
-        )
+        polled = aggregator(config, "poll", "--once", timeout=60)
         assert polled.returncode == 0, polled.stderr
     # the daemon's state directory as a read-only mount (or a backup on read-only media)
     remount = subprocess.run(
         ["mount", "-o", "remount,ro", str(state_disk)], capture_output=True, text=True
     )
     assert remount.returncode == 0, remount.stderr
-    status = subprocess.run(
-        [sys.executable, "-m", "aggregator", "-c", str(config), "status", "--json"],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        env=env,
-    )
+    status = aggregator(config, "status", "--json", timeout=60)
     assert status.returncode == 0, status.stderr
     (row,) = json.loads(status.stdout)
     assert (row["name"], row["state"], row["items"]) == ("f", "ok", 1)

@@ -15,7 +15,6 @@ import os
 import shutil
 import socket
 import subprocess
-import sys
 from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
@@ -29,9 +28,9 @@ import aggregator.fetch
 from aggregator.errors import FetchError
 from aggregator.fetch import Fetcher, is_public_address
 from aggregator.model import FeedState, Fetched, FetchLimits, NotModified
+from tests.commands import aggregator as aggregator_cli
 from tests.feedserver import FeedServer
 
-ROOT = Path(__file__).resolve().parent.parent
 NOW = datetime(2026, 3, 1, 12, 0, tzinfo=UTC)
 LIMITS = FetchLimits(connect_timeout=2.0, read_timeout=2.0, total_timeout=5.0)
 #: scanme.nmap.org: global, and harmless to shadow on this machine for a few seconds
@@ -282,16 +281,6 @@ def test_a_feed_configured_by_a_name_for_loopback_may_redirect_anywhere(
 
 
 # --- as a user runs it: `aggregator poll --once` ------------------------------------------
-
-
-def aggregator_cli(config: Path, *args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "aggregator", "-c", str(config), *args],
-        capture_output=True,
-        text=True,
-        timeout=120,
-        env={**os.environ, "PYTHONPATH": str(ROOT)},
-    )
 
 
 def write_config(tmp_path: Path, feeds: dict[str, str]) -> Path:

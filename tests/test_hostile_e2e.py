@@ -18,6 +18,7 @@ from typing import Any
 import feedparser
 import pytest
 
+from tests.commands import aggregator
 from tests.feedserver import FeedServer, HostileServer, gzip_bomb
 
 DATA = Path(__file__).parent / "data"
@@ -100,15 +101,6 @@ def write_config(tmp_path: Path, good: FeedServer, bad: HostileServer) -> Path:
         "feeds:\n" + "".join(f"  - url: {urls[name]}\n    name: {name}\n" for name in EXPECTED)
     )
     return config
-
-
-def aggregator(config: Path, *args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "aggregator", "-c", str(config), *args],
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
 
 
 def status(config: Path) -> dict[str, dict[str, Any]]:

@@ -9,14 +9,13 @@ from __future__ import annotations
 
 import io
 import json
-import subprocess
-import sys
 from pathlib import Path
 from urllib.parse import quote
 
 import feedparser
 import pytest
 
+from tests.commands import aggregator, status_rows
 from tests.feedserver import FeedServer
 
 CORPUS = Path(__file__).resolve().parents[2] / "shared" / "realworld-feeds"
@@ -46,17 +45,6 @@ def readable_by_feedparser(body: bytes, headers: dict[str, str]) -> bool:
     return any(parsed.entries) or (not parsed.bozo and bool(parsed.get("version")))
 
 
-def feed_states(config: Path) -> dict[str, dict[str, object]]:
-    status = subprocess.run(
-        [sys.executable, "-m", "aggregator", "-c", str(config), "status", "--json"],
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
-    assert status.returncode == 0, status.stderr
-    return {row["url"]: row for row in json.loads(status.stdout)}
-
-
 def test_every_feed_feedparser_reads_is_accepted_and_nothing_crashes(tmp_path: Path) -> None:
     rows = manifest()
     assert len(rows) > 1000
@@ -79,26 +67,16 @@ def test_every_feed_feedparser_reads_is_accepted_and_nothing_crashes(tmp_path: P
             "settings:\n  database: agg.db\n  output_dir: public\n  retention: 36500d\n"
             "feeds:\n" + "".join(f"  - url: {json.dumps(url)}\n" for url in urls)
         )
-        run = subprocess.run(
-            [sys.executable, "-m", "aggregator", "-c", str(config), "poll", "--once"],
-            capture_output=True,
-            text=True,
-            timeout=400,
-        )
+        run = aggregator(config, "poll", "--once", timeout=400)
         assert run.returncode == 0, run.stderr[-3000:]
         assert "Traceback" not in run.stderr
-        first = feed_states(config)
+        first = status_rows(config)
         # a second round: the server answers 304 or the same bytes, which confirm the
         # first round's result; a feed that failed to parse must not turn ok
-        again = subprocess.run(
-            [sys.executable, "-m", "aggregator", "-c", str(config), "poll", "--once"],
-            capture_output=True,
-            text=True,
-            timeout=400,
-        )
+        again = aggregator(config, "poll", "--once", timeout=400)
         assert again.returncode == 0, again.stderr[-3000:]
         assert "Traceback" not in again.stderr
-        second = feed_states(config)
+        second = status_rows(config)
     turned_ok = [
         f"{urls[url][0]}: {row['last_error']}"
         for url, row in first.items()

@@ -5,14 +5,11 @@ Served from a real server on 127.0.0.1 and polled by the real `aggregator poll -
 
 from __future__ import annotations
 
-import json
-import subprocess
-import sys
 from pathlib import Path
+from typing import Any
 
+from tests.commands import aggregator, status_rows
 from tests.feedserver import FeedServer
-
-ROOT = Path(__file__).resolve().parents[1]
 
 GOOD = b"""<?xml version="1.0"?>
 <rss version="2.0"><channel><title>Good</title><link>http://good.example/</link>
@@ -24,24 +21,10 @@ TRUNCATED = b"""<?xml version="1.0"?>
 <item><title>Half an ite"""
 
 
-def poll(config: Path) -> dict[str, dict[str, object]]:
-    run = subprocess.run(
-        [sys.executable, "-m", "aggregator", "-c", str(config), "poll", "--once"],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        env={"PYTHONPATH": str(ROOT), "PATH": "/usr/bin:/bin"},
-    )
+def poll(config: Path) -> dict[str, dict[str, Any]]:
+    run = aggregator(config, "poll", "--once", timeout=60)
     assert run.returncode == 0, run.stderr
-    status = subprocess.run(
-        [sys.executable, "-m", "aggregator", "-c", str(config), "status", "--json"],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        env={"PYTHONPATH": str(ROOT), "PATH": "/usr/bin:/bin"},
-    )
-    assert status.returncode == 0, status.stderr
-    return {str(row["name"]): row for row in json.loads(status.stdout)}
+    return status_rows(config, key="name")
 
 
 def test_a_malformed_feed_without_entries_is_an_error_and_a_304_does_not_clear_it(
