@@ -321,7 +321,7 @@ class ParsePool(Executor):
         if self._pool is pool:
             self._pool = None
             pool.stop()
-            await asyncio.to_thread(pool.join)
+            await asyncio.to_thread(_join, pool)
 
     def shutdown(self, wait: bool = True, *, cancel_futures: bool = False) -> None:
         if self._pool is not None:
@@ -331,7 +331,19 @@ class ParsePool(Executor):
             else:
                 pool.close()  # what is queued still runs
             if wait:
-                pool.join()
+                _join(pool)
+
+
+def _join(pool: pebble.ProcessPool) -> None:
+    """Waits for the pool's workers to end. pebble drops the locks of the workers' channel
+    before it stops them, so a worker still starting then (one just started in place of a
+    killed one, or in a round over in a moment) cannot unpickle them and prints a
+    traceback: they are kept until the workers are gone."""
+    manager = getattr(getattr(pool, "_pool_manager", None), "worker_manager", None)
+    mutex = getattr(getattr(manager, "workers_channel", None), "mutex", None)
+    kept: tuple[object, ...] = (mutex.reader_mutex, mutex.writer_mutex) if mutex else ()
+    pool.join()
+    del kept
 
 
 async def run_parse(url: str, executor: Executor | None, fn: Callable[..., T], *args: Any) -> T:

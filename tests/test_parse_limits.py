@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -21,6 +22,8 @@ from typing import Any
 import feedparser
 import nh3
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from aggregator import clean, nesting
 from aggregator.errors import ParseError, ParseTimeout
@@ -151,6 +154,60 @@ def test_the_scan_counts_as_deep_as_nh3_nests_on_real_shapes() -> None:
     assert not nesting.is_too_deep(html_text, deepest + 5)
 
 
+#: tag soup: the elements, attributes and other markup the scan treats apart
+_SOUP_NAMES = [
+    *("div", "span", "p", "b", "i", "a", "li", "ul", "td", "tr", "table", "svg", "path"),
+    *("foreignObject", "math", "mi", "font", "button", "h1", "h2", "select", "option"),
+    *("template", "nobr", "form", "script", "style", "title", "textarea", "br", "img", "dd"),
+    *("dt", "object", "x-y", "desc", "em", "caption", "xmp", "noscript", "iframe"),
+]
+_SOUP_ATTRIBUTES = ["", ' id="1"', ' id="2"', ' title="</div>"', " title='<div>'"]
+_SOUP_ATTRIBUTES += [" color=red", " a=b/", ' x"y', " =z", " size"]
+_SOUP_OTHER = ["t", " ", "<!-- c -->", "<!-- --!>", "<!-->", "<!x>", "<?p>", "</ 3>", '"', "<"]
+_SOUP_OTHER += ["<![CDATA[</div>]]>", "&lt;"]
+_RAW = {"script", "style", "iframe", "xmp", "noscript", "textarea", "select", "option"}
+_KEPT = {name.lower() for name in _SOUP_NAMES} - _RAW - {"template"}
+
+
+def _soup_token() -> st.SearchStrategy[str]:
+    start = st.builds(
+        lambda name, attributes, slash: f"<{name}{attributes}{slash}>",
+        st.sampled_from(_SOUP_NAMES),
+        st.sampled_from(_SOUP_ATTRIBUTES),
+        st.sampled_from(["", "/"]),
+    )
+    end = st.builds(lambda name: f"</{name}>", st.sampled_from([*_SOUP_NAMES, "x"]))
+    return st.one_of(start, start, end, st.sampled_from(_SOUP_OTHER))
+
+
+def _nh3_depth(html_text: str) -> int:
+    """How deep nh3 (html5ever) nests the elements of `html_text`."""
+    tree = nh3.clean(html_text, tags=_KEPT, attributes={}, clean_content_tags=set(), link_rel=None)
+    depth = deepest = 0
+    for match in re.finditer(r"<(/?)([a-zA-Z][^\s/>]*)[^>]*>", tree):
+        if match.group(1):
+            depth -= 1
+        elif match.group(2).lower() not in ("br", "img"):
+            depth += 1
+            deepest = max(deepest, depth)
+    return deepest
+
+
+def _scan_depth(html_text: str) -> int:
+    """The least limit the scan finds `html_text` within."""
+    limit = 0
+    while nesting.is_too_deep(html_text, limit):
+        limit += 1
+    return limit
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(_soup_token(), min_size=10, max_size=120))
+def test_the_scan_never_counts_much_less_than_html5ever_nests(tokens: list[str]) -> None:
+    html_text = "".join(tokens)
+    assert _scan_depth(html_text) >= _nh3_depth(html_text) - 2
+
+
 # --- the pool -----------------------------------------------------------------------
 
 
@@ -239,6 +296,7 @@ def aggregator(config: Path, *args: str) -> subprocess.CompletedProcess[str]:
         text=True,
         timeout=300,
         env={**os.environ, "PYTHONPATH": str(ROOT)},
+        cwd=ROOT,
     )
 
 
