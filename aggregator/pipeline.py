@@ -366,7 +366,8 @@ async def poll_round(
 ) -> list[PollResult]:
     """Poll `feeds` (default: every configured feed) concurrently; results in config order.
 
-    Without an `executor`, bodies are parsed in a ParsePool of one process per core."""
+    Without an `executor`, bodies are parsed in a ParsePool of one process per core, each
+    for at most `parse_timeout`; a plain Executor passed in gives them no deadline."""
     sources = list(config.feeds if feeds is None else feeds)
     if executor is None:
         with ParsePool(timeout=config.settings.parse_timeout.total_seconds()) as pool:
