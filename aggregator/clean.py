@@ -19,6 +19,7 @@ import nh3
 
 from aggregator.dedupe import content_hash, entry_key, index_keys
 from aggregator.model import Item, ParsedEntry
+from aggregator.nesting import is_too_deep, markup_text
 from aggregator.text import single_line
 from aggregator.timeutil import to_utc
 from aggregator.urls import canonical_url, publishable_url, strip_tracking
@@ -97,11 +98,14 @@ def sanitize_html(html_text: str, base_url: str) -> str:
 
     Scripts, styles, frames, plugins, forms, SVG/MathML and their contents go; so do event
     handlers, URLs other than http(s)/mailto, tracking pixels, emptied links and characters
-    XML cannot carry.
+    XML cannot carry. Markup nested deeper than any article (`nesting.is_too_deep`) is
+    not parsed: only its text is kept.
     """
     html_text = remove_unusable_characters(html_text)
     if not html_text.strip():
         return ""
+    if is_too_deep(html_text):
+        return _text_only(html_text)
 
     def resolve(tag: str, attribute: str, value: str) -> str | None:
         if attribute in ("width", "height"):
@@ -135,6 +139,11 @@ def sanitize_html(html_text: str, base_url: str) -> str:
     cleaned = _IMG_TAG.sub(_drop_useless_image, cleaned)
     cleaned = _EMPTY_LINK.sub("", cleaned)
     return _BARE_LINK.sub(r"\1", cleaned).strip()
+
+
+def _text_only(html_text: str) -> str:
+    """The text of markup too deep to parse, as HTML: no element, nothing readable lost."""
+    return html.escape(remove_unusable_characters(markup_text(html_text)), quote=False)
 
 
 def _is_plain_absolute(url: str) -> bool:
@@ -386,6 +395,8 @@ def html_to_text(html_text: str) -> str:
     html_text = remove_unusable_characters(html_text)
     if "<" not in html_text and "&" not in html_text:
         return _WHITESPACE.sub(" ", html_text).strip()
+    if is_too_deep(html_text):
+        return remove_unusable_characters(markup_text(html_text))
     # nh3 parses like a browser and drops script/style contents; what is left of the
     # markup is block tags without attributes, each one a word break
     only_blocks = nh3.clean(
@@ -501,7 +512,10 @@ def _without_unusable_characters(entry: ParsedEntry) -> ParsedEntry:
 
 
 def clean_html(html_text: str, base_url: str) -> str:
-    """Boilerplate stripped, then sanitized with absolute URLs."""
+    """Boilerplate stripped, then sanitized with absolute URLs (markup too deep to parse:
+    its text only, before lxml sees it)."""
     if not html_text.strip():
         return ""
+    if is_too_deep(html_text):
+        return _text_only(remove_unusable_characters(html_text))
     return sanitize_html(strip_boilerplate(html_text), base_url)

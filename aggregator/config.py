@@ -521,6 +521,7 @@ _SETTINGS_VALIDATORS: dict[str, Validator] = {
     "retention": _duration,
     "timeout": _duration,
     "max_feed_size": _size,
+    "parse_timeout": _duration,
 }
 
 

@@ -168,6 +168,8 @@ class Daemon:
         #: the store, on a thread of its own: the loop never waits on SQLite
         self.db: StoreThread | None = None
         self.fetcher: Fetcher | None = None
+        #: parse workers, each body under the config's parse_timeout; started on first use
+        self.parsers = pipeline.ParsePool()
         # A loop busy rendering must not make jobs "miss" their time: run them late, once.
         self.scheduler = AsyncIOScheduler(
             timezone=UTC, job_defaults={"coalesce": True, "misfire_grace_time": None}
@@ -278,6 +280,8 @@ class Daemon:
         await self._schedule_all(config, changed=None)
 
     async def _close(self) -> None:
+        # workers still busy (polls cut off at the drain) are stopped, not waited for
+        await asyncio.to_thread(self.parsers.shutdown, True, cancel_futures=True)
         if self.fetcher is not None:
             await self.fetcher.__aexit__(None, None, None)
             self.fetcher = None
@@ -461,9 +465,14 @@ class Daemon:
         if self.fetcher is None:
             self.fetcher = Fetcher(config.settings.fetch_limits())
             await self.fetcher.__aenter__()
+        self.parsers.timeout = config.settings.parse_timeout.total_seconds()
         try:
             result = await pipeline.poll_feed(
-                source, db, self.fetcher, retention=config.settings.retention
+                source,
+                db,
+                self.fetcher,
+                retention=config.settings.retention,
+                executor=self.parsers,
             )
             state = await db.run(Store.feed_state, url)
         except StoreError as e:

@@ -13,6 +13,7 @@ AggregatorError
     │       ├── Gone             410: stop polling until the config changes
     │       └── RetryLater       429/503 with Retry-After
     └── ParseError       the body is not a feed we can read
+        └── ParseTimeout     parsing and cleaning took longer than `parse_timeout`
 """
 
 from __future__ import annotations
@@ -99,3 +100,8 @@ class RetryLater(HTTPStatusError):
 
 class ParseError(FeedError):
     """The body is not a feed (HTML page, empty body, unreadable XML/JSON)."""
+
+
+class ParseTimeout(ParseError):
+    """Parsing and cleaning the body took longer than `parse_timeout`; the worker process
+    doing it was killed."""

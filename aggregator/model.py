@@ -97,6 +97,8 @@ class Settings:
     timeout: timedelta = timedelta(seconds=60)
     #: the largest feed body accepted, before and after decompression
     max_feed_size: int = 10 * 1024 * 1024
+    #: the most parsing and cleaning one feed's body may take
+    parse_timeout: timedelta = timedelta(seconds=60)
 
     def fetch_limits(self) -> FetchLimits:
         seconds = self.timeout.total_seconds()

@@ -22,13 +22,16 @@ import multiprocessing
 import os
 import time
 from collections.abc import Callable, Collection, Coroutine, Mapping, Sequence
-from concurrent.futures import Executor, Future, ProcessPoolExecutor
+from concurrent.futures import Executor, Future
+from concurrent.futures.process import BrokenProcessPool
 from dataclasses import replace
 from datetime import datetime, timedelta
 from typing import Any, TypeVar
 
+import pebble
+
 from aggregator import render, topics
-from aggregator.errors import FeedError, Gone, HTTPStatusError, RetryLater
+from aggregator.errors import FeedError, Gone, HTTPStatusError, ParseError, ParseTimeout, RetryLater
 from aggregator.fetch import Fetcher, cache_max_age
 from aggregator.ingest import process_body
 from aggregator.model import (
@@ -172,9 +175,9 @@ async def poll_feed(
         return _result(source, state, started, moved_to=response.moved_to, unchanged=True)
 
     known, known_chunks = await db.run(_known_entries, source.url)
-    loop = asyncio.get_running_loop()
     try:
-        processed = await loop.run_in_executor(
+        processed = await run_parse(
+            source.url,
             executor,
             process_body,
             response,
@@ -268,13 +271,20 @@ _WORKER_NICENESS = 10
 class ParsePool(Executor):
     """Worker processes for parsing and cleaning, started on first use: a round in which
     every feed answers 304 never pays for them. Parsing is CPU-bound pure Python, so
-    processes, not threads, are what uses more than one core."""
+    processes, not threads, are what uses more than one core.
 
-    def __init__(self, workers: int | None = None) -> None:
+    `run` gives each body a deadline (`timeout` seconds of work, not counting its wait for
+    a free worker): a worker still busy past it is killed and replaced, and only that
+    body's feed fails. The pool is pebble's: the standard ProcessPoolExecutor cannot stop
+    one worker, only break the whole pool and every body queued in it."""
+
+    def __init__(self, workers: int | None = None, *, timeout: float | None = None) -> None:
         self.workers = workers or max(1, len(os.sched_getaffinity(0)))
-        self._pool: ProcessPoolExecutor | None = None
+        #: seconds `run` lets one call work; None: no deadline
+        self.timeout = timeout
+        self._pool: pebble.ProcessPool | None = None
 
-    def submit(self, fn: Callable[..., Any], /, *args: Any, **kwargs: Any) -> Future[Any]:
+    def _started(self) -> pebble.ProcessPool:
         if self._pool is None:
             # spawn: fresh interpreters, never a fork of this process with its event loop
             # and threads; and no forkserver process kept alive beside them (40 MB)
@@ -283,15 +293,81 @@ class ParsePool(Executor):
             # stays responsive, and with a core per worker the main process, which fetches
             # and stores for all of them, is not made to wait for its turn. The workers still
             # get every cycle it leaves (mutated bench round 7.9 → 7.1 s, five pairs).
-            self._pool = ProcessPoolExecutor(
-                self.workers, mp_context=context, initializer=os.nice, initargs=(_WORKER_NICENESS,)
+            self._pool = pebble.ProcessPool(
+                self.workers, initializer=os.nice, initargs=(_WORKER_NICENESS,), context=context
             )
-        return self._pool.submit(fn, *args, **kwargs)
+        return self._pool
+
+    def submit(self, fn: Callable[..., Any], /, *args: Any, **kwargs: Any) -> Future[Any]:
+        """`fn(*args, **kwargs)` in a worker, without a deadline."""
+        return self._started().schedule(fn, args=args, kwargs=kwargs)
+
+    async def run(
+        self, fn: Callable[..., T], *args: Any, url: str, timeout: float | None = None
+    ) -> T:
+        """`fn(*args)` in a worker, for at most `timeout` seconds (default: the pool's).
+
+        Raises ParseTimeout(url) past the deadline, after the worker doing it was killed.
+        A call whose worker died under it (killed by the OOM killer, say) or whose pool
+        broke is run once more in a fresh one: the cause may be another body's."""
+        seconds = self.timeout if timeout is None else timeout
+        for attempt in range(2):
+            pool = self._started()
+            try:
+                future = pool.schedule(fn, args=args, timeout=seconds)
+                return await asyncio.wrap_future(future)
+            except TimeoutError as error:
+                if error.__cause__ is not None:
+                    raise  # raised by `fn` itself (pebble chains the worker's traceback)
+                message = f"parsing took longer than {seconds:g} s; gave up"
+                raise ParseTimeout(url, message) from error
+            except pebble.ProcessExpired as error:
+                if attempt:
+                    message = f"the parsing process died (exit status {error.exitcode})"
+                    raise ParseError(url, message) from error
+            except (BrokenProcessPool, RuntimeError):
+                # every worker gone at once (pebble's "Unexpected error within the Pool")
+                if attempt or pool.active:
+                    raise
+                await self._discard(pool)
+        raise AssertionError("unreachable")
+
+    async def _discard(self, pool: pebble.ProcessPool) -> None:
+        """Stops a broken pool; the next call starts a fresh one."""
+        if self._pool is pool:
+            self._pool = None
+            pool.stop()
+            await asyncio.to_thread(_join, pool)
 
     def shutdown(self, wait: bool = True, *, cancel_futures: bool = False) -> None:
         if self._pool is not None:
-            self._pool.shutdown(wait, cancel_futures=cancel_futures)
-            self._pool = None
+            pool, self._pool = self._pool, None
+            if cancel_futures:
+                pool.stop()  # kills what is running, drops what is queued
+            else:
+                pool.close()  # what is queued still runs
+            if wait:
+                _join(pool)
+
+
+def _join(pool: pebble.ProcessPool) -> None:
+    """Waits for the pool's workers to end. pebble drops the locks of the workers' channel
+    before it stops them, so a worker still starting then (one just started in place of a
+    killed one, or in a round over in a moment) cannot unpickle them and prints a
+    traceback: they are kept until the workers are gone."""
+    manager = getattr(getattr(pool, "_pool_manager", None), "worker_manager", None)
+    mutex = getattr(getattr(manager, "workers_channel", None), "mutex", None)
+    kept: tuple[object, ...] = (mutex.reader_mutex, mutex.writer_mutex) if mutex else ()
+    pool.join()
+    del kept
+
+
+async def run_parse(url: str, executor: Executor | None, fn: Callable[..., T], *args: Any) -> T:
+    """`fn(*args)` for the feed at `url` in `executor`: in a ParsePool with its deadline
+    (ParseTimeout past it); in another Executor, or None (the loop's default), without."""
+    if isinstance(executor, ParsePool):
+        return await executor.run(fn, *args, url=url)
+    return await asyncio.get_running_loop().run_in_executor(executor, fn, *args)
 
 
 async def poll_round(
@@ -306,10 +382,11 @@ async def poll_round(
 ) -> list[PollResult]:
     """Poll `feeds` (default: every configured feed) concurrently; results in config order.
 
-    Without an `executor`, bodies are parsed in a ParsePool of one process per core."""
+    Without an `executor`, bodies are parsed in a ParsePool of one process per core, each
+    for at most `parse_timeout`; a plain Executor passed in gives them no deadline."""
     sources = list(config.feeds if feeds is None else feeds)
     if executor is None:
-        with ParsePool() as pool:
+        with ParsePool(timeout=config.settings.parse_timeout.total_seconds()) as pool:
             return await poll_round(
                 config,
                 db,
