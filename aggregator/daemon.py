@@ -385,7 +385,7 @@ class Daemon:
         for job in self.scheduler.get_jobs():
             if job.id.startswith("poll:") and job.id[5:] not in configured:
                 job.remove()
-        states, gone_fingerprints = await self.db.run(_states_and_gone_fingerprints)
+        states, gone_fingerprints = await self.db.run(pipeline.states_and_gone_fingerprints)
         now = utcnow()
         for index, source in enumerate(config.feeds):
             if changed is not None and source.url not in changed:
@@ -598,10 +598,6 @@ class Daemon:
         if self.config_error:
             text += "; config invalid: " + self.config_error
         notify(f"STATUS={text}")
-
-
-def _states_and_gone_fingerprints(store: Store) -> tuple[dict[str, FeedState], dict[str, str]]:
-    return store.feed_states(), store.gone_fingerprints()
 
 
 def _index_and_publish(

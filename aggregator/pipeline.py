@@ -125,13 +125,19 @@ async def poll_feed(
     force: bool = False,
     executor: Executor | None = None,
     now: datetime | None = None,
+    stored: tuple[FeedState, str | None] | None = None,
 ) -> PollResult:
     """Poll one feed and store what it brings. Never raises for a feed's own fault; a
-    StoreError (the database cannot be written) propagates, nothing of the poll stored."""
+    StoreError (the database cannot be written) propagates, nothing of the poll stored.
+
+    `stored` is the feed's state and gone fingerprint when the caller read them already
+    (a round reads every feed's in one call), else they are read here."""
     started = time.monotonic()
     now = now or utcnow()
     fingerprint = feed_fingerprint(source)
-    state, gone_fingerprint = await db.run(_state_and_gone_fingerprint, source.url)
+    if stored is None:
+        stored = await db.run(_state_and_gone_fingerprint, source.url)
+    state, gone_fingerprint = stored
     if state.gone and gone_fingerprint != fingerprint:
         state = replace(state, gone=False)
     skip = should_skip(state, now, force)
@@ -217,6 +223,11 @@ async def poll_feed(
 
 def _state_and_gone_fingerprint(store: Store, url: str) -> tuple[FeedState, str | None]:
     return store.feed_state(url), store.gone_fingerprint(url)
+
+
+def states_and_gone_fingerprints(store: Store) -> tuple[dict[str, FeedState], dict[str, str]]:
+    """Every feed's stored state, and the config fingerprints of the gone ones."""
+    return store.feed_states(), store.gone_fingerprints()
 
 
 def _known_entries(store: Store, url: str) -> tuple[dict[str, str | None], dict[str, str]]:
@@ -404,7 +415,11 @@ async def poll_round(
     # queued for the parser) when fetching outpaces parsing, as it does on a fast network.
     in_progress = asyncio.Semaphore(limits.max_connections)
 
+    # every feed's state in one call, not one per feed: a round of 304s is mostly this
+    states, gone_fingerprints = await db.run(states_and_gone_fingerprints)
+
     async def one(source: FeedSource, fetcher: Fetcher) -> PollResult:
+        state = states.get(source.url) or FeedState(url=source.url, fetch_url=source.url)
         async with in_progress:
             result = await poll_feed(
                 source,
@@ -414,6 +429,7 @@ async def poll_round(
                 force=force,
                 executor=executor,
                 now=now,
+                stored=(state, gone_fingerprints.get(source.url)),
             )
         if on_result is not None:
             on_result(source, result)
@@ -482,9 +498,8 @@ def _describe(source: FeedSource, result: PollResult) -> str:
 # --- publishing -------------------------------------------------------------------------
 
 
-def display_names(config: Config, store: Store) -> dict[str, str]:
+def display_names(config: Config, states: Mapping[str, FeedState]) -> dict[str, str]:
     """Feed URL → the name users see: the config's name, else the feed's title, else URL."""
-    states = store.feed_states()
     names = {}
     for source in config.feeds:
         state = states.get(source.url)
@@ -509,8 +524,8 @@ def render_outputs(
     """Published file name → bytes, for every topic or the slugs in `only`; the index and
     OPML always. Same database, same bytes."""
     base_url = config.settings.base_url
-    names = display_names(config, store)
     states = store.feed_states()
+    names = display_names(config, states)
     outputs: dict[str, bytes] = {}
     for topic in config.topics:
         if only is not None and topic.slug not in only:

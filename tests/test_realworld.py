@@ -9,11 +9,13 @@ from __future__ import annotations
 
 import io
 import json
+import re
 from pathlib import Path
 from urllib.parse import quote
 
 import feedparser
 import pytest
+from lxml import etree
 
 from tests.commands import aggregator, status_rows
 from tests.feedserver import FeedServer
@@ -93,3 +95,18 @@ def test_every_feed_feedparser_reads_is_accepted_and_nothing_crashes(tmp_path: P
     assert not rejected, f"{len(rejected)} readable feeds rejected:\n" + "\n".join(rejected[:40])
     published = feedparser.parse((tmp_path / "public" / "all.atom").read_bytes())
     assert not published.bozo and len(published.entries) == 50
+    # RSS 2.0 needs a title or a description in every item, whatever the source lacked
+    rss = etree.fromstring((tmp_path / "public" / "all.rss").read_bytes())
+    items = rss.findall("channel/item")
+    assert len(items) == 50
+    for item in items:
+        assert (item.findtext("title") or "").strip() or (item.findtext("description") or "")
+    # and no URL published anywhere has a scheme other than http(s) (the HTML pages also
+    # link each other by relative names)
+    for output in (tmp_path / "public").iterdir():
+        text = output.read_text()
+        found = re.findall(r'(?:href|src|url|xmlUrl|htmlUrl)="([^"]*)"', text)
+        found += re.findall(r'"(?:url|external_url|home_page_url|feed_url)": "([^"]*)"', text)
+        for url in found:
+            scheme = re.match(r"\s*([A-Za-z][A-Za-z0-9+.-]*):", url)
+            assert scheme is None or scheme.group(1) in ("http", "https"), (output.name, url)

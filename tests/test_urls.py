@@ -4,12 +4,14 @@ properties."""
 
 from __future__ import annotations
 
+import re
 from urllib.parse import parse_qsl, urlsplit
 
 import pytest
 from hypothesis import example, given
 from hypothesis import strategies as st
 
+from aggregator import urls
 from aggregator.urls import (
     SECRET_PARAMS,
     TRACKING_PARAMS,
@@ -517,3 +519,16 @@ def test_published_urls_are_always_http_or_none(url: str, base: str | None) -> N
 def test_redaction_never_raises_and_is_idempotent(text: str) -> None:
     assert redact_url(redact_url(text)) == redact_url(text)
     assert redact_text(redact_text(text)) == redact_text(text)
+
+
+@given(url=st.from_regex(urls._PLAIN_WEB_URL, fullmatch=True))
+def test_the_plain_url_fast_path_agrees_with_the_full_reading(url: str) -> None:
+    fast = (urls.http_url(url), urls.publishable_url(url))
+    never = re.compile(r"(?!)")
+    original = urls._PLAIN_WEB_URL
+    urls._PLAIN_WEB_URL = never
+    try:
+        slow = (urls.http_url(url), urls.publishable_url(url))
+    finally:
+        urls._PLAIN_WEB_URL = original
+    assert fast == slow
