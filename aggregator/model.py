@@ -8,11 +8,12 @@ store  ─ PublishedItem(SourceRef) ──► render ─ bytes
 
 from __future__ import annotations
 
-import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from pathlib import Path
+
+import regex
 
 from aggregator.errors import FeedError
 
@@ -25,8 +26,8 @@ class Term:
 
     #: the term as written in feeds.yaml ("DPRK" or "/Kim Jong[- ]?Un/")
     source: str
-    #: compiled, case-insensitive; plain terms match whole words
-    pattern: re.Pattern[str]
+    #: compiled (the `regex` module), case-insensitive; plain terms match whole words
+    pattern: regex.Pattern[str]
 
 
 @dataclass(frozen=True)

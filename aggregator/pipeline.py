@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import logging
 import multiprocessing
 import os
 import time
@@ -49,6 +50,8 @@ from aggregator.publish import write_outputs
 from aggregator.store import Store, StoreThread
 from aggregator.timeutil import to_iso, utcnow
 from aggregator.urls import redact_text
+
+log = logging.getLogger("aggregator")
 
 #: failures back off exponentially up to this
 MAX_BACKOFF = timedelta(hours=24)
@@ -511,11 +514,21 @@ def topic_items(
     config: Config, store: Store, topic: Topic, names: dict[str, str]
 ) -> list[PublishedItem]:
     selected = [s.url for s in config.feeds if topics.selects_feed(topic, s)]
+    matcher = topics.TopicMatcher(topic)
 
     def accept(item: PublishedItem, text: str) -> bool:
-        return topics.matches_topic(topic, [item.title, item.summary_html, text, *item.categories])
+        return matcher.matches([item.title, item.summary_html, text, *item.categories])
 
-    return store.newest_items(selected, config.settings.max_items, accept, names)
+    items = store.newest_items(selected, config.settings.max_items, accept, names)
+    for term in matcher.slow_terms:
+        log.warning(
+            "topic %s: the term %s took longer than %g s to search some items, which it"
+            " did not match; simplify it",
+            topic.slug,
+            term,
+            topics.SEARCH_TIMEOUT,
+        )
+    return items
 
 
 def render_outputs(

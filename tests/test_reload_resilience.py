@@ -12,6 +12,7 @@ import signal
 import socket
 import time
 from collections.abc import Callable
+from dataclasses import replace
 
 from tests.test_daemon import (  # noqa: F401 - site and launch are fixtures
     DaemonProcess,
@@ -92,3 +93,35 @@ def test_a_reload_that_found_no_file_descriptor_is_retried_without_another_save(
     wait_until(lambda: second.link in published_links(daemon), 30, "the added feed")
     assert daemon.health()["config_valid"] is True
     assert daemon.process.poll() is None
+
+
+def test_a_catastrophic_topic_regex_does_not_freeze_the_daemon(
+    site: Site,  # noqa: F811
+    launch: Callable[..., DaemonProcess],  # noqa: F811
+) -> None:
+    ordinary = make_story("ordinary")
+    url = site.feed("alpha", [ordinary])
+    write_config(site.config, site.port, [url], interval="2s")
+    daemon = launch(site.config, site.port)
+    daemon.wait_serving()
+    wait_until(lambda: ordinary.link in published_links(daemon), 20, "the first publish")
+
+    # a regex that backtracks for hours on a title of 40 "a"s, and a feed that has one
+    hostile = make_story("hostile")
+    hostile = replace(hostile, title="a" * 40 + "!", text="a" * 40 + "!")
+    site.feed("alpha", [hostile, ordinary])
+    topics = "  nk:\n    include: ['/(a|aa)+$/', Story]\n"
+    write_config(site.config, site.port, [url], interval="2s", topics=topics)
+    daemon.send(signal.SIGHUP)
+    worst = 0.0
+    deadline = time.monotonic() + 12
+    while time.monotonic() < deadline:
+        started = time.monotonic()
+        assert daemon.get("/healthz").status in (200, 503)
+        worst = max(worst, time.monotonic() - started)
+        time.sleep(0.2)
+    assert worst < 1.0, worst
+    wait_until(lambda: ordinary.link in published_links(daemon, "nk"), 20, "the nk topic")
+    assert "(a|aa)+$" in daemon.log and "simplify it" in daemon.log
+    code, seconds = daemon.stop()
+    assert code == 0 and seconds < 10

@@ -157,3 +157,19 @@ def test_display_name_stands_in_only_for_a_missing_name():
     assert selects_feed(t, FeedSource(url="https://a.example/"), display_name="Own Title")
     named = FeedSource(url="https://a.example/", name="Configured")
     assert not selects_feed(t, named, display_name="Own Title")
+
+
+def test_a_catastrophic_regex_is_given_up_on_not_searched_for_hours() -> None:
+    import time
+
+    from aggregator.topics import MAX_TIMEOUTS, SEARCH_TIMEOUT, TopicMatcher
+
+    matcher = TopicMatcher(topic(include=["/(a|aa)+$/", "Pyongyang"]))
+    hostile = "a" * 40 + "!"  # backtracks for about 2^40 steps
+    started = time.monotonic()
+    results = [matcher.matches([hostile, "news from Pyongyang"]) for _ in range(20)]
+    elapsed = time.monotonic() - started
+    assert all(results)  # the other term still matches
+    assert matcher.slow_terms == ["/(a|aa)+$/"]
+    assert elapsed < (MAX_TIMEOUTS + 1) * SEARCH_TIMEOUT * 4 + 1.0  # given up after a few
+    assert not TopicMatcher(topic(include=["/(a|aa)+$/"])).matches([hostile])
