@@ -59,7 +59,8 @@ ALLOWED_ATTRIBUTES: dict[str, set[str]] = {
     "blockquote": {"cite"},
     "q": {"cite"},
 }
-URL_SCHEMES = frozenset({"http", "https", "mailto"})
+#: the contract: every URL we publish is http(s) (a mailto: link keeps its text)
+URL_SCHEMES = frozenset({"http", "https"})
 _URL_ATTRIBUTES = frozenset({"href", "src", "cite"})
 _DIMENSION = re.compile(r"\s*(\d+)(?:px)?\s*$")
 
@@ -97,7 +98,7 @@ def sanitize_html(html_text: str, base_url: str) -> str:
     """`html_text` reduced to ALLOWED_TAGS/ALLOWED_ATTRIBUTES, URLs absolute against `base_url`.
 
     Scripts, styles, frames, plugins, forms, SVG/MathML and their contents go; so do event
-    handlers, URLs other than http(s)/mailto, tracking pixels, emptied links and characters
+    handlers, URLs other than http(s), tracking pixels, emptied links and characters
     XML cannot carry. Markup nested deeper than any article (`nesting.is_too_deep`) is
     not parsed: only its text is kept.
     """

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import os
 import sys
 from collections.abc import Sequence
@@ -13,6 +14,7 @@ from typing import TYPE_CHECKING, Any
 from aggregator import __version__
 from aggregator.errors import ConfigError, PublishError, StoreError
 from aggregator.model import Config, FeedSource, FeedState, PollResult
+from aggregator.text import single_line
 from aggregator.timeutil import to_iso
 from aggregator.urls import redact_text, redact_url
 
@@ -72,7 +74,11 @@ def main(argv: Sequence[str] | None = None) -> int:
 
         return run_daemon(config_path(args))
     from aggregator.config import load_config
+    from aggregator.logs import configure_logging
     from aggregator.store import Store
+
+    # warnings and internal errors a command meets on its way (poll lines are printed)
+    configure_logging(logging.WARNING, "%(message)s")
 
     try:
         config = load_config(config_path(args))
@@ -173,10 +179,17 @@ def cmd_status(config: Config, store: Store | None, *, as_json: bool) -> int:
         print(json.dumps(rows, indent=2))
         return EXIT_OK
     for row in rows:
+        # one line each, no control or bidi characters: a feed's title must not be able
+        # to move the cursor, retitle the terminal or reorder what follows it
+        row = {
+            key: single_line(str(value)) if value is not None else None
+            for key, value in row.items()
+        }
         print(f"{row['name'] or row['url']}")
         print(f"  url:          {row['url']}")
         fetched = row["last_fetched"] or "never"
-        print(f"  state:        {row['state']} (last fetched {fetched}, HTTP {row['last_status']})")
+        http = f", HTTP {row['last_status']}" if row["last_status"] else ""
+        print(f"  state:        {row['state']} (last fetched {fetched}{http})")
         print(f"  items:        {row['items']}")
         print(f"  next due:     {row['next_due'] or '-'}")
         if row["last_error"]:

@@ -12,6 +12,7 @@ import difflib
 import ipaddress
 import os
 import re
+import stat
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, replace
 from datetime import date, timedelta
@@ -20,6 +21,7 @@ from pathlib import Path
 from typing import Any, NoReturn, TypeVar
 from urllib.parse import urlsplit
 
+import httpx
 from ruamel.yaml import YAML
 from ruamel.yaml.comments import CommentedMap, CommentedSeq
 from ruamel.yaml.error import MarkedYAMLError, YAMLError
@@ -29,6 +31,7 @@ from ruamel.yaml.resolver import VersionedResolver
 from aggregator.errors import ConfigError
 from aggregator.model import Config, FeedAuth, FeedSource, Settings, Term, Topic
 from aggregator.topics import compile_term, selects_feed
+from aggregator.urls import redact_text, redact_url
 
 DEFAULT_SETTINGS = Settings()
 #: the topic used when feeds.yaml configures none
@@ -40,9 +43,10 @@ _TOP_KEYS = ("settings", "topics", "feeds")
 _SLUG = re.compile(r"[a-z0-9-]+")
 _TAG = re.compile(r"[A-Za-z0-9_-]+")
 _DURATION_PART = re.compile(r"(\d+)([smhd])")
-_DURATION = re.compile(r"(?:\d+[smhd])+")
+# at most 12 digits a part: a 5,000-digit number is no duration (and int() refuses it)
+_DURATION = re.compile(r"(?:\d{1,12}[smhd]){1,8}")
 _UNIT_SECONDS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
-_SIZE = re.compile(r"(\d+)\s*(B|KB|MB|GB)?")
+_SIZE = re.compile(r"(\d{1,15})\s*(B|KB|MB|GB)?")
 _UNIT_BYTES = {"B": 1, "KB": 1 << 10, "MB": 1 << 20, "GB": 1 << 30}
 _HOSTNAME = re.compile(r"[A-Za-z0-9](?:[A-Za-z0-9.-]*[A-Za-z0-9])?")
 #: characters no value may hold, whatever YAML escape wrote them: lone surrogates cannot be
@@ -54,6 +58,10 @@ _UNUSABLE_CHARACTER = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f\ud800-\ud
 MAX_DURATION = timedelta(days=36500)
 MAX_ITEMS = 10_000
 MAX_SIZE = 1 << 30
+#: slugs name files (`<slug>.atom`): well within any file system's name limit
+MAX_SLUG = 100
+#: `index.html` is the list of topics; `/search` is the daemon's search page
+RESERVED_SLUGS = frozenset({"index", "search"})
 
 T = TypeVar("T")
 
@@ -146,8 +154,14 @@ def _password(auth: FeedAuth, spot: _Spot, env: Mapping[str, str]) -> str:
     assert auth.password_file is not None
     path = Path(os.path.expandvars(str(auth.password_file)))
     try:
-        with path.open("rb") as file:
-            data = file.read(MAX_SECRET_BYTES + 1)
+        # non-blocking: a FIFO (or a device) must not hang check or a reload
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_NOCTTY)
+        try:
+            if not stat.S_ISREG(os.fstat(fd).st_mode):
+                spot.error(f"{path} is not a regular file")
+            data = os.read(fd, MAX_SECRET_BYTES + 1)
+        finally:
+            os.close(fd)
     except OSError as error:
         spot.error(f"cannot read {path}: {error.strerror or error}")
     if len(data) > MAX_SECRET_BYTES:
@@ -165,7 +179,12 @@ def _password(auth: FeedAuth, spot: _Spot, env: Mapping[str, str]) -> str:
 def parse_config(text: str, path: Path) -> Config:
     """Validate feeds.yaml's text; relative paths in it are resolved against `path`'s folder."""
     file = str(path)
-    document = _load_yaml(text, file)
+    try:
+        document = _load_yaml(text, file)
+    except (ValueError, OverflowError, RecursionError, UnicodeError) as error:
+        # deeper than the parser's stack, a number beyond int()'s digits: not YAMLErrors
+        what = f"cannot be read ({type(error).__name__}): {redact_text(str(error))[:200]}"
+        raise ConfigError(file, None, "yaml", what) from error
     root = _Spot(file, "", 1)
     if document is None:
         root.error("no feeds configured: the file is empty")
@@ -366,7 +385,13 @@ def _fields(value: object, spot: _Spot, validators: Mapping[str, Validator]) -> 
     for key, item in value.items():
         name = _check_key(value, key, spot, validators)
         if item is not None:
-            fields[name] = validators[name](item, spot.key(value, name))
+            where = spot.key(value, name)
+            try:
+                fields[name] = validators[name](item, where)
+            except (ValueError, OverflowError, RecursionError, UnicodeError) as error:
+                # a validator's own check missed a value (a number beyond int()'s digits,
+                # nesting beyond the stack): still an error that names its line
+                where.error(f"unusable value ({type(error).__name__}): {redact_text(str(error))}")
     return fields
 
 
@@ -433,15 +458,19 @@ def _http_url(value: object, spot: _Spot) -> str:
     if not isinstance(value, str):
         spot.error(f"expected an http(s) URL, got {_kind(value)}")
     url = value.strip()
+    # messages show the URL as logs do: a password in it is not repeated on the terminal
+    shown = redact_url(url)
     if not url or any(char.isspace() for char in url):
-        spot.error(f"not an http(s) URL: {url!r}")
-    parts = urlsplit(url)
-    if parts.scheme.lower() not in ("http", "https") or not parts.hostname:
-        spot.error(f"not an http(s) URL: {url!r}")
+        spot.error(f"not an http(s) URL: {shown!r}")
     try:
+        parts = urlsplit(url)
+        if parts.scheme.lower() not in ("http", "https") or not parts.hostname:
+            spot.error(f"not an http(s) URL: {shown!r}")
         parts.port  # noqa: B018 - raises ValueError for a port out of range or not a number
-    except ValueError:
-        spot.error(f"not an http(s) URL (bad port): {url!r}")
+        # the parser the fetcher uses must read it too, host name included ("xn--")
+        httpx.URL(url).host  # noqa: B018
+    except (ValueError, UnicodeError, httpx.InvalidURL):
+        spot.error(f"not a valid http(s) URL: {shown!r}")
     return url
 
 
@@ -491,6 +520,8 @@ def _listen(value: object, spot: _Spot) -> str:
 def _base_url(value: object, spot: _Spot) -> str:
     url = _http_url(value, spot)
     parts = urlsplit(url)
+    if parts.username is not None:
+        spot.error("must not hold a user name or password: it is published in every feed")
     if parts.query or parts.fragment:
         spot.error(f"must not have a query or fragment: {url!r}")
     return url if url.endswith("/") else url + "/"
@@ -648,6 +679,10 @@ def _slug(slug: object, spot: _Spot) -> str:
         spot.error(f"a topic slug must be a string, got {_kind(slug)}; quote it")
     if not _SLUG.fullmatch(slug):
         spot.error("a topic slug may hold only a-z, 0-9 and '-'")
+    if len(slug) > MAX_SLUG:
+        spot.error(f"a topic slug may be at most {MAX_SLUG} characters (it names files)")
+    if slug in RESERVED_SLUGS:
+        spot.error(f"{slug!r} is taken by the daemon's own pages; choose another slug")
     return str(slug)
 
 

@@ -18,7 +18,6 @@ import logging
 import random
 import signal
 import socket
-import sys
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -41,6 +40,7 @@ from aggregator import __version__, httpserver, pipeline
 from aggregator.config import load_config
 from aggregator.errors import ConfigError, PublishError, StoreError
 from aggregator.fetch import Fetcher
+from aggregator.logs import configure_logging
 from aggregator.model import Config, FeedSource, FeedState, PollResult, Settings
 from aggregator.notify import notify, watchdog_interval
 from aggregator.publish import OutputCache, make_app
@@ -631,19 +631,7 @@ def _bind(listen: str) -> socket.socket:
     return sock
 
 
-class _RedactingFormatter(logging.Formatter):
-    """Every log line, tracebacks included, with credentials in URLs shown as "***":
-    one place for the journal, whatever a message or an exception quotes."""
-
-    def format(self, record: logging.LogRecord) -> str:
-        return redact_text(super().format(record))
-
-
 def run_daemon(config_path: Path) -> int:
     """`aggregator run`: returns the exit code."""
-    handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(_RedactingFormatter("%(levelname)s %(message)s"))
-    logging.basicConfig(level=logging.INFO, handlers=[handler], force=True)
-    logging.getLogger("httpx").setLevel(logging.WARNING)
-    logging.getLogger("apscheduler").setLevel(logging.WARNING)
+    configure_logging(logging.INFO)
     return pipeline.run_loop(Daemon(config_path).run())

@@ -695,7 +695,8 @@ class Fetcher:
         """`location` (joined to `base`) as an http(s) URL without fragment or userinfo."""
         try:
             url = base.join(location) if base is not None else httpx.URL(location)
-        except httpx.InvalidURL as e:
+            url.host  # noqa: B018 - decodes the IDNA host, which can fail ("xn--")
+        except (httpx.InvalidURL, UnicodeError, ValueError) as e:
             raise FetchError(feed_url, f"invalid URL {redact_url(location)!r}") from e
         if url.scheme not in ("http", "https"):
             what = "redirect to" if base is not None else "cannot fetch"
@@ -707,8 +708,10 @@ class Fetcher:
         return url
 
     async def _is_public(self, configured: httpx.URL) -> bool:
-        """Whether the configured URL's host is on the public internet (every address it
-        resolves to is public). Resolved at most once a minute per host; a host that does not
+        """Whether the configured URL's host is on the public internet: any address it
+        resolves to is public (a name only the LAN resolves is a LAN feed; one that also
+        has a private address is not, or its server could redirect us into the private
+        network through it). Resolved at most once a minute per host; a host that does not
         resolve counts as public, the stricter choice."""
         host = configured.raw_host.decode("ascii")
         literal = _literal_address(host)
@@ -721,7 +724,9 @@ class Fetcher:
         try:
             async with asyncio.timeout(self.limits.connect_timeout):
                 addresses = await _resolve(host, configured.port or 0)
-            verdict = _first_non_public(addresses) is None
+            verdict = not addresses or any(
+                is_public_address(ipaddress.ip_address(address)) for address in addresses
+            )
         except (OSError, TimeoutError):
             verdict = True
         self._verdicts[host] = (verdict, loop.time() + _VERDICT_TTL)

@@ -32,7 +32,15 @@ from typing import Any, TypeVar
 import pebble
 
 from aggregator import render, topics
-from aggregator.errors import FeedError, Gone, HTTPStatusError, ParseError, ParseTimeout, RetryLater
+from aggregator.errors import (
+    FeedError,
+    Gone,
+    HTTPStatusError,
+    ParseError,
+    ParseTimeout,
+    RetryLater,
+    StoreError,
+)
 from aggregator.fetch import Fetcher, cache_max_age
 from aggregator.ingest import process_body
 from aggregator.model import (
@@ -48,6 +56,7 @@ from aggregator.model import (
 )
 from aggregator.publish import write_outputs
 from aggregator.store import Store, StoreThread
+from aggregator.text import single_line
 from aggregator.timeutil import to_iso, utcnow
 from aggregator.urls import redact_text
 
@@ -148,6 +157,31 @@ async def poll_feed(
         return PollResult(url=source.url, skipped=skip, status=state.last_status)
 
     try:
+        return await _fetch_and_store(
+            source, db, fetcher, state, now, started, fingerprint, retention, executor
+        )
+    except StoreError:
+        raise
+    except Exception as error:
+        # A bug met on this feed's input: this feed's failure (recorded, backed off, shown
+        # by status), never the round's or the daemon's.
+        log.exception("%s: internal error while polling", redact_text(source.url))
+        failure = FeedError(source.url, f"internal error ({type(error).__name__}); see the log")
+        return await _record_failure(db, source, state, failure, now, started, fingerprint)
+
+
+async def _fetch_and_store(
+    source: FeedSource,
+    db: StoreThread,
+    fetcher: Fetcher,
+    state: FeedState,
+    now: datetime,
+    started: float,
+    fingerprint: str,
+    retention: timedelta,
+    executor: Executor | None,
+) -> PollResult:
+    try:
         credentials = source.auth.credentials() if source.auth else None
         response = await fetcher.fetch(state, now, credentials)
     except FeedError as error:
@@ -204,7 +238,7 @@ async def poll_feed(
     state = replace(
         state,
         body_hash=body_hash,
-        title=feed.title or state.title,
+        title=single_line(feed.title) or state.title,
         site_url=feed.site_url or state.site_url,
         hint_seconds=hint,
         next_due=next_due(effective_interval(source.interval, hint), now, 0),
@@ -467,8 +501,9 @@ CLOSE_SECONDS = 5.0
 
 def describe(source: FeedSource, result: PollResult) -> str:
     """One log line per feed: readable in a terminal and in journald. Credentials in the
-    feed's URL, a redirect's or an error message are shown as "***"."""
-    return redact_text(_describe(source, result))
+    feed's URL, a redirect's or an error message are shown as "***"; control characters
+    (a server's reason phrase may hold them) are not shown."""
+    return single_line(redact_text(_describe(source, result)))
 
 
 def _describe(source: FeedSource, result: PollResult) -> str:

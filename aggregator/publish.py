@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import errno
 import gzip
 import hashlib
 import os
@@ -47,6 +48,9 @@ def write_outputs(output_dir: Path, outputs: Mapping[str, bytes]) -> list[str]:
             path = output_dir / name
             if _holds(path, data):
                 continue
+            if path.is_dir():
+                # os.replace would fail on it half-way through the renames
+                raise IsADirectoryError(errno.EISDIR, "a directory is in the way", str(path))
             staged.append((_write_temporary(path, data), path, name))
         for temporary, path, _ in staged:
             os.replace(temporary, path)

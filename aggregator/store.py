@@ -16,7 +16,9 @@ from __future__ import annotations
 
 import asyncio
 import json
+import shutil
 import sqlite3
+import tempfile
 import threading
 import time
 import urllib.parse
@@ -192,20 +194,17 @@ class Store:
     def open_readonly(cls, path: Path | str) -> Store | None:
         """The database for reading only (`status`), even on a read-only file system or
         where this user may not write; None when there is none yet. Never migrates."""
-        if not Path(path).exists():
+        path = Path(path)
+        if not path.exists():
             return None
-        uri = "file:" + urllib.parse.quote(str(Path(path).absolute())) + "?mode=ro"
+        uri = "file:" + urllib.parse.quote(str(path.absolute())) + "?mode=ro"
         try:
             try:
-                conn = sqlite3.connect(uri, uri=True, timeout=BUSY_TIMEOUT)
-                conn.execute("SELECT count(*) FROM sqlite_master").fetchone()
+                conn = _checked_connection(uri)
             except sqlite3.OperationalError:
-                # a WAL database needs its -shm file, which a read-only directory cannot
-                # get: nothing can write there either, so reading it as immutable is exact
-                conn = sqlite3.connect(uri + "&immutable=1", uri=True, timeout=BUSY_TIMEOUT)
-                conn.execute("SELECT count(*) FROM sqlite_master").fetchone()
+                conn = _readonly_fallback(path, uri)
         except sqlite3.Error as e:
-            raise StoreError(f"{path}: cannot open database: {e}") from e
+            raise StoreError(f"{path}: cannot read the database: {e}") from e
         return cls(Database(conn))
 
     @classmethod
@@ -695,6 +694,41 @@ class StoreThread:
         except (StoreError, sqlite3.Error):
             pass
         self._executor.shutdown(wait=False, cancel_futures=True)
+
+
+def _checked_connection(uri: str) -> sqlite3.Connection:
+    """A read-only connection to a database that has our tables (not any SQLite file, nor
+    /dev/null)."""
+    conn = sqlite3.connect(uri, uri=True, timeout=BUSY_TIMEOUT)
+    try:
+        conn.execute("SELECT url FROM feeds LIMIT 0").fetchall()
+    except sqlite3.Error:
+        conn.close()
+        raise
+    return conn
+
+
+def _readonly_fallback(path: Path, uri: str) -> sqlite3.Connection:
+    """A WAL database SQLite cannot open read-only in place: its -shm file is missing and
+    the directory is not writable (a read-only mount, a backup). Without a write-ahead log
+    to read, `immutable` is exact; with one, the two files are read from a private copy,
+    so what the log holds is not silently left out."""
+    wal = path.with_name(path.name + "-wal")
+    if not wal.exists() or wal.stat().st_size == 0:
+        return _checked_connection(uri + "&immutable=1")
+    copy = Path(tempfile.mkdtemp(prefix="aggregator-status-"))
+    try:
+        shutil.copyfile(path, copy / path.name)
+        shutil.copyfile(wal, copy / wal.name)
+        conn = sqlite3.connect(str(copy / path.name), timeout=BUSY_TIMEOUT)
+        conn.execute("SELECT url FROM feeds LIMIT 0").fetchall()
+        # everything is read into this connection's view at once, then the copy can go
+        memory = sqlite3.connect(":memory:")
+        conn.backup(memory)
+        conn.close()
+        return memory
+    finally:
+        shutil.rmtree(copy, ignore_errors=True)
 
 
 @contextmanager

@@ -21,12 +21,14 @@ BIDI_EMBEDDINGS = "\u202a\u202b\u202c\u202d\u202e\u2066\u2067\u2068\u2069"
 BIDI_MARKS = "\u200e\u200f\u061c"
 
 _EMBEDDINGS = re.compile(f"[{BIDI_EMBEDDINGS}]")
-_BIDI_CONTROLS = re.compile(f"[{BIDI_EMBEDDINGS}{BIDI_MARKS}]")
+#: the bidi controls, and the C0 and C1 control characters (ESC, BEL, CSI…), which a
+#: terminal reading `status` or a log would obey rather than show
+_BIDI_CONTROLS = re.compile(f"[{BIDI_EMBEDDINGS}{BIDI_MARKS}\x00-\x08\x0b-\x1f\x7f-\x9f]")
 
 
 def single_line(text: str | None) -> str:
-    """`text` as one line of plain text: no bidirectional formatting characters, every run
-    of whitespace (line breaks included) one space, none at either end."""
+    """`text` as one line of plain text: no bidirectional formatting or control characters,
+    every run of whitespace (line breaks included) one space, none at either end."""
     if not text:
         return ""
     return " ".join(_BIDI_CONTROLS.sub("", text).split())

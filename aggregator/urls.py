@@ -44,10 +44,13 @@ SECRET_PARAMS = frozenset(
         *("auth", "auth_token", "authtoken", "private_token"),
         *("secret", "client_secret", "password", "passwd", "pass", "pwd"),
         *("sig", "signature", "session", "sessionid", "jsessionid", "phpsessid"),
+        *("authorization", "authkey", "jwt", "appid", "app_id", "access_key", "bearer"),
     }
 )
-#: ... and every name ending in one of these (refresh_token, x-api-key, X-Amz-Signature)
-SECRET_PARAM_SUFFIXES = ("_token", "_key", "_secret", "_password", "_signature")
+#: ... and every name ending in one of these (refresh_token, x-api-key, X-Amz-Signature,
+#: apiToken, sessionKey)
+SECRET_PARAM_SUFFIXES = ("_token", "_key", "_secret", "_password", "_signature", "_jwt")
+_CAMEL_HUMP = re.compile(r"([a-z0-9])([A-Z])")
 #: what a secret is shown as
 REDACTED = "***"
 
@@ -244,8 +247,9 @@ def is_secret_param(name: str) -> bool:
     """Whether a query parameter name (already unescaped) looks like it carries a credential:
     one of SECRET_PARAMS or ending in one of SECRET_PARAM_SUFFIXES, case-insensitively,
     "-" read as "_" ("X-Api-Key")."""
-    lowered = name.strip().lower().replace("-", "_")
-    return lowered in SECRET_PARAMS or lowered.endswith(SECRET_PARAM_SUFFIXES)
+    # camelCase read as snake_case: "apiToken" is "api_token", "sessionKey" "session_key"
+    snake = _CAMEL_HUMP.sub(r"\1_\2", name.strip()).lower().replace("-", "_")
+    return snake in SECRET_PARAMS or snake.endswith(SECRET_PARAM_SUFFIXES)
 
 
 def is_homepage(url: str) -> bool:

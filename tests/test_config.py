@@ -300,7 +300,7 @@ INVALID = [
     ),
     (
         FEED + "  - url: https://b.example:99999/\n",
-        "5: feeds[1].url: not an http(s) URL (bad port): 'https://b.example:99999/'",
+        "5: feeds[1].url: not a valid http(s) URL: 'https://b.example:99999/'",
     ),
     (
         FEED + "  - url: [https://b.example/]\n",

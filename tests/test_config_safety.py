@@ -9,6 +9,7 @@ them as FILE:LINE errors (exit 2), and whatever a config holds, `status`, `build
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 from pathlib import Path
 
@@ -129,3 +130,66 @@ def test_every_command_runs_on_whatever_check_accepts(
         out, err = capsys.readouterr()
         # what was printed can be written to a UTF-8 terminal or journal
         (out + err).encode("utf-8")
+
+
+FEED = "feeds:\n  - url: http://127.0.0.1:9/f\n"
+DEEP = "[" * 3000 + "]" * 3000
+#: found by a red-team pass: each made `check` print a traceback or a password, or passed
+#: `check` and then broke another command
+MORE_BAD = {
+    "IDNA host poll could not read": ('feeds:\n  - url: "http://xn--/feed"\n', "feeds[0].url"),
+    "brackets in a password": (
+        'feeds:\n  - url: "http://alice:[hunter2]@127.0.0.1/feed"\n',
+        "feeds[0].url",
+    ),
+    "parentheses in a password": (
+        'feeds:\n  - url: "http://alice:pa(hunter2)@127.0.0.1:99999/feed?token=hunter2"\n',
+        "feeds[0].url",
+    ),
+    "spaces in a password": (
+        'feeds:\n  - url: "http://alice:Sup3r hunter2@127.0.0.1/feed"\n',
+        "feeds[0].url",
+    ),
+    "full-width host": ('feeds:\n  - url: "http://ｅｘａｍｐｌｅ.com／feed"\n', "feeds[0].url"),
+    "broken IPv6 base_url": ('settings:\n  base_url: "http://[x/"\n' + FEED, "settings.base_url"),
+    "credentials in base_url": (
+        'settings:\n  base_url: "http://u:hunter2@h.example/"\n' + FEED,
+        "settings.base_url",
+    ),
+    "5,000-digit interval": ("settings:\n  interval: " + "9" * 5000 + "s\n" + FEED, "interval"),
+    "5,000-digit max_items": ("settings:\n  max_items: " + "9" * 5000 + "\n" + FEED, ""),
+    "YAML nested 3,000 deep": ("topics:\n  t:\n    include: " + DEEP + "\n" + FEED, ""),
+    "regex repeat beyond int": ('topics:\n  t:\n    include: ["/a{4294967295}/"]\n' + FEED, "t"),
+    "regex nested 2,000 deep": (
+        'topics:\n  t:\n    include: ["/' + "(?:" * 2000 + "a" + ")" * 2000 + '/"]\n' + FEED,
+        "topics.t.include[0]",
+    ),
+    "slug too long for a file name": ("topics:\n  " + "a" * 300 + ":\n    title: x\n" + FEED, ""),
+    "slug taken by index.html": ("topics:\n  index:\n    title: x\n" + FEED, "topics.index"),
+}
+
+
+@pytest.mark.parametrize("text, where", MORE_BAD.values(), ids=MORE_BAD.keys())
+def test_check_names_the_problem_without_a_traceback_or_a_password(
+    tmp_path: Path, text: str, where: str
+) -> None:
+    config = tmp_path / "feeds.yaml"
+    config.write_text('settings:\n  listen: ""\n' + text if "settings:" not in text else text)
+    for command in (["check"], ["status"], ["poll", "--once"]):
+        result = run_cli(config, *command)
+        assert result.returncode == 2, (command, result.stdout, result.stderr[-2000:])
+        assert result.stderr.startswith(f"{config}:"), result.stderr[-2000:]
+        assert where in result.stderr
+        assert "Traceback" not in result.stderr and "hunter2" not in result.stderr
+
+
+def test_a_password_file_that_is_a_fifo_is_refused_not_waited_on(tmp_path: Path) -> None:
+    fifo = tmp_path / "pw"
+    os.mkfifo(fifo)
+    config = tmp_path / "feeds.yaml"
+    config.write_text(
+        f"feeds:\n  - url: http://127.0.0.1:9/f\n    auth: {{username: u, password_file: {fifo}}}\n"
+    )
+    checked = run_cli(config, "check")  # used to hang until something wrote to the FIFO
+    assert checked.returncode == 2
+    assert "is not a regular file" in checked.stderr

@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import sqlite3
 import subprocess
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -89,3 +90,52 @@ def test_status_reads_a_database_on_a_read_only_file_system(state_disk: Path) ->
     assert status.returncode == 0, status.stderr
     (row,) = json.loads(status.stdout)
     assert (row["name"], row["state"], row["items"]) == ("f", "ok", 1)
+
+
+def test_status_reads_the_write_ahead_log_of_a_read_only_copy(
+    state_disk: Path, tmp_path: Path
+) -> None:
+    """A backup or read-only mount of a running daemon's state: the database and its -wal
+    file, no -shm. What the log holds must be read, not silently left out."""
+    source = tmp_path / "live"
+    source.mkdir()
+    config = source / "feeds.yaml"
+    config.write_text('settings:\n  listen: ""\nfeeds:\n  - url: http://127.0.0.1:9/feed.xml\n')
+    assert aggregator(config, "poll", "--once", timeout=60).returncode == 0
+    live = sqlite3.connect(source / "aggregator.db", isolation_level=None)
+    live.execute("PRAGMA wal_autocheckpoint = 0")
+    live.execute("UPDATE feeds SET title = 'Only in the log'")
+    for name in ("aggregator.db", "aggregator.db-wal"):
+        shutil.copyfile(source / name, state_disk / name)
+    live.close()
+    copied = state_disk / "feeds.yaml"
+    shutil.copyfile(config, copied)
+    remount = subprocess.run(["mount", "-o", "remount,ro", str(state_disk)], capture_output=True)
+    assert remount.returncode == 0
+    status = aggregator(copied, "status", "--json", timeout=60)
+    assert status.returncode == 0, status.stderr
+    (row,) = json.loads(status.stdout)
+    assert row["name"] == "Only in the log" and row["state"] == "error"
+
+
+def test_status_on_something_that_is_no_database_says_so(tmp_path: Path) -> None:
+    config = tmp_path / "feeds.yaml"
+    config.write_text(
+        'settings:\n  listen: ""\n  database: /dev/null\nfeeds:\n  - url: http://h.example/f\n'
+    )
+    status = aggregator(config, "status", timeout=60)
+    assert status.returncode == 1
+    assert "cannot read the database" in status.stderr and "Traceback" not in status.stderr
+
+
+def test_a_directory_in_the_way_of_one_output_leaves_the_set_whole(tmp_path: Path) -> None:
+    names = ["all.atom", "all.html", "all.json", "all.rss"]
+    first = {name: b"round 1" for name in names}
+    write_outputs(tmp_path, first)
+    (tmp_path / "all.rss").unlink()
+    (tmp_path / "all.rss").mkdir()
+    (tmp_path / "all.rss" / "x").write_text("in the way")
+    with pytest.raises(PublishError, match="directory"):
+        write_outputs(tmp_path, {name: b"round 2" for name in names})
+    for name in ("all.atom", "all.html", "all.json"):
+        assert (tmp_path / name).read_bytes() == b"round 1"

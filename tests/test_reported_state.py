@@ -8,6 +8,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+import pytest
+
 from tests.commands import aggregator, status_rows
 from tests.feedserver import FeedServer
 
@@ -53,3 +55,41 @@ def test_a_malformed_feed_without_entries_is_an_error_and_a_304_does_not_clear_i
         assert len(requests) == 2
         assert "if-none-match" not in requests[1].headers
         assert second["good"]["state"] == "ok"
+
+
+def test_a_bug_met_on_one_feed_fails_that_feed_not_the_round(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """No input is known to reach a bug any more (the last one, an IDNA host name, is now a
+    config error); the bug is planted in the fetcher for one feed's URL."""
+    import asyncio
+
+    from aggregator import pipeline
+    from aggregator.config import load_config
+    from aggregator.fetch import Fetcher
+
+    real_fetch = Fetcher.fetch
+
+    async def fetch_with_a_bug(self: Fetcher, state: Any, now: Any, *args: Any) -> Any:
+        if state.url.endswith("/buggy.xml"):
+            raise RuntimeError("a bug")
+        return await real_fetch(self, state, now, *args)
+
+    monkeypatch.setattr(Fetcher, "fetch", fetch_with_a_bug)
+    with FeedServer() as server:
+        server.set("/good.xml", GOOD)
+        server.set("/buggy.xml", GOOD)
+        config_path = tmp_path / "feeds.yaml"
+        config_path.write_text(
+            'settings:\n  listen: ""\n  database: agg.db\n'
+            f"feeds:\n  - url: {server.url('/buggy.xml')}\n    name: buggy\n"
+            f"  - url: {server.url('/good.xml')}\n    name: good\n"
+        )
+        config = load_config(config_path)
+        results, _, changed = asyncio.run(pipeline.poll_and_publish(config))
+    buggy, good = results
+    assert buggy.error is not None and "internal error (RuntimeError)" in buggy.error.message
+    assert good.error is None and good.new == 1
+    assert "all.atom" in changed
+    rows = status_rows(config_path, key="name")
+    assert rows["buggy"]["state"] == "error" and rows["good"]["state"] == "ok"
