@@ -579,10 +579,7 @@ def render_outputs(
         if only is not None and topic.slug not in only:
             continue
         items = topic_items(config, store, topic, names)
-        outputs[f"{topic.slug}.atom"] = render.render_atom(topic, items, base_url)
-        outputs[f"{topic.slug}.rss"] = render.render_rss(topic, items, base_url)
-        outputs[f"{topic.slug}.json"] = render.render_json(topic, items, base_url)
-        outputs[f"{topic.slug}.html"] = render.render_html(topic, items, base_url)
+        outputs.update(render.render_topic(topic, items, base_url))
     outputs["index.html"] = render.render_index(config.topics, base_url)
     sources = []
     for source in config.feeds:
@@ -595,10 +592,7 @@ def render_outputs(
 
 def output_names(config: Config) -> list[str]:
     """Every file name the config publishes."""
-    names = ["index.html", "feeds.opml"]
-    for topic in config.topics:
-        names += [f"{topic.slug}.{ext}" for ext in ("atom", "rss", "json", "html")]
-    return names
+    return render.output_names(config.topics)
 
 
 def topics_of_feed(config: Config, feed_url: str) -> set[str]:

@@ -17,18 +17,10 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from aggregator.errors import PublishError
+from aggregator.render import media_type
 
 if TYPE_CHECKING:
     from starlette.types import ASGIApp, Receive, Scope, Send
-
-#: content type of each published file, by suffix (the contract's table)
-CONTENT_TYPES = {
-    ".atom": "application/atom+xml",
-    ".rss": "application/rss+xml",
-    ".json": "application/feed+json",
-    ".html": "text/html; charset=utf-8",
-    ".opml": "text/x-opml; charset=utf-8",
-}
 
 
 def write_outputs(output_dir: Path, outputs: Mapping[str, bytes]) -> list[str]:
@@ -113,7 +105,7 @@ class Output:
     @classmethod
     def of(cls, name: str, body: bytes, modified_at: float) -> Output:
         etag = '"' + hashlib.sha256(body).hexdigest()[:32] + '"'
-        content_type = CONTENT_TYPES.get(Path(name).suffix, "application/octet-stream")
+        content_type = media_type(name)
         return cls(
             body=body,
             gzipped=gzip.compress(body, compresslevel=6, mtime=0),

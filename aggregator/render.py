@@ -21,7 +21,8 @@ from __future__ import annotations
 import html
 import json
 import re
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from email.utils import format_datetime
 from typing import Any
@@ -43,6 +44,8 @@ RSS_DOCS = "https://www.rssboard.org/rss-specification"
 ATOM_TYPE = "application/atom+xml"
 RSS_TYPE = "application/rss+xml"
 JSON_FEED_TYPE = "application/feed+json"
+HTML_TYPE = "text/html; charset=utf-8"
+OPML_TYPE = "text/x-opml; charset=utf-8"
 
 #: an empty feed's date: any fixed value keeps the output deterministic
 EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
@@ -462,21 +465,24 @@ def _html_bytes(root: etree._Element) -> bytes:
     )
 
 
-def _feed_alternates(topic: Topic) -> list[tuple[str, str, str]]:
-    title = _line(topic.title)
+def _feeds_of(topic: Topic) -> list[tuple[str, str, str]]:
+    """(media type, label, file name) of the topic's subscribable formats."""
     return [
-        (ATOM_TYPE, f"{title} (Atom)", f"{topic.slug}.atom"),
-        (RSS_TYPE, f"{title} (RSS)", f"{topic.slug}.rss"),
-        (JSON_FEED_TYPE, f"{title} (JSON Feed)", f"{topic.slug}.json"),
+        (f.media_type, f.label, f.name(topic.slug)) for f in TOPIC_FORMATS if f.label is not None
     ]
 
 
-def _add_feed_nav(parent: etree._Element, slug: str) -> None:
+def _feed_alternates(topic: Topic) -> list[tuple[str, str, str]]:
+    title = _line(topic.title)
+    return [(kind, f"{title} ({label})", name) for kind, label, name in _feeds_of(topic)]
+
+
+def _add_feed_nav(parent: etree._Element, topic: Topic) -> None:
     nav = _sub(parent, "nav")
-    formats = (("Atom", "atom"), ("RSS", "rss"), ("JSON Feed", "json"))
-    for index, (label, extension) in enumerate(formats):
-        separator = " · " if index < len(formats) - 1 else ""
-        _append_inline(nav, _anchor(label, f"{slug}.{extension}"), separator)
+    feeds = _feeds_of(topic)
+    for index, (_, label, name) in enumerate(feeds):
+        separator = " · " if index < len(feeds) - 1 else ""
+        _append_inline(nav, _anchor(label, name), separator)
 
 
 def render_html(topic: Topic, items: Sequence[PublishedItem], base_url: str) -> bytes:
@@ -491,7 +497,7 @@ def render_html(topic: Topic, items: Sequence[PublishedItem], base_url: str) -> 
     _sub(header, "h1", _line(topic.title))
     if topic.description:
         _sub(header, "p", topic.description, {"class": "description"})
-    _add_feed_nav(header, topic.slug)
+    _add_feed_nav(header, topic)
     main = _sub(body, "main")
     if not items:
         _sub(main, "p", "No items yet.", {"class": "empty"})
@@ -546,7 +552,7 @@ def render_index(topics: Sequence[Topic], base_url: str) -> bytes:
             heading.append(_anchor(_line(topic.title) or topic.slug, f"{topic.slug}.html"))
             if topic.description:
                 _sub(entry, "p", topic.description, {"class": "description"})
-            _add_feed_nav(entry, topic.slug)
+            _add_feed_nav(entry, topic)
     sources = _sub(body, "p", "The configured sources as OPML: ")
     sources.append(_anchor("feeds.opml", "feeds.opml"))
     _add_footer(body)
@@ -573,3 +579,53 @@ def render_opml(title: str, sources: Sequence[SourceRef]) -> bytes:
             attrib["htmlUrl"] = site
         _sub(body, "outline", attrib=attrib)
     return _xml_bytes(opml)
+
+
+# --- the formats ---------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Format:
+    """One published format of a topic: `<slug>.<extension>`. TOPIC_FORMATS is the one
+    list that rendering, publishing, serving and the pages' navigation all go through."""
+
+    extension: str
+    #: the Content-Type it is served with
+    media_type: str
+    render: Callable[[Topic, Sequence[PublishedItem], str], bytes]
+    #: its name in the pages' navigation and <link rel="alternate">; None for the page itself
+    label: str | None = None
+
+    def name(self, slug: str) -> str:
+        return f"{slug}.{self.extension}"
+
+
+TOPIC_FORMATS = (
+    Format("atom", ATOM_TYPE, render_atom, "Atom"),
+    Format("rss", RSS_TYPE, render_rss, "RSS"),
+    Format("json", JSON_FEED_TYPE, render_json, "JSON Feed"),
+    Format("html", HTML_TYPE, render_html),
+)
+#: the site's own files beside the topics' (the topic list and the sources)
+SITE_OUTPUTS = {"index.html": HTML_TYPE, "feeds.opml": OPML_TYPE}
+
+
+def media_type(name: str) -> str:
+    """The Content-Type a published file is served with, by its name."""
+    if name in SITE_OUTPUTS:
+        return SITE_OUTPUTS[name]
+    extension = name.rpartition(".")[2]
+    return next(
+        (f.media_type for f in TOPIC_FORMATS if f.extension == extension),
+        "application/octet-stream",
+    )
+
+
+def render_topic(topic: Topic, items: Sequence[PublishedItem], base_url: str) -> dict[str, bytes]:
+    """Every format of one topic: file name → bytes."""
+    return {f.name(topic.slug): f.render(topic, items, base_url) for f in TOPIC_FORMATS}
+
+
+def output_names(topics: Sequence[Topic]) -> list[str]:
+    """Every file name published for these topics, the site's own files first."""
+    return [*SITE_OUTPUTS, *(f.name(t.slug) for t in topics for f in TOPIC_FORMATS)]
