@@ -15,20 +15,39 @@ endless header line made httptools grow the partial value by concatenation (quad
   up to SWEEP_SECONDS) of the server waiting for it (connection opened, or previous
   answer sent), else the connection is closed without an answer; idle keep-alive
   connections also go after uvicorn's `timeout_keep_alive`;
+- back-pressure on pipelining: a client may send requests without reading the answers,
+  and uvicorn parsed and queued every one it read (a cycle, about 2.5 KB, for each
+  36-byte request) and resumed reading after every answer, while the answers piled up in
+  the transport: 20 such connections took the daemon from 57 MB to 2.7 GB for good.
+  Now at most `max_pipeline` requests wait in a connection's queue; the rest of what was
+  read is kept as bytes (at most one read: 250 KB with uvloop) and nothing more is read
+  until the queue drains. Nothing is read either while more than `write_buffer` bytes of
+  answers are unsent (the transport's high-water mark: the answer being written waits);
+- a send timeout: a connection whose client takes none of its unsent answer within
+  `send_timeout` seconds (plus up to SWEEP_SECONDS), whether over `write_buffer` or left
+  unsent at close, is reset, which also frees what the kernel still holds for it; the
+  request timeout does not run meanwhile. A client that reads slowly but steadily keeps
+  its connection, as with nginx's send_timeout;
 - a connection cap: at `max_connections`, a new connection closes the one that has been
-  waiting longest for a request; only when every connection is being answered is the new
-  one refused. The cap is kept to half the process's file descriptor limit, so the rest
-  (database, fetches, logs) never runs out; the systemd unit raises that limit.
+  waiting longest for a request, else resets the one that has longest left its answers
+  unread; only when every connection is being answered is the new one refused. The cap
+  is kept to half the process's file descriptor limit, so the rest (database, fetches,
+  logs) never runs out; the systemd unit raises that limit.
 
-The subclass uses uvicorn's protocol internals (parser, cycle, pipeline); tested with
-uvicorn 0.55 and httptools 0.9.
+The subclass uses uvicorn's protocol internals (parser, cycle, pipeline, flow); tested with
+uvicorn 0.55, httptools 0.9 and uvloop 0.23.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import fcntl
 import logging
 import resource
+import socket
+import struct
+import termios
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -36,13 +55,20 @@ from typing import Any
 
 import httptools
 import uvicorn
-from uvicorn.protocols.http.httptools_impl import STATUS_LINE, HttpToolsProtocol
+from uvicorn.protocols.http.flow_control import FlowControl
+from uvicorn.protocols.http.httptools_impl import (
+    STATUS_LINE,
+    HttpToolsProtocol,
+    RequestResponseCycle,
+)
 from uvicorn.server import ServerState
 
 log = logging.getLogger("aggregator")
 
-#: how often request timeouts are checked: a request times out 0 to this many seconds late
+#: how often request and send timeouts are checked: they strike 0 to this many seconds late
 SWEEP_SECONDS = 0.5
+#: the end of every request head (llhttp refuses bare LF line ends)
+HEAD_END = b"\r\n\r\n"
 
 
 @dataclass(frozen=True)
@@ -58,6 +84,15 @@ class Limits:
     request_timeout: float = 10.0
     #: seconds an idle keep-alive connection is kept after an answer (uvicorn's default)
     keep_alive: int = 5
+    #: requests read ahead of the one being answered (pipelined) that may wait in a
+    #: connection's queue; beyond them the connection is not read from
+    max_pipeline: int = 8
+    #: unsent answer bytes a connection may buffer before it is not read from and its
+    #: answers wait (the transport's high-water mark; writing resumes at a quarter)
+    write_buffer: int = 64 * 1024
+    #: seconds a client may take none of its unsent answers before the connection is
+    #: reset (nginx's send_timeout; checked every SWEEP_SECONDS)
+    send_timeout: float = 30.0
     #: open connections at most; also kept to half of RLIMIT_NOFILE (see `connection_cap`)
     max_connections: int = 4096
     #: pending connections the kernel queues before we accept them
@@ -83,6 +118,9 @@ class ServerConfig(uvicorn.Config):
         #: connections waiting for a request → until when (loop time), the longest-waiting
         #: first: a dict keeps insertion order, and the timeout is the same for all
         self.waiting: dict[LimitedHttpToolsProtocol, float] = {}
+        #: connections whose client is not taking its answers → (until when, how many bytes
+        #: were unsent then), in the same order
+        self.stalled: dict[LimitedHttpToolsProtocol, tuple[float, int]] = {}
         self.sweeper: asyncio.TimerHandle | None = None
         self.warnings = _Warnings()
 
@@ -92,6 +130,14 @@ class ServerConfig(uvicorn.Config):
         and cancellation per request, the timeout being 0–SWEEP_SECONDS later."""
         self.waiting.pop(connection, None)
         self.waiting[connection] = loop.time() + self.limits.request_timeout
+        if self.sweeper is None:
+            self.sweeper = loop.call_later(SWEEP_SECONDS, self.sweep, loop)
+
+    def stall(self, connection: LimitedHttpToolsProtocol, loop: asyncio.AbstractEventLoop) -> None:
+        """Start (or restart) `connection`'s send timeout from the bytes unsent now."""
+        self.stalled.pop(connection, None)
+        unsent = _unsent(connection.transport)
+        self.stalled[connection] = (loop.time() + self.limits.send_timeout, unsent)
         if self.sweeper is None:
             self.sweeper = loop.call_later(SWEEP_SECONDS, self.sweep, loop)
 
@@ -106,7 +152,15 @@ class ServerConfig(uvicorn.Config):
         for connection in expired:
             del self.waiting[connection]
             connection.timed_out()
-        if self.waiting:
+        stalled = []
+        for connection, (deadline, unsent) in self.stalled.items():
+            if deadline > now:
+                break
+            stalled.append((connection, unsent))
+        for connection, unsent in stalled:
+            del self.stalled[connection]
+            connection.send_timed_out(unsent)
+        if self.waiting or self.stalled:
             self.sweeper = loop.call_later(SWEEP_SECONDS, self.sweep, loop)
 
 
@@ -160,6 +214,45 @@ class _Warnings:
         self.suppressed = 0
 
 
+def _unsent(transport: asyncio.Transport) -> int:
+    """Bytes written that the client has not taken: the transport's buffer, plus the
+    socket's send queue (sent and not acknowledged, or not sent) where the system says.
+    The buffer alone does not show a slow reader's progress: the kernel lets the loop
+    write again only once a third or so of a send queue of megabytes has gone."""
+    unsent = transport.get_write_buffer_size()
+    sock = transport.get_extra_info("socket")
+    if sock is not None:
+        with contextlib.suppress(OSError, ValueError):
+            queued = fcntl.ioctl(sock.fileno(), termios.TIOCOUTQ, b"\0\0\0\0")
+            unsent += struct.unpack("i", queued)[0]
+    return unsent
+
+
+def _reset(transport: asyncio.Transport) -> None:
+    """Abort with a reset: a plain abort closes the socket, and the kernel still holds
+    what it had not sent, trying to deliver it (and its FIN) to a client that does not
+    read; zero linger discards it (nginx's reset_timedout_connection)."""
+    sock = transport.get_extra_info("socket")
+    if sock is not None:
+        with contextlib.suppress(OSError):
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+    transport.abort()
+
+
+class _Flow(FlowControl):
+    """uvicorn's FlowControl, except that reading resumes only when the connection allows:
+    uvicorn resumes after every answer and in every receive()."""
+
+    def __init__(self, transport: asyncio.Transport, connection: LimitedHttpToolsProtocol):
+        super().__init__(transport)
+        self.connection = connection
+
+    def resume_reading(self) -> None:
+        if self.read_paused and self.connection.may_read():
+            self.read_paused = False
+            self._transport.resume_reading()
+
+
 class LimitedHttpToolsProtocol(HttpToolsProtocol):
     """uvicorn's httptools protocol with the limits of `Limits` (see the module doc)."""
 
@@ -178,6 +271,13 @@ class LimitedHttpToolsProtocol(HttpToolsProtocol):
         self.in_head = True
         self.head_bytes = 0
         self.body_bytes = 0
+        #: bytes read but not yet parsed, from `held_from` on: the requests beyond a full
+        #: pipeline
+        self.held = b""
+        self.held_from = 0
+        #: the request being answered: with requests queued behind it, uvicorn's `cycle` is
+        #: the last one read, not this one
+        self.running: RequestResponseCycle | None = None
 
     # --- connections -----------------------------------------------------------------------
 
@@ -189,28 +289,63 @@ class LimitedHttpToolsProtocol(HttpToolsProtocol):
             transport.close()
             return
         super().connection_made(transport)
+        self.flow = _Flow(transport, self)
+        limit = self.limits.write_buffer
+        transport.set_write_buffer_limits(high=limit, low=limit // 4)
         self._wait_for_request()
 
     def _make_room(self) -> bool:
-        """Close the connection that has waited longest for a request; False if none waits."""
-        waiting = self.shared.waiting
-        for victim in waiting:
-            del waiting[victim]
-            # out of the count now: its connection_lost comes on a later loop iteration
-            self.connections.discard(victim)
-            victim.transport.close()
-            return True
+        """Close the connection that has waited longest for a request, else reset the one
+        that has longest left its answers unread; False if there is neither."""
+        for victims in (self.shared.waiting, self.shared.stalled):
+            for victim in victims:
+                del victims[victim]
+                # out of the count now: its connection_lost comes on a later loop iteration
+                self.connections.discard(victim)
+                if victim.transport.get_write_buffer_size():
+                    _reset(victim.transport)  # close() would wait for the client to read
+                else:
+                    victim.transport.close()
+                return True
         return False
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.shared.waiting.pop(self, None)
+        self.shared.stalled.pop(self, None)
+        running = self.running
+        if running is not None and not running.response_complete:
+            # uvicorn tells only `cycle`: this one would write to the closed transport
+            # (uvloop raises) once its wait for the client to read ends
+            running.disconnected = True
+            running.message_event.set()
         super().connection_lost(exc)
+        self.pipeline.clear()
+        self.held = b""
+
+    def _close(self) -> None:
+        """Close; the send timeout then bounds how long unsent bytes keep it open (close()
+        waits for them to be sent, which a client that does not read never allows)."""
+        self.transport.close()
+        self._linger()
+
+    def _linger(self) -> None:
+        if self.transport.get_write_buffer_size() and self not in self.shared.stalled:
+            self.shared.stall(self, self.loop)
+
+    def timeout_keep_alive_handler(self) -> None:
+        if not self.transport.is_closing():
+            self._close()
 
     # --- the request timeout ---------------------------------------------------------------
 
     def _wait_for_request(self) -> None:
         """(Re)start the clock for the next request, unless a request is being answered."""
-        answering = self.pipeline or (self.cycle is not None and not self.cycle.response_complete)
+        answering = (
+            self.pipeline
+            or (self.cycle is not None and not self.cycle.response_complete)
+            # an answer over write_buffer is not sent yet: the send timeout runs instead
+            or self.flow.write_paused
+        )
         if answering or self.transport.is_closing():
             self.shared.waiting.pop(self, None)
         else:
@@ -218,11 +353,83 @@ class LimitedHttpToolsProtocol(HttpToolsProtocol):
 
     def timed_out(self) -> None:
         if not self.transport.is_closing():
-            self.transport.close()
+            self._close()
+
+    # --- writing: back-pressure and the send timeout ---------------------------------------
+
+    def _start_asgi_task(self, cycle: RequestResponseCycle, app: Any) -> None:
+        self.running = cycle
+        super()._start_asgi_task(cycle, app)
+
+    def pause_writing(self) -> None:
+        """Over write_buffer bytes unsent: read nothing more until the client takes them,
+        and give it send_timeout to take some."""
+        super().pause_writing()
+        self.flow.pause_reading()
+        self.shared.waiting.pop(self, None)
+        if self not in self.shared.stalled:
+            self.shared.stall(self, self.loop)
+
+    def resume_writing(self) -> None:
+        super().resume_writing()
+        if not self.transport.is_closing():  # else the send timeout runs until all is sent
+            self.shared.stalled.pop(self, None)
+            self.flow.resume_reading()
+            self._wait_for_request()
+
+    def send_timed_out(self, unsent: int) -> None:
+        """`send_timeout` after `unsent` bytes were not taken: another send_timeout if
+        the client took some since (nothing is written while it is stalled), else reset."""
+        if self.transport.get_write_buffer_size() == 0:
+            return  # the transport has resumed writing or finished closing: not stalled
+        left = _unsent(self.transport)
+        if left < unsent:
+            self.shared.stall(self, self.loop)
+            return
+        self.shared.warnings.warn(f"reset a connection: {left} bytes unread for a while")
+        _reset(self.transport)
+
+    def may_read(self) -> bool:
+        """Whether reading may resume: the queue has room and answers are being taken."""
+        return (
+            not self.held
+            and len(self.pipeline) < self.limits.max_pipeline
+            and not self.flow.write_paused
+        )
+
+    # --- reading: the pipeline limit -------------------------------------------------------
+
+    def data_received(self, data: bytes) -> None:
+        if self.held:  # not while paused; but if it happens, in order
+            data = self.held[self.held_from :] + data
+            self.held = b""
+        if data.count(HEAD_END) > self.limits.max_pipeline - len(self.pipeline):
+            self._feed_while_room(data, 0)
+        elif self.in_head and self.head_bytes + len(data) < self.limits.max_head:
+            # the usual case: a whole request, or part of one, well within the head limit
+            self.head_bytes += len(data)
+            self._feed(data)
+        else:
+            self._take(data)
+
+    def _feed_while_room(self, data: bytes, start: int) -> None:
+        """Parse `data[start:]` a request head at a time while the queue has room (a
+        piece completes at most two requests: one with a body and the next); hold the rest,
+        reading nothing more until the queue drains (see on_response_complete)."""
+        view = memoryview(data)
+        while len(self.pipeline) < self.limits.max_pipeline:
+            end = data.find(HEAD_END, start)
+            end = len(data) if end < 0 else end + len(HEAD_END)
+            self._take(view[start:end])
+            start = end
+            if start >= len(data) or self.transport.is_closing():
+                return
+        self.held, self.held_from = data, start
+        self.flow.pause_reading()
 
     # --- reading: the head limit -----------------------------------------------------------
 
-    def data_received(self, data: bytes) -> None:
+    def _take(self, data: bytes | memoryview) -> None:
         if self.in_head and self.head_bytes + len(data) < self.limits.max_head:
             # the usual case: a whole request, or part of one, well within the limit
             self.head_bytes += len(data)
@@ -270,7 +477,7 @@ class LimitedHttpToolsProtocol(HttpToolsProtocol):
         cycle = self.cycle
         if cycle is not None and not cycle.response_complete:
             if cycle.response_started or self.pipeline:
-                self.transport.close()
+                self._close()
                 return
             # the app's answer to this request, if it comes, is dropped: ours replaces it
             cycle.disconnected = True
@@ -284,7 +491,7 @@ class LimitedHttpToolsProtocol(HttpToolsProtocol):
             b"connection: close\r\n\r\n",
         ]
         self.transport.write(b"".join(head) + body)
-        self.transport.close()
+        self._close()
 
     # --- parser callbacks ------------------------------------------------------------------
 
@@ -318,4 +525,12 @@ class LimitedHttpToolsProtocol(HttpToolsProtocol):
 
     def on_response_complete(self) -> None:
         super().on_response_complete()
+        if self.transport.is_closing():
+            self._linger()  # Connection: close with the answer not all sent
+        else:
+            if self.held and len(self.pipeline) < self.limits.max_pipeline:
+                held, self.held = self.held, b""
+                self._feed_while_room(held, self.held_from)
+            if self.flow.read_paused:
+                self.flow.resume_reading()
         self._wait_for_request()

@@ -3,12 +3,14 @@
 Each test starts the real daemon (`python -m aggregator -c feeds.yaml run`, this checkout
 on PYTHONPATH) on a free port with one unreachable feed, and attacks it over raw sockets:
 an endless header line or request line, a huge or endless body, 1,000 half-sent requests
-next to 1,000 idle connections, more connections than the cap. Meanwhile a normal client
-must be answered in under a second and the daemon's memory must stay flat.
+next to 1,000 idle connections, more connections than the cap, clients pipelining requests
+without reading the answers. Meanwhile a normal client must be answered in under a second
+and the daemon's memory must stay flat.
 """
 
 from __future__ import annotations
 
+import errno
 import http.client
 import os
 import resource
@@ -22,11 +24,13 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO
+from typing import IO, Any
 
 import pytest
+import uvicorn
 
-from aggregator.httpserver import Limits
+from aggregator import pipeline
+from aggregator.httpserver import Limits, make_config
 
 ROOT = Path(__file__).parent.parent
 LIMITS = Limits()
@@ -206,10 +210,10 @@ def answer_of(sock: socket.socket, timeout: float = 5) -> bytes:
 
 
 def attack_while_serving(
-    daemon: Daemon, attack: Callable[[], None], seconds: float = 120
+    daemon: Daemon, attack: Callable[[], None], seconds: float = 120, slack: float = RSS_SLACK_MB
 ) -> tuple[float, float]:
     """Run `attack` in a thread; meanwhile a normal client must be answered promptly and
-    resident memory must stay within RSS_SLACK_MB. Returns (worst latency, peak RSS)."""
+    resident memory must grow by less than `slack` MB. Returns (worst latency, peak RSS)."""
     before = daemon.rss_mb()
     thread = threading.Thread(target=attack, daemon=True)
     thread.start()
@@ -219,13 +223,26 @@ def attack_while_serving(
         assert time.monotonic() < deadline, "the attack did not end"
         worst = max(worst, daemon.answers_promptly())
         peak = max(peak, daemon.rss_mb())
-        assert peak - before < RSS_SLACK_MB, f"RSS grew from {before:.1f} to {peak:.1f} MB"
+        assert peak - before < slack, f"RSS grew from {before:.1f} to {peak:.1f} MB"
         time.sleep(0.05)
     thread.join()
     peak = max(peak, daemon.rss_mb())
-    assert peak - before < RSS_SLACK_MB, f"RSS grew from {before:.1f} to {peak:.1f} MB"
+    assert peak - before < slack, f"RSS grew from {before:.1f} to {peak:.1f} MB"
     print(f"RSS {before:.1f} MB before, {peak:.1f} MB at most; worst answer {worst * 1000:.0f} ms")
     return worst, peak
+
+
+def responses_in(answer: bytes) -> list[tuple[int, bytes]]:
+    """The (status, body) of each response in `answer`, which all have a content-length."""
+    responses = []
+    while answer:
+        head, _, rest = answer.partition(b"\r\n\r\n")
+        lines = head.split(b"\r\n")
+        fields = dict(line.lower().split(b": ", 1) for line in lines[1:])
+        length = int(fields[b"content-length"])
+        responses.append((int(lines[0][9:12]), rest[:length]))
+        answer = rest[length:]
+    return responses
 
 
 def status_of(answer: bytes) -> int | None:
@@ -328,6 +345,172 @@ def test_pipelined_requests_are_all_answered(daemon: Daemon) -> None:
         sock.sendall(request * 3 + b"GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
         answer = answer_of(sock)
     assert answer.count(b"HTTP/1.1 200 ") == 4, answer
+
+
+@pytest.mark.parametrize("count", [51, 3000])
+def test_many_pipelined_requests_read_by_their_client_are_all_answered_in_order(
+    daemon: Daemon, count: int
+) -> None:
+    """More than max_pipeline at once: the rest wait unparsed, and are answered as the
+    queue drains (3,000 requests are 100 KB: the daemon reads them in one or two reads)."""
+    requests = [
+        b"GET /all.atom HTTP/1.1\r\nHost: x\r\n\r\n",
+        b"GET /missing-%d HTTP/1.1\r\nHost: x\r\n\r\n",
+        b"POST /all.atom HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\n\r\nbody!",
+    ]
+    expected = [200, 404, 405]
+    sent = b"".join(
+        requests[i % 3] % i if i % 3 == 1 else requests[i % 3] for i in range(count - 1)
+    )
+    sent += b"GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+    with daemon.connect() as sock:
+        sender = threading.Thread(target=sock.sendall, args=(sent,), daemon=True)
+        sender.start()
+        answer = answer_of(sock, timeout=30)
+        sender.join()
+    answers = responses_in(answer)
+    assert [status for status, _ in answers] == [expected[i % 3] for i in range(count - 1)] + [200]
+    assert all(body.startswith(b"<?xml") for _, body in answers[:-1:3])
+
+
+def aborted_by_peer(sockets: list[socket.socket], timeout: float) -> int:
+    """Wait up to `timeout` s for the daemon to close them, answers left unread or not;
+    how many it closed."""
+    poller = select.poll()
+    fds = {sock.fileno() for sock in sockets}
+    for fd in fds:
+        poller.register(fd, select.POLLRDHUP)  # POLLHUP and POLLERR come anyway
+    deadline = time.monotonic() + timeout
+    while fds and time.monotonic() < deadline:
+        for fd, _ in poller.poll(100):
+            fds.discard(fd)
+            poller.unregister(fd)
+    return len(sockets) - len(fds)
+
+
+#: how long the pipelining clients keep sending, seconds
+PIPELINING = 15
+
+
+def test_clients_pipelining_without_reading_cost_bounded_memory_and_are_dropped(
+    tmp_path: Path,
+) -> None:
+    """20 connections send GET /all.atom over and over and never read: uvicorn parsed and
+    queued every request and buffered every answer (57 MB to 2.7 GB, /healthz unanswered
+    for 15 s). Now each stops being read once its queue or unsent answers are full, and is
+    aborted when its client has taken none of them for send_timeout."""
+    attacked = start_daemon(tmp_path)  # its own: its memory is what is measured
+    requests = b"GET /all.atom HTTP/1.1\r\nHost: x\r\n\r\n" * 100
+    sockets: list[socket.socket] = []
+    sent = [0]
+    stopping = threading.Event()  # the test failed: leave the sockets to be closed
+
+    def pipeline_without_reading() -> None:
+        until = time.monotonic() + PIPELINING
+        while time.monotonic() < until and not stopping.is_set():
+            _, writable, _ = select.select([], sockets, [], 0.1)
+            for sock in writable:
+                try:
+                    sent[0] += sock.send(requests)
+                except (BlockingIOError, ConnectionError):
+                    pass
+
+    try:
+        for _ in range(20):
+            sock = socket.socket()
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+            sock.connect(("127.0.0.1", attacked.port))
+            sock.setblocking(False)
+            sockets.append(sock)
+        before = attacked.rss_mb()
+        worst, peak = attack_while_serving(
+            attacked, pipeline_without_reading, seconds=PIPELINING + 30, slack=50
+        )
+        assert sent[0] > 2**20, sent  # the daemon took requests, at first
+        # each stopped being read within a second or so of the start; give it the send
+        # timeout from the end of the attack, and the sweep
+        closed_after = time.monotonic()
+        closed = aborted_by_peer(sockets, LIMITS.send_timeout + 5)
+        took = time.monotonic() - closed_after
+        print(
+            f"pipelining without reading, 20 connections, {sent[0] / 2**20:.0f} MB of "
+            f"requests sent: RSS {before:.1f} MB before, {peak:.1f} MB at most; worst "
+            f"/healthz {worst * 1000:.0f} ms; all closed {took:.1f} s after the attack"
+        )
+        assert closed == len(sockets)
+        attacked.answers_promptly()
+        assert attacked.rss_mb() - before < 50
+    finally:
+        stopping.set()
+        time.sleep(0.3)
+        for sock in sockets:
+            sock.close()
+        stop_daemon(attacked)
+    assert "Traceback" not in attacked.log, attacked.log
+
+
+#: the answer of the in-process server below: more than both kernels' socket buffers hold
+BIG = 8 * 2**20
+
+
+@pytest.fixture
+def big_answers() -> Iterator[int]:
+    """Our server in this process, with a send timeout of 1 s, answering every request
+    with BIG bytes; its port."""
+
+    async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
+        headers = [(b"content-length", b"%d" % BIG)]
+        await send({"type": "http.response.start", "status": 200, "headers": headers})
+        await send({"type": "http.response.body", "body": b"x" * BIG})
+
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    server = uvicorn.Server(make_config(app, Limits(send_timeout=1.0)))
+    thread = threading.Thread(
+        target=pipeline.run_loop, args=(server.serve(sockets=[listener]),), daemon=True
+    )
+    thread.start()
+    deadline = time.monotonic() + 10
+    while not server.started:
+        assert time.monotonic() < deadline, "the server did not start"
+        time.sleep(0.01)
+    try:
+        yield listener.getsockname()[1]
+    finally:
+        server.should_exit = True
+        thread.join(10)
+        listener.close()
+
+
+def test_the_send_timeout_resets_a_client_that_stops_reading_not_one_that_reads_slowly(
+    big_answers: int,
+) -> None:
+    def ask(close: bool) -> socket.socket:
+        sock = socket.socket()
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        sock.connect(("127.0.0.1", big_answers))
+        connection = b"Connection: close\r\n" if close else b""
+        sock.sendall(b"GET / HTTP/1.1\r\nHost: x\r\n" + connection + b"\r\n")
+        return sock
+
+    slow, stopped, stopped_closing = ask(False), ask(False), ask(True)
+    try:
+        started = time.monotonic()
+        slow.settimeout(5)
+        received = 0
+        while time.monotonic() - started < 5:  # 16 KB/s: 5 send timeouts' worth
+            received += len(slow.recv(4096))
+            time.sleep(0.25)
+        # the stalled answers were reset within the timeout and a sweep or so
+        assert aborted_by_peer([stopped, stopped_closing], 0.5) == 2
+        assert aborted_by_peer([slow], 0.5) == 0, f"reset after {received} bytes"
+        assert slow.recv(1) == b"x"  # open, and more to come
+        # reset, not closed: the daemon's kernel let go of the unsent answer too
+        for sock in (stopped, stopped_closing):
+            assert sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR) == errno.ECONNRESET
+    finally:
+        for sock in (slow, stopped, stopped_closing):
+            sock.close()
 
 
 # --- idle and half-sent connections -------------------------------------------------------
