@@ -1,10 +1,11 @@
-# Entry points: `make run` (daemon on feeds.yaml), `make test`, `make check`, `make demo`, `make bench`.
+# Entry points: `make run` (daemon on feeds.yaml), `make test`, `make test-fast`, `make check`,
+# `make demo`, `make bench`.
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: run test check lint demo bench clean
+.PHONY: run test test-fast check lint demo bench clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -20,6 +21,10 @@ run: $(STAMP)
 # Lint first: CI runs this target, so ruff and mypy stay clean on main.
 test: lint
 	$(BIN)/python -m pytest -q -n 2 --dist loadfile
+
+# the unit and in-process tests only: no daemon processes or end-to-end rounds
+test-fast: $(STAMP)
+	$(BIN)/python -m pytest -q -n 2 -m "not slow"
 
 lint: $(STAMP)
 	$(BIN)/ruff check aggregator tests demo

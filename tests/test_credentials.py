@@ -13,9 +13,13 @@ import json
 import subprocess
 from pathlib import Path
 
+import pytest
+
 from tests.commands import aggregator
 from tests.feedserver import FeedServer
 from tests.test_daemon import DaemonProcess, free_port, wait_until
+
+pytestmark = pytest.mark.slow  # end to end: real processes and servers
 
 URL_PASSWORD = "url-pa55word"
 FILE_PASSWORD = "file-pa55word"

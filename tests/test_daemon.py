@@ -41,6 +41,8 @@ from prometheus_client.parser import text_string_to_metric_families
 from aggregator.notify import notify, watchdog_interval
 from tests.feedserver import FeedServer, RecordedRequest
 
+pytestmark = pytest.mark.slow  # end to end: real processes and servers
+
 E2E = Path(__file__).parent / "data" / "e2e"
 ATOM = "{http://www.w3.org/2005/Atom}"
 T = TypeVar("T")

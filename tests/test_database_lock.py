@@ -15,6 +15,8 @@ import threading
 import time
 from collections.abc import Callable
 
+import pytest
+
 from tests.test_daemon import (  # noqa: F401 - site and launch are fixtures
     DaemonProcess,
     Site,
@@ -27,6 +29,8 @@ from tests.test_daemon import (  # noqa: F401 - site and launch are fixtures
     wait_until,
     write_config,
 )
+
+pytestmark = pytest.mark.slow  # end to end: real processes and servers
 
 #: the issue measured 45 s; the suite holds it 12 s (set AGGREGATOR_LOCK_SECONDS to change)
 LOCK_SECONDS = float(os.environ.get("AGGREGATOR_LOCK_SECONDS", "12"))

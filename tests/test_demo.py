@@ -22,6 +22,8 @@ from types import ModuleType
 import pytest
 from lxml import html
 
+pytestmark = pytest.mark.slow  # end to end: real processes and servers
+
 PROJECT = Path(__file__).resolve().parent.parent
 RUN = PROJECT / "demo" / "run.py"
 

@@ -21,6 +21,8 @@ import pytest
 from tests.commands import aggregator
 from tests.feedserver import FeedServer, HostileServer, gzip_bomb
 
+pytestmark = pytest.mark.slow  # end to end: real processes and servers
+
 DATA = Path(__file__).parent / "data"
 GOOD = (DATA / "e2e" / "wp.rss").read_bytes()
 TIMEOUT_SECONDS = 5

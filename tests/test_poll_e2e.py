@@ -19,6 +19,8 @@ from lxml import etree, html
 
 from tests.feedserver import FeedServer
 
+pytestmark = pytest.mark.slow  # end to end: real processes and servers
+
 DATA = Path(__file__).parent / "data" / "e2e"
 FEEDS = {
     "/wp/feed/": ("wp.rss", "application/rss+xml; charset=UTF-8"),

@@ -22,9 +22,12 @@ from tests.feedserver import FeedServer
 
 CORPUS = Path(__file__).resolve().parents[2] / "shared" / "realworld-feeds"
 
-pytestmark = pytest.mark.skipif(
-    not (CORPUS / "MANIFEST.tsv").exists(), reason=f"corpus not present at {CORPUS}"
-)
+pytestmark = [
+    pytest.mark.slow,
+    pytest.mark.skipif(
+        not (CORPUS / "MANIFEST.tsv").exists(), reason=f"corpus not present at {CORPUS}"
+    ),
+]
 
 
 def manifest() -> list[tuple[str, dict[str, str]]]:

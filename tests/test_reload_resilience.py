@@ -14,6 +14,8 @@ import time
 from collections.abc import Callable
 from dataclasses import replace
 
+import pytest
+
 from tests.test_daemon import (  # noqa: F401 - site and launch are fixtures
     DaemonProcess,
     Site,
@@ -24,6 +26,8 @@ from tests.test_daemon import (  # noqa: F401 - site and launch are fixtures
     wait_until,
     write_config,
 )
+
+pytestmark = pytest.mark.slow  # end to end: real processes and servers
 
 
 def test_a_reload_onto_a_file_that_would_crash_a_command_keeps_the_daemon_up(

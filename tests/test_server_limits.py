@@ -32,6 +32,8 @@ import uvicorn
 from aggregator import pipeline
 from aggregator.httpserver import Limits, make_config
 
+pytestmark = pytest.mark.slow  # end to end: real processes and servers
+
 ROOT = Path(__file__).parent.parent
 LIMITS = Limits()
 #: the normal client's answer must come within this many seconds, attack or not
