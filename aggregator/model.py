@@ -12,10 +12,12 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from pathlib import Path
-
-import regex
+from typing import TYPE_CHECKING
 
 from aggregator.errors import FeedError
+
+if TYPE_CHECKING:
+    import regex
 
 # --- configuration -----------------------------------------------------------------
 

@@ -27,9 +27,7 @@ from concurrent.futures import Executor, Future
 from concurrent.futures.process import BrokenProcessPool
 from dataclasses import replace
 from datetime import datetime, timedelta
-from typing import Any, TypeVar
-
-import pebble
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from aggregator import render, topics
 from aggregator.errors import (
@@ -58,6 +56,9 @@ from aggregator.publish import write_outputs
 from aggregator.store import Store, StoreThread
 from aggregator.text import single_line
 from aggregator.timeutil import to_iso, utcnow
+
+if TYPE_CHECKING:
+    import pebble
 from aggregator.urls import redact_text
 
 log = logging.getLogger("aggregator")
@@ -333,6 +334,8 @@ class ParsePool(Executor):
         self._pool: pebble.ProcessPool | None = None
 
     def _started(self) -> pebble.ProcessPool:
+        import pebble  # with the first body to parse: a round of 304s never needs it
+
         if self._pool is None:
             # spawn: fresh interpreters, never a fork of this process with its event loop
             # and threads; and no forkserver process kept alive beside them (40 MB)
@@ -358,6 +361,8 @@ class ParsePool(Executor):
         Raises ParseTimeout(url) past the deadline, after the worker doing it was killed.
         A call whose worker died under it (killed by the OOM killer, say) or whose pool
         broke is run once more in a fresh one: the cause may be another body's."""
+        import pebble
+
         seconds = self.timeout if timeout is None else timeout
         for attempt in range(2):
             pool = self._started()

@@ -11,8 +11,7 @@ from __future__ import annotations
 import html
 import re
 from collections.abc import Sequence
-
-import regex
+from typing import TYPE_CHECKING
 
 from aggregator.model import FeedSource, Term, Topic
 
@@ -25,6 +24,9 @@ _INLINE_TAG = re.compile(
     re.IGNORECASE,
 )
 _TAG = re.compile(r"<[^<>]*>")
+
+if TYPE_CHECKING:
+    import regex
 
 
 #: the longest one search of a term may take: a user's regular expression can backtrack
@@ -40,6 +42,8 @@ def compile_term(raw: str) -> Term:
     source = raw.strip()
     if not source:
         raise ValueError("empty term")
+    import regex  # only a config with terms needs it (2 MB)
+
     if len(source) >= 2 and source.startswith("/") and source.endswith("/"):
         return Term(source=raw, pattern=_compile_regex(source[1:-1]))
     words = (regex.escape(word) for word in source.split())
@@ -51,6 +55,8 @@ def compile_term(raw: str) -> Term:
 def _compile_regex(expression: str) -> regex.Pattern[str]:
     """The `regex` module, not `re`: the same syntax, but a search can be given a deadline
     and runs without holding the GIL."""
+    import regex
+
     if not expression.strip():
         raise ValueError("empty regular expression")
     try:
