@@ -19,7 +19,7 @@ import nh3
 
 from aggregator.dedupe import content_hash, entry_key, index_keys
 from aggregator.model import Item, ParsedEntry
-from aggregator.nesting import is_too_deep, markup_text
+from aggregator.nesting import exceeds_limits, markup_text
 from aggregator.text import single_line
 from aggregator.timeutil import to_utc
 from aggregator.urls import canonical_url, publishable_url, strip_tracking
@@ -99,14 +99,20 @@ def sanitize_html(html_text: str, base_url: str) -> str:
 
     Scripts, styles, frames, plugins, forms, SVG/MathML and their contents go; so do event
     handlers, URLs other than http(s), tracking pixels, emptied links and characters
-    XML cannot carry. Markup nested deeper than any article (`nesting.is_too_deep`) is
-    not parsed: only its text is kept.
+    XML cannot carry. Markup that no article has and that would take the parser time
+    growing faster than its length (`nesting.exceeds_limits`: too deep, a tag with too
+    many attributes, too costly text) is not parsed: only its text is kept.
     """
     html_text = remove_unusable_characters(html_text)
     if not html_text.strip():
         return ""
-    if is_too_deep(html_text):
+    if exceeds_limits(html_text):
         return _text_only(html_text)
+    return _sanitize(html_text, base_url)
+
+
+def _sanitize(html_text: str, base_url: str) -> str:
+    """`sanitize_html` once `nesting.exceeds_limits` has been asked."""
 
     def resolve(tag: str, attribute: str, value: str) -> str | None:
         if attribute in ("width", "height"):
@@ -143,7 +149,7 @@ def sanitize_html(html_text: str, base_url: str) -> str:
 
 
 def _text_only(html_text: str) -> str:
-    """The text of markup too deep to parse, as HTML: no element, nothing readable lost."""
+    """The text of markup too costly to parse, as HTML: no element, nothing readable lost."""
     return html.escape(remove_unusable_characters(markup_text(html_text)), quote=False)
 
 
@@ -396,7 +402,7 @@ def html_to_text(html_text: str) -> str:
     html_text = remove_unusable_characters(html_text)
     if "<" not in html_text and "&" not in html_text:
         return _WHITESPACE.sub(" ", html_text).strip()
-    if is_too_deep(html_text):
+    if exceeds_limits(html_text):
         return remove_unusable_characters(markup_text(html_text))
     # nh3 parses like a browser and drops script/style contents; what is left of the
     # markup is block tags without attributes, each one a word break
@@ -513,10 +519,14 @@ def _without_unusable_characters(entry: ParsedEntry) -> ParsedEntry:
 
 
 def clean_html(html_text: str, base_url: str) -> str:
-    """Boilerplate stripped, then sanitized with absolute URLs (markup too deep to parse:
+    """Boilerplate stripped, then sanitized with absolute URLs (markup too costly to parse:
     its text only, before lxml sees it)."""
+    html_text = remove_unusable_characters(html_text)
     if not html_text.strip():
         return ""
-    if is_too_deep(html_text):
-        return _text_only(remove_unusable_characters(html_text))
-    return sanitize_html(strip_boilerplate(html_text), base_url)
+    if exceeds_limits(html_text):
+        return _text_only(html_text)
+    stripped = strip_boilerplate(html_text)
+    if stripped is html_text:
+        return _sanitize(html_text, base_url)
+    return sanitize_html(stripped, base_url)  # what lxml wrote is asked again

@@ -41,6 +41,27 @@ _HARMLESS_BOZO: tuple[type[Exception], ...] = (
 #: how much of the body the entity guard and the HTML sniffer look at
 _PROLOGUE_BYTES = 64 * 1024
 
+#: more attributes than this on one element is no feed's: the most any element of the
+#: 1,465 files of ../shared/realworld-feeds has (namespace declarations included) is 14
+MAX_XML_ATTRIBUTES = 256
+_XML_NAME_START = rb"A-Za-z_:\x80-\xff"
+_XML_ATTRIBUTE = rb"""\s++[^\s/<>="']++(?:\s*+=\s*+(?:"[^"<]*+"|'[^'<]*+'|[^\s<>"']*+))?"""
+#: matches from the start of a body as far as no element has more than MAX_XML_ATTRIBUTES
+#: (quoted or not, with a value or not: the loose parser reads them all), stepping over
+#: comments, CDATA sections and processing instructions
+_UNCROWDED_ELEMENTS = re.compile(
+    rb"""(?:
+        [^<]++
+      | <!--.*?(?:-->|\Z)
+      | <!\[CDATA\[.*?(?:\]\]>|\Z)
+      | <\?.*?(?:\?>|\Z)
+      | <[%(start)s][^\s/<>="']*+(?:%(attribute)s){0,%(limit)d}+(?!%(attribute)s)
+      | <(?![%(start)s])
+    )*+"""
+    % {b"start": _XML_NAME_START, b"attribute": _XML_ATTRIBUTE, b"limit": MAX_XML_ATTRIBUTES},
+    re.VERBOSE | re.DOTALL,
+)
+
 _FIRST_ELEMENT = re.compile(rb"<[A-Za-z_]")
 _ENTITY_DECLARATION = re.compile(rb"<!ENTITY\s+(%\s+)?[^\s>]+\s+(.*?)>", re.DOTALL)
 #: a general entity reference (&name;) inside an entity value; &#…; is fine
@@ -66,15 +87,103 @@ feedparser.mixin.make_safe_absolute_uri = functools.lru_cache(maxsize=1024)(
 feedparser.mixin._urljoin = functools.lru_cache(maxsize=1024)(feedparser.urls._urljoin)
 
 
+def _add_tag(self: Any, term: Any, scheme: Any, label: Any) -> None:
+    """feedparser's `_add_tag` (a category, keyword or tag of the current entry or feed)
+    without looking through all those before for an equal one, which made 10,000
+    <category> in one item cost 1.3 s and 100,000 hours: a set of the tags seen does. The
+    same tags in the same order; the last one is compared as it is now, since
+    `_end_category` may still give it its term."""
+    context = self._get_context()
+    tags = context.setdefault("tags", [])
+    if not term and not scheme and not label:
+        return
+    value = feedparser.util.FeedParserDict(term=term, scheme=scheme, label=label)
+    sets: dict[int, _TagSet] = self.__dict__.setdefault("_aggregator_tag_sets", {})
+    tag_set = sets.get(id(tags))
+    if tag_set is None or tag_set.tags is not tags or tag_set.count >= len(tags):
+        tag_set = sets[id(tags)] = _TagSet(tags)
+    try:
+        for tag in tags[tag_set.count : len(tags) - 1]:  # not the last: it may still change
+            tag_set.seen.add(frozenset(dict.items(tag)))
+        tag_set.count = max(tag_set.count, len(tags) - 1)
+        known = frozenset(dict.items(value)) in tag_set.seen
+    except TypeError:  # a value that cannot be hashed: feedparser's own look
+        sets.pop(id(tags))
+        known = value in tags[:-1]
+    if not known and not (tags and tags[-1] == value):
+        tags.append(value)
+
+
+class _TagSet:
+    """The tags of a list but its last, as frozensets of their items."""
+
+    def __init__(self, tags: list[Any]) -> None:
+        self.tags = tags
+        self.count = 0
+        self.seen: set[frozenset[Any]] = set()
+
+
+feedparser.mixin._FeedParserMixin._add_tag = _add_tag
+
+
+#: (namespace URI or None, local name)
+_Name = tuple[str | None, str]
+
+
+class _Attributes(xml.sax.xmlreader.AttributesNSImpl):
+    """Attributes whose value by qualified name is found in constant time: the standard
+    library's looks through every attribute, and feedparser asks it for each one, so an
+    element with 30,000 attributes took 31 s to parse (and 300,000 hours)."""
+
+    def __init__(self, values: dict[_Name, str], qnames: dict[_Name, str]) -> None:
+        super().__init__(values, qnames)
+        self._values, self._names = values, qnames
+        self._by_qname: dict[str, str] | None = None
+
+    def getValueByQName(self, name: str) -> str:
+        if len(self._names) < 16:
+            return super().getValueByQName(name)
+        if self._by_qname is None:
+            self._by_qname = {}
+            for key, qname in self._names.items():
+                self._by_qname.setdefault(qname, self._values[key])
+        try:
+            return self._by_qname[name]
+        except KeyError:
+            raise KeyError(name) from None
+
+
 class _BufferedExpatParser(xml.sax.expatreader.ExpatParser):
     """expat passing each run of text in one call instead of one per line and entity:
     feedparser handles every call in Python, and escaped HTML has an entity every few
     characters. A tenth of its time on the bench corpus; the same parsed feeds there and
-    on every file of ../shared/realworld-feeds (compared field by field when it was added)."""
+    on every file of ../shared/realworld-feeds (compared field by field when it was added).
+    Its attributes are `_Attributes`."""
 
     def reset(self) -> None:
         super().reset()
         self._parser.buffer_text = True  # type: ignore[attr-defined]  # set by reset()
+
+    def start_element_ns(self, name: str, attrs: Mapping[str, str]) -> None:
+        """The standard library's, with `_Attributes`: expat gives names as "uri local
+        prefix", "uri local" or "local"."""
+        parts = name.split()
+        pair = (None, name) if len(parts) == 1 else (parts[0], parts[1])
+        values: dict[_Name, str] = {}
+        qnames: dict[_Name, str] = {}
+        for attribute, value in attrs.items():
+            parts = attribute.split()
+            if len(parts) == 1:
+                key: _Name = (None, attribute)
+                qname = attribute
+            elif len(parts) == 3:
+                key, qname = (parts[0], parts[1]), f"{parts[2]}:{parts[1]}"
+            else:
+                key, qname = (parts[0], parts[1]), parts[1]
+            values[key] = value
+            qnames[key] = qname
+        handler = self.getContentHandler()
+        handler.startElementNS(pair, None, _Attributes(values, qnames))
 
 
 def create_parser() -> xml.sax.xmlreader.XMLReader:
@@ -187,6 +296,10 @@ def split_entries(body: bytes) -> SplitBody | None:
 
 
 def _parse_xml_feed(body: bytes, headers: dict[str, str], url: str) -> ParsedFeed:
+    if _UNCROWDED_ELEMENTS.match(body).end() < len(body):  # type: ignore[union-attr]
+        raise ParseError(
+            url, f"not a feed: an element has more than {MAX_XML_ATTRIBUTES} attributes"
+        )
     body = _defuse_entity_declarations(body)
     # feedparser takes the base URI for relative links from Content-Location only
     # (it has no URL of its own here); a relative Content-Location is resolved first.
