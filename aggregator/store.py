@@ -257,7 +257,9 @@ class Store:
 
     def gone_fingerprints(self) -> dict[str, str]:
         """Feed URL → its config fingerprint when it was found gone."""
-        rows = self._rows("SELECT url, gone_fingerprint FROM feeds WHERE gone_fingerprint")
+        rows = self._rows(
+            "SELECT url, gone_fingerprint FROM feeds WHERE gone_fingerprint IS NOT NULL"
+        )
         return {row["url"]: row["gone_fingerprint"] for row in rows}
 
     def gone_fingerprint(self, url: str) -> str | None:

@@ -262,3 +262,13 @@ def test_reopening_recomputes_dedupe_keys_stored_by_an_older_scheme(tmp_path: Pa
     with Store.open(path) as store:
         copy = make_item("https://b.test/feed", "2", title="Launch", text="By Staff. " + STORY)
         assert save(store, copy).merged == 1
+
+
+def test_gone_fingerprints_are_read_back_whatever_their_first_character(tmp_path) -> None:
+    """SQLite reads a bare TEXT column in WHERE as a number: "a1…" is 0, "1a…" is 1."""
+    from aggregator.model import FeedState
+
+    with Store.open(tmp_path / "agg.db") as store:
+        for url, fingerprint in (("http://a/", "a1b2c3d4"), ("http://b/", "1a2b3c4d")):
+            store.save_state(FeedState(url=url, fetch_url=url, gone=True), fingerprint)
+        assert store.gone_fingerprints() == {"http://a/": "a1b2c3d4", "http://b/": "1a2b3c4d"}
