@@ -391,8 +391,7 @@ class Daemon:
             if changed is not None and source.url not in changed:
                 continue
             state = states.get(source.url) or FeedState(url=source.url, fetch_url=source.url)
-            fingerprint = pipeline.feed_fingerprint(source)
-            if state.gone and gone_fingerprints.get(source.url) == fingerprint:
+            if pipeline.still_gone(source, state, gone_fingerprints.get(source.url)):
                 continue
             if state.last_fetched is None:
                 # Never polled: now, a few ms apart so a big list starts in order.

@@ -93,6 +93,12 @@ def feed_fingerprint(source: FeedSource) -> str:
     return hashlib.blake2b(text.encode(), digest_size=8).hexdigest()
 
 
+def still_gone(source: FeedSource, state: FeedState, gone_fingerprint: str | None) -> bool:
+    """Whether a feed found gone (410) stays so: its entry in feeds.yaml was not edited
+    since. The one place this rule lives (the round and the daemon's schedule ask it)."""
+    return state.gone and gone_fingerprint == feed_fingerprint(source)
+
+
 def should_skip(state: FeedState, now: datetime, force: bool) -> str | None:
     """Why this feed must not be fetched now, or None."""
     if force:
@@ -151,7 +157,7 @@ async def poll_feed(
     if stored is None:
         stored = await db.run(_state_and_gone_fingerprint, source.url)
     state, gone_fingerprint = stored
-    if state.gone and gone_fingerprint != fingerprint:
+    if state.gone and not still_gone(source, state, gone_fingerprint):
         state = replace(state, gone=False)
     skip = should_skip(state, now, force)
     if skip is not None:
