@@ -44,7 +44,7 @@ from aggregator.logs import configure_logging
 from aggregator.model import Config, FeedSource, FeedState, PollResult, Settings
 from aggregator.notify import notify, watchdog_interval
 from aggregator.publish import OutputCache, make_app
-from aggregator.store import Store, StoreThread
+from aggregator.store import Store, StoreThread, lock_problem
 from aggregator.timeutil import to_iso, utcnow
 from aggregator.urls import redact_text
 
@@ -476,7 +476,7 @@ class Daemon:
             state = await db.run(Store.feed_state, url)
         except StoreError as e:
             # Nothing of this poll was stored: it is retried soon, and fetches again.
-            self.database_problem = _database_problem(e)
+            self.database_problem = lock_problem(e)
             retry = utcnow() + min(source.interval, STORE_RETRY)
             log.error("%s: %s; retrying at %s", source.name or url, e, to_iso(retry))
             self._schedule(url, retry)
@@ -522,7 +522,7 @@ class Daemon:
         try:
             # on the store's thread: reading the items and rendering them never hold up
             # the loop that serves the outputs
-            outputs, changed = await db.run(_index_and_publish, config, only)
+            outputs, changed = await db.run(pipeline.index_and_publish, config, only)
         except (StoreError, PublishError) as e:
             log.error("publishing failed: %s", e)
             self.dirty |= only if only is not None else {t.slug for t in config.topics}
@@ -597,20 +597,6 @@ class Daemon:
         if self.config_error:
             text += "; config invalid: " + self.config_error
         notify(f"STATUS={text}")
-
-
-def _index_and_publish(
-    store: Store, config: Config, only: set[str] | None
-) -> tuple[dict[str, bytes], list[str]]:
-    # a burst of polls is over: its new items join the search index in one batch
-    store.index_for_search()
-    return pipeline.publish(store, config, only)
-
-
-def _database_problem(error: StoreError) -> str:
-    """ "locked" when another process holds the write lock, else the error."""
-    cause = str(error.__cause__ or error)
-    return "locked" if "locked" in cause or "busy" in cause else str(error)
 
 
 def _bind(listen: str) -> socket.socket:

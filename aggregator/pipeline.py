@@ -63,6 +63,8 @@ from aggregator.urls import redact_text
 
 log = logging.getLogger("aggregator")
 
+#: a feed's last error as stored and shown is at most this long
+MAX_ERROR_CHARS = 500
 #: failures back off exponentially up to this
 MAX_BACKOFF = timedelta(hours=24)
 #: a feed's own hint (RSS ttl, Cache-Control max-age) may lengthen its interval up to this
@@ -302,7 +304,8 @@ async def _record_failure(
         last_fetched=now,
         last_status=error.status if isinstance(error, HTTPStatusError) else None,
         # stored as shown: a credential quoted in a message never reaches the database
-        last_error=redact_text(error.message),
+        # one line of bounded length: a server's reason phrase is part of some messages
+        last_error=single_line(redact_text(error.message))[:MAX_ERROR_CHARS],
         failures=failures,
         gone=isinstance(error, Gone),
         retry_after=error.retry_after if isinstance(error, RetryLater) else None,
@@ -499,8 +502,7 @@ async def poll_and_publish(
     try:
         results = await poll_round(config, db, force=force, on_result=on_result)
         pruned = await db.run(Store.prune, utcnow() - config.settings.retention)
-        await db.run(Store.index_for_search)
-        _, changed = await db.run(publish, config)
+        _, changed = await db.run(index_and_publish, config)
     finally:
         await db.close(timeout=CLOSE_SECONDS)
     return results, pruned, changed
@@ -614,6 +616,15 @@ def topics_of_feed(config: Config, feed_url: str) -> set[str]:
         for source in config.feeds
         if source.url == feed_url and topics.selects_feed(topic, source)
     }
+
+
+def index_and_publish(
+    store: Store, config: Config, only: Collection[str] | None = None
+) -> tuple[dict[str, bytes], list[str]]:
+    """After a round or a burst of polls: the new items join the search index in one
+    batch, then `publish`."""
+    store.index_for_search()
+    return publish(store, config, only)
 
 
 def publish(

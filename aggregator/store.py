@@ -597,7 +597,7 @@ class Store:
         except sqlite3.OperationalError as e:
             with suppress(sqlite3.Error):
                 conn.rollback()
-            return "locked" if "locked" in str(e) or "busy" in str(e) else str(e)
+            return lock_problem(e)
         except sqlite3.Error as e:
             return str(e)
         finally:
@@ -696,6 +696,13 @@ class StoreThread:
         except (StoreError, sqlite3.Error):
             pass
         self._executor.shutdown(wait=False, cancel_futures=True)
+
+
+def lock_problem(error: BaseException) -> str:
+    """ "locked" when `error` (or the SQLite error it wraps) says another process holds
+    the write lock, else the error's text."""
+    cause = str(error.__cause__ or error)
+    return "locked" if "locked" in cause or "busy" in cause else str(error)
 
 
 def _checked_connection(uri: str) -> sqlite3.Connection:
