@@ -139,9 +139,9 @@ def cmd_poll(config: Config, *, force: bool) -> int:
 
 
 def cmd_build(config: Config, store: Store) -> int:
-    from aggregator import pipeline
+    from aggregator import publish
 
-    _, changed = pipeline.publish(store, config)
+    _, changed = publish.publish(store, config)
     print(f"{len(changed)} output files changed in {config.settings.output_dir}")
     return EXIT_OK
 

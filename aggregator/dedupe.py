@@ -23,16 +23,26 @@ import hashlib
 import html
 import re
 import unicodedata
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from datetime import datetime
 from urllib.parse import urlsplit
 
-from aggregator.model import ParsedEntry
+from aggregator.model import Item, ParsedEntry
 from aggregator.urls import canonical_url, is_homepage
 
 __all__ = [
+    "KEY_SCHEME",
     "SHINGLE_SIZE",
+    "Candidate",
+    "StoredStory",
+    "StoryChange",
     "content_hash",
+    "edit",
     "entry_key",
+    "lookup_link",
+    "match",
+    "merge",
     "index_keys",
     "is_same_story",
     "normalize_text",
@@ -42,6 +52,9 @@ __all__ = [
     "words",
 ]
 
+#: names the scheme of `index_keys`: the store keeps the scheme its keys were made with and
+#: re-indexes every stored item when this changes, so change it with `index_keys`
+KEY_SCHEME = "2"
 #: words per shingle: long enough that unrelated texts share almost none, short enough that
 #: one changed word spoils only a few
 SHINGLE_SIZE = 5
@@ -340,3 +353,91 @@ def _digest(data: bytes, size: int = 8) -> bytes:
 
 def _signed64(digest: bytes) -> int:
     return int.from_bytes(digest, "little", signed=True)
+
+
+# --- decisions the store applies -----------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Candidate:
+    """A stored story a new item may be a copy of, as the store found it."""
+
+    id: str
+    title: str = ""
+    text: str = ""
+    #: found by the item's `lookup_link`: the same article, whatever the texts say
+    same_link: bool = False
+
+
+@dataclass(frozen=True)
+class StoredStory:
+    """What `merge` and `edit` need to know of a stored story."""
+
+    id: str
+    published: datetime
+    updated: datetime
+    #: the outlet whose copy is published (the first seen, or the earliest in its round)
+    lead_feed_url: str
+    #: the poll round in which the story was first stored (see pipeline.Poller)
+    first_round: str | None
+
+
+@dataclass(frozen=True)
+class StoryChange:
+    """What a copy or an edit changes in a stored story; nothing when every field is None."""
+
+    #: the story's text, title and links become this item's (a new lead or the lead's edit)
+    text_from: Item | None = None
+    #: the outlet that now leads, when it changes
+    lead_feed_url: str | None = None
+    published: datetime | None = None
+    updated: datetime | None = None
+
+
+def lookup_link(item: Item) -> str | None:
+    """The link under which a stored copy of the same article is looked up, if it has one
+    that names an article (a home page names every story of its site)."""
+    if item.canonical_link and not is_homepage(item.canonical_link):
+        return item.canonical_link
+    return None
+
+
+def match(item: Item, candidates: Iterable[Candidate]) -> str | None:
+    """The id of the first candidate that is `item`'s story, or None. Candidates are read
+    only as far as needed (the store gives them lazily, the cheapest first)."""
+    for candidate in candidates:
+        if candidate.same_link or is_same_story(
+            item.title, item.text, candidate.title, candidate.text
+        ):
+            return candidate.id
+    return None
+
+
+def merge(story: StoredStory, copy: Item, round_id: str) -> StoryChange:
+    """A further copy of a stored story. The story's published date becomes the earliest.
+    A copy from the round that first stored the story takes the lead when it was published
+    earlier (ties: by feed URL): within a round, which copy is "first seen" depends on which
+    server answered faster, and the same round must give the same story in any order."""
+    if story.first_round == round_id and (copy.published, copy.feed_url) < (
+        story.published,
+        story.lead_feed_url,
+    ):
+        return StoryChange(
+            text_from=copy,
+            lead_feed_url=copy.feed_url,
+            published=copy.published,
+            updated=copy.updated,
+        )
+    if copy.published < story.published:
+        return StoryChange(published=copy.published)
+    return StoryChange()
+
+
+def edit(story: StoredStory, item: Item, now: datetime) -> StoryChange:
+    """An entry already stored came back with another content hash. Only the lead outlet's
+    edits change the published story, so two outlets' versions never take turns. Feeds
+    often edit without moving their own date; then the edit's time is now."""
+    if item.feed_url != story.lead_feed_url:
+        return StoryChange()
+    updated = item.updated if item.updated > story.updated else max(now, story.updated)
+    return StoryChange(text_from=item, updated=updated)

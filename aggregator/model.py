@@ -175,6 +175,9 @@ class FeedState:
     retry_after: datetime | None = None
     #: 410 seen: not polled until the config changes or forced
     gone: bool = False
+    #: with `gone`: the feed's config fingerprint then (update.feed_fingerprint); an edit
+    #: of its entry in feeds.yaml changes it, and the feed is tried again
+    gone_fingerprint: str | None = None
     #: consecutive failures, for backoff
     failures: int = 0
     #: target of a permanent redirect, shown in `status`
@@ -311,6 +314,13 @@ class PollResult:
     warning: str | None = None
     #: True when a body came back identical to the last one and was not parsed
     unchanged: bool = False
+    #: the feed's state after the poll, as stored (None when skipped)
+    state: FeedState | None = None
+
+    @property
+    def changed_items(self) -> bool:
+        """Whether the poll stored new, edited or merged items (its topics may change)."""
+        return bool(self.new or self.updated or self.merged)
 
 
 # --- store → render ----------------------------------------------------------------

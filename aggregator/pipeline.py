@@ -1,17 +1,17 @@
-"""The pipeline: polling one feed, a round over every feed, and publishing the topics.
+"""The pipeline's one route: polling feeds, for `poll --once` and the daemon alike.
 
-    FeedSource + FeedState ─ should_skip? (gone, Retry-After) ─► PollResult(skipped)
-      ─► fetch.Fetcher.fetch ─► NotModified ─────────────────► store validators
-                              ─► Fetched ─ same body hash? ──► store validators
-      ─► parse.parse_feed ─► ParsedFeed
-      ─► dedupe.entry_key + raw hash: entries unchanged since last time are not cleaned
-      ─► clean.clean_entry ─► Item
-      ─► store.save_poll: dedupe against stored stories, one transaction per feed
-    publish(): per topic store.newest_items ─► render.* ─► publish.write_outputs
+    Poller.poll(source, state)
+      ─ update.skip_reason? (gone, Retry-After) ────────────────► PollResult(skipped)
+      ─ fetch.Fetcher.fetch ─► NotModified ─────────────────────┐
+                            ─► Fetched ─ same body hash? ───────┤
+      ─ ingest.process_body in a parse worker (parse → identify → clean) ─► items
+      ─ update.decide(source, state, outcome) ─► FeedUpdate ────┴► Store.save(update,
+        items): the feed's state and its items, deduplicated (dedupe.match/merge/edit),
+        in one transaction on the store's thread
 
-Only fetching runs concurrently; parsing and cleaning run in an executor (CPU work off
-the event loop); the store is written from the caller's thread. The CLI's `poll --once`
-and the daemon call the same functions.
+Fetching runs concurrently on the event loop; parsing and cleaning run in worker
+processes (ParsePool); the store runs on a thread of its own (store.StoreThread). Nothing
+of it blocks the loop. Publishing what was stored is publish.py's.
 """
 
 from __future__ import annotations
@@ -21,25 +21,18 @@ import hashlib
 import logging
 import multiprocessing
 import os
+import random
 import time
-from collections.abc import Callable, Collection, Coroutine, Mapping, Sequence
+import uuid
+from collections.abc import Callable, Coroutine, Sequence
 from concurrent.futures import Executor, Future
 from concurrent.futures.process import BrokenProcessPool
-from dataclasses import replace
-from datetime import datetime, timedelta
+from datetime import datetime
 from typing import TYPE_CHECKING, Any, TypeVar
 
-from aggregator import render, topics
-from aggregator.errors import (
-    FeedError,
-    Gone,
-    HTTPStatusError,
-    ParseError,
-    ParseTimeout,
-    RetryLater,
-    StoreError,
-)
-from aggregator.fetch import Fetcher, cache_max_age
+from aggregator import update
+from aggregator.errors import FeedError, ParseError, ParseTimeout, StoreError
+from aggregator.fetch import Fetcher
 from aggregator.ingest import process_body
 from aggregator.model import (
     Config,
@@ -48,33 +41,25 @@ from aggregator.model import (
     Fetched,
     FetchLimits,
     PollResult,
-    PublishedItem,
-    SourceRef,
-    Topic,
+    Settings,
 )
-from aggregator.publish import write_outputs
+from aggregator.publish import index_and_publish
 from aggregator.store import Store, StoreThread
 from aggregator.text import single_line
-from aggregator.timeutil import to_iso, utcnow
+from aggregator.timeutil import utcnow
+from aggregator.urls import redact_text
 
 if TYPE_CHECKING:
     import pebble
-from aggregator.urls import redact_text
 
 log = logging.getLogger("aggregator")
 
-#: a feed's last error as stored and shown is at most this long
-MAX_ERROR_CHARS = 500
-#: failures back off exponentially up to this
-MAX_BACKOFF = timedelta(hours=24)
-#: a feed's own hint (RSS ttl, Cache-Control max-age) may lengthen its interval up to this
-MAX_HINT = timedelta(hours=24)
-
-
-# --- pure decisions ---------------------------------------------------------------------
-
-
 T = TypeVar("T")
+
+#: polls overlapping in time share a round for at most this long (see Poller)
+ROUND_SECONDS = 60.0
+#: closing the database waits this long for a call stuck on another process's lock
+CLOSE_SECONDS = 5.0
 
 
 def run_loop(main: Coroutine[Any, Any, T]) -> T:
@@ -89,237 +74,236 @@ def run_loop(main: Coroutine[Any, Any, T]) -> T:
         return runner.run(main)
 
 
-def feed_fingerprint(source: FeedSource) -> str:
-    """Changes when the user edits the feed's entry in feeds.yaml: a gone feed is retried."""
-    text = "\n".join([source.url, source.name or "", ",".join(source.tags), str(source.interval)])
-    return hashlib.blake2b(text.encode(), digest_size=8).hexdigest()
-
-
-def still_gone(source: FeedSource, state: FeedState, gone_fingerprint: str | None) -> bool:
-    """Whether a feed found gone (410) stays so: its entry in feeds.yaml was not edited
-    since. The one place this rule lives (the round and the daemon's schedule ask it)."""
-    return state.gone and gone_fingerprint == feed_fingerprint(source)
-
-
-def should_skip(state: FeedState, now: datetime, force: bool) -> str | None:
-    """Why this feed must not be fetched now, or None."""
-    if force:
-        return None
-    if state.gone:
-        return "skipped: gone (HTTP 410); edit its entry in the config or use --force"
-    if state.retry_after is not None and state.retry_after > now:
-        return f"skipped: server asked to wait until {to_iso(state.retry_after)}"
-    return None
-
-
-def next_due(interval: timedelta, now: datetime, failures: int) -> datetime:
-    """When to poll again: the interval, doubled per consecutive failure, capped."""
-    if failures <= 0:
-        return now + interval
-    backoff: timedelta = interval * (2 ** min(failures, 16))
-    cap: timedelta = max(MAX_BACKOFF, interval)
-    return now + min(backoff, cap)
-
-
-def effective_interval(configured: timedelta, hint_seconds: int | None) -> timedelta:
-    """The feed's hint can lengthen the configured interval, never shorten it."""
-    if not hint_seconds:
-        return configured
-    return max(configured, min(timedelta(seconds=hint_seconds), MAX_HINT))
-
-
-def poll_hint(headers: Mapping[str, str], ttl_minutes: int | None) -> int | None:
-    """Seconds the feed itself asks us to wait between polls, if it says."""
-    hints = [h for h in (cache_max_age(headers), ttl_minutes and ttl_minutes * 60) if h]
-    return max(hints) if hints else None
-
-
 # --- polling ----------------------------------------------------------------------------
 
 
-async def poll_feed(
-    source: FeedSource,
-    db: StoreThread,
-    fetcher: Fetcher,
+class Poller:
+    """Fetches, parses and stores feeds: the one route of `poll --once` and the daemon.
+
+    Owns the store's thread, the fetcher and the parse workers. A round (the poll's
+    `round_id`, which dedupe.merge asks) is an explicit value: `poll_round` gives one to
+    all its feeds; the daemon's polls that overlap in time (every feed at start, a burst)
+    share one, for at most ROUND_SECONDS. At most `max_connections` feeds are between
+    "fetch started" and "stored" at once, which bounds the bodies held in memory when
+    fetching outpaces parsing.
+
+        async with await Poller.open(settings) as poller:
+            results = await poller.poll_round(config.feeds)
+    """
+
+    def __init__(
+        self,
+        db: StoreThread,
+        settings: Settings,
+        *,
+        limits: FetchLimits | None = None,
+        parsers: Executor | None = None,
+        rng: random.Random | None = None,
+    ) -> None:
+        self.db = db
+        self.settings = settings
+        self.limits = limits or settings.fetch_limits()
+        self.parsers: Executor = parsers if parsers is not None else ParsePool()
+        self.configure(settings)
+        self._fetcher: Fetcher | None = None
+        self._fetcher_lock = asyncio.Lock()
+        self._in_progress = asyncio.Semaphore(self.limits.max_connections)
+        self._rng = rng or random.Random()
+        self._round = ""
+        self._round_started = 0.0
+        self._polling = 0
+
+    @classmethod
+    async def open(cls, settings: Settings, **options: Any) -> Poller:
+        """A poller on the database of `settings` (opened, and migrated if need be)."""
+        return cls(await StoreThread.open(settings.database), settings, **options)
+
+    def configure(self, settings: Settings) -> None:
+        """Apply reloaded settings (retention, parse deadline; fetch limits need a restart)."""
+        self.settings = settings
+        if isinstance(self.parsers, ParsePool):
+            self.parsers.timeout = settings.parse_timeout.total_seconds()
+
+    async def close(self, *, cancel: bool = False, timeout: float = CLOSE_SECONDS) -> None:
+        """Stop the parse workers (`cancel`: those still busy are killed, not waited for),
+        the fetcher and the store's thread."""
+        await asyncio.to_thread(self.parsers.shutdown, True, cancel_futures=cancel)
+        if self._fetcher is not None:
+            fetcher, self._fetcher = self._fetcher, None
+            await fetcher.__aexit__(None, None, None)
+        await self.db.close(timeout=timeout)
+
+    async def __aenter__(self) -> Poller:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+    async def poll_round(
+        self,
+        sources: Sequence[FeedSource],
+        *,
+        force: bool = False,
+        on_result: Callable[[FeedSource, PollResult], None] | None = None,
+    ) -> list[PollResult]:
+        """Poll `sources` concurrently as one round; results in their order."""
+        states = await self.db.run(Store.feed_states)  # one query, not one per feed
+        round_id = _new_round_id()
+
+        async def one(source: FeedSource) -> PollResult:
+            state = states.get(source.url)
+            result = await self.poll(source, state, force=force, round_id=round_id)
+            if on_result is not None:
+                on_result(source, result)
+            return result
+
+        return list(await asyncio.gather(*(one(source) for source in sources)))
+
+    async def poll(
+        self,
+        source: FeedSource,
+        state: FeedState | None = None,
+        *,
+        force: bool = False,
+        round_id: str | None = None,
+    ) -> PollResult:
+        """Poll one feed and store what it brings. Never raises for a feed's own fault; a
+        StoreError (the database cannot be written) propagates, nothing of the poll stored.
+        `state` is the feed's stored state when the caller has it."""
+        if state is None:
+            state = await self.db.run(Store.feed_state, source.url)
+        if round_id is None:
+            round_id = self._current_round()
+        self._polling += 1
+        try:
+            async with self._in_progress:
+                return await self._poll(source, state, force, round_id)
+        finally:
+            self._polling -= 1
+
+    def _current_round(self) -> str:
+        """The round of a poll the daemon starts: the one under way while other polls are
+        in flight (and it is young), else a new one."""
+        now = time.monotonic()
+        if not self._round or not self._polling or now - self._round_started > ROUND_SECONDS:
+            self._round, self._round_started = _new_round_id(), now
+        return self._round
+
+    async def _poll(
+        self, source: FeedSource, state: FeedState, force: bool, round_id: str
+    ) -> PollResult:
+        started = time.monotonic()
+        now = utcnow()
+        skip = update.skip_reason(source, state, now, force)
+        if skip is not None:
+            return PollResult(url=source.url, skipped=skip, status=state.last_status, state=state)
+        try:
+            outcome, items = await self._fetch_and_parse(source, state, now)
+        except StoreError:
+            raise
+        except Exception as error:
+            outcome, items = _internal_error(source, error), ()
+        feed_update = update.decide(source, state, outcome, now, self._rng.uniform(-1, 1))
+        assert feed_update is not None
+        try:
+            saved = await self.db.run(Store.save, feed_update, items, now=now, round_id=round_id)
+        except StoreError:
+            raise
+        except Exception as error:  # a bug met on this feed's items: the feed fails
+            outcome, items = _internal_error(source, error), ()
+            feed_update = update.decide(source, state, outcome, now)
+            assert feed_update is not None
+            saved = await self.db.run(Store.save, feed_update, now=now, round_id=round_id)
+        new_state = feed_update.state
+        response = getattr(outcome, "response", None)
+        parsed = getattr(outcome, "parsed", None)
+        return PollResult(
+            url=source.url,
+            status=new_state.last_status,
+            new=saved.new,
+            updated=saved.updated,
+            merged=saved.merged,
+            error=outcome.error if isinstance(outcome, update.Failed) else None,
+            moved_to=response.moved_to if response is not None else None,
+            duration=time.monotonic() - started,
+            warning=parsed.warning if parsed is not None else None,
+            unchanged=isinstance(response, Fetched) and parsed is None,
+            state=new_state,
+        )
+
+    async def _started_fetcher(self) -> Fetcher:
+        """The fetcher, started with the first poll (a daemon with no feeds has none)."""
+        async with self._fetcher_lock:
+            if self._fetcher is None:
+                fetcher = Fetcher(self.limits)
+                await fetcher.__aenter__()
+                self._fetcher = fetcher
+            return self._fetcher
+
+    async def _fetch_and_parse(
+        self, source: FeedSource, state: FeedState, now: datetime
+    ) -> tuple[update.Outcome, tuple[Any, ...]]:
+        fetcher = await self._started_fetcher()
+        try:
+            credentials = source.auth.credentials() if source.auth else None
+            response = await fetcher.fetch(state, now, credentials)
+        except FeedError as error:
+            return update.Failed(error), ()
+        if not isinstance(response, Fetched):
+            return update.Answered(response), ()
+        body_hash = hashlib.sha256(response.body).hexdigest()
+        if body_hash == state.body_hash:
+            return update.Answered(response, body_hash), ()
+        known = await self.db.run(Store.known_entries, source.url)
+        retention = self.settings.retention
+        try:
+            processed = await run_parse(
+                source.url,
+                self.parsers,
+                process_body,
+                response,
+                source.url,
+                known.raw_hashes,
+                now,
+                now - retention,
+                known.chunks,
+            )
+        except FeedError as error:
+            return update.Failed(error, response), ()
+        answered = update.Answered(response, body_hash, processed.feed, processed.entry_chunks)
+        return answered, processed.items
+
+
+def _new_round_id() -> str:
+    return uuid.uuid4().hex
+
+
+def _internal_error(source: FeedSource, error: Exception) -> update.Failed:
+    """A bug met on this feed's input: this feed's failure (recorded, backed off, shown by
+    status), never the round's or the daemon's."""
+    log.exception("%s: internal error while polling", redact_text(source.url), exc_info=error)
+    return update.Failed(
+        FeedError(source.url, f"internal error ({type(error).__name__}); see the log")
+    )
+
+
+async def poll_and_publish(
+    config: Config,
     *,
-    retention: timedelta,
     force: bool = False,
-    executor: Executor | None = None,
-    now: datetime | None = None,
-    stored: tuple[FeedState, str | None] | None = None,
-) -> PollResult:
-    """Poll one feed and store what it brings. Never raises for a feed's own fault; a
-    StoreError (the database cannot be written) propagates, nothing of the poll stored.
-
-    `stored` is the feed's state and gone fingerprint when the caller read them already
-    (a round reads every feed's in one call), else they are read here."""
-    started = time.monotonic()
-    now = now or utcnow()
-    fingerprint = feed_fingerprint(source)
-    if stored is None:
-        stored = await db.run(_state_and_gone_fingerprint, source.url)
-    state, gone_fingerprint = stored
-    if state.gone and not still_gone(source, state, gone_fingerprint):
-        state = replace(state, gone=False)
-    skip = should_skip(state, now, force)
-    if skip is not None:
-        return PollResult(url=source.url, skipped=skip, status=state.last_status)
-
+    on_result: Callable[[FeedSource, PollResult], None] | None = None,
+) -> tuple[list[PollResult], int, list[str]]:
+    """`poll --once`: one round over every feed, then prune and publish. Returns the
+    results, the number of items pruned and the output files that changed."""
+    settings = config.settings
+    poller = await Poller.open(settings)
     try:
-        return await _fetch_and_store(
-            source, db, fetcher, state, now, started, fingerprint, retention, executor
-        )
-    except StoreError:
-        raise
-    except Exception as error:
-        # A bug met on this feed's input: this feed's failure (recorded, backed off, shown
-        # by status), never the round's or the daemon's.
-        log.exception("%s: internal error while polling", redact_text(source.url))
-        failure = FeedError(source.url, f"internal error ({type(error).__name__}); see the log")
-        return await _record_failure(db, source, state, failure, now, started, fingerprint)
-
-
-async def _fetch_and_store(
-    source: FeedSource,
-    db: StoreThread,
-    fetcher: Fetcher,
-    state: FeedState,
-    now: datetime,
-    started: float,
-    fingerprint: str,
-    retention: timedelta,
-    executor: Executor | None,
-) -> PollResult:
-    try:
-        credentials = source.auth.credentials() if source.auth else None
-        response = await fetcher.fetch(state, now, credentials)
-    except FeedError as error:
-        return await _record_failure(db, source, state, error, now, started, fingerprint)
-
-    moved_to = response.moved_to or state.moved_to
-    hint = poll_hint(response.headers, None) or state.hint_seconds
-    # What a parse failure is recorded against: the move is real, but the validators
-    # stay those of the last body we could read, so the next poll fetches the body again
-    # rather than taking a 304 (or the same bytes) as confirming a result that failed.
-    unparsed = replace(state, fetch_url=response.moved_to or state.fetch_url, moved_to=moved_to)
-    state = replace(
-        state,
-        fetch_url=response.moved_to or state.fetch_url,
-        moved_to=moved_to,
-        etag=response.etag or state.etag,
-        last_modified=response.last_modified or state.last_modified,
-        last_fetched=now,
-        last_status=response.status,
-        last_error=None,
-        failures=0,
-        gone=False,
-        retry_after=None,
-        hint_seconds=hint,
-        next_due=next_due(effective_interval(source.interval, hint), now, 0),
-    )
-    if not isinstance(response, Fetched):
-        await db.run(Store.save_state, state)
-        return _result(source, state, started, moved_to=response.moved_to)
-
-    body_hash = hashlib.sha256(response.body).hexdigest()
-    if body_hash == state.body_hash:
-        await db.run(Store.save_state, state)
-        return _result(source, state, started, moved_to=response.moved_to, unchanged=True)
-
-    known, known_chunks = await db.run(_known_entries, source.url)
-    try:
-        processed = await run_parse(
-            source.url,
-            executor,
-            process_body,
-            response,
-            source.url,
-            known,
-            now,
-            now - retention,
-            known_chunks,
-        )
-    except FeedError as error:
-        return await _record_failure(db, source, unparsed, error, now, started, fingerprint)
-
-    feed = processed.feed
-    hint = poll_hint(response.headers, feed.ttl_minutes)
-    state = replace(
-        state,
-        body_hash=body_hash,
-        title=single_line(feed.title) or state.title,
-        site_url=feed.site_url or state.site_url,
-        hint_seconds=hint,
-        next_due=next_due(effective_interval(source.interval, hint), now, 0),
-    )
-    outcome = await db.run(
-        Store.save_poll, state, processed.items, now, entry_chunks=processed.entry_chunks
-    )
-    return _result(
-        source,
-        state,
-        started,
-        moved_to=response.moved_to,
-        new=outcome.new,
-        updated=outcome.updated,
-        merged=outcome.merged,
-        warning=feed.warning,
-    )
-
-
-def _state_and_gone_fingerprint(store: Store, url: str) -> tuple[FeedState, str | None]:
-    return store.feed_state(url), store.gone_fingerprint(url)
-
-
-def states_and_gone_fingerprints(store: Store) -> tuple[dict[str, FeedState], dict[str, str]]:
-    """Every feed's stored state, and the config fingerprints of the gone ones."""
-    return store.feed_states(), store.gone_fingerprints()
-
-
-def _known_entries(store: Store, url: str) -> tuple[dict[str, str | None], dict[str, str]]:
-    return store.known_raw_hashes(url), store.known_entry_chunks(url)
-
-
-def _result(source: FeedSource, state: FeedState, started: float, **fields: object) -> PollResult:
-    return PollResult(
-        url=source.url,
-        status=state.last_status,
-        duration=time.monotonic() - started,
-        **fields,  # type: ignore[arg-type]
-    )
-
-
-async def _record_failure(
-    db: StoreThread,
-    source: FeedSource,
-    state: FeedState,
-    error: FeedError,
-    now: datetime,
-    started: float,
-    fingerprint: str,
-) -> PollResult:
-    failures = state.failures + 1
-    state = replace(
-        state,
-        last_fetched=now,
-        last_status=error.status if isinstance(error, HTTPStatusError) else None,
-        # stored as shown: a credential quoted in a message never reaches the database
-        # one line of bounded length: a server's reason phrase is part of some messages
-        last_error=single_line(redact_text(error.message))[:MAX_ERROR_CHARS],
-        failures=failures,
-        gone=isinstance(error, Gone),
-        retry_after=error.retry_after if isinstance(error, RetryLater) else None,
-        next_due=next_due(source.interval, now, failures),
-    )
-    if isinstance(error, RetryLater) and error.retry_after and state.next_due:
-        state = replace(state, next_due=max(state.next_due, error.retry_after))
-    await db.run(Store.save_state, state, fingerprint if state.gone else None)
-    return PollResult(
-        url=source.url,
-        status=state.last_status,
-        error=error,
-        duration=time.monotonic() - started,
-    )
+        results = await poller.poll_round(config.feeds, force=force, on_result=on_result)
+        pruned = await poller.db.run(Store.prune, utcnow() - settings.retention)
+        _, changed = await poller.db.run(index_and_publish, config)
+    finally:
+        await poller.close()
+    return results, pruned, changed
 
 
 #: added to the parse workers' niceness (0 = same priority as the main process, 19 = lowest)
@@ -432,86 +416,6 @@ async def run_parse(url: str, executor: Executor | None, fn: Callable[..., T], *
     return await asyncio.get_running_loop().run_in_executor(executor, fn, *args)
 
 
-async def poll_round(
-    config: Config,
-    db: StoreThread,
-    *,
-    force: bool = False,
-    limits: FetchLimits | None = None,
-    executor: Executor | None = None,
-    feeds: Sequence[FeedSource] | None = None,
-    on_result: Callable[[FeedSource, PollResult], None] | None = None,
-) -> list[PollResult]:
-    """Poll `feeds` (default: every configured feed) concurrently; results in config order.
-
-    Without an `executor`, bodies are parsed in a ParsePool of one process per core, each
-    for at most `parse_timeout`; a plain Executor passed in gives them no deadline."""
-    sources = list(config.feeds if feeds is None else feeds)
-    if executor is None:
-        with ParsePool(timeout=config.settings.parse_timeout.total_seconds()) as pool:
-            return await poll_round(
-                config,
-                db,
-                force=force,
-                limits=limits,
-                executor=pool,
-                feeds=sources,
-                on_result=on_result,
-            )
-
-    # One time for the round: copies of a story fetched in it count as seen together.
-    now = utcnow()
-    limits = limits or config.settings.fetch_limits()
-    # Feeds between "fetch started" and "stored": bounds the bodies held in memory (and
-    # queued for the parser) when fetching outpaces parsing, as it does on a fast network.
-    in_progress = asyncio.Semaphore(limits.max_connections)
-
-    # every feed's state in one call, not one per feed: a round of 304s is mostly this
-    states, gone_fingerprints = await db.run(states_and_gone_fingerprints)
-
-    async def one(source: FeedSource, fetcher: Fetcher) -> PollResult:
-        state = states.get(source.url) or FeedState(url=source.url, fetch_url=source.url)
-        async with in_progress:
-            result = await poll_feed(
-                source,
-                db,
-                fetcher,
-                retention=config.settings.retention,
-                force=force,
-                executor=executor,
-                now=now,
-                stored=(state, gone_fingerprints.get(source.url)),
-            )
-        if on_result is not None:
-            on_result(source, result)
-        return result
-
-    async with Fetcher(limits) as fetcher:
-        return list(await asyncio.gather(*(one(source, fetcher) for source in sources)))
-
-
-async def poll_and_publish(
-    config: Config,
-    *,
-    force: bool = False,
-    on_result: Callable[[FeedSource, PollResult], None] | None = None,
-) -> tuple[list[PollResult], int, list[str]]:
-    """`poll --once`: one round over every feed, then prune and publish. Returns the
-    results, the number of items pruned and the output files that changed."""
-    db = await StoreThread.open(config.settings.database)
-    try:
-        results = await poll_round(config, db, force=force, on_result=on_result)
-        pruned = await db.run(Store.prune, utcnow() - config.settings.retention)
-        _, changed = await db.run(index_and_publish, config)
-    finally:
-        await db.close(timeout=CLOSE_SECONDS)
-    return results, pruned, changed
-
-
-#: closing the database waits this long for a call stuck on another process's lock
-CLOSE_SECONDS = 5.0
-
-
 def describe(source: FeedSource, result: PollResult) -> str:
     """One log line per feed: readable in a terminal and in journald. Credentials in the
     feed's URL, a redirect's or an error message are shown as "***"; control characters
@@ -544,93 +448,3 @@ def _describe(source: FeedSource, result: PollResult) -> str:
     if result.warning:
         line += f"; warning: {result.warning}"
     return line
-
-
-# --- publishing -------------------------------------------------------------------------
-
-
-def display_names(config: Config, states: Mapping[str, FeedState]) -> dict[str, str]:
-    """Feed URL → the name users see: the config's name, else the feed's title, else URL."""
-    names = {}
-    for source in config.feeds:
-        state = states.get(source.url)
-        names[source.url] = source.name or (state.title if state else None) or source.url
-    return names
-
-
-def topic_items(
-    config: Config, store: Store, topic: Topic, names: dict[str, str]
-) -> list[PublishedItem]:
-    selected = [s.url for s in config.feeds if topics.selects_feed(topic, s)]
-    matcher = topics.TopicMatcher(topic)
-
-    def accept(item: PublishedItem, text: str) -> bool:
-        return matcher.matches([item.title, item.summary_html, text, *item.categories])
-
-    items = store.newest_items(selected, config.settings.max_items, accept, names)
-    for term in matcher.slow_terms:
-        log.warning(
-            "topic %s: the term %s took longer than %g s to search some items, which it"
-            " did not match; simplify it",
-            topic.slug,
-            term,
-            topics.SEARCH_TIMEOUT,
-        )
-    return items
-
-
-def render_outputs(
-    config: Config, store: Store, only: Collection[str] | None = None
-) -> dict[str, bytes]:
-    """Published file name → bytes, for every topic or the slugs in `only`; the index and
-    OPML always. Same database, same bytes."""
-    base_url = config.settings.base_url
-    states = store.feed_states()
-    names = display_names(config, states)
-    outputs: dict[str, bytes] = {}
-    for topic in config.topics:
-        if only is not None and topic.slug not in only:
-            continue
-        items = topic_items(config, store, topic, names)
-        outputs.update(render.render_topic(topic, items, base_url))
-    outputs["index.html"] = render.render_index(config.topics, base_url)
-    sources = []
-    for source in config.feeds:
-        state = states.get(source.url)
-        site = state.site_url if state and state.site_url else source.url
-        sources.append(SourceRef(title=names[source.url], url=site, feed_url=source.url))
-    outputs["feeds.opml"] = render.render_opml("aggregator sources", sources)
-    return outputs
-
-
-def output_names(config: Config) -> list[str]:
-    """Every file name the config publishes."""
-    return render.output_names(config.topics)
-
-
-def topics_of_feed(config: Config, feed_url: str) -> set[str]:
-    """Slugs of the topics that select this feed: the ones a poll of it can change."""
-    return {
-        topic.slug
-        for topic in config.topics
-        for source in config.feeds
-        if source.url == feed_url and topics.selects_feed(topic, source)
-    }
-
-
-def index_and_publish(
-    store: Store, config: Config, only: Collection[str] | None = None
-) -> tuple[dict[str, bytes], list[str]]:
-    """After a round or a burst of polls: the new items join the search index in one
-    batch, then `publish`."""
-    store.index_for_search()
-    return publish(store, config, only)
-
-
-def publish(
-    store: Store, config: Config, only: Collection[str] | None = None
-) -> tuple[dict[str, bytes], list[str]]:
-    """Render outputs (every topic, or those in `only`) and write the ones whose bytes
-    changed; returns what was rendered and the names written."""
-    outputs = render_outputs(config, store, only)
-    return outputs, write_outputs(config.settings.output_dir, outputs)

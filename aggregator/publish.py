@@ -1,4 +1,7 @@
-"""Published files: atomic replacement, written only when their bytes change; serving them."""
+"""What is published: the topics rendered from the store, written as files (atomic
+replacement, only when their bytes change) and served (OutputCache, make_app).
+
+The formats themselves are one table, render.TOPIC_FORMATS."""
 
 from __future__ import annotations
 
@@ -6,21 +9,120 @@ import contextlib
 import errno
 import gzip
 import hashlib
+import logging
 import os
 import tempfile
 import time
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Collection, Iterable, Mapping
 from dataclasses import dataclass
 from datetime import UTC
 from email.utils import formatdate, parsedate_to_datetime
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from aggregator import render, topics
 from aggregator.errors import PublishError
+from aggregator.model import Config, FeedState, PublishedItem, SourceRef, Topic
 from aggregator.render import media_type
+from aggregator.store import Store
 
 if TYPE_CHECKING:
     from starlette.types import ASGIApp, Receive, Scope, Send
+
+log = logging.getLogger("aggregator")
+
+
+# --- what is published: the topics rendered from the store ------------------------------
+
+
+def display_names(config: Config, states: Mapping[str, FeedState]) -> dict[str, str]:
+    """Feed URL → the name users see: the config's name, else the feed's title, else URL."""
+    names = {}
+    for source in config.feeds:
+        state = states.get(source.url)
+        names[source.url] = source.name or (state.title if state else None) or source.url
+    return names
+
+
+def topic_items(
+    config: Config, store: Store, topic: Topic, names: dict[str, str]
+) -> list[PublishedItem]:
+    selected = [s.url for s in config.feeds if topics.selects_feed(topic, s)]
+    matcher = topics.TopicMatcher(topic)
+
+    def accept(item: PublishedItem, text: str) -> bool:
+        return matcher.matches([item.title, item.summary_html, text, *item.categories])
+
+    items = store.newest_items(selected, config.settings.max_items, accept, names)
+    for term in matcher.slow_terms:
+        log.warning(
+            "topic %s: the term %s took longer than %g s to search some items, which it"
+            " did not match; simplify it",
+            topic.slug,
+            term,
+            topics.SEARCH_TIMEOUT,
+        )
+    return items
+
+
+def render_outputs(
+    config: Config, store: Store, only: Collection[str] | None = None
+) -> dict[str, bytes]:
+    """Published file name → bytes, for every topic or the slugs in `only`; the index and
+    OPML always. Same database, same bytes."""
+    base_url = config.settings.base_url
+    states = store.feed_states()
+    names = display_names(config, states)
+    outputs: dict[str, bytes] = {}
+    for topic in config.topics:
+        if only is not None and topic.slug not in only:
+            continue
+        items = topic_items(config, store, topic, names)
+        outputs.update(render.render_topic(topic, items, base_url))
+    outputs["index.html"] = render.render_index(config.topics, base_url)
+    sources = []
+    for source in config.feeds:
+        state = states.get(source.url)
+        site = state.site_url if state and state.site_url else source.url
+        sources.append(SourceRef(title=names[source.url], url=site, feed_url=source.url))
+    outputs["feeds.opml"] = render.render_opml("aggregator sources", sources)
+    return outputs
+
+
+def output_names(config: Config) -> list[str]:
+    """Every file name the config publishes."""
+    return render.output_names(config.topics)
+
+
+def topics_of_feed(config: Config, feed_url: str) -> set[str]:
+    """Slugs of the topics that select this feed: the ones a poll of it can change."""
+    return {
+        topic.slug
+        for topic in config.topics
+        for source in config.feeds
+        if source.url == feed_url and topics.selects_feed(topic, source)
+    }
+
+
+def index_and_publish(
+    store: Store, config: Config, only: Collection[str] | None = None
+) -> tuple[dict[str, bytes], list[str]]:
+    """After a round or a burst of polls: the new items join the search index in one
+    batch, then `publish`."""
+    store.index_for_search()
+    return publish(store, config, only)
+
+
+def publish(
+    store: Store, config: Config, only: Collection[str] | None = None
+) -> tuple[dict[str, bytes], list[str]]:
+    """Render outputs (every topic, or those in `only`) and write the ones whose bytes
+    changed; returns what was rendered and the names written."""
+    outputs = render_outputs(config, store, only)
+    return outputs, write_outputs(config.settings.output_dir, outputs)
+
+
+# --- writing them -------------------------------------------------------------------------
 
 
 def write_outputs(output_dir: Path, outputs: Mapping[str, bytes]) -> list[str]:

@@ -1,13 +1,30 @@
 """The SQLite store: feeds' fetch state, items, their copies, search. The only sqlite_utils user.
 
-Tables:
-  feeds      one row per configured feed URL: validators, schedule, last result
-  items      one row per story, however many feeds carried it; `id` is its published id
-  entries    one row per (feed, entry): which item it became, its content hash
-  item_keys  near-duplicate index: sampled shingle hashes → item (see dedupe.index_keys)
-  items_fts  FTS5 over items(title, text); new items are added in batches (index_for_search)
+The current schema, in one place (the migrations below build it; tests/test_store.py
+checks this list against the database):
 
-Every poll's results for one feed are written in one IMMEDIATE transaction, so a crash
+  feeds(url, fetch_url, title, site_url, etag, last_modified, body_hash, last_fetched,
+        last_status, last_error, next_due, retry_after, gone, gone_fingerprint, failures,
+        moved_to, hint_seconds, entry_chunks)
+      one row per configured feed URL: validators, schedule, last result (FeedState)
+  items(id, link, canonical_link, title, content_html, summary_html, excerpt, text, author,
+        categories, published, updated, first_seen, content_hash, first_feed_url,
+        fts_indexed, first_round)
+      one row per story, however many feeds carried it; `id` is its published id;
+      `first_feed_url` is the outlet that leads (dedupe.merge)
+  entries(feed_url, entry_key, item_id, link, canonical_link, content_hash, raw_hash, seen_at)
+      one row per (feed, entry): which item it became, its content hash
+  item_keys(key, item_id)
+      near-duplicate index: dedupe.index_keys → item
+  meta(name, value)
+      the dedupe key scheme the item_keys were made with (dedupe.KEY_SCHEME)
+  items_fts(title, text)
+      FTS5 over items; new items are added in batches (index_for_search)
+
+Sections: opening and migrating; a feed's state; items, where dedupe's decisions
+(dedupe.match, merge, edit) are applied; reading for publishing; maintenance.
+
+Every poll of one feed is written in one IMMEDIATE transaction (`save`), so a crash
 loses at most the feeds in flight and a concurrent writer (the daemon and a hand-run
 `poll --once`) waits on the busy timeout instead of failing.
 """
@@ -23,7 +40,7 @@ import threading
 import time
 import urllib.parse
 import uuid
-from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass
@@ -34,10 +51,11 @@ from typing import Any, Concatenate, ParamSpec, TypeVar
 from sqlite_utils import Database
 from sqlite_utils.migrations import Migrations
 
-from aggregator import dedupe, urls
+from aggregator import dedupe
 from aggregator.errors import StoreError
 from aggregator.model import FeedState, Item, PublishedItem, SourceRef
 from aggregator.timeutil import from_iso, to_iso
+from aggregator.update import FeedUpdate
 
 #: seconds a writer waits for another process's transaction before giving up
 BUSY_TIMEOUT = 30.0
@@ -147,23 +165,29 @@ def _batched_search_index(db: Database) -> None:
 
 @migrations(name="003_dedupe_keys_v2")
 def _recompute_dedupe_keys(db: Database) -> None:
-    # dedupe.index_keys changed (rolling shingle hashes, anchor sampling, 8 sampled keys):
-    # keys stored by the old scheme would never match new copies of old stories.
-    # Any later change to index_keys needs a migration like this one.
-    db.execute("DELETE FROM item_keys")
-    # streamed, not fetched whole: a large database's texts need not fit in memory
-    rows = db.conn.execute("SELECT id, title, text FROM items")
-    db.conn.executemany(
-        "INSERT OR IGNORE INTO item_keys (key, item_id) VALUES (?, ?)",
-        ((key, item_id) for item_id, title, text in rows for key in dedupe.index_keys(title, text)),
-    )
+    # Superseded by the key scheme check (Store._index_current_scheme), which re-indexes
+    # whenever dedupe.KEY_SCHEME changes; kept so that its name stays applied.
+    pass
 
 
 @migrations(name="004_entry_chunks")
 def _entry_chunks(db: Database) -> None:
-    # "chunk:key" hashes of the entries in the feed's last parsed body (ingest.process_body),
-    # so that the next changed body parses only its new or edited entries
+    # "chunk:key" hashes of the entries in the feed's last parsed body (partial.py), so
+    # that the next changed body parses only its new or edited entries
     db.execute("ALTER TABLE feeds ADD COLUMN entry_chunks TEXT")
+
+
+@migrations(name="005_rounds_and_key_scheme")
+def _rounds_and_key_scheme(db: Database) -> None:
+    # items.first_round: the poll round that stored the story first (dedupe.merge); meta
+    # holds the scheme the stored dedupe keys were made with (the one of 003: "2")
+    db.executescript(
+        """
+        ALTER TABLE items ADD COLUMN first_round TEXT;
+        CREATE TABLE meta (name TEXT PRIMARY KEY, value TEXT NOT NULL);
+        INSERT INTO meta (name, value) VALUES ('dedupe_key_scheme', '2');
+        """
+    )
 
 
 @dataclass(frozen=True)
@@ -180,6 +204,16 @@ class StoredSource:
     link: str
     feed_title: str | None
     site_url: str | None
+
+
+@dataclass(frozen=True)
+class KnownEntries:
+    """A feed's entries as stored (Store.known_entries)."""
+
+    #: entry key → raw hash (ingest.raw_entry_hash) of what was stored
+    raw_hashes: dict[str, str | None]
+    #: entry chunk hash → entry key hash of the last parsed body (partial.py)
+    chunks: dict[str, str]
 
 
 class Store:
@@ -231,9 +265,11 @@ class Store:
             with _immediate(db):
                 pass  # takes the write lock briefly: fails fast on a read-only file
             migrations.apply(db)
+            store = cls(db)
+            store._index_current_scheme()
         except sqlite3.Error as e:
             raise StoreError(f"{path}: cannot open database: {e}") from e
-        return cls(db)
+        return store
 
     def close(self) -> None:
         with suppress(sqlite3.Error):
@@ -253,27 +289,46 @@ class Store:
         return _state_from_row(row) if row else FeedState(url=url, fetch_url=url)
 
     def feed_states(self) -> dict[str, FeedState]:
-        return {row["url"]: _state_from_row(row) for row in self._rows("SELECT * FROM feeds")}
+        return {row["url"]: _state_from_row(row) for row in self.db.query("SELECT * FROM feeds")}
 
-    def gone_fingerprints(self) -> dict[str, str]:
-        """Feed URL → its config fingerprint when it was found gone."""
-        rows = self._rows(
-            "SELECT url, gone_fingerprint FROM feeds WHERE gone_fingerprint IS NOT NULL"
+    def known_entries(self, feed_url: str) -> KnownEntries:
+        """What the feed's last polls stored of its entries: read once a changed body is to
+        be parsed, so that entries stored already are neither parsed nor cleaned again."""
+        row = self._one("SELECT entry_chunks FROM feeds WHERE url = ?", [feed_url])
+        tokens = (row["entry_chunks"] or "").split() if row else []
+        raw_hashes = self.db.execute(
+            "SELECT entry_key, raw_hash FROM entries WHERE feed_url = ?", [feed_url]
+        ).fetchall()
+        return KnownEntries(
+            raw_hashes=dict(raw_hashes),
+            # a token without ":" was written before keys were kept: it never matches again
+            chunks={chunk: key for chunk, _, key in (t.partition(":") for t in tokens) if key},
         )
-        return {row["url"]: row["gone_fingerprint"] for row in rows}
 
-    def gone_fingerprint(self, url: str) -> str | None:
-        row = self._one("SELECT gone_fingerprint FROM feeds WHERE url = ?", [url])
-        return row["gone_fingerprint"] if row else None
-
-    def save_state(self, state: FeedState, gone_fingerprint: str | None = None) -> None:
-        """Write a feed's state; `gone_fingerprint` with a gone one (see should_skip)."""
-        extra = {"gone_fingerprint": gone_fingerprint} if gone_fingerprint else {}
+    def save(
+        self,
+        update: FeedUpdate,
+        items: Sequence[tuple[Item, str | None]] = (),
+        *,
+        now: datetime,
+        round_id: str,
+    ) -> SaveOutcome:
+        """Write one poll in one transaction: the feed's new state (`update.decide`) and its
+        (item, raw hash) pairs, each deduplicated against the stored stories. `round_id`
+        names the poll's round (pipeline.Poller), which dedupe.merge asks."""
+        new = updated = merged = 0
         with _immediate(self.db):
-            self._upsert_state(state, extra)
+            self._write_state(update)
+            for item, raw_hash in items:
+                outcome = self._save_item(item, raw_hash, now, round_id)
+                new += outcome == "new"
+                updated += outcome == "updated"
+                merged += outcome == "merged"
+        return SaveOutcome(new=new, updated=updated, merged=merged)
 
-    def _upsert_state(self, state: FeedState, extra: Mapping[str, Any]) -> None:
-        row = {
+    def _write_state(self, update: FeedUpdate) -> None:
+        state = update.state
+        row: dict[str, Any] = {
             "url": state.url,
             "fetch_url": state.fetch_url,
             "title": state.title,
@@ -287,69 +342,39 @@ class Store:
             "next_due": _iso_or_none(state.next_due),
             "retry_after": _iso_or_none(state.retry_after),
             "gone": int(state.gone),
+            "gone_fingerprint": state.gone_fingerprint,
             "failures": state.failures,
             "moved_to": state.moved_to,
             "hint_seconds": state.hint_seconds,
-            **extra,
         }
-        columns = ", ".join(row)
-        placeholders = ", ".join("?" for _ in row)
-        updates = ", ".join(f"{c} = excluded.{c}" for c in row if c != "url")
-        self.db.execute(
-            f"INSERT INTO feeds ({columns}) VALUES ({placeholders}) "
-            f"ON CONFLICT (url) DO UPDATE SET {updates}",
-            list(row.values()),
-        )
+        if update.entry_chunks is not None:
+            row["entry_chunks"] = " ".join(f"{chunk}:{key}" for chunk, key in update.entry_chunks)
+        self.db["feeds"].upsert(row, pk="url")  # type: ignore[union-attr]
 
-    # --- items ------------------------------------------------------------------------
+    # --- items: dedupe's decisions applied ---------------------------------------------
 
-    def known_entry_chunks(self, feed_url: str) -> dict[str, str]:
-        """Entry chunk hash → entry key hash, saved with the feed's last parsed body."""
-        row = self._one("SELECT entry_chunks FROM feeds WHERE url = ?", [feed_url])
-        tokens = (row["entry_chunks"] or "").split() if row else []
-        # a token without ":" was written before keys were kept: it never matches again
-        return {chunk: key for chunk, _, key in (t.partition(":") for t in tokens) if key}
-
-    def known_raw_hashes(self, feed_url: str) -> dict[str, str | None]:
-        """entry_key → raw hash of what was stored, so unchanged entries skip cleaning."""
-        return {
-            row["entry_key"]: row["raw_hash"]
-            for row in self._rows(
-                "SELECT entry_key, raw_hash FROM entries WHERE feed_url = ?", [feed_url]
-            )
-        }
-
-    def save_poll(
-        self,
-        state: FeedState,
-        items: Sequence[tuple[Item, str | None]],
-        now: datetime,
-        entry_chunks: Iterable[tuple[str, str]] = (),
-    ) -> SaveOutcome:
-        """Store one feed's new state, its (item, raw hash) pairs and the (chunk hash, key
-        hash) pairs of its body's entries (`ingest.Processed`) in one transaction."""
-        extra = {"entry_chunks": " ".join(f"{chunk}:{key}" for chunk, key in entry_chunks)}
-        new = updated = merged = 0
-        with _immediate(self.db):
-            self._upsert_state(state, extra)
-            for item, raw_hash in items:
-                outcome = self._save_item(item, raw_hash, now)
-                new += outcome == "new"
-                updated += outcome == "updated"
-                merged += outcome == "merged"
-        return SaveOutcome(new=new, updated=updated, merged=merged)
-
-    def _save_item(self, item: Item, raw_hash: str | None, now: datetime) -> str:
+    def _save_item(self, item: Item, raw_hash: str | None, now: datetime, round_id: str) -> str:
         entry = self._one(
             "SELECT item_id, content_hash FROM entries WHERE feed_url = ? AND entry_key = ?",
             [item.feed_url, item.entry_key],
         )
         if entry is not None:
-            return self._update_entry(item, raw_hash, entry["item_id"], entry["content_hash"], now)
-        match = self._find_same_story(item)
+            self.db.execute(
+                "UPDATE entries SET raw_hash = ?, content_hash = ?"
+                " WHERE feed_url = ? AND entry_key = ?",
+                [raw_hash, item.content_hash, item.feed_url, item.entry_key],
+            )
+            if item.content_hash == entry["content_hash"]:
+                return "unchanged"
+            story = self._story(entry["item_id"])
+            change = dedupe.edit(story, item, now) if story else dedupe.StoryChange()
+            return "updated" if self._apply(entry["item_id"], change) else "unchanged"
+        match = dedupe.match(item, self._candidates(item))
         if match is not None:
             self._insert_entry(item, match, raw_hash, now)
-            self._merge_copy(item, match, now)
+            story = self._story(match)
+            assert story is not None
+            self._apply(match, dedupe.merge(story, item, round_id))
             return "merged"
         item_id = "urn:uuid:" + str(
             uuid.uuid5(uuid.NAMESPACE_URL, f"{item.feed_url}\n{item.entry_key}")
@@ -363,6 +388,7 @@ class Store:
             "published": to_iso(item.published),
             "first_seen": to_iso(now),
             "first_feed_url": item.feed_url,
+            "first_round": round_id,
         }
         self.db.execute(
             f"INSERT INTO items ({', '.join(row)}) VALUES ({', '.join('?' for _ in row)})",
@@ -372,94 +398,96 @@ class Store:
         self._insert_entry(item, item_id, raw_hash, now)
         return "new"
 
-    def _merge_copy(self, item: Item, item_id: str, now: datetime) -> None:
-        """A further copy of a stored story: the story's published date becomes the
-        earliest. A copy seen in the same round as the first one (one `now`) takes the
-        first outlet's place when it was published earlier: within a round "first seen"
-        would otherwise depend on which server answered faster."""
-        stored = self._one(
-            "SELECT published, first_seen, first_feed_url FROM items WHERE id = ?", [item_id]
-        )
-        assert stored is not None
-        published = to_iso(item.published)
-        same_round = stored["first_seen"] == to_iso(now)
-        if same_round and (published, item.feed_url) < (
-            stored["published"],
-            stored["first_feed_url"],
-        ):
-            columns = {
-                **_story_columns(item, item.updated),
-                "first_feed_url": item.feed_url,
-                "published": published,
-            }
-            self._set_columns(item_id, columns)
-            self._reindex(item_id, item)
-        elif published < stored["published"]:
-            self.db.execute("UPDATE items SET published = ? WHERE id = ?", [published, item_id])
-
-    def _update_entry(
-        self, item: Item, raw_hash: str | None, item_id: str, old_hash: str, now: datetime
-    ) -> str:
-        self.db.execute(
-            "UPDATE entries SET raw_hash = ?, content_hash = ?"
-            " WHERE feed_url = ? AND entry_key = ?",
-            [raw_hash, item.content_hash, item.feed_url, item.entry_key],
-        )
-        if item.content_hash == old_hash:
-            return "unchanged"
-        stored = self._one("SELECT first_feed_url, updated FROM items WHERE id = ?", [item_id])
-        if stored is None or stored["first_feed_url"] != item.feed_url:
-            # Only the first outlet's edits change the published story, so two outlets'
-            # versions never take turns.
-            return "unchanged"
-        stored_updated = from_iso(stored["updated"])
-        assert stored_updated is not None
-        # Feeds often edit without moving their own date; then the edit's time is now.
-        updated = item.updated if item.updated > stored_updated else max(now, stored_updated)
-        self._set_columns(item_id, _story_columns(item, updated))
-        self._reindex(item_id, item)
-        return "updated"
-
-    def _find_same_story(self, item: Item) -> str | None:
-        if item.canonical_link and not urls.is_homepage(item.canonical_link):
+    def _candidates(self, item: Item) -> Iterator[dedupe.Candidate]:
+        """Stored stories `item` may be a copy of, cheapest first, read as they are asked
+        for: the story that has its link, then those sharing most of its index keys."""
+        link = dedupe.lookup_link(item)
+        if link is not None:
             row = self._one(
                 # the second condition lets SQLite use the partial index
                 "SELECT item_id FROM entries WHERE canonical_link = ? AND canonical_link != ''"
                 " LIMIT 1",
-                [item.canonical_link],
+                [link],
             )
             if row is not None:
-                return str(row["item_id"])
+                yield dedupe.Candidate(str(row["item_id"]), same_link=True)
         keys = sorted(_keys_of(item))
         if not keys:
-            return None
+            return
         placeholders = ", ".join("?" for _ in keys)
-        candidates = self._rows(
+        found = self.db.execute(
             f"SELECT item_id, count(*) AS shared FROM item_keys WHERE key IN ({placeholders})"
             " GROUP BY item_id ORDER BY shared DESC, item_id LIMIT ?",
             [*keys, MAX_CANDIDATES],
-        )
-        for candidate in candidates:
-            row = self._one("SELECT title, text FROM items WHERE id = ?", [candidate["item_id"]])
-            if row and dedupe.is_same_story(item.title, item.text, row["title"], row["text"]):
-                return str(candidate["item_id"])
-        return None
+        ).fetchall()
+        for item_id, _ in found:
+            row = self._one("SELECT title, text FROM items WHERE id = ?", [item_id])
+            if row is not None:
+                yield dedupe.Candidate(item_id, row["title"], row["text"])
 
-    def _set_columns(self, item_id: str, columns: Mapping[str, Any]) -> None:
+    def _story(self, item_id: str) -> dedupe.StoredStory | None:
+        row = self._one(
+            "SELECT published, updated, first_feed_url, first_round FROM items WHERE id = ?",
+            [item_id],
+        )
+        if row is None:
+            return None
+        published, updated = from_iso(row["published"]), from_iso(row["updated"])
+        assert published is not None and updated is not None
+        return dedupe.StoredStory(
+            item_id, published, updated, row["first_feed_url"], row["first_round"]
+        )
+
+    def _apply(self, item_id: str, change: dedupe.StoryChange) -> bool:
+        """Write a story change; False when there was nothing to change."""
+        columns: dict[str, Any] = {}
+        if change.text_from is not None:
+            columns.update(_story_columns(change.text_from))
+        if change.lead_feed_url is not None:
+            columns["first_feed_url"] = change.lead_feed_url
+        if change.published is not None:
+            columns["published"] = to_iso(change.published)
+        if change.updated is not None:
+            columns["updated"] = to_iso(change.updated)
+        if not columns:
+            return False
         self.db.execute(
             f"UPDATE items SET {', '.join(f'{c} = ?' for c in columns)} WHERE id = ?",
             [*columns.values(), item_id],
         )
-
-    def _reindex(self, item_id: str, item: Item) -> None:
-        self.db.execute("DELETE FROM item_keys WHERE item_id = ?", [item_id])
-        self._index_keys(item_id, item)
+        if change.text_from is not None:
+            self.db.execute("DELETE FROM item_keys WHERE item_id = ?", [item_id])
+            self._index_keys(item_id, change.text_from)
+        return True
 
     def _index_keys(self, item_id: str, item: Item) -> None:
         self.db.conn.executemany(
             "INSERT OR IGNORE INTO item_keys (key, item_id) VALUES (?, ?)",
             [(key, item_id) for key in _keys_of(item)],
         )
+
+    def _index_current_scheme(self) -> None:
+        """Re-index every stored story when dedupe.KEY_SCHEME changed since its keys were
+        made: keys of an old scheme would never match new copies of old stories."""
+        row = self._one("SELECT value FROM meta WHERE name = 'dedupe_key_scheme'")
+        if row is not None and row["value"] == dedupe.KEY_SCHEME:
+            return
+        with _immediate(self.db):
+            self.db.execute("DELETE FROM item_keys")
+            # streamed, not fetched whole: a large database's texts need not fit in memory
+            rows = self.db.conn.execute("SELECT id, title, text FROM items")
+            self.db.conn.executemany(
+                "INSERT OR IGNORE INTO item_keys (key, item_id) VALUES (?, ?)",
+                (
+                    (key, item_id)
+                    for item_id, title, text in rows
+                    for key in dedupe.index_keys(title, text)
+                ),
+            )
+            self.db.execute(
+                "INSERT OR REPLACE INTO meta (name, value) VALUES ('dedupe_key_scheme', ?)",
+                [dedupe.KEY_SCHEME],
+            )
 
     def _insert_entry(self, item: Item, item_id: str, raw_hash: str | None, now: datetime) -> None:
         self.db.execute(
@@ -495,7 +523,7 @@ class Store:
             f" AND e.feed_url IN ({placeholders})) ORDER BY published DESC, id"
         )
         chosen: list[PublishedItem] = []
-        for row in self._iter_rows(query, list(feed_urls)):
+        for row in self.db.query(query, list(feed_urls)):
             item = self._published_item(row, display_names)
             if accept(item, row["text"]):
                 chosen.append(item)
@@ -533,7 +561,7 @@ class Store:
         """The feeds an item came through, first outlet first."""
         return [
             StoredSource(r["feed_url"], r["link"], r["title"], r["site_url"])
-            for r in self._rows(
+            for r in self.db.query(
                 "SELECT e.feed_url, e.link, f.title, f.site_url,"
                 " (e.feed_url = i.first_feed_url) AS first"
                 " FROM entries e JOIN items i ON i.id = e.item_id"
@@ -547,7 +575,7 @@ class Store:
         """Stored items per feed URL."""
         return {
             r["feed_url"]: r["n"]
-            for r in self._rows(
+            for r in self.db.query(
                 "SELECT feed_url, count(DISTINCT item_id) AS n FROM entries GROUP BY feed_url"
             )
         }
@@ -567,7 +595,7 @@ class Store:
         self.index_for_search()
         return [
             r["id"]
-            for r in self._rows(
+            for r in self.db.query(
                 "SELECT items.id FROM items_fts JOIN items ON items.rowid = items_fts.rowid"
                 " WHERE items_fts MATCH ? ORDER BY rank LIMIT ?",
                 [query, limit],
@@ -610,17 +638,8 @@ class Store:
 
     # --- helpers ----------------------------------------------------------------------
 
-    def _rows(self, sql: str, params: Sequence[Any] = ()) -> list[dict[str, Any]]:
-        return list(self._iter_rows(sql, params))
-
-    def _iter_rows(self, sql: str, params: Sequence[Any] = ()) -> Iterator[dict[str, Any]]:
-        cursor = self.db.execute(sql, list(params))
-        columns = [d[0] for d in cursor.description]
-        for values in cursor:
-            yield dict(zip(columns, values, strict=True))
-
     def _one(self, sql: str, params: Sequence[Any] = ()) -> dict[str, Any] | None:
-        return next(self._iter_rows(sql, params), None)
+        return next(self.db.query(sql, params), None)
 
 
 class StoreThread:
@@ -770,9 +789,10 @@ def _keys_of(item: Item) -> frozenset[int]:
     return frozenset(dedupe.index_keys(item.title, item.text))
 
 
-def _story_columns(item: Item, updated: datetime) -> dict[str, Any]:
-    """The items columns an entry's text and metadata set, on insert and on edit."""
-    return {
+def _story_columns(item: Item, updated: datetime | None = None) -> dict[str, Any]:
+    """The items columns an entry's text and metadata set, on insert and on edit; the
+    updated time with them when given."""
+    columns = {
         "link": item.link,
         "canonical_link": item.canonical_link,
         "title": item.title,
@@ -782,9 +802,11 @@ def _story_columns(item: Item, updated: datetime) -> dict[str, Any]:
         "text": item.text,
         "author": item.author,
         "categories": json.dumps(list(item.categories)),
-        "updated": to_iso(updated),
         "content_hash": item.content_hash,
     }
+    if updated is not None:
+        columns["updated"] = to_iso(updated)
+    return columns
 
 
 def _iso_or_none(moment: datetime | None) -> str | None:
@@ -804,6 +826,7 @@ def _state_from_row(row: Mapping[str, Any]) -> FeedState:
         next_due=from_iso(row["next_due"]),
         retry_after=from_iso(row["retry_after"]),
         gone=bool(row["gone"]),
+        gone_fingerprint=row["gone_fingerprint"],
         failures=row["failures"],
         moved_to=row["moved_to"],
         title=row["title"],

@@ -5,18 +5,18 @@ from __future__ import annotations
 import asyncio
 import re
 from collections.abc import Iterator, Mapping
+from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
 
 from aggregator import parse
-from aggregator.fetch import Fetcher
 from aggregator.ingest import Processed, process_body
-from aggregator.model import FeedSource, Fetched, ParsedFeed
+from aggregator.model import FeedSource, Fetched, ParsedFeed, Settings
 from aggregator.parse import parse_feed, split_entries
-from aggregator.pipeline import poll_feed
-from aggregator.store import Store, StoreThread
+from aggregator.pipeline import Poller
+from aggregator.store import Store
 from tests.feedserver import FeedServer
 
 FEEDS = Path(__file__).parent / "data" / "feeds"
@@ -277,12 +277,9 @@ def test_poll_saves_entry_chunks_and_the_next_changed_body_parses_only_new_entri
     tmp_path: Path, parsed_entry_counts: list[int]
 ) -> None:
     async def poll(source: FeedSource) -> None:
-        db = await StoreThread.open(tmp_path / "agg.db")
-        async with Fetcher() as fetcher:
-            result = await poll_feed(
-                source, db, fetcher, retention=timedelta(days=36500), force=True
-            )
-        await db.close(timeout=5)
+        settings = Settings(database=tmp_path / "agg.db", retention=timedelta(days=36500))
+        async with await Poller.open(settings, parsers=ThreadPoolExecutor(1)) as poller:
+            result = await poller.poll(source, force=True)
         assert result.error is None
 
     with FeedServer() as server:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import sqlite3
+import uuid
 from collections.abc import Iterator
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
@@ -12,6 +13,7 @@ import pytest
 
 from aggregator.model import FeedState, Item
 from aggregator.store import Store
+from aggregator.update import FeedUpdate
 
 NOW = datetime(2026, 11, 20, 12, 0, tzinfo=UTC)
 
@@ -51,11 +53,12 @@ def store() -> Iterator[Store]:
     s.close()
 
 
-def save(store: Store, *items: Item, now: datetime = NOW):
+def save(store: Store, *items: Item, now: datetime = NOW, round_id: str | None = None):
+    """One poll of the items' feed; its own round unless `round_id` says."""
+    round_id = round_id or uuid.uuid4().hex
     feed_url = items[0].feed_url
-    return store.save_poll(
-        FeedState(url=feed_url, fetch_url=feed_url), [(i, None) for i in items], now
-    )
+    state = FeedState(url=feed_url, fetch_url=feed_url)
+    return store.save(FeedUpdate(state), [(i, None) for i in items], now=now, round_id=round_id)
 
 
 def all_items(store: Store, feeds=("https://a.test/feed", "https://b.test/feed")):
@@ -113,8 +116,8 @@ def test_copies_seen_in_one_round_are_led_by_the_earliest_published(store: Store
         canonical_link=syndicated.canonical_link,
         published=NOW - timedelta(hours=5),
     )
-    save(store, syndicated)  # the syndicating server answered first
-    save(store, original)
+    save(store, syndicated, round_id="r1")  # the syndicating server answered first
+    save(store, original, round_id="r1")
     [item] = all_items(store)
     assert item.title == "Original"
     assert [s.feed_url for s in item.sources] == ["https://a.test/feed", "https://b.test/feed"]
@@ -205,7 +208,7 @@ def test_feed_state_round_trips(store: Store) -> None:
         moved_to="https://a.test/new-feed",
         title="A",
     )
-    store.save_state(state)
+    store.save(FeedUpdate(state), now=NOW, round_id="r")
     assert store.feed_state("https://a.test/feed") == state
     assert store.feed_state("https://unknown.test/") == FeedState(
         url="https://unknown.test/", fetch_url="https://unknown.test/"
@@ -214,12 +217,17 @@ def test_feed_state_round_trips(store: Store) -> None:
 
 def test_entry_chunks_are_kept_until_the_next_parsed_body(store: Store) -> None:
     state = FeedState(url="https://a.test/feed", fetch_url="https://a.test/feed")
-    assert store.known_entry_chunks(state.url) == {}
-    store.save_poll(state, [], NOW, entry_chunks=[("0a1b", "k1"), ("2c3d", "k2")])
-    store.save_state(replace(state, last_status=304))  # a 304 leaves them as they were
-    assert store.known_entry_chunks(state.url) == {"0a1b": "k1", "2c3d": "k2"}
-    store.save_poll(state, [], NOW)  # a body that could not be split
-    assert store.known_entry_chunks(state.url) == {}
+    assert store.known_entries(state.url).chunks == {}
+    store.save(
+        FeedUpdate(state, entry_chunks=(("0a1b", "k1"), ("2c3d", "k2"))), now=NOW, round_id="r"
+    )
+    # a 304 leaves them as they were
+    store.save(FeedUpdate(replace(state, last_status=304)), now=NOW, round_id="r")
+    assert store.known_entries(state.url).chunks == {"0a1b": "k1", "2c3d": "k2"}
+    store.save(
+        FeedUpdate(state, entry_chunks=()), now=NOW, round_id="r"
+    )  # a body that could not be split
+    assert store.known_entries(state.url).chunks == {}
 
 
 def test_a_file_database_is_in_wal_mode_and_reopens_with_its_data(tmp_path: Path) -> None:
@@ -254,10 +262,10 @@ def test_reopening_recomputes_dedupe_keys_stored_by_an_older_scheme(tmp_path: Pa
     path = tmp_path / "agg.db"
     with Store.open(path) as store:
         save(store, make_item("https://a.test/feed", "1", title="Missile launch", text=STORY))
-        # as a database written before the key scheme changed: other keys, 003 not applied
+        # as a database whose keys were made by another scheme of dedupe.index_keys
         store.db.execute("DELETE FROM item_keys")
         store.db.execute("INSERT INTO item_keys (key, item_id) SELECT 1, id FROM items")
-        store.db.execute("DELETE FROM _sqlite_migrations WHERE name = '003_dedupe_keys_v2'")
+        store.db.execute("UPDATE meta SET value = 'older' WHERE name = 'dedupe_key_scheme'")
         store.db.conn.commit()
     with Store.open(path) as store:
         copy = make_item("https://b.test/feed", "2", title="Launch", text="By Staff. " + STORY)
@@ -269,6 +277,9 @@ def test_gone_fingerprints_are_read_back_whatever_their_first_character(tmp_path
     from aggregator.model import FeedState
 
     with Store.open(tmp_path / "agg.db") as store:
-        for url, fingerprint in (("http://a/", "a1b2c3d4"), ("http://b/", "1a2b3c4d")):
-            store.save_state(FeedState(url=url, fetch_url=url, gone=True), fingerprint)
-        assert store.gone_fingerprints() == {"http://a/": "a1b2c3d4", "http://b/": "1a2b3c4d"}
+        urls = {"http://a/": "a1b2c3d4", "http://b/": "1a2b3c4d"}
+        for url, fingerprint in urls.items():
+            state = FeedState(url=url, fetch_url=url, gone=True, gone_fingerprint=fingerprint)
+            store.save(FeedUpdate(state), now=NOW, round_id="r")
+        states = store.feed_states()
+        assert {url: states[url].gone_fingerprint for url in urls} == urls

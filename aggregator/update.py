@@ -1,0 +1,224 @@
+"""Where a feed's state changes: one pure decision per poll. No I/O.
+
+    FeedState (read from the store before the poll)
+      + Outcome (what the poll met: skipped, failed, 304, same body, parsed)
+      ─ decide() ─► FeedUpdate (the new state, its next due time, what to write)
+
+The poller (pipeline.Poller) fetches and parses, asks `decide`, and the store writes the
+update with the poll's items in one transaction (`Store.save`). The daemon schedules the
+feed at `FeedUpdate.state.next_due`; nobody reads the state back. When the daemon starts
+or reloads, `due_at_start` says when each feed is due.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Mapping
+from dataclasses import dataclass, replace
+from datetime import datetime, timedelta
+
+from aggregator.errors import FeedError, Gone, HTTPStatusError, RetryLater
+from aggregator.fetch import cache_max_age
+from aggregator.model import FeedSource, FeedState, Fetched, NotModified, ParsedFeed
+from aggregator.text import single_line
+from aggregator.timeutil import to_iso
+from aggregator.urls import redact_text
+
+#: a feed's last error as stored and shown is at most this long
+MAX_ERROR_CHARS = 500
+#: failures back off exponentially up to this
+MAX_BACKOFF = timedelta(hours=24)
+#: a feed's own hint (RSS ttl, Cache-Control max-age) may lengthen its interval up to this
+MAX_HINT = timedelta(hours=24)
+#: due times after a success are spread by up to this fraction of the interval, so feeds
+#: added together do not stay in lockstep
+JITTER = 0.1
+#: the soonest a feed is polled again after a poll
+MIN_GAP = timedelta(seconds=1)
+
+
+# --- what a poll met --------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Skipped:
+    """Not fetched: gone, or the server asked to wait (see `skip_reason`)."""
+
+    reason: str
+
+
+@dataclass(frozen=True)
+class Failed:
+    """The fetch failed, or the body it brought could not be parsed (`response` set)."""
+
+    error: FeedError
+    response: Fetched | NotModified | None = None
+
+
+@dataclass(frozen=True)
+class Answered:
+    """A 304, a body identical to the last one (`parsed` None), or a body parsed."""
+
+    response: Fetched | NotModified
+    body_hash: str | None = None
+    #: the feed's own fields when the body was parsed
+    parsed: ParsedFeed | None = None
+    #: the body's entry chunks for partial parsing next time (see partial.py); None: keep
+    entry_chunks: tuple[tuple[str, str], ...] | None = None
+
+
+Outcome = Skipped | Failed | Answered
+
+
+@dataclass(frozen=True)
+class FeedUpdate:
+    """Everything a poll writes about the feed itself."""
+
+    state: FeedState
+    #: entry chunks to store (None: leave the stored ones)
+    entry_chunks: tuple[tuple[str, str], ...] | None = None
+
+
+# --- decisions --------------------------------------------------------------------------
+
+
+def feed_fingerprint(source: FeedSource) -> str:
+    """Changes when the user edits the feed's entry in feeds.yaml: a gone feed is retried."""
+    text = "\n".join([source.url, source.name or "", ",".join(source.tags), str(source.interval)])
+    return hashlib.blake2b(text.encode(), digest_size=8).hexdigest()
+
+
+def still_gone(source: FeedSource, state: FeedState) -> bool:
+    """Whether a feed found gone (410) stays so: its entry in feeds.yaml was not edited
+    since."""
+    return state.gone and state.gone_fingerprint == feed_fingerprint(source)
+
+
+def skip_reason(source: FeedSource, state: FeedState, now: datetime, force: bool) -> str | None:
+    """Why this feed must not be fetched now, or None."""
+    if force:
+        return None
+    if still_gone(source, state):
+        return "skipped: gone (HTTP 410); edit its entry in the config or use --force"
+    if state.retry_after is not None and state.retry_after > now:
+        return f"skipped: server asked to wait until {to_iso(state.retry_after)}"
+    return None
+
+
+def next_due(interval: timedelta, now: datetime, failures: int) -> datetime:
+    """When to poll again: the interval, doubled per consecutive failure, capped."""
+    if failures <= 0:
+        return now + interval
+    backoff: timedelta = interval * (2 ** min(failures, 16))
+    cap: timedelta = max(MAX_BACKOFF, interval)
+    return now + min(backoff, cap)
+
+
+def effective_interval(configured: timedelta, hint_seconds: int | None) -> timedelta:
+    """The feed's hint can lengthen the configured interval, never shorten it."""
+    if not hint_seconds:
+        return configured
+    return max(configured, min(timedelta(seconds=hint_seconds), MAX_HINT))
+
+
+def poll_hint(headers: Mapping[str, str], ttl_minutes: int | None) -> int | None:
+    """Seconds the feed itself asks us to wait between polls, if it says."""
+    hints = [h for h in (cache_max_age(headers), ttl_minutes and ttl_minutes * 60) if h]
+    return max(hints) if hints else None
+
+
+def decide(
+    source: FeedSource, old: FeedState, outcome: Outcome, now: datetime, jitter: float = 0.0
+) -> FeedUpdate | None:
+    """The feed's state after a poll that met `outcome`; None when nothing changes (a skip).
+
+    `jitter` in [-1, 1] (drawn by the caller) spreads a successful poll's next due time by
+    that fraction of `JITTER` times the interval."""
+    if isinstance(outcome, Skipped):
+        return None
+    if isinstance(outcome, Failed):
+        return FeedUpdate(_failed(source, old, outcome, now))
+    response = outcome.response
+    parsed = outcome.parsed
+    if parsed is not None:
+        hint = poll_hint(response.headers, parsed.ttl_minutes)
+    else:  # no body read: the hint the last one gave still holds unless the headers say
+        hint = poll_hint(response.headers, None) or old.hint_seconds
+    interval = effective_interval(source.interval, hint)
+    due = next_due(interval, now, 0) + interval * (JITTER * max(-1.0, min(1.0, jitter)))
+    state = replace(
+        _moved(old, response),
+        etag=response.etag or old.etag,
+        last_modified=response.last_modified or old.last_modified,
+        body_hash=outcome.body_hash or old.body_hash,
+        last_fetched=now,
+        last_status=response.status,
+        last_error=None,
+        failures=0,
+        gone=False,
+        gone_fingerprint=None,
+        retry_after=None,
+        hint_seconds=hint,
+        next_due=max(due, now + MIN_GAP),
+        title=(single_line(parsed.title) or old.title) if parsed else old.title,
+        site_url=(parsed.site_url or old.site_url) if parsed else old.site_url,
+    )
+    return FeedUpdate(state, entry_chunks=outcome.entry_chunks if parsed else None)
+
+
+def _moved(old: FeedState, response: Fetched | NotModified | None) -> FeedState:
+    """The state with a permanent redirect the response followed, if any."""
+    if response is None or not response.moved_to:
+        return old
+    return replace(old, fetch_url=response.moved_to, moved_to=response.moved_to)
+
+
+def _failed(source: FeedSource, old: FeedState, outcome: Failed, now: datetime) -> FeedState:
+    # A parse failure keeps the validators of the last body we could read (only the move
+    # is taken), so the next poll fetches the body again rather than taking a 304 (or the
+    # same bytes) as confirming a result that failed.
+    error = outcome.error
+    failures = old.failures + 1
+    gone = isinstance(error, Gone)
+    due = next_due(source.interval, now, failures)
+    retry_after = error.retry_after if isinstance(error, RetryLater) else None
+    if retry_after is not None:
+        due = max(due, retry_after)
+    return replace(
+        _moved(old, outcome.response),
+        last_fetched=now,
+        last_status=error.status if isinstance(error, HTTPStatusError) else None,
+        # stored as shown: a credential quoted in a message never reaches the database;
+        # one line of bounded length: a server's reason phrase is part of some messages
+        last_error=single_line(redact_text(error.message))[:MAX_ERROR_CHARS],
+        failures=failures,
+        gone=gone,
+        gone_fingerprint=feed_fingerprint(source) if gone else None,
+        retry_after=retry_after,
+        next_due=due,
+    )
+
+
+def due_at_start(
+    source: FeedSource, state: FeedState | None, now: datetime, *, edited: bool, order: int = 0
+) -> datetime | None:
+    """When the daemon polls a feed after it starts (or after a reload that `edited` the
+    feed's entry or added it); None for a feed that stays gone.
+
+    Never polled: now, `order` × 10 ms apart so a long list starts in config order. Gone
+    but edited since: now. Edited or added and healthy: a full interval after the last
+    poll (the new interval applies at once). Else when it was due, never before a
+    server's Retry-After."""
+    if state is None or state.last_fetched is None:
+        return now + timedelta(milliseconds=10 * order)
+    if still_gone(source, state):
+        return None
+    if state.gone:
+        due = now
+    elif edited and state.failures == 0:
+        due = state.last_fetched + effective_interval(source.interval, state.hint_seconds)
+    else:
+        due = state.next_due or now
+    if state.retry_after and state.retry_after > due:
+        due = state.retry_after
+    return max(due, now)

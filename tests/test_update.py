@@ -1,0 +1,179 @@
+"""A feed's state after a poll (update.py), in process: skipping, gone, backoff, hints,
+due times."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from datetime import UTC, datetime, timedelta
+
+from aggregator.errors import FeedError, Gone, HTTPStatusError, ParseError, RetryLater
+from aggregator.model import FeedSource, FeedState, Fetched, NotModified, ParsedFeed
+from aggregator.update import (
+    JITTER,
+    MAX_BACKOFF,
+    MIN_GAP,
+    Answered,
+    Failed,
+    Skipped,
+    decide,
+    due_at_start,
+    effective_interval,
+    feed_fingerprint,
+    next_due,
+    poll_hint,
+    skip_reason,
+    still_gone,
+)
+
+NOW = datetime(2026, 12, 6, 12, 0, tzinfo=UTC)
+SOURCE = FeedSource(url="https://a.example/f", name="A")
+STATE = FeedState(url=SOURCE.url, fetch_url=SOURCE.url)
+
+
+def test_a_gone_feed_stays_gone_until_its_config_entry_changes() -> None:
+    gone = replace(STATE, gone=True, gone_fingerprint=feed_fingerprint(SOURCE))
+    assert still_gone(SOURCE, gone)
+    assert not still_gone(replace(SOURCE, interval=timedelta(hours=2)), gone)
+    assert not still_gone(replace(SOURCE, name="B"), gone)
+    assert not still_gone(SOURCE, replace(gone, gone=False))
+    assert not still_gone(SOURCE, replace(gone, gone_fingerprint=None))
+
+
+def test_gone_and_retry_after_skip_unless_forced() -> None:
+    gone = replace(STATE, gone=True, gone_fingerprint=feed_fingerprint(SOURCE))
+    assert skip_reason(SOURCE, STATE, NOW, force=False) is None
+    assert "gone" in (skip_reason(SOURCE, gone, NOW, force=False) or "")
+    # gone, but its entry was edited since: fetched again
+    assert skip_reason(replace(SOURCE, name="Renamed"), gone, NOW, force=False) is None
+    later = replace(STATE, retry_after=NOW + timedelta(minutes=5))
+    assert "wait until" in (skip_reason(SOURCE, later, NOW, force=False) or "")
+    earlier = replace(STATE, retry_after=NOW - timedelta(seconds=1))
+    assert skip_reason(SOURCE, earlier, NOW, force=False) is None
+    assert skip_reason(SOURCE, replace(later, gone=True), NOW, force=True) is None
+
+
+def test_failures_back_off_doubling_up_to_a_day() -> None:
+    interval = timedelta(minutes=30)
+    assert next_due(interval, NOW, 0) == NOW + interval
+    assert next_due(interval, NOW, 1) == NOW + 2 * interval
+    assert next_due(interval, NOW, 3) == NOW + 8 * interval
+    assert next_due(interval, NOW, 40) == NOW + MAX_BACKOFF
+    # an interval longer than the cap is never shortened by failing
+    assert next_due(timedelta(days=2), NOW, 5) == NOW + timedelta(days=2)
+
+
+def test_a_feeds_hint_lengthens_its_interval_never_shortens_it() -> None:
+    interval = timedelta(minutes=30)
+    assert effective_interval(interval, None) == interval
+    assert effective_interval(interval, 60) == interval
+    assert effective_interval(interval, 7200) == timedelta(hours=2)
+    assert effective_interval(interval, 10 * 86400) == timedelta(days=1)
+    assert poll_hint({"cache-control": "public, max-age=3600"}, 90) == 5400
+    assert poll_hint({}, None) is None
+
+
+URL = SOURCE.url
+FEED = ParsedFeed(title="  The\nFeed ", site_url="https://a.example/", entries=())
+
+
+def fetched(**fields: object) -> Fetched:
+    values: dict[str, object] = {"url": URL, "status": 200, "body": b"<rss/>", "headers": {}}
+    values.update(fields)
+    return Fetched(**values)  # type: ignore[arg-type]
+
+
+def test_a_parsed_body_records_validators_title_and_the_next_due_time() -> None:
+    old = replace(STATE, failures=3, last_error="timed out", etag='"old"')
+    response = fetched(etag='"new"', headers={"cache-control": "max-age=7200"})
+    update = decide(SOURCE, old, Answered(response, "h1", FEED, (("c", "k"),)), NOW)
+    assert update is not None
+    state = update.state
+    assert (state.etag, state.body_hash, state.last_status) == ('"new"', "h1", 200)
+    assert (state.failures, state.last_error, state.gone) == (0, None, False)
+    assert state.title == "The Feed"  # one line
+    assert state.site_url == "https://a.example/"
+    assert state.hint_seconds == 7200
+    assert state.next_due == NOW + timedelta(hours=2)  # the hint lengthens 30 min
+    assert update.entry_chunks == (("c", "k"),)
+
+
+def test_a_304_keeps_what_the_last_body_gave_and_its_entry_chunks() -> None:
+    old = replace(STATE, etag='"e"', body_hash="h0", title="Kept", hint_seconds=3600)
+    update = decide(SOURCE, old, Answered(NotModified(url=URL)), NOW)
+    assert update is not None
+    assert (update.state.etag, update.state.body_hash, update.state.title) == ('"e"', "h0", "Kept")
+    assert update.state.last_status == 304
+    assert update.state.next_due == NOW + timedelta(hours=1)
+    assert update.entry_chunks is None  # the stored ones stay
+
+
+def test_jitter_spreads_a_success_by_at_most_a_tenth_of_the_interval() -> None:
+    response = NotModified(url=URL)
+    early = decide(SOURCE, STATE, Answered(response), NOW, jitter=-1.0)
+    late = decide(SOURCE, STATE, Answered(response), NOW, jitter=5.0)  # clamped to 1
+    assert early is not None and late is not None
+    assert early.state.next_due == NOW + SOURCE.interval * (1 - JITTER)
+    assert late.state.next_due == NOW + SOURCE.interval * (1 + JITTER)
+
+
+def test_failures_back_off_and_a_410_is_gone_until_the_entry_changes() -> None:
+    first = decide(SOURCE, STATE, Failed(HTTPStatusError(URL, 500, "HTTP 500")), NOW)
+    assert first is not None
+    assert (first.state.failures, first.state.last_status) == (1, 500)
+    assert first.state.next_due == NOW + 2 * SOURCE.interval
+    gone = decide(SOURCE, first.state, Failed(Gone(URL, 410, "HTTP 410 Gone")), NOW)
+    assert gone is not None and gone.state.gone and gone.state.failures == 2
+    assert still_gone(SOURCE, gone.state)
+    assert not still_gone(replace(SOURCE, tags=("new",)), gone.state)
+
+
+def test_retry_after_is_kept_and_never_polled_before() -> None:
+    until = NOW + timedelta(hours=6)
+    error = RetryLater(URL, 429, "HTTP 429", retry_after=until)
+    update = decide(SOURCE, STATE, Failed(error), NOW)
+    assert update is not None
+    assert update.state.retry_after == until and update.state.next_due == until
+
+
+def test_a_parse_failure_takes_the_move_but_keeps_the_last_readable_validators() -> None:
+    old = replace(STATE, etag='"good"', body_hash="h-good")
+    response = fetched(etag='"broken"', moved_to="https://b.example/f")
+    update = decide(SOURCE, old, Failed(ParseError(URL, "not a feed"), response), NOW)
+    assert update is not None
+    state = update.state
+    assert (state.etag, state.body_hash) == ('"good"', "h-good")
+    assert (state.fetch_url, state.moved_to) == ("https://b.example/f", "https://b.example/f")
+    assert state.last_error == "not a feed" and state.last_status is None
+
+
+def test_stored_errors_are_one_redacted_bounded_line() -> None:
+    message = "bad\r\nthing at https://u:secret@a.example/?token=abc " + "x" * 2000
+    update = decide(SOURCE, STATE, Failed(FeedError(URL, message)), NOW)
+    assert update is not None and update.state.last_error is not None
+    assert "secret" not in update.state.last_error and "abc" not in update.state.last_error
+    assert "\n" not in update.state.last_error and len(update.state.last_error) <= 500
+
+
+def test_a_skip_changes_nothing() -> None:
+    assert decide(SOURCE, STATE, Skipped("gone"), NOW) is None
+
+
+def test_due_times_at_start_and_after_an_edit() -> None:
+    polled = replace(
+        STATE, last_fetched=NOW - timedelta(minutes=10), next_due=NOW + timedelta(minutes=20)
+    )
+    assert due_at_start(SOURCE, None, NOW, edited=False, order=3) == NOW + timedelta(
+        milliseconds=30
+    )
+    assert due_at_start(SOURCE, polled, NOW, edited=False) == NOW + timedelta(minutes=20)
+    # an edited interval applies at once: a full (new) interval after the last poll
+    hourly = replace(SOURCE, interval=timedelta(hours=1))
+    assert due_at_start(hourly, polled, NOW, edited=True) == NOW + timedelta(minutes=50)
+    overdue = replace(polled, next_due=NOW - timedelta(hours=1))
+    assert due_at_start(SOURCE, overdue, NOW, edited=False) == NOW
+    waiting = replace(polled, retry_after=NOW + timedelta(hours=3))
+    assert due_at_start(SOURCE, waiting, NOW, edited=False) == NOW + timedelta(hours=3)
+    gone = replace(polled, gone=True, gone_fingerprint=feed_fingerprint(SOURCE), failures=4)
+    assert due_at_start(SOURCE, gone, NOW, edited=False) is None
+    assert due_at_start(hourly, gone, NOW, edited=True) == NOW  # edited: retried now
+    assert MIN_GAP > timedelta(0)
