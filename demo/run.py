@@ -30,13 +30,11 @@ import time
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from datetime import UTC, datetime
-from email.utils import format_datetime
+from email.utils import format_datetime, parsedate_to_datetime
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from types import FrameType
 from urllib.parse import unquote, urlsplit
-
-from aggregator.publish import is_not_modified
 
 DEMO_DIR = Path(__file__).resolve().parent
 PROJECT_DIR = DEMO_DIR.parent
@@ -72,6 +70,27 @@ PUBLISHED_TYPES = {
 # --- a small static file server --------------------------------------------------------
 
 
+def not_modified(
+    etag: str, modified: datetime, if_none_match: str | None, if_modified_since: str | None
+) -> bool:
+    """Whether a GET may be answered 304 (RFC 9110 §13.1): If-None-Match (strong or weak
+    tags, or *) decides when sent, else If-Modified-Since against `modified` (whole
+    seconds, UTC). Written here, not taken from aggregator.publish: the server the
+    aggregator polls must not share the code it exercises."""
+    if if_none_match is not None:
+        tags = [tag.strip() for tag in if_none_match.split(",")]
+        return "*" in tags or any(tag in (etag, "W/" + etag) for tag in tags)
+    if if_modified_since:
+        try:
+            since = parsedate_to_datetime(if_modified_since)
+        except (TypeError, ValueError, IndexError):
+            return False
+        if since.tzinfo is None:  # HTTP-dates are GMT
+            since = since.replace(tzinfo=UTC)
+        return modified <= since
+    return False
+
+
 class StaticHandler(BaseHTTPRequestHandler):
     """Serves the files of one flat folder with validators and conditional GET."""
 
@@ -103,9 +122,9 @@ class StaticHandler(BaseHTTPRequestHandler):
             "ETag": '"' + hashlib.sha256(body).hexdigest()[:20] + '"',
             "Last-Modified": format_datetime(modified, usegmt=True),
         }
-        if is_not_modified(
+        if not_modified(
             validators["ETag"],
-            modified.timestamp(),
+            modified,
             self.headers.get("If-None-Match"),
             self.headers.get("If-Modified-Since"),
         ):

@@ -16,6 +16,8 @@ import sys
 import time
 import urllib.error
 import urllib.request
+from datetime import timedelta
+from email.utils import format_datetime, parsedate_to_datetime
 from pathlib import Path
 from types import ModuleType
 
@@ -158,12 +160,31 @@ def test_sample_server_sends_validators_and_answers_304() -> None:
             etag = response.headers["ETag"]
             last_modified = response.headers["Last-Modified"]
             assert b"https://jsonfeed.org/version/1.1" in response.read()
-        for header, value in (("If-None-Match", etag), ("If-Modified-Since", last_modified)):
-            request = urllib.request.Request(f"{base}/foggy-bottom.json", headers={header: value})
+        earlier = format_datetime(parsedate_to_datetime(last_modified) - timedelta(seconds=1))
+        current: list[dict[str, str]] = [
+            {"If-None-Match": etag},
+            {"If-None-Match": f'"other", W/{etag}'},
+            {"If-None-Match": "*"},
+            {"If-Modified-Since": last_modified},
+        ]
+        for headers in current:
+            request = urllib.request.Request(f"{base}/foggy-bottom.json", headers=headers)
             with pytest.raises(urllib.error.HTTPError) as answer:
                 urllib.request.urlopen(request, timeout=10)
             answer.value.close()
-            assert answer.value.code == 304
+            assert answer.value.code == 304, headers
+        stale: list[dict[str, str]] = [
+            {"If-None-Match": '"other"'},
+            # If-None-Match decides alone when sent
+            {"If-None-Match": '"other"', "If-Modified-Since": last_modified},
+            {"If-Modified-Since": earlier},
+            {"If-Modified-Since": "not a date"},
+        ]
+        for headers in stale:
+            request = urllib.request.Request(f"{base}/foggy-bottom.json", headers=headers)
+            with urllib.request.urlopen(request, timeout=10) as response:
+                assert response.status == 200, headers
+                assert response.headers["ETag"] == etag
         with pytest.raises(urllib.error.HTTPError) as missing:
             urllib.request.urlopen(f"{base}/../run.py", timeout=10)
         missing.value.close()
