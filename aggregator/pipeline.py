@@ -56,7 +56,7 @@ log = logging.getLogger("aggregator")
 
 T = TypeVar("T")
 
-#: polls overlapping in time share a round for at most this long (see Poller)
+#: the daemon's polls started within this long of a round's first share it (see Poller)
 ROUND_SECONDS = 60.0
 #: closing the database waits this long for a call stuck on another process's lock
 CLOSE_SECONDS = 5.0
@@ -82,10 +82,9 @@ class Poller:
 
     Owns the store's thread, the fetcher and the parse workers. A round (the poll's
     `round_id`, which dedupe.merge asks) is an explicit value: `poll_round` gives one to
-    all its feeds; the daemon's polls that overlap in time (every feed at start, a burst)
-    share one, for at most ROUND_SECONDS. At most `max_connections` feeds are between
-    "fetch started" and "stored" at once, which bounds the bodies held in memory when
-    fetching outpaces parsing.
+    all its feeds; the daemon's polls share one per ROUND_SECONDS (`_current_round`).
+    At most `max_connections` feeds are between "fetch started" and "stored" at once,
+    which bounds the bodies held in memory when fetching outpaces parsing.
 
         async with await Poller.open(settings) as poller:
             results = await poller.poll_round(config.feeds)
@@ -111,7 +110,6 @@ class Poller:
         self._rng = rng or random.Random()
         self._round = ""
         self._round_started = 0.0
-        self._polling = 0
 
     @classmethod
     async def open(cls, settings: Settings, **options: Any) -> Poller:
@@ -174,18 +172,15 @@ class Poller:
             state = await self.db.run(Store.feed_state, source.url)
         if round_id is None:
             round_id = self._current_round()
-        self._polling += 1
-        try:
-            async with self._in_progress:
-                return await self._poll(source, state, force, round_id)
-        finally:
-            self._polling -= 1
+        async with self._in_progress:
+            return await self._poll(source, state, force, round_id)
 
     def _current_round(self) -> str:
-        """The round of a poll the daemon starts: the one under way while other polls are
-        in flight (and it is young), else a new one."""
+        """The round of a poll the daemon starts: the one begun less than ROUND_SECONDS
+        ago, else a new one. So the feeds the daemon polls as it starts (every one due
+        then, 10 ms apart) form one round, as in `poll --once`."""
         now = time.monotonic()
-        if not self._round or not self._polling or now - self._round_started > ROUND_SECONDS:
+        if not self._round or now - self._round_started > ROUND_SECONDS:
             self._round, self._round_started = _new_round_id(), now
         return self._round
 

@@ -1,0 +1,189 @@
+"""The poller: one route for `poll --once` and the daemon, rounds as values.
+
+In process against a real loopback feed server, and (marked slow) the same input through
+`aggregator poll --once` and through `aggregator run`, compared item by item.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import sqlite3
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from datetime import timedelta
+from pathlib import Path
+
+import pytest
+
+from aggregator.model import FeedSource, Settings
+from aggregator.pipeline import Poller
+from tests.commands import aggregator
+from tests.feedserver import FeedServer
+from tests.test_daemon import (
+    DaemonProcess,
+    Story,
+    free_port,
+    launch,  # noqa: F401  (a fixture)
+    make_story,
+    rss,
+    wait_until,
+    write_config,
+)
+
+SETTINGS = {"retention": timedelta(days=3650)}
+
+
+def lead_titles(db_path: Path) -> dict[str, str]:
+    """Stored story title → the feed URL that leads it."""
+    db = sqlite3.connect(db_path)
+    try:
+        return dict(db.execute("SELECT title, first_feed_url FROM items").fetchall())
+    finally:
+        db.close()
+
+
+def stories_of(db_path: Path) -> set[tuple[str, str, str, frozenset[tuple[str, str]]]]:
+    """Each stored story as (title, link, lead feed, its copies as (feed, entry key)), ids
+    and times aside: what a reader of the published feeds sees, and what was merged."""
+    db = sqlite3.connect(db_path)
+    try:
+        copies: dict[str, set[tuple[str, str]]] = {}
+        for item_id, feed_url, key in db.execute(
+            "SELECT item_id, feed_url, entry_key FROM entries"
+        ):
+            copies.setdefault(item_id, set()).add((feed_url, key))
+        return {
+            (title, link, lead, frozenset(copies[item_id]))
+            for item_id, title, link, lead in db.execute(
+                "SELECT id, title, link, first_feed_url FROM items"
+            )
+        }
+    finally:
+        db.close()
+
+
+def syndicated_pair(server: FeedServer, *, original_delay: float, copy_delay: float) -> tuple:
+    """An original (published 5 h ago) and a syndicated copy of it (same link, published
+    1 h ago) on two feeds, each answering after its delay."""
+    original = make_story("syndicated", link="https://origin.example/story", age=timedelta(hours=5))
+    copy = Story(original.link, "Syndicated copy", original.text, make_story("x").published)
+    server.set("/origin.rss", rss("Origin", [original]), delay=original_delay)
+    server.set("/partner.rss", rss("Partner", [copy]), delay=copy_delay)
+    return (
+        FeedSource(url=server.url("/origin.rss")),
+        FeedSource(url=server.url("/partner.rss")),
+        original.title,
+    )
+
+
+@pytest.mark.parametrize("copy_first", [True, False])
+@pytest.mark.parametrize("route", ["round", "daemon"])
+def test_copies_polled_together_are_led_by_the_earliest_published_in_any_order(
+    tmp_path: Path, route: str, copy_first: bool
+) -> None:
+    """Whichever server answers first, the original leads: through a round (`poll --once`)
+    and through single polls that overlap in time (the daemon at start)."""
+    with FeedServer() as server:
+        origin, partner, title = syndicated_pair(
+            server, original_delay=0.4 if copy_first else 0, copy_delay=0 if copy_first else 0.4
+        )
+        settings = Settings(database=tmp_path / "agg.db", **SETTINGS)  # type: ignore[arg-type]
+
+        async def poll() -> None:
+            async with await Poller.open(settings, parsers=ThreadPoolExecutor(2)) as poller:
+                if route == "round":
+                    await poller.poll_round([origin, partner])
+                else:
+                    await asyncio.gather(poller.poll(origin), poller.poll(partner))
+
+        asyncio.run(poll())
+    assert lead_titles(tmp_path / "agg.db") == {title: origin.url}
+
+
+def test_a_copy_polled_in_a_later_round_does_not_take_the_lead(tmp_path: Path) -> None:
+    """A story already published keeps its face: an earlier-dated copy found later only
+    moves its published date."""
+    with FeedServer() as server:
+        origin, partner, _ = syndicated_pair(server, original_delay=0, copy_delay=0)
+        settings = Settings(database=tmp_path / "agg.db", **SETTINGS)  # type: ignore[arg-type]
+
+        async def poll() -> None:
+            async with await Poller.open(settings, parsers=ThreadPoolExecutor(1)) as poller:
+                await poller.poll(partner, round_id="first")
+                await poller.poll(origin, round_id="second")
+
+        asyncio.run(poll())
+    assert lead_titles(tmp_path / "agg.db") == {"Syndicated copy": partner.url}
+
+
+@pytest.mark.slow
+def test_poll_once_and_the_daemon_store_the_same_items_and_merges(
+    tmp_path: Path,
+    launch: Callable[..., DaemonProcess],  # noqa: F811
+) -> None:
+    """The same feeds through `aggregator poll --once` and through `aggregator run` give the
+    same stories, led by the same outlets, with the same copies merged into each."""
+    shared = make_story("wire", age=timedelta(hours=6))
+    rewritten = make_story("rewritten")
+    with FeedServer() as server:
+        feeds: dict[str, Sequence[Story]] = {
+            # the wire's story, syndicated under the same link by a partner polled first
+            "partner": [
+                Story(
+                    shared.link, "Partner: " + shared.title, shared.text, make_story("p").published
+                )
+            ],
+            # the daemon starts polls 10 ms apart: these start the wire's poll about a
+            # second after its partner's, in the same round
+            **{f"filler-{n}": [make_story(f"filler-{n}")] for n in range(100)},
+            "wire": [shared, make_story("wire-own")],
+            # the same text under another outlet's own URL, published earlier
+            "scraper": [
+                Story(
+                    "https://scraper.example/copy",
+                    rewritten.title,
+                    "By Staff. " + rewritten.text,
+                    shared.published,
+                )
+            ],
+            "blog": [rewritten, make_story("blog-own")],
+            "quiet": [make_story("quiet-own")],
+        }
+        delays = {"wire": 0.3, "scraper": 0.2, "quiet": 0.1}
+        for name, stories in feeds.items():
+            server.set(f"/{name}.rss", rss(name.capitalize(), stories), delay=delays.get(name, 0))
+        urls = [server.url(f"/{name}.rss") for name in feeds]
+
+        once_dir, daemon_dir = tmp_path / "once", tmp_path / "daemon"
+        port = free_port()
+        for directory in (once_dir, daemon_dir):
+            directory.mkdir()
+            write_config(
+                directory / "feeds.yaml",
+                port,
+                urls,
+                interval="1h",
+                settings="  retention: 3650d",
+            )
+        done = aggregator(once_dir / "feeds.yaml", "poll", "--once")
+        assert done.returncode == 0, done.stderr
+
+        daemon = launch(daemon_dir / "feeds.yaml", port)
+        daemon.wait_serving()
+        wait_until(
+            lambda: all(
+                any(url in line and "next at" in line for line in daemon.log.splitlines())
+                for url in urls
+            ),
+            30,
+            "every feed polled once by the daemon",
+        )
+        assert daemon.stop()[0] == 0
+
+    once, by_daemon = stories_of(once_dir / "agg.db"), stories_of(daemon_dir / "agg.db")
+    assert once == by_daemon
+    # and the input did hold merges: 107 entries, 105 stories, both led by the original
+    assert sum(len(copies) for *_, copies in once) == 107 and len(once) == 105
+    leads = {title: lead for title, _, lead, _ in once}
+    assert leads[shared.title] == server.url("/wire.rss")
+    assert leads[rewritten.title] == server.url("/scraper.rss")
