@@ -3,9 +3,10 @@
     FeedSource + FeedState ─ should_skip? (gone, Retry-After) ─► PollResult(skipped)
       ─► fetch.Fetcher.fetch ─► NotModified ─────────────────► store validators
                               ─► Fetched ─ same body hash? ──► store validators
-      ─► parse.parse_feed ─► ParsedFeed
-      ─► dedupe.entry_key + raw hash: entries unchanged since last time are not cleaned
-      ─► clean.clean_entry ─► Item
+      ─► ingest.process_body, in a parse worker:
+           parse.parse_feed (partial: only the entries changed since) ─► ParsedFeed
+           ─► dedupe.entry_key + raw hash: entries unchanged since last time are not cleaned
+           ─► clean.clean_entry ─► dedupe.content_hash, index_keys ─► Item
       ─► store.save_poll: dedupe against stored stories, one transaction per feed
     publish(): per topic store.newest_items ─► render.* ─► publish.write_outputs
 
