@@ -3,6 +3,10 @@
 Order per HTML field: strip_boilerplate (lxml, needs the publisher's classes) →
 sanitize_html (nh3 allowlist, absolute URLs, no tracking pixels) → html_to_text.
 nh3 runs last so nothing the boilerplate pass serializes can reintroduce markup.
+
+The entry key comes in (computed once, before cleaning) and the dedupe keys of the item
+(content hash, index keys) are added after it (`ingest.with_dedupe_keys`): cleaning
+computes neither.
 """
 
 from __future__ import annotations
@@ -17,7 +21,6 @@ import lxml.etree
 import lxml.html
 import nh3
 
-from aggregator.dedupe import content_hash, entry_key, index_keys
 from aggregator.model import Item, ParsedEntry
 from aggregator.nesting import exceeds_limits, markup_text
 from aggregator.text import single_line
@@ -454,10 +457,19 @@ _UNTITLED_LIMIT = 80
 
 
 def clean_entry(
-    entry: ParsedEntry, feed_url: str, now: datetime, first_seen: datetime | None = None
+    entry: ParsedEntry,
+    feed_url: str,
+    now: datetime,
+    first_seen: datetime | None = None,
+    *,
+    entry_key: str,
 ) -> Item:
-    """The publishable form of `entry`. `now` is the fetch time; `first_seen` the time the
-    entry was first stored, if it was (the date of an undated entry).
+    """The publishable form of `entry`, stored under `entry_key` (`dedupe.entry_key`,
+    computed before cleaning). `now` is the fetch time; `first_seen` the time the entry was
+    first stored, if it was (the date of an undated entry).
+
+    No dedupe keys are computed here: `content_hash` is left "" and `index_keys` None
+    until `ingest.with_dedupe_keys` adds them from the cleaned title and text.
 
     The link is stored only as an absolute http(s) URL without credentials or trackers
     (`urls.publishable_url`, the gate render.py applies again), else as ""; title, author
@@ -488,7 +500,7 @@ def clean_entry(
     categories = (single_line(category) for category in entry.categories)
     return Item(
         feed_url=feed_url,
-        entry_key=entry_key(entry),
+        entry_key=entry_key,
         link=link,
         canonical_link=canonical_url(link) if link else "",
         title=title,
@@ -500,8 +512,7 @@ def clean_entry(
         categories=tuple(dict.fromkeys(category for category in categories if category)),
         published=published,
         updated=updated,
-        content_hash=content_hash(title, text),
-        index_keys=frozenset(index_keys(title, text)),
+        content_hash="",
     )
 
 

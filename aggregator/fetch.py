@@ -1,5 +1,25 @@
 """Fetching feeds over HTTP: FeedState → Fetched | NotModified. The only module that does HTTP.
 
+Decision: this is our own minimal client on httpx's transport (`httpx.AsyncHTTPTransport`),
+not `httpx.AsyncClient` with its own redirects, proxies and content decoders, because
+ours each do something the Client's do not:
+- Redirects are followed by hand (`Fetcher._follow`): every hop needs decisions made
+  before it is sent (may its target be a non-public address? do the feed's credentials go
+  with it, only to the configured origin?), its own per-server slot, and a record after
+  (loops, the count, whether every hop was permanent, which makes the feed's new URL; and
+  whether credentials were withheld, which a 401 or 403 message then explains).
+- The private-network check is made again where the connection is opened, by a network
+  backend (`_PublicOnlyBackend`) put into the pool httpx's transport builds (httpx takes
+  no backend). Proxies follow from using the transport: the environment's proxies, which
+  the Client would read, are read here (`environment_proxies`, `_transport_for`).
+- Content decoding is ours (`_read_body`): the size limit holds while decompressing, each
+  decoder call's output capped at the room left, so a gzip or brotli bomb is stopped
+  before it is in memory; httpx's decoders inflate each chunk whole.
+- One deadline covers the whole fetch, every hop and the body (`Fetcher.fetch`); httpx's
+  timeouts are per operation (connect, read, write, pool).
+The Client's other layers (cookies, URL merging, auth flows) we do not want, and they cost
+time on every request (measured when they were dropped, c5bb73a).
+
 Defensive by design: bounded concurrency (global and per host), conditional GET, a connect/read
 timeout plus a total deadline per feed, redirects followed by hand (counted, loops detected,
 permanence tracked), and a body limit enforced on the raw bytes *and* while decompressing, so

@@ -4,7 +4,10 @@
       ─ update.skip_reason? (gone, Retry-After) ────────────────► PollResult(skipped)
       ─ fetch.Fetcher.fetch ─► NotModified ─────────────────────┐
                             ─► Fetched ─ same body hash? ───────┤
-      ─ ingest.process_body in a parse worker (parse → identify → clean) ─► items
+      ─ ingest.process_body, in a parse worker:                 │
+           parse (partial.py: only the entries changed since)   │
+           ─► identify (dedupe.entry_key; unchanged entries stop here)
+           ─► clean.clean_entry ─► dedupe.content_hash, index_keys ─► items
       ─ update.decide(source, state, outcome) ─► FeedUpdate ────┴► Store.save(update,
         items): the feed's state and its items, deduplicated (dedupe.match/merge/edit),
         in one transaction on the store's thread

@@ -17,6 +17,10 @@ def _name(frame: str) -> str:
     return frame.split(" (")[0]
 
 
+#: ingest's steps whose callees are shown as stages of their own
+_WORKER_STEPS = ("parse_changed_entries", "_new_or_changed", "clean_entry", "with_dedupe_keys")
+
+
 def stage_of(frames: list[str], role: str) -> str:
     dispatch = "process_body" if role == "worker" else "poll_feed"
     for i, frame in enumerate(frames):
@@ -25,7 +29,7 @@ def stage_of(frames: list[str], role: str) -> str:
         below = [_name(f) for f in frames[i + 1 : i + 4]] or [_name(frame)]
         if role == "worker":
             key = below[0]
-            if key == "clean_entry" and len(below) > 1:
+            if key in _WORKER_STEPS and len(below) > 1:
                 key += ">" + below[1]
                 if below[1] == "clean_html" and len(below) > 2:
                     key += ">" + below[2]

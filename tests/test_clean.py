@@ -20,6 +20,7 @@ from aggregator.clean import (
     sanitized_html_to_text,
     strip_boilerplate,
 )
+from aggregator.dedupe import entry_key
 from aggregator.model import Item, ParsedEntry
 from aggregator.parse import parse_feed
 
@@ -233,7 +234,9 @@ def test_wordpress_fixture_cleaned():
         {"content-type": "application/rss+xml"},
         "https://peace-monitor.example.org/feed/",
     )
-    reunions, garden, panel = (clean_entry(e, "https://pm.test/feed/", NOW) for e in feed.entries)
+    reunions, garden, panel = (
+        clean_entry(e, "https://pm.test/feed/", NOW, entry_key=entry_key(e)) for e in feed.entries
+    )
 
     for item in (reunions, garden, panel):
         for html_text in (item.content_html, item.summary_html):
@@ -279,7 +282,9 @@ def test_wordpress_fixture_cleaned():
 
 def test_atom_fixture_resolves_against_xml_base():
     feed = parse_feed((FEEDS / "atom.xml").read_bytes(), {}, "https://korea-desk.example.net/a")
-    kim, weekend, _ = (clean_entry(e, "https://kd.test/", NOW) for e in feed.entries)
+    kim, weekend, _ = (
+        clean_entry(e, "https://kd.test/", NOW, entry_key=entry_key(e)) for e in feed.entries
+    )
     assert 'src="https://korea-desk.example.net/analysis/2024/images/kalma-beach.jpg"' in (
         kim.content_html
     )
@@ -358,7 +363,8 @@ def make_entry(**changes: object) -> ParsedEntry:
 
 
 def clean(entry: ParsedEntry, first_seen: datetime | None = None) -> Item:
-    return clean_entry(entry, "https://feed.test/rss", NOW, first_seen)
+    """`entry` cleaned under the key ingest gives it."""
+    return clean_entry(entry, "https://feed.test/rss", NOW, first_seen, entry_key=entry_key(entry))
 
 
 def test_item_fields():
@@ -441,23 +447,12 @@ def test_entry_without_link():
     assert item.canonical_link == ""
 
 
-def test_entry_key_falls_back_from_id_to_link_to_content():
-    assert "id-1" in clean(make_entry()).entry_key
-    by_link = clean(make_entry(entry_id=None)).entry_key
-    assert "news.example.org/a" in by_link
-    assert by_link != clean(make_entry(entry_id=None, link="https://news.example.org/b")).entry_key
-    anonymous = make_entry(entry_id=None, link=None)
-    assert clean(anonymous).entry_key == clean(anonymous).entry_key
-    assert clean(anonymous).entry_key != clean(replace(anonymous, title="Other")).entry_key
-
-
-def test_content_hash_tracks_edits():
-    original = clean(make_entry())
-    assert clean(make_entry()).content_hash == original.content_hash
-    edited = clean(make_entry(content_html="<p>Corrected article text.</p>"))
-    assert edited.content_hash != original.content_hash
-    retitled = clean(make_entry(title="Envoys meet again"))
-    assert retitled.content_hash != original.content_hash
+def test_the_entry_key_is_given_and_no_dedupe_key_is_computed():
+    # identifying the entry and its dedupe keys are ingest's steps (tests/test_ingest.py)
+    item = clean_entry(make_entry(), "https://feed.test/rss", NOW, entry_key="id:given")
+    assert item.entry_key == "id:given"
+    assert item.content_hash == ""
+    assert item.index_keys is None
 
 
 def test_characters_xml_cannot_carry_are_removed():

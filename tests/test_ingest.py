@@ -1,4 +1,5 @@
-"""Splitting a feed body at its entries, and parsing only the entries a feed changed."""
+"""Splitting a feed body at its entries, parsing only the entries a feed changed, and
+ingest's identify and dedupe-keys steps."""
 
 from __future__ import annotations
 
@@ -11,12 +12,13 @@ from pathlib import Path
 
 import pytest
 
-from aggregator import parse
+from aggregator import dedupe, parse
 from aggregator.ingest import Processed, process_body
-from aggregator.model import FeedSource, Fetched, ParsedFeed, Settings
+from aggregator.model import FeedSource, Fetched, ParsedEntry, ParsedFeed, Settings
 from aggregator.parse import parse_feed, split_entries
 from aggregator.pipeline import Poller
 from aggregator.store import Store
+from aggregator.urls import canonical_url
 from tests.feedserver import FeedServer
 
 FEEDS = Path(__file__).parent / "data" / "feeds"
@@ -94,9 +96,12 @@ def process(
     known: Mapping[str, str | None] | None = None,
     known_chunks: Mapping[str, str] | None = None,
     url: str = URL,
+    partial: bool = True,
 ) -> Processed:
     fetched = Fetched(url=url, status=200, body=body, headers={})
-    return process_body(fetched, URL, dict(known or {}), NOW, LONG_AGO, known_chunks)
+    return process_body(
+        fetched, URL, dict(known or {}), NOW, LONG_AGO, known_chunks, partial=partial
+    )
 
 
 def known_of(processed: Processed) -> dict[str, str | None]:
@@ -271,6 +276,70 @@ def test_an_entry_listed_twice_keeps_its_first_copy(parsed_entry_counts: list[in
     assert again.items == ()
     assert parsed_entry_counts == [2, 1, 3]  # the reduced parse met story 2's key: all again
     assert again.entry_chunks == ()  # such a body is always parsed whole
+
+
+def test_without_partial_parsing_every_body_is_parsed_whole_and_no_chunks_kept(
+    parsed_entry_counts: list[int],
+) -> None:
+    first = process(rss(item(1), item(2), item(3)), partial=False)
+    assert titles(first) == ["Story 1", "Story 2", "Story 3"]
+    assert first.entry_chunks == ()
+    edited = rss(item(4), item(1), item(2, "Paragraph 2, corrected."), item(3), built="02")
+    chunks = dict(process(rss(item(1), item(2), item(3))).entry_chunks)
+    again = process(edited, known_of(first), chunks, partial=False)
+    assert parsed_entry_counts == [3, 3, 4]  # the last body whole, chunks or not
+    assert again.entry_chunks == ()
+    assert again.items == process(edited, known_of(first), chunks).items
+
+
+@pytest.mark.parametrize("partial", [True, False])
+def test_each_entry_key_is_computed_once(
+    monkeypatch: pytest.MonkeyPatch, partial: bool, parsed_entry_counts: list[int]
+) -> None:
+    first = process(rss(item(1), item(2), item(3)), partial=partial)
+    keyed: list[str] = []
+    whole = dedupe.entry_key
+
+    def counting(entry: ParsedEntry) -> str:
+        keyed.append(entry.title)
+        return whole(entry)
+
+    monkeypatch.setattr(dedupe, "entry_key", counting)
+    again = process(
+        rss(item(4), item(1), item(2), item(3)),
+        known_of(first),
+        dict(first.entry_chunks),
+        partial=partial,
+    )
+    assert titles(again) == ["Story 4"]
+    # partial parsing parses (and identifies) story 4 alone; a whole parse, all four once
+    assert keyed == (["Story 4"] if partial else ["Story 4", "Story 1", "Story 2", "Story 3"])
+    assert parsed_entry_counts[-1] == len(keyed)
+
+
+def test_items_are_keyed_by_id_then_link_then_content() -> None:
+    without_id = item(2).replace("<guid>https://blog.example/?p=2</guid>", "")
+    anonymous = item(3).replace("<guid>https://blog.example/?p=3</guid>", "")
+    anonymous = anonymous.replace("<link>https://blog.example/3/</link>", "")
+    keys = [entry.entry_key for entry, _ in process(rss(item(1), without_id, anonymous)).items]
+    assert keys[0] == "id:https://blog.example/?p=1"
+    assert keys[1] == "link:" + canonical_url("https://blog.example/2/")
+    assert keys[2].startswith("hash:")
+    retitled = process(rss(anonymous.replace("Story 3", "Story 3, updated")))
+    assert retitled.items[0][0].entry_key.startswith("hash:")
+    assert retitled.items[0][0].entry_key != keys[2]
+
+
+def test_items_get_their_dedupe_keys_from_their_cleaned_title_and_text() -> None:
+    [(original, _)] = process(rss(item(1))).items
+    assert original.content_hash == dedupe.content_hash(original.title, original.text)
+    assert original.index_keys == frozenset(dedupe.index_keys(original.title, original.text))
+    [(same, _)] = process(rss(item(1))).items
+    assert same.content_hash == original.content_hash
+    [(edited, _)] = process(rss(item(1, "Corrected: the talks resumed."))).items
+    assert edited.content_hash != original.content_hash
+    [(retitled, _)] = process(rss(item(1).replace("Story 1", "Story 1, again"))).items
+    assert retitled.content_hash != original.content_hash
 
 
 def test_poll_saves_entry_chunks_and_the_next_changed_body_parses_only_new_entries(

@@ -464,7 +464,7 @@ def test_an_escaped_author_reads_as_a_name_on_every_published_page():
     body = rss_with(creator="&lt;b onclick=x&gt;Bob &amp;amp; Alice&lt;/b&gt;")
     (entry,) = parse_feed(body, {}, "https://a.test/").entries
     now = datetime(2024, 3, 1, tzinfo=UTC)
-    cleaned = clean_entry(entry, "https://a.test/", now)
+    cleaned = clean_entry(entry, "https://a.test/", now, entry_key="id:1")
     item = PublishedItem(
         id="urn:x:1",
         link=cleaned.link,

@@ -62,7 +62,9 @@ def stories_of(db_path: Path) -> set[tuple[str, str, str, frozenset[tuple[str, s
         db.close()
 
 
-def syndicated_pair(server: FeedServer, *, original_delay: float, copy_delay: float) -> tuple:
+def syndicated_pair(
+    server: FeedServer, *, original_delay: float, copy_delay: float
+) -> tuple[FeedSource, FeedSource, str]:
     """An original (published 5 h ago) and a syndicated copy of it (same link, published
     1 h ago) on two feeds, each answering after its delay."""
     original = make_story("syndicated", link="https://origin.example/story", age=timedelta(hours=5))
