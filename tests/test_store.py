@@ -283,3 +283,26 @@ def test_gone_fingerprints_are_read_back_whatever_their_first_character(tmp_path
             store.save(FeedUpdate(state), now=NOW, round_id="r")
         states = store.feed_states()
         assert {url: states[url].gone_fingerprint for url in urls} == urls
+
+
+def test_the_schema_in_the_docstring_is_the_database_s(tmp_path: Path) -> None:
+    """store.py lists the current schema in one place; it must say what the migrations
+    build, column for column."""
+    import re
+
+    from aggregator import store as store_module
+
+    documented = {
+        name: [c.strip() for c in columns.split(",")]
+        for name, columns in re.findall(
+            r"^  (\w+)\(([^)]*)\)", store_module.__doc__ or "", re.MULTILINE
+        )
+    }
+    with Store.open(tmp_path / "agg.db") as store:
+        actual = {
+            name: [column.name for column in store.db[name].columns]  # type: ignore[union-attr]
+            for name in documented
+        }
+        tables = set(store.db.table_names())
+    assert documented == actual
+    assert {t for t in tables if not t.startswith(("_", "items_fts_"))} == set(documented)
