@@ -1,8 +1,9 @@
 """Summarise a `py-spy record --subprocesses --format raw` profile of `poll --once`.
 
 Each sample is put under its process role (main process or parse worker) and the pipeline
-stage it was in: the first aggregator function below `process_body` in a worker, below
-`poll_feed` in the main process. Prints the shares of all samples, largest first.
+stage it was in: the first aggregator function below `process_body` in a worker; in the
+main process, below `Poller._poll` on the event loop, or the Store method the store's
+thread runs (`Store.save` with its callees). Prints the shares of all samples, largest first.
 
     .venv/bin/python bench/profile_summary.py bench/out/profile-cold.txt [ROWS]
 """
@@ -22,24 +23,25 @@ _WORKER_STEPS = ("parse_changed_entries", "_new_or_changed", "clean_entry", "wit
 
 
 def stage_of(frames: list[str], role: str) -> str:
-    dispatch = "process_body" if role == "worker" else "poll_feed"
-    for i, frame in enumerate(frames):
-        if not frame.startswith(dispatch):
-            continue
-        below = [_name(f) for f in frames[i + 1 : i + 4]] or [_name(frame)]
-        if role == "worker":
+    names = [_name(f) for f in frames]
+    if role == "worker":
+        if "process_body" in names:
+            i = names.index("process_body")
+            below = names[i + 1 : i + 4] or ["process_body"]
             key = below[0]
             if key in _WORKER_STEPS and len(below) > 1:
                 key += ">" + below[1]
                 if below[1] == "clean_html" and len(below) > 2:
                     key += ">" + below[2]
             return key
-        key = "poll_feed>" + below[0]
-        if below[0] == "Store.save_poll":
-            key += "".join(">" + name for name in below[1:])
-        return key
-    named = [_name(f) for f in frames]
-    return named[min(len(named) - 1, 3)] if named else "?"
+    else:
+        for i, name in enumerate(names):
+            if name.startswith("Store."):  # on the store's thread
+                below = names[i : i + 3]
+                return "store>" + (">".join(below) if name == "Store.save" else name)
+            if name == "Poller._poll":
+                return "poll>" + (names[i + 1] if i + 1 < len(names) else name)
+    return names[min(len(names) - 1, 3)] if names else "?"
 
 
 def main() -> int:

@@ -1,4 +1,4 @@
-"""In-process render time of one topic: `pipeline.render_outputs` on a populated database."""
+"""In-process render time of one topic: `publish.render_outputs` on a populated database."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import sys
 import time
 from pathlib import Path
 
-from aggregator import pipeline
+from aggregator import publish
 from aggregator.config import load_config
 from aggregator.store import Store
 
@@ -21,7 +21,7 @@ def main() -> int:
     with Store.open(config.settings.database) as store:
         for _ in range(repeat):
             started = time.perf_counter()
-            outputs = pipeline.render_outputs(config, store, only={slug})
+            outputs = publish.render_outputs(config, store, only={slug})
             times.append(time.perf_counter() - started)
         items = outputs[f"{slug}.atom"].count(b"<entry>")
     result = {

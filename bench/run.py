@@ -1034,7 +1034,7 @@ def table(results: dict[str, Any]) -> str:
         ro = render["render_outputs"]
         lines.append(
             f"Render: `aggregator build` {render['build']['wall']:.2f} s wall (median of"
-            f" {len(render['build']['runs'])}, fresh process); `pipeline.render_outputs` of topic"
+            f" {len(render['build']['runs'])}, fresh process); `publish.render_outputs` of topic"
             f" `{ro['topic']}` ({ro['items']} items, all four formats + index + OPML) in process:"
             f" median {ro['median_s'] * 1000:.1f} ms of {ro['repeat']}."
         )

@@ -299,10 +299,7 @@ def test_the_schema_in_the_docstring_is_the_database_s(tmp_path: Path) -> None:
         )
     }
     with Store.open(tmp_path / "agg.db") as store:
-        actual = {
-            name: [column.name for column in store.db[name].columns]  # type: ignore[union-attr]
-            for name in documented
-        }
+        actual = {name: [column.name for column in store.db[name].columns] for name in documented}
         tables = set(store.db.table_names())
     assert documented == actual
     assert {t for t in tables if not t.startswith(("_", "items_fts_"))} == set(documented)
