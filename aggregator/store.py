@@ -349,7 +349,15 @@ class Store:
         }
         if update.entry_chunks is not None:
             row["entry_chunks"] = " ".join(f"{chunk}:{key}" for chunk, key in update.entry_chunks)
-        self.db["feeds"].upsert(row, pk="url")  # type: ignore[union-attr]
+        # One INSERT … ON CONFLICT, not sqlite-utils' Table.upsert: that reads the table's
+        # schema on every call (0.33 ms a feed, a fifth of a warm round of 2,000 feeds)
+        columns = ", ".join(row)
+        updates = ", ".join(f"{c} = excluded.{c}" for c in row if c != "url")
+        self.db.execute(
+            f"INSERT INTO feeds ({columns}) VALUES ({', '.join('?' for _ in row)})"
+            f" ON CONFLICT (url) DO UPDATE SET {updates}",
+            list(row.values()),
+        )
 
     # --- items: dedupe's decisions applied ---------------------------------------------
 
