@@ -48,13 +48,16 @@ __all__ = [
     "normalize_text",
     "sampled_shingles",
     "shingles",
+    "story_title",
+    "title_relation",
     "titles_agree",
+    "winnowed_shingles",
     "words",
 ]
 
 #: names the scheme of `index_keys`: the store keeps the scheme its keys were made with and
 #: re-indexes every stored item when this changes, so change it with `index_keys`
-KEY_SCHEME = "2"
+KEY_SCHEME = "3"
 #: words per shingle: long enough that unrelated texts share almost none, short enough that
 #: one changed word spoils only a few
 SHINGLE_SIZE = 5
@@ -77,12 +80,37 @@ WORDS_PER_INTERIOR_DIFFERENCE = 100
 #: dateline, an editor's note). A copy starts near the top; a digest or round-up that quotes a
 #: short item further down is a different story
 MAX_LEAD_WORDS = 60
+#: Title evidence (`title_relation`): when the titles name the same story, less of the text
+#: must agree, and the edge and interior rules (made for copies that differ only at their
+#: edges) are replaced by one that matters: no number substituted. Copies that republish a
+#: release or a generated article under its own title reorder, cut and pad it (a MarketBeat
+#: network item on two sites shares 60-90 % of its shingles); different stories from one
+#: template carry different titles (another holder, company, rating or day), and stories
+#: that share a title's words but not its text (two outlets' own articles on one event)
+#: share at most about half their shingles on the development data. Share of the shorter
+#: text's distinct shingles that must occur in the longer one when the titles are the same
+#: (or one is the other cut short):
+SAME_TITLE_CONTAINMENT = 0.5
+#: … and when most of their words are shared (`SIMILAR_TITLE_WORDS`)
+SIMILAR_TITLE_CONTAINMENT = 0.65
+#: share of the shorter title's distinct words found in the other for "similar" titles
+SIMILAR_TITLE_WORDS = 0.75
+#: titles shorter than this (in words) are no evidence: "Update", "Markets today"
+MIN_TITLE_WORDS = 4
+#: an uncovered run of at most this many words between agreeing text is a substitution
+#: (a name or a number swapped in a template), not a section one copy lacks
+MAX_SUBSTITUTION_WORDS = 4
+#: with the titles' help, words swapped for others (a scraper's light rewording: "requires"
+#: → "needs") may be one in this many; a figure swapped is never a copy
+WORDS_PER_SUBSTITUTION = 25
 #: index keys: one shingle in this many is sampled (by hash value, so containment survives)
 SAMPLE_MODULUS = 8
 #: at most this many sampled shingles per item (the smallest hashes)
 MAX_SAMPLED_KEYS = 8
-#: the first shingles are always keys, so an excerpt finds its full text
-PREFIX_KEYS = 3
+#: index keys: the text's first words, where a copy's text begins, are winnowed
+LEAD_KEY_WORDS = 150
+#: … in windows of this many shingles (a shared run of 12 words shares a key)
+WINNOW_WINDOW = 8
 
 _APOSTROPHES = re.compile("['\u2019\u02bc]")
 # soft hyphen, zero-width space/joiners, word joiner, BOM: invisible, may split a word
@@ -106,6 +134,52 @@ def words(text: str) -> list[str]:
 def normalize_text(text: str) -> str:
     """`words(text)` joined by single spaces."""
     return " ".join(words(text))
+
+
+#: "UPDATE: ", "Analysis: ", "Exclusive - ": a label of at most 3 words before the headline
+_TITLE_LABEL = re.compile(r"^\s*[^\W\d][^:|\n]{0,30}?\s*:\s+(?=\S)")
+#: " | The Global Herald", " | MarketScreener": the outlet's name after the headline
+_TITLE_SITE = re.compile(r"\s+\|\s+[^|]{1,60}$")
+
+
+def story_title(title: str) -> list[str]:
+    """The words of a headline without what outlets add around it: a label before it
+    ("UPDATE:", "Analysis:") and their own name after a bar (" | The Global Herald")."""
+    label = _TITLE_LABEL.match(title)
+    if label and len(label.group(0).split()) <= 3 and len(words(title[label.end() :])) >= 3:
+        title = title[label.end() :]
+    site = _TITLE_SITE.search(title)
+    if site and len(site.group(0).split()) <= 7 and len(words(title[: site.start()])) >= 3:
+        title = title[: site.start()]
+    return words(title)
+
+
+def title_relation(a_title: str, b_title: str) -> str | None:
+    """ "same" when the headlines (`story_title`) are equal or one is the other cut short
+    (aggregators truncate: "… Chief Financial Of"); "similar" when most words of the
+    shorter occur in the other; else None. A number in the shorter headline that the other
+    lacks makes them neither: "Sells 4,692 Shares" and "Sells 2,230 Shares" differ."""
+    a, b = story_title(a_title), story_title(b_title)
+    short, long = sorted((a, b), key=len)
+    if len(short) < MIN_TITLE_WORDS:
+        return None
+    if not {w for w in short if _DIGIT.search(w)} <= {w for w in long if _DIGIT.search(w)}:
+        return None
+    if short == long or _is_cut_short(a, b) or _is_cut_short(b, a):
+        return "same"
+    distinct = set(short)
+    if len(distinct & set(long)) >= SIMILAR_TITLE_WORDS * len(distinct):
+        return "similar"
+    return None
+
+
+def _is_cut_short(short: list[str], long: list[str]) -> bool:
+    last = len(short) - 1
+    return (
+        len(short) <= len(long)
+        and short[:last] == long[:last]
+        and long[last].startswith(short[last])
+    )
 
 
 def content_hash(title: str, text: str) -> str:
@@ -169,23 +243,33 @@ def index_keys(title: str, text: str) -> set[int]:
     """The keys under which the store indexes an item, and looks up candidates for a new one.
 
     Two items that `is_same_story` could match share a key:
-    - `sampled_shingles`: whether a shingle is sampled depends only on the shingle, so the
-      sample of a contained text is contained in the sample of the containing one. Past
-      `MAX_SAMPLED_KEYS` only the smallest hashes are kept; that keeps containment for
-      texts of similar length (copies, trimmed copies) but may lose it for a
-      short excerpt of a long text, hence
-    - the first `PREFIX_KEYS` shingles, shared by an excerpt and its full text, and
-    - a key for the normalised title, for short texts and copies that differ early.
-    At most MAX_SAMPLED_KEYS + PREFIX_KEYS + 1 keys.
+    - `winnowed_shingles` of the text's first `LEAD_KEY_WORDS` words: one in every window of
+      `WINNOW_WINDOW` shingles, chosen by value, so two texts that share a run of
+      `WINNOW_WINDOW + SHINGLE_SIZE - 1` words there share a key. A copy starts near the
+      top of its original, whatever was added before it (a dateline, "This article first
+      appeared on …"), and an excerpt is its start;
+    - `sampled_shingles` (at most `MAX_SAMPLED_KEYS`, the smallest): for copies that
+      share their text but not its start (sections reordered or cut);
+    - a key for the headline (`story_title`: without "UPDATE:" or " | Outlet"), for short
+      texts and for copies the title rules match.
     """
     text_words = words(text)
     sampled = sorted(sampled_shingles(text_words))
     keys = set(sampled[:MAX_SAMPLED_KEYS])
-    keys.update(_shingle_list(text_words[: PREFIX_KEYS + SHINGLE_SIZE - 1]))
-    title_words = words(title)
-    if title_words:
-        keys.add(_signed64(_digest(b"title\x00" + " ".join(title_words).encode())))
+    keys.update(winnowed_shingles(text_words[:LEAD_KEY_WORDS]))
+    headline = story_title(title)
+    if headline:
+        keys.add(_signed64(_digest(b"title\x00" + " ".join(headline).encode())))
     return keys
+
+
+def winnowed_shingles(words: Sequence[str], window: int = WINNOW_WINDOW) -> set[int]:
+    """The smallest shingle hash of every `window` consecutive shingles (winnowing): texts
+    sharing a run of `window + SHINGLE_SIZE - 1` words share one of these."""
+    hashes = _shingle_list(words)
+    if len(hashes) <= window:
+        return {min(hashes)} if hashes else set()
+    return {min(hashes[i : i + window]) for i in range(len(hashes) - window + 1)}
 
 
 def sampled_shingles(words: Sequence[str], size: int = SHINGLE_SIZE) -> set[int]:
@@ -220,13 +304,16 @@ def titles_agree(a_title: str, b_title: str) -> bool:
 def is_same_story(a_title: str, a_text: str, b_title: str, b_text: str) -> bool:
     """Whether two items are copies of one story (CONTRACT.md "Same story"). Symmetric.
 
-    The shorter text (in words) must be an excerpt of the longer one (a prefix of at least
-    `MIN_PREFIX_WORDS` words, its last word possibly cut), or most of its shingles
-    (`MIN_CONTAINMENT`) must occur in the longer text, starting near its top
-    (`MAX_LEAD_WORDS`), while it differs from it only at its edges
-    (`WORDS_PER_INTERIOR_DIFFERENCE`) and never by a number. The prefix test is a fast path:
-    an excerpt also passes the shingle test. Texts under `SHORT_TEXT_WORDS`
-    words also need `titles_agree`. An empty text matches nothing.
+    By text alone: the shorter text (in words) is an excerpt of the longer one (a prefix of
+    at least `MIN_PREFIX_WORDS` words, its last word possibly cut), or most of its shingles
+    (`MIN_CONTAINMENT`) occur in the longer text, starting near its top (`MAX_LEAD_WORDS`),
+    while it differs from it only at its edges (`WORDS_PER_INTERIOR_DIFFERENCE`) and never
+    by a number. Texts under `SHORT_TEXT_WORDS` words also need `titles_agree`.
+
+    With the titles' help (`title_relation`): "same" headlines need
+    `SAME_TITLE_CONTAINMENT` of the shorter text's shingles in the longer, "similar" ones
+    `SIMILAR_TITLE_CONTAINMENT`, wherever they are, and no number substituted between
+    agreeing text. An empty text matches nothing.
     """
     a_words, b_words = words(a_text), words(b_text)
     if not a_words or not b_words:
@@ -235,7 +322,100 @@ def is_same_story(a_title: str, a_text: str, b_title: str, b_text: str) -> bool:
     short, long = sorted((a_words, b_words), key=lambda seq: (len(seq), seq))
     if len(short) < SHORT_TEXT_WORDS and not titles_agree(a_title, b_title):
         return False
-    return _is_excerpt(short, long) or _is_contained(short, long)
+    if _is_excerpt(short, long):
+        return True
+    found, long_positions = _found_shingles(short, long)
+    if _is_contained(short, long, found, long_positions):
+        return True
+    relation = title_relation(a_title, b_title)
+    if relation is None or len(short) < SHORT_TEXT_WORDS:
+        return False
+    needed = SAME_TITLE_CONTAINMENT if relation == "same" else SIMILAR_TITLE_CONTAINMENT
+    return _containment(short, found) >= needed and not _is_template_fill(
+        short, found, long, long_positions
+    )
+
+
+def _found_shingles(short: list[str], long: list[str]) -> tuple[list[bool], dict[int, int]]:
+    """For each shingle of `short` in order, whether `long` has it; and the position in
+    `long` of each of its shingles (the first)."""
+    long_positions: dict[int, int] = {}
+    for position, key in enumerate(_shingle_list(long)):
+        long_positions.setdefault(key, position)
+    return [key in long_positions for key in _shingle_list(short)], long_positions
+
+
+def _containment(short: list[str], found: list[bool]) -> float:
+    """Share of the distinct shingles of `short` found in the other text."""
+    shingles = _shingle_list(short)
+    distinct = set(shingles)
+    found_distinct = {key for key, is_found in zip(shingles, found, strict=True) if is_found}
+    return len(found_distinct) / len(distinct) if distinct else 0.0
+
+
+def _substitutions(
+    short: list[str], found: list[bool], long: list[str], long_positions: dict[int, int]
+) -> list[tuple[list[str], list[str]]]:
+    """Short runs of `short` (at most `MAX_SUBSTITUTION_WORDS` words) that the other text
+    lacks, between runs it has, where the other text has other words between the same
+    runs: (these words, the other's). A template filled in for another story differs so
+    (another figure, name or day); a copy that drops a clause or a section does not."""
+    covered = _covered(short, found)
+    shingles = _shingle_list(short)
+    found_runs = []
+    position, end = 0, len(short)
+    while position < end:
+        if covered[position]:
+            position += 1
+            continue
+        run_end = position
+        while run_end < end and not covered[run_end]:
+            run_end += 1
+        if (
+            position >= SHINGLE_SIZE
+            and run_end < len(shingles)
+            and run_end - position <= MAX_SUBSTITUTION_WORDS
+        ):
+            # the agreeing runs on either side are found shingles: where they are in `long`
+            after_left = long_positions[shingles[position - SHINGLE_SIZE]] + SHINGLE_SIZE
+            right = long_positions[shingles[run_end]]
+            if 0 < right - after_left <= MAX_SUBSTITUTION_WORDS:
+                found_runs.append((short[position:run_end], long[after_left:right]))
+        position = run_end
+    return found_runs
+
+
+def _is_template_fill(
+    short: list[str], found: list[bool], long: list[str], long_positions: dict[int, int]
+) -> bool:
+    """Whether the texts read as one template filled in twice: a figure substituted (a
+    number for another one; "40th" written "40" is the same figure), or more words
+    substituted than a light rewording explains (one per `WORDS_PER_SUBSTITUTION`)."""
+    substitutions = _substitutions(short, found, long, long_positions)
+    for ours, theirs in substitutions:
+        if _figures(ours) != _figures(theirs):
+            return True
+    return len(substitutions) > len(short) // WORDS_PER_SUBSTITUTION
+
+
+#: a figure: digits, maybe with an ordinal or a scale ("14th", "5m"); not a model name
+_FIGURE = re.compile(r"\d+(?:st|nd|rd|th|s|k|m|bn)?")
+
+
+def _figures(words: list[str]) -> set[str]:
+    """The figures among `words`, as digits ("40th" and "40" are one figure)."""
+    return {"".join(ch for ch in word if ch.isdigit()) for word in words if _FIGURE.fullmatch(word)}
+
+
+def _covered(short: list[str], found: list[bool]) -> list[bool]:
+    """For each word of `short`, whether a shingle found in the other text holds it."""
+    covered = [False] * len(short)
+    size = min(SHINGLE_SIZE, len(short))
+    for start, is_found in enumerate(found):
+        if is_found:
+            for position in range(start, start + size):
+                covered[position] = True
+    return covered
 
 
 def _is_excerpt(short: list[str], long: list[str]) -> bool:
@@ -245,15 +425,12 @@ def _is_excerpt(short: list[str], long: list[str]) -> bool:
     return short[:last] == long[:last] and long[last].startswith(short[last])
 
 
-def _is_contained(short: list[str], long: list[str]) -> bool:
-    short_shingles = _shingle_list(short)
-    long_positions: dict[int, int] = {}
-    for position, key in enumerate(_shingle_list(long)):
-        long_positions.setdefault(key, position)
-    found = [key in long_positions for key in short_shingles]
-    distinct = set(short_shingles)
-    if sum(key in long_positions for key in distinct) < MIN_CONTAINMENT * len(distinct):
+def _is_contained(
+    short: list[str], long: list[str], found: list[bool], long_positions: dict[int, int]
+) -> bool:
+    if not any(found) or _containment(short, found) < MIN_CONTAINMENT:
         return False
+    short_shingles = _shingle_list(short)
     first = found.index(True)
     last = len(found) - 1 - found[::-1].index(True)
     long_first = long_positions[short_shingles[first]]
@@ -296,11 +473,7 @@ def _changes_a_number(
 
 def _interior_uncovered_words(short: list[str], found: list[bool]) -> list[str]:
     """Words of `short` in no shingle found in the other text, except at its start and end."""
-    covered = [False] * len(short)
-    for start, is_found in enumerate(found):
-        if is_found:
-            for position in range(start, start + SHINGLE_SIZE):
-                covered[position] = True
+    covered = _covered(short, found)
     first = covered.index(True)
     last = len(covered) - 1 - covered[::-1].index(True)
     return [short[i] for i in range(first, last + 1) if not covered[i]]

@@ -12,10 +12,12 @@ checks this list against the database):
         fts_indexed, first_round)
       one row per story, however many feeds carried it; `id` is its published id;
       `first_feed_url` is the outlet that leads (dedupe.merge)
-  entries(feed_url, entry_key, item_id, link, canonical_link, content_hash, raw_hash, seen_at)
-      one row per (feed, entry): which item it became, its content hash
+  entries(feed_url, entry_key, item_id, link, canonical_link, content_hash, raw_hash, seen_at,
+          title, text)
+      one row per (feed, entry): which item it became, its content hash; a copy merged
+      into another outlet's story keeps its own title and text, for matching
   item_keys(key, item_id)
-      near-duplicate index: dedupe.index_keys → item
+      near-duplicate index: dedupe.index_keys of the story's text and its copies' → item
   meta(name, value)
       the dedupe key scheme the item_keys were made with (dedupe.KEY_SCHEME)
   items_fts(title, text)
@@ -186,6 +188,19 @@ def _rounds_and_key_scheme(db: Database) -> None:
         ALTER TABLE items ADD COLUMN first_round TEXT;
         CREATE TABLE meta (name TEXT PRIMARY KEY, value TEXT NOT NULL);
         INSERT INTO meta (name, value) VALUES ('dedupe_key_scheme', '2');
+        """
+    )
+
+
+@migrations(name="006_copy_texts")
+def _copy_texts(db: Database) -> None:
+    # the title and text of each copy merged into a story (not only the lead's, in items):
+    # a new copy is compared with every version of the story, so which one leads does not
+    # decide what matches (dedupe.match)
+    db.executescript(
+        """
+        ALTER TABLE entries ADD COLUMN title TEXT;
+        ALTER TABLE entries ADD COLUMN text TEXT;
         """
     )
 
@@ -374,15 +389,21 @@ class Store:
             )
             if item.content_hash == entry["content_hash"]:
                 return "unchanged"
+            self.db.execute(  # a merged copy's own version, kept for matching, follows it
+                "UPDATE entries SET title = ?, text = ?"
+                " WHERE feed_url = ? AND entry_key = ? AND text IS NOT NULL",
+                [item.title, item.text, item.feed_url, item.entry_key],
+            )
             story = self._story(entry["item_id"])
             change = dedupe.edit(story, item, now) if story else dedupe.StoryChange()
             return "updated" if self._apply(entry["item_id"], change) else "unchanged"
         match = dedupe.match(item, self._candidates(item))
         if match is not None:
-            self._insert_entry(item, match, raw_hash, now)
+            self._insert_entry(item, match, raw_hash, now, own_text=True)
+            self._index_keys(match, item)
             story = self._story(match)
             assert story is not None
-            self._apply(match, dedupe.merge(story, item, round_id))
+            self._apply(match, dedupe.merge(story, item, round_id), story)
             return "merged"
         item_id = "urn:uuid:" + str(
             uuid.uuid5(uuid.NAMESPACE_URL, f"{item.feed_url}\n{item.entry_key}")
@@ -432,6 +453,12 @@ class Store:
             row = self._one("SELECT title, text FROM items WHERE id = ?", [item_id])
             if row is not None:
                 yield dedupe.Candidate(item_id, row["title"], row["text"])
+            copies = self.db.execute(
+                "SELECT title, text FROM entries WHERE item_id = ? AND text IS NOT NULL",
+                [item_id],
+            ).fetchall()
+            for title, text in copies:
+                yield dedupe.Candidate(item_id, title, text)
 
     def _story(self, item_id: str) -> dedupe.StoredStory | None:
         row = self._one(
@@ -446,9 +473,21 @@ class Store:
             item_id, published, updated, row["first_feed_url"], row["first_round"]
         )
 
-    def _apply(self, item_id: str, change: dedupe.StoryChange) -> bool:
-        """Write a story change; False when there was nothing to change."""
+    def _apply(
+        self,
+        item_id: str,
+        change: dedupe.StoryChange,
+        story: dedupe.StoredStory | None = None,
+    ) -> bool:
+        """Write a story change; False when there was nothing to change. A new lead's
+        text replaces the story's: the previous lead's (`story`) stays with its entry."""
         columns: dict[str, Any] = {}
+        if change.lead_feed_url is not None and story is not None:
+            self.db.execute(
+                "UPDATE entries SET (title, text) = (SELECT title, text FROM items WHERE id = ?)"
+                " WHERE item_id = ? AND feed_url = ? AND text IS NULL",
+                [item_id, item_id, story.lead_feed_url],
+            )
         if change.text_from is not None:
             columns.update(_story_columns(change.text_from))
         if change.lead_feed_url is not None:
@@ -464,9 +503,21 @@ class Store:
             [*columns.values(), item_id],
         )
         if change.text_from is not None:
-            self.db.execute("DELETE FROM item_keys WHERE item_id = ?", [item_id])
-            self._index_keys(item_id, change.text_from)
+            self._reindex(item_id)
         return True
+
+    def _reindex(self, item_id: str) -> None:
+        """The story's keys again, from its text and its copies'."""
+        self.db.execute("DELETE FROM item_keys WHERE item_id = ?", [item_id])
+        texts = self.db.execute(
+            "SELECT title, text FROM items WHERE id = ?"
+            " UNION ALL SELECT title, text FROM entries WHERE item_id = ? AND text IS NOT NULL",
+            [item_id, item_id],
+        ).fetchall()
+        self.db.conn.executemany(
+            "INSERT OR IGNORE INTO item_keys (key, item_id) VALUES (?, ?)",
+            {(key, item_id) for title, text in texts for key in dedupe.index_keys(title, text)},
+        )
 
     def _index_keys(self, item_id: str, item: Item) -> None:
         self.db.conn.executemany(
@@ -483,7 +534,10 @@ class Store:
         with _immediate(self.db):
             self.db.execute("DELETE FROM item_keys")
             # streamed, not fetched whole: a large database's texts need not fit in memory
-            rows = self.db.conn.execute("SELECT id, title, text FROM items")
+            rows = self.db.conn.execute(
+                "SELECT id, title, text FROM items UNION ALL"
+                " SELECT item_id, title, text FROM entries WHERE text IS NOT NULL"
+            )
             self.db.conn.executemany(
                 "INSERT OR IGNORE INTO item_keys (key, item_id) VALUES (?, ?)",
                 (
@@ -497,10 +551,20 @@ class Store:
                 [dedupe.KEY_SCHEME],
             )
 
-    def _insert_entry(self, item: Item, item_id: str, raw_hash: str | None, now: datetime) -> None:
+    def _insert_entry(
+        self,
+        item: Item,
+        item_id: str,
+        raw_hash: str | None,
+        now: datetime,
+        own_text: bool = False,
+    ) -> None:
+        """The entry's row; with `own_text` (a copy merged into another's story) its title
+        and text too."""
         self.db.execute(
             "INSERT INTO entries (feed_url, entry_key, item_id, link, canonical_link,"
-            " content_hash, raw_hash, seen_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+            " content_hash, raw_hash, seen_at, title, text)"
+            " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
             [
                 item.feed_url,
                 item.entry_key,
@@ -510,6 +574,8 @@ class Store:
                 item.content_hash,
                 raw_hash,
                 to_iso(now),
+                item.title if own_text else None,
+                item.text if own_text else None,
             ],
         )
 
