@@ -511,3 +511,127 @@ def test_contained_text_keeps_its_sampled_keys(text, head, tail, seed) -> None:
     assume(len(full_sample) <= dedupe.MAX_SAMPLED_KEYS)  # under the cap
     assert sampled <= part_keys
     assert sampled <= full_keys
+
+
+# --- real copies: titles as evidence, templates apart (issue 14's phenomena) ----------------
+
+
+def robo_article(holder: str, shares: str, value: str, seed: int = 11) -> list[str]:
+    """A generated holdings article: paragraphs of template text around its figures."""
+    rng = Random(seed)
+    filler = [" ".join(random_text(seed * 100 + n, 40)) + "." for n in range(6)]
+    rng.shuffle(filler)
+    return [
+        f"{holder} bought a new stake in Cintas Co. during the third quarter, according to"
+        f" its filing. The fund bought {shares} shares of the company, valued at {value}.",
+        *filler,
+    ]
+
+
+def test_story_title_drops_labels_and_outlet_names() -> None:
+    base = dedupe.story_title("Talks resume after missile launch")
+    assert dedupe.story_title("UPDATE: Talks resume after missile launch") == base
+    assert dedupe.story_title("Analysis: Talks resume after missile launch") == base
+    assert dedupe.story_title("Talks resume after missile launch | The Global Herald") == base
+    # a "label" that would leave less than three words is the headline itself
+    assert dedupe.story_title("Kim says: talks resume") == words("Kim says talks resume")
+    assert dedupe.story_title("Zacks: Analysts Expect $0.88 EPS")[0] == "analysts"
+
+
+def test_title_relation_same_similar_or_none() -> None:
+    title = "CSX Appoints Sean R. Pelkey Executive Vice President and Chief Financial Officer"
+    assert dedupe.title_relation(title, title + " | MarketScreener") == "same"
+    # an aggregator's cut: "… Chief Financial Of"
+    assert dedupe.title_relation(title, title[:75]) == "same"
+    assert (
+        dedupe.title_relation(
+            title, "CSX Corporation Appoints Sean R. Pelkey as Chief Financial Officer"
+        )
+        == "similar"
+    )
+    # a figure that differs: other holdings, other stories
+    assert (
+        dedupe.title_relation(
+            "AGF Investments Inc. Sells 4,692 Shares of Cintas",
+            "AGF Investments Inc. Sells 2,230 Shares of Cintas",
+        )
+        is None
+    )
+    assert dedupe.title_relation("Weather", "Weather") is None  # too short to say anything
+    assert dedupe.title_relation("Talks resume in Geneva", "Markets close higher today") is None
+
+
+def test_a_generated_article_republished_reordered_and_cut_is_one_story() -> None:
+    """A network of sites republishes one generated article under the same headline, its
+    paragraphs in another order and some left out: well under the text-only threshold."""
+    title = "Summit Global Investments Takes Position in Cintas Co. (NASDAQ:CTAS)"
+    article = robo_article("Summit Global Investments", "1,234", "$456,000")
+    own = [" ".join(random_text(900 + n, 40)) + "." for n in range(2)]  # the site's own
+    copy = [article[0], *reversed(article[1:5]), *own]  # reordered, two left out
+    assert not is_same_story("", " ".join(article), "", " ".join(copy))  # text alone: no
+    assert is_same_story(title, " ".join(article), title + " | Zolmax", " ".join(copy))
+    assert index_keys(title, " ".join(article)) & index_keys(title, " ".join(copy))
+
+
+def test_a_template_filled_for_another_holder_or_day_stays_apart() -> None:
+    """The same template on another day (other figures) or for another holder stays apart,
+    whatever the titles share."""
+    text = " ".join(robo_article("Summit Global Investments", "1,234", "$456,000"))
+    other_day = " ".join(robo_article("Summit Global Investments", "1,250", "$470,000"))
+    title = "Summit Global Investments Takes Position in Cintas Co. (NASDAQ:CTAS)"
+    assert not is_same_story(title, text, title, other_day)
+    short_interest = (
+        "Cintas Corporation's (NASDAQ:CTAS) short percent of float has fallen {0}% since its"
+        " last report. The company recently reported that it has {1} thousand shares sold"
+        " short, which is {2}% of all regular shares that are available for trading. Based"
+        " on its trading volume, it would take traders {3} days to cover their short"
+        " positions on average. Short interest can tell you what traders think of a stock."
+    )
+    monday = short_interest.format("5.98", "970.60", "1.1", "2.3")
+    friday = short_interest.format("3.12", "1,021.40", "1.2", "2.5")
+    assert not is_same_story(
+        "Peering Into Cintas Corporation's Recent Short Interest",
+        monday,
+        "Looking Into Cintas Corporation's Recent Short Interest",
+        friday,
+    )
+
+
+def test_a_lightly_reworded_copy_with_a_similar_headline_is_one_story() -> None:
+    original = random_text(21, 300)
+    reworded = list(original)
+    for position in range(10, 290, 30):  # a scraper's synonyms, one word in 30
+        reworded[position] = "swapped"
+    assert is_same_story(
+        "NXP Advances IoT Connectivity with Industry's First Secure Tri-Radio Device",
+        " ".join(original),
+        "IoT connectivity advanced with first secure tri-radio device",
+        " ".join(reworded),
+    )
+
+
+def test_a_repost_with_a_first_appeared_line_and_another_trailer_is_one_story() -> None:
+    body = " ".join(random_text(31, 45)) + "."
+    original = body + " Get our morning briefing: sign up."
+    repost = (
+        "This article first appeared on https://www.herald.example/2026/12/05/talks-resume/. "
+        + body
+        + " Leave a comment below or send us a tip."
+    )
+    for title in ("UPDATE: Talks resume", "Analysis: Talks resume", "Talks resume | The Herald"):
+        assert is_same_story("Talks resume", original, title, repost)
+        assert index_keys("Talks resume", original) & index_keys(title, repost)
+
+
+def test_copies_share_a_key_even_without_sampled_anchors() -> None:
+    """Winnowing keys one shingle in every 8 of a text's start: a copy behind an added line
+    is found even when no word of the text is a sampling anchor (about 1 in 100 short
+    texts had no key in common with their copies before)."""
+    no_anchor = [w for w in VOCABULARY if dedupe._word_hash(w) % dedupe.SAMPLE_MODULUS]
+    rng = Random(5)
+    text = [rng.choice(no_anchor) for _ in range(50)]
+    assert not dedupe.sampled_shingles(text)
+    copy = ["first", "appeared", "on", "another", "site"] + text + ["subscribe", "today"]
+    assert index_keys("One headline", " ".join(text)) & index_keys(
+        "Another headline", " ".join(copy)
+    )
