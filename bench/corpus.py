@@ -31,8 +31,32 @@ SYNDICATED_SHARE = 0.10
 EXTRA_COPIES = (2, 4)
 ENTRIES_PER_FEED = (10, 50)
 BODY_BYTES = (1000, 8000)
-#: how a copy differs from the first-seen one
-COPY_KINDS = (("tracking", 35), ("scheme", 15), ("slash", 15), ("rewrite", 35))
+#: how a copy differs from the first-seen one: its link (tracking, scheme, slash), a new title
+#: and byline (rewrite), or a syndicated repost under the host's own link, with a credit line on
+#: top, the host's trailer instead of the origin's and a retouched title (repost)
+COPY_KINDS = (("tracking", 30), ("scheme", 10), ("slash", 10), ("rewrite", 30), ("repost", 20))
+#: a repost goes out this many minutes after its origin
+REPOST_DELAY = (0, 180)
+#: share of feeds that end every entry with a trailer paragraph of their own
+TRAILER_SHARE = 1 / 3
+TRAILERS = (
+    'Get our morning briefing: <a href="{site}newsletter/">sign up</a>.',
+    "Leave a comment below or send us a tip.",
+    "Follow us for more local news.",
+    'Support independent journalism: <a href="{site}subscribe/">subscribe today</a>.',
+    "Have a story we should cover? Write to newsroom@{host}.",
+    "<em>{outlet} is a member of the Regional Press Association.</em>",
+)
+#: a repost's credit line (origin outlet, its link to the story) and its retouched title
+REPOST_CREDITS = (
+    'This article first appeared on <a href="{url}">{outlet}</a>.',
+    'Originally published at <a href="{url}">{outlet}</a>.',
+    'This story was first published by <a href="{url}">{outlet}</a>.',
+    "This article first appeared on {outlet} at {url} and is republished with permission.",
+    "<em>Originally published at {url}</em>",
+    'This story was first published by {outlet}: <a href="{url}">{url}</a>.',
+)
+REPOST_PREFIXES = ("UPDATE: ", "Analysis: ", "Breaking: ")
 FORMATS = (("wordpress", 60), ("atom", 30), ("rss1", 5), ("jsonfeed", 5))
 EXTENSIONS = {"wordpress": "xml", "atom": "atom", "rss1": "rdf", "jsonfeed": "json"}
 
@@ -101,6 +125,8 @@ class Feed:
     title: str
     language: str
     entries: list[Copy] = field(default_factory=list)
+    #: the paragraph ending every entry this feed publishes, if it has one
+    trailer: str | None = None
 
     @property
     def path(self) -> str:
@@ -121,6 +147,8 @@ def build_structure(seed: int, n_feeds: int) -> tuple[list[Feed], int]:
         site = f"{place}{outlet}{index}".lower()
         title = f"{place} {outlet} {index}"
         feeds.append(Feed(index, fmt, site, title, rng.choice(["en-US", "en-GB", "en"])))
+    for feed in feeds:
+        feed.trailer = _trailer(seed, feed)
     sizes = [rng.randint(*ENTRIES_PER_FEED) for _ in feeds]
     pool = [f for f, size in enumerate(sizes) for _ in range(size)]
     rng.shuffle(pool)
@@ -164,7 +192,26 @@ def build_structure(seed: int, n_feeds: int) -> tuple[list[Feed], int]:
     for feed in feeds:
         for copy in feed.entries:
             copy.origin_date = origin_dates[copy.story]
+            if copy.kind == "repost":
+                delay = random.Random(f"{seed}:repost:{copy.story}:{feed.index}")
+                copy.date = min(
+                    copy.origin_date + timedelta(minutes=delay.randint(*REPOST_DELAY)), BASE_DATE
+                )
+        # newest first, as feeds are, now that reposts are dated by their origin
+        feed.entries.sort(key=lambda c: c.date, reverse=True)
     return feeds, story
+
+
+def _trailer(seed: int, feed: Feed) -> str | None:
+    """A third of the feeds end every entry with a paragraph of their own (own RNG: the
+    structure's draws stay as they were)."""
+    rng = random.Random(f"{seed}:trailer:{feed.index}")
+    if rng.random() >= TRAILER_SHARE:
+        return None
+    text = rng.choice(TRAILERS).format(
+        site=f"https://{feed.site}.example/", host=f"{feed.site}.example", outlet=escape(feed.title)
+    )
+    return f"<p>{text}</p>"
 
 
 def mutate(feeds: list[Feed], seed: int, round_number: int, next_story: int) -> int:
@@ -354,8 +401,22 @@ def render_entry(seed: int, feed: Feed, copy: Copy, origin: Feed) -> Entry:
         byline = f"{rng.choice(FIRST_NAMES)} {rng.choice(LAST_NAMES)}"
         paragraphs.insert(0, f"<p><em>By {byline}, {escape(origin.title)}</em></p>")
         author = byline
+    elif copy.kind == "repost":
+        # syndicated: the host's own URL, the origin credited on top, the host's title touch
+        roll = rng.randrange(len(REPOST_PREFIXES) + 1)
+        if roll < len(REPOST_PREFIXES):
+            title = REPOST_PREFIXES[roll] + title
+        else:
+            title = f"{title} | {feed.title}"
+        link = _link(feed, copy.post, _slug(story.title), copy.date)
+        credit = rng.choice(REPOST_CREDITS).format(
+            url=escape(origin_link), outlet=escape(origin.title)
+        )
+        paragraphs.insert(0, f"<p>{credit}</p>")
     else:
         link = _variant(origin_link, copy.kind, rng)
+    if feed.trailer:
+        paragraphs.append(feed.trailer)
     html = "".join(paragraphs)
     if feed.fmt == "wordpress":
         html += _boilerplate(feed, link, title, copy.post)
