@@ -397,10 +397,13 @@ class Store:
             story = self._story(entry["item_id"])
             change = dedupe.edit(story, item, now) if story else dedupe.StoryChange()
             return "updated" if self._apply(entry["item_id"], change) else "unchanged"
-        match = dedupe.match(item, self._candidates(item))
-        if match is not None:
+        matches = dedupe.match(item, self._candidates(item))
+        if matches:
+            match, *apart = matches
             self._insert_entry(item, match, raw_hash, now, own_text=True)
             self._index_keys(match, item)
+            for other in apart:
+                self._absorb(match, other)
             story = self._story(match)
             assert story is not None
             self._apply(match, dedupe.merge(story, item, round_id), story)
@@ -459,6 +462,30 @@ class Store:
             ).fetchall()
             for title, text in copies:
                 yield dedupe.Candidate(item_id, title, text)
+
+    def _absorb(self, item_id: str, other_id: str) -> None:
+        """Join story `other_id`, found to be the same story as `item_id`, to it: its
+        copies (the lead's text kept with its entry), keys and earliest date move; its
+        item goes."""
+        other = self._story(other_id)
+        if other is None:
+            return
+        self.db.execute(
+            "UPDATE entries SET (title, text) = (SELECT title, text FROM items WHERE id = ?)"
+            " WHERE item_id = ? AND feed_url = ? AND text IS NULL",
+            [other_id, other_id, other.lead_feed_url],
+        )
+        self.db.execute("UPDATE entries SET item_id = ? WHERE item_id = ?", [item_id, other_id])
+        self.db.execute(
+            "INSERT OR IGNORE INTO item_keys (key, item_id)"
+            " SELECT key, ? FROM item_keys WHERE item_id = ?",
+            [item_id, other_id],
+        )
+        self.db.execute(
+            "UPDATE items SET published = min(published, ?) WHERE id = ?",
+            [to_iso(other.published), item_id],
+        )
+        self.db.execute("DELETE FROM items WHERE id = ?", [other_id])
 
     def _story(self, item_id: str) -> dedupe.StoredStory | None:
         row = self._one(

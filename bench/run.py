@@ -520,7 +520,7 @@ class Truth:
             story, kind = hit
             item_stories[item].add(story)
             stories[story].add(item)
-            if kind != "rewrite":
+            if kind not in ("rewrite", "repost"):  # copies under their own URL
                 by_link[story].add(item)
         merged_wrongly = [s for s in item_stories.values() if len(s) > 1]
         return {

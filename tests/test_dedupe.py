@@ -635,3 +635,19 @@ def test_copies_share_a_key_even_without_sampled_anchors() -> None:
     assert index_keys("One headline", " ".join(text)) & index_keys(
         "Another headline", " ".join(copy)
     )
+
+
+def test_each_outlets_own_trailer_is_an_addition_but_a_figure_changed_in_place_is_not() -> None:
+    body = " ".join(random_text(41, 80)) + "."
+    assert is_same_story(
+        "One",
+        body + " Hillcrest Daily 98 is a member of the Regional Press Association.",
+        "Another",
+        body + " Get our morning briefing: sign up.",
+    )
+    assert not is_same_story(
+        "One",
+        body + " The forecast gives a high of 21 degrees and a low of 12 degrees tonight.",
+        "Another",
+        body + " The forecast gives a high of 23 degrees and a low of 14 degrees tonight.",
+    )

@@ -303,3 +303,28 @@ def test_the_schema_in_the_docstring_is_the_database_s(tmp_path: Path) -> None:
         tables = set(store.db.table_names())
     assert documented == actual
     assert {t for t in tables if not t.startswith(("_", "items_fts_"))} == set(documented)
+
+
+def test_an_item_matching_two_stories_stored_apart_joins_them(store: Store) -> None:
+    """Two copies that do not match each other (each outlet's own trailer names another
+    figure) are stored apart until the original, which matches both, joins them: one story,
+    three outlets, its earliest date."""
+    body = STORY + " " + STORY.replace("Pyongyang", "the capital")
+    a = make_item(
+        "https://a.test/feed", "a", text=body + " Tribune 49 is a member of the press association."
+    )
+    b = make_item(
+        "https://b.test/feed",
+        "b",
+        text=body + " Bulletin 81 is a member of the press association.",
+        published=NOW - timedelta(hours=9),
+    )
+    save(store, a)
+    save(store, b)
+    assert len(all_items(store, feeds=("https://a.test/feed", "https://b.test/feed"))) == 2
+    original = make_item("https://c.test/feed", "c", text=body)
+    assert save(store, original).merged == 1
+    feeds = ("https://a.test/feed", "https://b.test/feed", "https://c.test/feed")
+    [story] = all_items(store, feeds=feeds)
+    assert {s.feed_url for s in story.sources} == set(feeds)
+    assert story.published == NOW - timedelta(hours=9)
