@@ -50,6 +50,7 @@ __all__ = [
     "shingles",
     "story_title",
     "title_relation",
+    "title_key",
     "titles_agree",
     "winnowed_shingles",
     "words",
@@ -258,10 +259,18 @@ def index_keys(title: str, text: str) -> set[int]:
     sampled = sorted(sampled_shingles(text_words))
     keys = set(sampled[:MAX_SAMPLED_KEYS])
     keys.update(winnowed_shingles(text_words[:LEAD_KEY_WORDS]))
-    headline = story_title(title)
-    if headline:
-        keys.add(_signed64(_digest(b"title\x00" + " ".join(headline).encode())))
+    key = title_key(title)
+    if key is not None:
+        keys.add(key)
     return keys
+
+
+def title_key(title: str) -> int | None:
+    """The index key of a headline (`story_title`), None for an empty one."""
+    headline = story_title(title)
+    if not headline:
+        return None
+    return _signed64(_digest(b"title\x00" + " ".join(headline).encode()))
 
 
 def winnowed_shingles(words: Sequence[str], window: int = WINNOW_WINDOW) -> set[int]:
@@ -325,44 +334,49 @@ def is_same_story(a_title: str, a_text: str, b_title: str, b_text: str) -> bool:
         return False
     if _is_excerpt(short, long):
         return True
-    found, long_positions = _found_shingles(short, long)
-    if _is_contained(short, long, found, long_positions):
+    short_shingles = _shingle_list(short)
+    found, long_positions = _found_shingles(short_shingles, long)
+    if _is_contained(short, long, short_shingles, found, long_positions):
         return True
     relation = title_relation(a_title, b_title)
     if relation is None or len(short) < SHORT_TEXT_WORDS:
         return False
     needed = SAME_TITLE_CONTAINMENT if relation == "same" else SIMILAR_TITLE_CONTAINMENT
-    return _containment(short, found) >= needed and not _is_template_fill(
-        short, found, long, long_positions
+    return _containment(short_shingles, found) >= needed and not _is_template_fill(
+        short, short_shingles, found, long, long_positions
     )
 
 
-def _found_shingles(short: list[str], long: list[str]) -> tuple[list[bool], dict[int, int]]:
-    """For each shingle of `short` in order, whether `long` has it; and the position in
-    `long` of each of its shingles (the first)."""
+def _found_shingles(
+    short_shingles: list[int], long: list[str]
+) -> tuple[list[bool], dict[int, int]]:
+    """For each shingle of the shorter text in order, whether `long` has it; and the
+    position in `long` of each of its shingles (the first)."""
     long_positions: dict[int, int] = {}
     for position, key in enumerate(_shingle_list(long)):
         long_positions.setdefault(key, position)
-    return [key in long_positions for key in _shingle_list(short)], long_positions
+    return [key in long_positions for key in short_shingles], long_positions
 
 
-def _containment(short: list[str], found: list[bool]) -> float:
-    """Share of the distinct shingles of `short` found in the other text."""
-    shingles = _shingle_list(short)
-    distinct = set(shingles)
-    found_distinct = {key for key, is_found in zip(shingles, found, strict=True) if is_found}
+def _containment(short_shingles: list[int], found: list[bool]) -> float:
+    """Share of the distinct shingles of the shorter text found in the other text."""
+    distinct = set(short_shingles)
+    found_distinct = {key for key, is_found in zip(short_shingles, found, strict=True) if is_found}
     return len(found_distinct) / len(distinct) if distinct else 0.0
 
 
 def _substitutions(
-    short: list[str], found: list[bool], long: list[str], long_positions: dict[int, int]
+    short: list[str],
+    shingles: list[int],
+    found: list[bool],
+    long: list[str],
+    long_positions: dict[int, int],
 ) -> list[tuple[list[str], list[str]]]:
     """Short runs of `short` (at most `MAX_SUBSTITUTION_WORDS` words) that the other text
     lacks, between runs it has, where the other text has other words between the same
     runs: (these words, the other's). A template filled in for another story differs so
     (another figure, name or day); a copy that drops a clause or a section does not."""
     covered = _covered(short, found)
-    shingles = _shingle_list(short)
     found_runs = []
     position, end = 0, len(short)
     while position < end:
@@ -387,12 +401,16 @@ def _substitutions(
 
 
 def _is_template_fill(
-    short: list[str], found: list[bool], long: list[str], long_positions: dict[int, int]
+    short: list[str],
+    short_shingles: list[int],
+    found: list[bool],
+    long: list[str],
+    long_positions: dict[int, int],
 ) -> bool:
     """Whether the texts read as one template filled in twice: a figure substituted (a
     number for another one; "40th" written "40" is the same figure), or more words
     substituted than a light rewording explains (one per `WORDS_PER_SUBSTITUTION`)."""
-    substitutions = _substitutions(short, found, long, long_positions)
+    substitutions = _substitutions(short, short_shingles, found, long, long_positions)
     for ours, theirs in substitutions:
         if _figures(ours) != _figures(theirs):
             return True
@@ -427,11 +445,14 @@ def _is_excerpt(short: list[str], long: list[str]) -> bool:
 
 
 def _is_contained(
-    short: list[str], long: list[str], found: list[bool], long_positions: dict[int, int]
+    short: list[str],
+    long: list[str],
+    short_shingles: list[int],
+    found: list[bool],
+    long_positions: dict[int, int],
 ) -> bool:
-    if not any(found) or _containment(short, found) < MIN_CONTAINMENT:
+    if not any(found) or _containment(short_shingles, found) < MIN_CONTAINMENT:
         return False
-    short_shingles = _shingle_list(short)
     first = found.index(True)
     last = len(found) - 1 - found[::-1].index(True)
     long_first = long_positions[short_shingles[first]]

@@ -63,6 +63,8 @@ from aggregator.update import FeedUpdate
 BUSY_TIMEOUT = 30.0
 #: candidate items checked in full when looking for a near-duplicate
 MAX_CANDIDATES = 5
+#: index keys a candidate must share with a new item, unless it shares the headline
+MIN_SHARED_KEYS = 3
 #: the watchdog's write probe waits this long for another process's lock, not BUSY_TIMEOUT
 PING_TIMEOUT = 1.0
 
@@ -446,13 +448,19 @@ class Store:
         keys = sorted(_keys_of(item))
         if not keys:
             return
+        # A copy the matcher accepts shares a run of text at least 28 words long near its
+        # top, hence at least 3 winnowed keys (dedupe.index_keys), or its headline. One or
+        # two keys in common are an outlet's trailer or byline on all its items: no
+        # candidate, and no comparison of whole texts.
+        title_key = dedupe.title_key(item.title)
         placeholders = ", ".join("?" for _ in keys)
         found = self.db.execute(
-            f"SELECT item_id, count(*) AS shared FROM item_keys WHERE key IN ({placeholders})"
-            " GROUP BY item_id ORDER BY shared DESC, item_id LIMIT ?",
-            [*keys, MAX_CANDIDATES],
+            "SELECT item_id, count(*) AS shared, max(key = ?) AS same_title FROM item_keys"
+            f" WHERE key IN ({placeholders}) GROUP BY item_id"
+            " HAVING shared >= ? OR same_title ORDER BY shared DESC, item_id LIMIT ?",
+            [title_key, *keys, min(MIN_SHARED_KEYS, len(keys)), MAX_CANDIDATES],
         ).fetchall()
-        for item_id, _ in found:
+        for item_id, _, _ in found:
             row = self._one("SELECT title, text FROM items WHERE id = ?", [item_id])
             if row is not None:
                 yield dedupe.Candidate(item_id, row["title"], row["text"])
