@@ -58,7 +58,7 @@ __all__ = [
 
 #: names the scheme of `index_keys`: the store keeps the scheme its keys were made with and
 #: re-indexes every stored item when this changes, so change it with `index_keys`
-KEY_SCHEME = "3"
+KEY_SCHEME = "4"
 #: words per shingle: long enough that unrelated texts share almost none, short enough that
 #: one changed word spoils only a few
 SHINGLE_SIZE = 5
@@ -109,9 +109,10 @@ SAMPLE_MODULUS = 8
 #: at most this many sampled shingles per item (the smallest hashes)
 MAX_SAMPLED_KEYS = 8
 #: index keys: the text's first words, where a copy's text begins, are winnowed
-LEAD_KEY_WORDS = 150
-#: … in windows of this many shingles (a shared run of 12 words shares a key)
-WINNOW_WINDOW = 8
+LEAD_KEY_WORDS = 100
+#: … in windows of this many shingles (a shared run of 14 words shares a key, one of 34
+#: three: a copy with up to 60 words added before it shares 40 with its original there)
+WINNOW_WINDOW = 10
 
 _APOSTROPHES = re.compile("['\u2019\u02bc]")
 # soft hyphen, zero-width space/joiners, word joiner, BOM: invisible, may split a word

@@ -448,7 +448,7 @@ class Store:
         keys = sorted(_keys_of(item))
         if not keys:
             return
-        # A copy the matcher accepts shares a run of text at least 28 words long near its
+        # A copy the matcher accepts shares a run of text at least 34 words long near its
         # top, hence at least 3 winnowed keys (dedupe.index_keys), or its headline. One or
         # two keys in common are an outlet's trailer or byline on all its items: no
         # candidate, and no comparison of whole texts.
