@@ -538,21 +538,10 @@ class Store:
             [*columns.values(), item_id],
         )
         if change.text_from is not None:
-            self._reindex(item_id)
+            # the new text's keys join the story's; those of the text it replaces stay, as
+            # they would for a copy (a few extra candidates, no keys recomputed)
+            self._index_keys(item_id, change.text_from)
         return True
-
-    def _reindex(self, item_id: str) -> None:
-        """The story's keys again, from its text and its copies'."""
-        self.db.execute("DELETE FROM item_keys WHERE item_id = ?", [item_id])
-        texts = self.db.execute(
-            "SELECT title, text FROM items WHERE id = ?"
-            " UNION ALL SELECT title, text FROM entries WHERE item_id = ? AND text IS NOT NULL",
-            [item_id, item_id],
-        ).fetchall()
-        self.db.conn.executemany(
-            "INSERT OR IGNORE INTO item_keys (key, item_id) VALUES (?, ?)",
-            {(key, item_id) for title, text in texts for key in dedupe.index_keys(title, text)},
-        )
 
     def _index_keys(self, item_id: str, item: Item) -> None:
         self.db.conn.executemany(
