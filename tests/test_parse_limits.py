@@ -528,6 +528,7 @@ def slow_feed(entries: int = 40_000) -> bytes:
     )
 
 
+@pytest.mark.slow  # end to end: the real command or daemon
 def test_poll_once_publishes_the_good_feed_beside_a_deep_and_a_slow_one(tmp_path: Path) -> None:
     with FeedServer() as server:
         server.set("/good.xml", GOOD)
@@ -598,6 +599,7 @@ def tagged_feed() -> bytes:
     return rss("Tagged", item)
 
 
+@pytest.mark.slow  # end to end: the real command or daemon
 def test_poll_once_publishes_the_good_feed_beside_attribute_and_text_bombs(
     tmp_path: Path,
 ) -> None:
@@ -641,6 +643,7 @@ def test_poll_once_publishes_the_good_feed_beside_attribute_and_text_bombs(
     assert entries["A costly entry"].content[0].value.startswith("&amp;&amp;")
 
 
+@pytest.mark.slow  # end to end: the real command or daemon
 def test_the_daemon_gives_up_on_a_slow_body_and_serves_and_polls_the_others(
     tmp_path: Path,
 ) -> None:
