@@ -693,6 +693,7 @@ def _parse_topic(slug: str, value: object, spot: _Spot, feeds: tuple[FeedSource,
         "include": _terms,
         "exclude": _terms,
         "feeds": partial(_topic_feeds, feeds=feeds),
+        "max_per_feed": partial(_positive_int, most=MAX_ITEMS),
     }
     fields = _fields(value, spot, validators)
     return Topic(**{"title": slug, **fields}, slug=slug, line=spot.line)

@@ -80,6 +80,8 @@ class Topic:
     exclude: tuple[Term, ...] = ()
     #: feed names or tags; None selects every feed
     feeds: tuple[str, ...] | None = None
+    #: at most this many items led by one feed in the topic's outputs; None: no cap
+    max_per_feed: int | None = None
     line: int | None = None
 
 

@@ -49,9 +49,17 @@ def topic_items(
 ) -> list[PublishedItem]:
     selected = [s.url for s in config.feeds if topics.selects_feed(topic, s)]
     matcher = topics.TopicMatcher(topic)
+    #: items taken per leading feed, for the topic's `max_per_feed`
+    per_feed: dict[str, int] = {}
 
     def accept(item: PublishedItem, text: str) -> bool:
-        return matcher.matches([item.title, item.summary_html, text, *item.categories])
+        lead = item.sources[0].feed_url if item.sources else ""
+        if topic.max_per_feed is not None and per_feed.get(lead, 0) >= topic.max_per_feed:
+            return False  # one prolific outlet does not fill the page
+        if not matcher.matches([item.title, item.summary_html, text, *item.categories]):
+            return False
+        per_feed[lead] = per_feed.get(lead, 0) + 1
+        return True
 
     items = store.newest_items(selected, config.settings.max_items, accept, names)
     for term in matcher.slow_terms:

@@ -361,3 +361,45 @@ def test_a_rewritten_file_is_a_200_for_a_reader_of_the_old_one(tmp_path: Path) -
     assert conditional(new, old.etag, None) == 200
     assert conditional(new, None, MODIFIED_HTTP) == 200
     assert conditional(new, new.etag, None) == 304
+
+
+def test_max_per_feed_keeps_one_prolific_outlet_from_filling_a_topic() -> None:
+    """`topics.X.max_per_feed`: at most that many items led by one feed, the newest; the
+    other feeds' items fill the rest of `max_items`."""
+    from datetime import timedelta
+
+    from aggregator.config import parse_config
+    from aggregator.publish import display_names, topic_items
+    from aggregator.store import Store
+    from tests.test_store import NOW, make_item, save
+
+    busy, quiet = "https://busy.example/feed", "https://quiet.example/feed"
+    config = parse_config(
+        "settings:\n  max_items: 5\n"
+        "topics:\n  capped:\n    max_per_feed: 2\n  open:\n    title: Open\n"
+        f"feeds:\n  - url: {busy}\n  - url: {quiet}\n",
+        Path("/tmp/feeds.yaml"),
+    )
+    capped, uncapped = config.topics
+    assert capped.max_per_feed == 2 and uncapped.max_per_feed is None
+    with Store.open(":memory:") as store:
+        for n in range(6):  # the busy feed's items are the newest
+            save(store, make_item(busy, f"b{n}", published=NOW - timedelta(minutes=n)))
+        for n in range(2):
+            save(store, make_item(quiet, f"q{n}", published=NOW - timedelta(hours=3 + n)))
+        names = display_names(config, store.feed_states())
+        titles = [item.title for item in topic_items(config, store, capped, names)]
+        everything = [item.title for item in topic_items(config, store, uncapped, names)]
+    assert titles == ["Title b0", "Title b1", "Title q0", "Title q1"]
+    assert everything == [f"Title b{n}" for n in range(5)]
+
+
+@pytest.mark.parametrize("value", ["0", "-3", "two", "yes", "100001"])
+def test_max_per_feed_must_be_a_positive_integer(value: str) -> None:
+    from aggregator.config import parse_config
+    from aggregator.errors import ConfigError
+
+    text = f"topics:\n  t:\n    max_per_feed: {value}\nfeeds:\n  - url: https://a.example/f\n"
+    with pytest.raises(ConfigError) as error:
+        parse_config(text, Path("feeds.yaml"))
+    assert "feeds.yaml:3" in str(error.value) and "max_per_feed" in str(error.value)
