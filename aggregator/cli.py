@@ -163,7 +163,11 @@ def feed_status(source: FeedSource, state: FeedState | None, items: int) -> dict
         "name": source.name or (state.title if state else None),
         "state": condition,
         "last_fetched": to_iso(state.last_fetched) if state and state.last_fetched else None,
-        "next_due": to_iso(state.next_due) if state and state.next_due and not state.gone else None,
+        "next_due": (
+            to_iso(state.next_due)
+            if state and state.next_due and not state.gone and source.enabled
+            else None
+        ),
         "last_status": state.last_status if state else None,
         "last_error": redact_text(state.last_error) if state and state.last_error else None,
         "items": items,

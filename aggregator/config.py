@@ -401,6 +401,12 @@ def _list(value: object, spot: _Spot) -> CommentedSeq:
     return value
 
 
+def _boolean(value: object, spot: _Spot) -> bool:
+    if not isinstance(value, bool):
+        spot.error(f"expected true or false, got {_kind(value)}")
+    return value
+
+
 def _string(value: object, spot: _Spot) -> str:
     """A non-empty string, surrounding whitespace removed."""
     if not isinstance(value, str):
@@ -656,6 +662,7 @@ _FEED_VALIDATORS: dict[str, Validator] = {
     "tags": _tags,
     "interval": _duration,
     "auth": _auth,
+    "enabled": _boolean,
 }
 
 

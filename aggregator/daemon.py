@@ -529,6 +529,8 @@ class Daemon:
             )
             if due is not None:
                 self._schedule(source.url, due)
+            elif self.scheduler.get_job(f"poll:{source.url}") is not None:
+                self.scheduler.remove_job(f"poll:{source.url}")  # disabled, or gone
 
     def _schedule(self, url: str, due: datetime) -> None:
         self.scheduler.add_job(
@@ -583,7 +585,9 @@ class Daemon:
         self.health.polled(result)
         line = pipeline.describe(source, result)
         state = result.state
-        if state is not None and update.still_gone(source, state):
+        if not source.enabled:
+            log.info("%s; not polled while disabled", line)
+        elif state is not None and update.still_gone(source, state):
             log.warning("%s; no longer polled until its config entry changes", line)
         else:
             due = _due_after(state, source)

@@ -64,6 +64,9 @@ class FeedSource:
     interval: timedelta = timedelta(minutes=30)
     #: credentials kept outside feeds.yaml (userinfo in `url` is the other way)
     auth: FeedAuth | None = None
+    #: False: kept in the config but not polled; its stored items stay published until
+    #: the retention prunes them
+    enabled: bool = True
     #: line in feeds.yaml, for messages
     line: int | None = None
 

@@ -95,7 +95,10 @@ def still_gone(source: FeedSource, state: FeedState) -> bool:
 
 
 def skip_reason(source: FeedSource, state: FeedState, now: datetime, force: bool) -> str | None:
-    """Why this feed must not be fetched now, or None."""
+    """Why this feed must not be fetched now, or None. `force` overrides a server's word
+    (gone, Retry-After), never the config's (`enabled: false`)."""
+    if not source.enabled:
+        return "skipped: disabled in the config (enabled: false)"
     if force:
         return None
     if still_gone(source, state):
@@ -203,12 +206,14 @@ def due_at_start(
     source: FeedSource, state: FeedState | None, now: datetime, *, edited: bool, order: int = 0
 ) -> datetime | None:
     """When the daemon polls a feed after it starts (or after a reload that `edited` the
-    feed's entry or added it); None for a feed that stays gone.
+    feed's entry or added it); None for a feed that stays gone or is disabled.
 
     Never polled: now, `order` × 10 ms apart so a long list starts in config order. Gone
     but edited since: now. Edited or added and healthy: a full interval after the last
     poll (the new interval applies at once). Else when it was due, never before a
     server's Retry-After."""
+    if not source.enabled:
+        return None
     if state is None or state.last_fetched is None:
         return now + timedelta(milliseconds=10 * order)
     if still_gone(source, state):

@@ -280,7 +280,7 @@ INVALID = [
     (FEED + "  - name: B\n", "5: feeds[1].url: missing: every feed needs a url"),
     (
         FEED + "  - url: https://b.example/\n    title: B\n",
-        "6: feeds[1].title: unknown key; expected one of url, name, tags, interval, auth",
+        "6: feeds[1].title: unknown key; expected one of url, name, tags, interval, auth, enabled",
     ),
     (
         FEED + "  - url: ftp://b.example/\n",
@@ -644,3 +644,11 @@ def test_an_unreadable_password_file_is_a_config_error_with_its_line(tmp_path):
     with pytest.raises(ConfigError) as info:
         load_config(config_path)
     assert str(info.value).startswith(f"{config_path}:5: feeds[0].auth.password_file: cannot read")
+
+
+def test_enabled_is_true_or_false_with_file_and_line() -> None:
+    feed = "feeds:\n  - url: https://a.example/f\n    enabled: {}\n"
+    assert parse_config(feed.format("false"), Path("feeds.yaml")).feeds[0].enabled is False
+    assert parse_config(feed.format("true"), Path("feeds.yaml")).feeds[0].enabled is True
+    with pytest.raises(ConfigError, match=r"feeds.yaml:3.*enabled.*true or false"):
+        parse_config(feed.format('"no"'), Path("feeds.yaml"))

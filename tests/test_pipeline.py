@@ -189,3 +189,32 @@ def test_poll_once_and_the_daemon_store_the_same_items_and_merges(
     leads = {title: lead for title, _, lead, _ in once}
     assert leads[shared.title] == server.url("/wire.rss")
     assert leads[rewritten.title] == server.url("/scraper.rss")
+
+
+def test_a_disabled_feed_is_not_fetched_and_its_items_stay_published(tmp_path: Path) -> None:
+    """`enabled: false`: kept in the config, not polled (not even by poll --once --force),
+    what it stored before still published."""
+    from aggregator.config import parse_config
+    from aggregator.publish import display_names, topic_items
+    from aggregator.store import Store
+
+    with FeedServer() as server:
+        server.set("/a.rss", rss("A", [make_story("kept")]))
+        url = server.url("/a.rss")
+        settings = Settings(database=tmp_path / "agg.db", **SETTINGS)  # type: ignore[arg-type]
+
+        async def poll(source: FeedSource) -> str | None:
+            async with await Poller.open(settings, parsers=ThreadPoolExecutor(1)) as poller:
+                [result] = await poller.poll_round([source], force=True)
+            return result.skipped
+
+        assert asyncio.run(poll(FeedSource(url=url))) is None
+        assert "disabled" in (asyncio.run(poll(FeedSource(url=url, enabled=False))) or "")
+        assert len(server.requests_to("/a.rss")) == 1  # the disabled poll fetched nothing
+
+    config = parse_config(f"feeds:\n  - url: {url}\n    enabled: false\n", tmp_path / "f.yaml")
+    assert config.feeds[0].enabled is False
+    with Store.open(settings.database) as store:
+        names = display_names(config, store.feed_states())
+        [item] = topic_items(config, store, config.topics[0], names)
+    assert item.title.startswith("Story kept")

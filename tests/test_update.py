@@ -177,3 +177,12 @@ def test_due_times_at_start_and_after_an_edit() -> None:
     assert due_at_start(SOURCE, gone, NOW, edited=False) is None
     assert due_at_start(hourly, gone, NOW, edited=True) == NOW  # edited: retried now
     assert MIN_GAP > timedelta(0)
+
+
+def test_a_disabled_feed_is_skipped_even_when_forced_and_never_scheduled() -> None:
+    disabled = replace(SOURCE, enabled=False)
+    assert "disabled" in (skip_reason(disabled, STATE, NOW, force=True) or "")
+    assert due_at_start(disabled, None, NOW, edited=False) is None
+    polled = replace(STATE, last_fetched=NOW, next_due=NOW + timedelta(minutes=5))
+    assert due_at_start(disabled, polled, NOW, edited=True) is None
+    assert due_at_start(SOURCE, polled, NOW, edited=False) == NOW + timedelta(minutes=5)
