@@ -202,7 +202,6 @@ class Poller:
         except Exception as error:
             outcome, items = _internal_error(source, error), ()
         feed_update = update.decide(source, state, outcome, now, self._rng.uniform(-1, 1))
-        assert feed_update is not None
         try:
             saved = await self.db.run(Store.save, feed_update, items, now=now, round_id=round_id)
         except StoreError:
@@ -210,7 +209,6 @@ class Poller:
         except Exception as error:  # a bug met on this feed's items: the feed fails
             outcome, items = _internal_error(source, error), ()
             feed_update = update.decide(source, state, outcome, now)
-            assert feed_update is not None
             saved = await self.db.run(Store.save, feed_update, now=now, round_id=round_id)
         new_state = feed_update.state
         response = getattr(outcome, "response", None)

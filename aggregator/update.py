@@ -1,7 +1,7 @@
 """Where a feed's state changes: one pure decision per poll. No I/O.
 
     FeedState (read from the store before the poll)
-      + Outcome (what the poll met: skipped, failed, 304, same body, parsed)
+      + Outcome (what the poll met: failed, 304, same body, parsed)
       ─ decide() ─► FeedUpdate (the new state, its next due time, what to write)
 
 The poller (pipeline.Poller) fetches and parses, asks `decide`, and the store writes the
@@ -41,13 +41,6 @@ MIN_GAP = timedelta(seconds=1)
 
 
 @dataclass(frozen=True)
-class Skipped:
-    """Not fetched: gone, or the server asked to wait (see `skip_reason`)."""
-
-    reason: str
-
-
-@dataclass(frozen=True)
 class Failed:
     """The fetch failed, or the body it brought could not be parsed (`response` set)."""
 
@@ -67,7 +60,8 @@ class Answered:
     entry_chunks: tuple[tuple[str, str], ...] | None = None
 
 
-Outcome = Skipped | Failed | Answered
+#: what a fetched poll met (a feed not fetched, see `skip_reason`, changes nothing)
+Outcome = Failed | Answered
 
 
 @dataclass(frozen=True)
@@ -132,13 +126,11 @@ def poll_hint(headers: Mapping[str, str], ttl_minutes: int | None) -> int | None
 
 def decide(
     source: FeedSource, old: FeedState, outcome: Outcome, now: datetime, jitter: float = 0.0
-) -> FeedUpdate | None:
-    """The feed's state after a poll that met `outcome`; None when nothing changes (a skip).
+) -> FeedUpdate:
+    """The feed's state after a poll that met `outcome`.
 
     `jitter` in [-1, 1] (drawn by the caller) spreads a successful poll's next due time by
     that fraction of `JITTER` times the interval."""
-    if isinstance(outcome, Skipped):
-        return None
     if isinstance(outcome, Failed):
         return FeedUpdate(_failed(source, old, outcome, now))
     response = outcome.response

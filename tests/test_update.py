@@ -14,7 +14,6 @@ from aggregator.update import (
     MIN_GAP,
     Answered,
     Failed,
-    Skipped,
     decide,
     due_at_start,
     effective_interval,
@@ -86,7 +85,6 @@ def test_a_parsed_body_records_validators_title_and_the_next_due_time() -> None:
     old = replace(STATE, failures=3, last_error="timed out", etag='"old"')
     response = fetched(etag='"new"', headers={"cache-control": "max-age=7200"})
     update = decide(SOURCE, old, Answered(response, "h1", FEED, (("c", "k"),)), NOW)
-    assert update is not None
     state = update.state
     assert (state.etag, state.body_hash, state.last_status) == ('"new"', "h1", 200)
     assert (state.failures, state.last_error, state.gone) == (0, None, False)
@@ -100,7 +98,6 @@ def test_a_parsed_body_records_validators_title_and_the_next_due_time() -> None:
 def test_a_304_keeps_what_the_last_body_gave_and_its_entry_chunks() -> None:
     old = replace(STATE, etag='"e"', body_hash="h0", title="Kept", hint_seconds=3600)
     update = decide(SOURCE, old, Answered(NotModified(url=URL)), NOW)
-    assert update is not None
     assert (update.state.etag, update.state.body_hash, update.state.title) == ('"e"', "h0", "Kept")
     assert update.state.last_status == 304
     assert update.state.next_due == NOW + timedelta(hours=1)
@@ -111,18 +108,16 @@ def test_jitter_spreads_a_success_by_at_most_a_tenth_of_the_interval() -> None:
     response = NotModified(url=URL)
     early = decide(SOURCE, STATE, Answered(response), NOW, jitter=-1.0)
     late = decide(SOURCE, STATE, Answered(response), NOW, jitter=5.0)  # clamped to 1
-    assert early is not None and late is not None
     assert early.state.next_due == NOW + SOURCE.interval * (1 - JITTER)
     assert late.state.next_due == NOW + SOURCE.interval * (1 + JITTER)
 
 
 def test_failures_back_off_and_a_410_is_gone_until_the_entry_changes() -> None:
     first = decide(SOURCE, STATE, Failed(HTTPStatusError(URL, 500, "HTTP 500")), NOW)
-    assert first is not None
     assert (first.state.failures, first.state.last_status) == (1, 500)
     assert first.state.next_due == NOW + 2 * SOURCE.interval
     gone = decide(SOURCE, first.state, Failed(Gone(URL, 410, "HTTP 410 Gone")), NOW)
-    assert gone is not None and gone.state.gone and gone.state.failures == 2
+    assert gone.state.gone and gone.state.failures == 2
     assert still_gone(SOURCE, gone.state)
     assert not still_gone(replace(SOURCE, tags=("new",)), gone.state)
 
@@ -131,7 +126,6 @@ def test_retry_after_is_kept_and_never_polled_before() -> None:
     until = NOW + timedelta(hours=6)
     error = RetryLater(URL, 429, "HTTP 429", retry_after=until)
     update = decide(SOURCE, STATE, Failed(error), NOW)
-    assert update is not None
     assert update.state.retry_after == until and update.state.next_due == until
 
 
@@ -139,7 +133,6 @@ def test_a_parse_failure_takes_the_move_but_keeps_the_last_readable_validators()
     old = replace(STATE, etag='"good"', body_hash="h-good")
     response = fetched(etag='"broken"', moved_to="https://b.example/f")
     update = decide(SOURCE, old, Failed(ParseError(URL, "not a feed"), response), NOW)
-    assert update is not None
     state = update.state
     assert (state.etag, state.body_hash) == ('"good"', "h-good")
     assert (state.fetch_url, state.moved_to) == ("https://b.example/f", "https://b.example/f")
@@ -149,13 +142,9 @@ def test_a_parse_failure_takes_the_move_but_keeps_the_last_readable_validators()
 def test_stored_errors_are_one_redacted_bounded_line() -> None:
     message = "bad\r\nthing at https://u:secret@a.example/?token=abc " + "x" * 2000
     update = decide(SOURCE, STATE, Failed(FeedError(URL, message)), NOW)
-    assert update is not None and update.state.last_error is not None
+    assert update.state.last_error is not None
     assert "secret" not in update.state.last_error and "abc" not in update.state.last_error
     assert "\n" not in update.state.last_error and len(update.state.last_error) <= 500
-
-
-def test_a_skip_changes_nothing() -> None:
-    assert decide(SOURCE, STATE, Skipped("gone"), NOW) is None
 
 
 def test_due_times_at_start_and_after_an_edit() -> None:
