@@ -118,6 +118,15 @@ def effective_interval(configured: timedelta, hint_seconds: int | None) -> timed
     return max(configured, min(timedelta(seconds=hint_seconds), MAX_HINT))
 
 
+def explain_interval(source: FeedSource, state: FeedState | None) -> tuple[timedelta, str]:
+    """The interval the feed is polled at now, and why, in a few words (for `status`)."""
+    hint = state.hint_seconds if state is not None else None
+    interval = effective_interval(source.interval, hint)
+    if hint and interval > source.interval:
+        return interval, "the feed asks (ttl or Cache-Control)"
+    return interval, "configured"
+
+
 def poll_hint(headers: Mapping[str, str], ttl_minutes: int | None) -> int | None:
     """Seconds the feed itself asks us to wait between polls, if it says."""
     hints = [h for h in (cache_max_age(headers), ttl_minutes and ttl_minutes * 60) if h]
