@@ -30,6 +30,7 @@ from ruamel.yaml.resolver import VersionedResolver
 
 from aggregator.errors import ConfigError
 from aggregator.model import Config, FeedAuth, FeedSource, Settings, Term, Topic
+from aggregator.timeutil import format_duration
 from aggregator.topics import compile_term, selects_feed
 from aggregator.urls import redact_text, redact_url
 
@@ -58,6 +59,23 @@ _UNUSABLE_CHARACTER = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f\ud800-\ud
 MAX_DURATION = timedelta(days=36500)
 MAX_ITEMS = 10_000
 MAX_SIZE = 1 << 30
+MAX_PER_HOST = 100
+MAX_HEADERS = 20
+MAX_HEADER_VALUE = 4096
+_SPACING = re.compile(r"(\d{1,6}(?:\.\d{1,3})?)(ms|s)")
+_HEADER_NAME = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]{1,100}")
+#: headers a feed's `headers:` may not set, and why
+RESERVED_HEADERS = {
+    "host": "from the URL",
+    "content-length": "a GET has no body",
+    "transfer-encoding": "a GET has no body",
+    "connection": "connections are pooled",
+    "accept-encoding": "bodies are decoded with bounds",
+    "if-none-match": "conditional GET",
+    "if-modified-since": "conditional GET",
+    "authorization": "use auth: or userinfo in the url",
+    "user-agent": "use user_agent:",
+}
 #: slugs name files (`<slug>.atom`): well within any file system's name limit
 MAX_SLUG = 100
 #: `index.html` is the list of topics; `/search` is the daemon's search page
@@ -490,6 +508,13 @@ def _list_of(value: object, spot: _Spot, check: Callable[[object, _Spot], T]) ->
 
 def _parse_settings(value: object, spot: _Spot, config_path: Path) -> Settings:
     settings = replace(DEFAULT_SETTINGS, **_fields(value, spot, _SETTINGS_VALIDATORS))
+    if settings.min_interval > settings.max_interval:
+        assert isinstance(value, CommentedMap)  # not the defaults: one of them was given
+        where = "max_interval" if "max_interval" in value else "min_interval"
+        spot.key(value, where).error(
+            f"min_interval ({format_duration(settings.min_interval)}) is longer than"
+            f" max_interval ({format_duration(settings.max_interval)})"
+        )
     config_dir = config_path.parent
     # relative to feeds.yaml, not to wherever the daemon happens to be started
     return replace(
@@ -548,6 +573,19 @@ def _size(value: object, spot: _Spot) -> int:
     return size
 
 
+def _spacing(value: object, spot: _Spot) -> timedelta:
+    """`0` (none), `300ms`, `0.5s` or `2s`: at most a minute."""
+    if isinstance(value, int) and not isinstance(value, bool) and value == 0:
+        return timedelta(0)
+    if not isinstance(value, str) or not (match := _SPACING.fullmatch(value.strip())):
+        spot.error(f"expected 0 or a duration such as 300ms or 1s, got {value!r}")
+    amount, unit = float(match.group(1)), match.group(2)
+    seconds = amount / 1000 if unit == "ms" else amount
+    if seconds > 60:
+        spot.error(f"must be at most 60s, got {value!r}")
+    return timedelta(seconds=seconds)
+
+
 _SETTINGS_VALIDATORS: dict[str, Validator] = {
     "database": _path,
     "output_dir": _path,
@@ -559,6 +597,10 @@ _SETTINGS_VALIDATORS: dict[str, Validator] = {
     "timeout": _duration,
     "max_feed_size": _size,
     "parse_timeout": _duration,
+    "per_host_concurrency": partial(_positive_int, most=MAX_PER_HOST),
+    "per_host_spacing": _spacing,
+    "min_interval": _duration,
+    "max_interval": _duration,
 }
 
 
@@ -610,6 +652,9 @@ def _parse_feed(value: object, spot: _Spot, settings: Settings) -> FeedSource:
     fields = _fields(value, spot, _FEED_VALIDATORS)
     if "url" not in fields:
         spot.missing("url").error("missing: every feed needs a url")
+    if "interval" not in fields:  # the feed's own interval is fixed; else adaptive
+        fields["min_interval"] = settings.min_interval
+        fields["max_interval"] = settings.max_interval
     return FeedSource(**{"interval": settings.interval, **fields}, line=spot.line)
 
 
@@ -656,6 +701,39 @@ def _env_name(value: object, spot: _Spot) -> str:
     return name
 
 
+def _user_agent(value: object, spot: _Spot) -> str:
+    agent = _string(value, spot)
+    if len(agent) > MAX_HEADER_VALUE or any(c in agent for c in "\r\n\t"):
+        spot.error(f"expected one line of at most {MAX_HEADER_VALUE} characters")
+    return agent
+
+
+def _headers(value: object, spot: _Spot) -> tuple[tuple[str, str], ...]:
+    """Extra request headers, `{Name: value}`. Values are secrets (an API key, a cookie):
+    no message repeats one."""
+    if not isinstance(value, CommentedMap):
+        spot.error(f"expected a mapping of header names to values, got {_kind(value)}")
+    if len(value) > MAX_HEADERS:
+        spot.error(f"at most {MAX_HEADERS} headers, got {len(value)}")
+    headers: list[tuple[str, str]] = []
+    for name, header_value in value.items():
+        where = spot.key(value, name)
+        if not isinstance(name, str) or not _HEADER_NAME.fullmatch(name):
+            where.error(f"not an HTTP header name: {redact_text(str(name))!r}")
+        if name.lower() in RESERVED_HEADERS:
+            reason = RESERVED_HEADERS[name.lower()]
+            where.error(f"{name} is set by the aggregator itself ({reason})")
+        if isinstance(header_value, bool) or not isinstance(header_value, str | int):
+            where.error(f"expected a string value, got {_kind(header_value)}")
+        text = str(header_value).strip()
+        if not text or len(text) > MAX_HEADER_VALUE or any(c in text for c in "\r\n"):
+            where.error(
+                f"the value must be one non-empty line of at most {MAX_HEADER_VALUE} characters"
+            )
+        headers.append((name, text))
+    return tuple(headers)
+
+
 _FEED_VALIDATORS: dict[str, Validator] = {
     "url": _http_url,
     "name": _string,
@@ -663,6 +741,9 @@ _FEED_VALIDATORS: dict[str, Validator] = {
     "interval": _duration,
     "auth": _auth,
     "enabled": _boolean,
+    "user_agent": _user_agent,
+    "headers": _headers,
+    "max_items_per_round": partial(_positive_int, most=MAX_ITEMS),
 }
 
 

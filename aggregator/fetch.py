@@ -95,6 +95,7 @@ __all__ = [
     "cache_max_age",
     "is_public_address",
     "parse_retry_after",
+    "server_key",
 ]
 
 #: how long a configured host's verdict (public or not) is trusted, in seconds
@@ -234,6 +235,18 @@ def _origin_text(url: httpx.URL) -> str:
     port = f":{url.port}" if url.port and url.port != default else ""
     host = f"[{url.host}]" if ":" in url.host else url.host
     return f"{url.scheme}://{host}{port}"
+
+
+def server_key(url: httpx.URL | str) -> str:
+    """ "host:port" of a URL: the server per-host politeness is owed to."""
+    if isinstance(url, str):
+        text = url
+        try:
+            url = httpx.URL(text)
+            url.host  # noqa: B018 - decodes the IDNA host, which can fail
+        except (httpx.InvalidURL, UnicodeError, ValueError):
+            return text  # not fetchable either: a key of its own
+    return f"{url.host.lower()}:{url.port or _DEFAULT_PORTS.get(url.scheme, 0)}"
 
 
 def _may_send_credentials(configured: httpx.URL, url: httpx.URL) -> bool:
@@ -544,6 +557,8 @@ class Fetcher:
         self._timeouts: dict[str, float | None] = {}
         self._all_hosts = asyncio.Semaphore(limits.max_connections)
         self._per_host: dict[str, asyncio.Semaphore] = {}
+        #: server → loop time before which no request to it may begin (per_host_spacing)
+        self._next_start: dict[str, float] = {}
         #: configured host → (on the public internet?, until when the verdict holds)
         self._verdicts: dict[str, tuple[bool, float]] = {}
 
@@ -603,20 +618,42 @@ class Fetcher:
             return self._transport
         return proxied
 
-    def _host_semaphore(self, url: httpx.URL) -> asyncio.Semaphore:
-        # Per server (host and port): politeness is owed to the server a host name points at.
-        host = f"{url.host.lower()}:{url.port or (443 if url.scheme == 'https' else 80)}"
+    def _host_semaphore(self, host: str) -> asyncio.Semaphore:
         if host not in self._per_host:
             self._per_host[host] = asyncio.Semaphore(self.limits.max_per_host)
         return self._per_host[host]
 
+    async def _wait_turn(self, host: str) -> None:
+        """Wait until `per_host_spacing` has passed since the last request to `host` began.
+
+        Turns are handed out in the order asked (each caller books the next start time
+        before sleeping), so feeds of one host start at least the spacing apart however
+        many wait."""
+        spacing = self.limits.per_host_spacing
+        if spacing <= 0:
+            return
+        loop = asyncio.get_running_loop()
+        now = loop.time()
+        start = max(now, self._next_start.get(host, 0.0))
+        self._next_start[host] = start + spacing
+        if start > now:
+            await asyncio.sleep(start - now)
+
     async def fetch(
-        self, state: FeedState, now: datetime, credentials: Credentials | None = None
+        self,
+        state: FeedState,
+        now: datetime,
+        credentials: Credentials | None = None,
+        *,
+        headers: Mapping[str, str] | None = None,
+        user_agent: str | None = None,
     ) -> Fetched | NotModified:
         """GET state.fetch_url conditionally; raise a FetchError subclass on failure.
 
         `credentials` (the feed's `auth:`) win over userinfo in state.url; either is sent as
-        HTTP Basic auth to the configured URL's origin only.
+        HTTP Basic auth to the configured URL's origin only. `headers` (the feed's own, an
+        API key or a cookie) are secrets too and go where credentials go; `user_agent`
+        replaces ours on every hop.
         """
         if self._transport is None:
             raise RuntimeError("Fetcher used outside `async with`")
@@ -625,7 +662,9 @@ class Fetcher:
         try:
             # the deadline starts once a connection slot is ours: queueing is not the feed's fault
             async with asyncio.timeout(None) as deadline:
-                return await self._follow(state, now, deadline, credentials)
+                return await self._follow(
+                    state, now, deadline, credentials, headers or {}, user_agent
+                )
         except TimeoutError as e:
             message = f"timed out after {_format_seconds(total)} (total deadline)"
             raise FetchTimeout(state.url, message) from e
@@ -636,9 +675,11 @@ class Fetcher:
         now: datetime,
         deadline: asyncio.Timeout,
         credentials: Credentials | None,
+        secret_headers: Mapping[str, str],
+        user_agent: str | None,
     ) -> Fetched | NotModified:
         headers = {
-            "User-Agent": self.user_agent,
+            "User-Agent": user_agent or self.user_agent,
             "Accept": ACCEPT,
             "Accept-Encoding": ACCEPT_ENCODING,
         }
@@ -665,19 +706,26 @@ class Fetcher:
                 await self._refuse_non_public(state.url, url)
             hop_headers: dict[str, str] = headers
             auth_use: _AuthUse = "none"
-            if authorization is not None:
+            if authorization is not None or secret_headers:
                 if _may_send_credentials(configured, url):
-                    hop_headers, auth_use = {**headers, "Authorization": authorization}, "sent"
-                else:
+                    hop_headers = {**headers, **secret_headers}
+                    if authorization is not None:
+                        hop_headers["Authorization"] = authorization
+                        auth_use = "sent"
+                elif authorization is not None:
                     auth_use = "withheld"
-            host_slot = self._host_semaphore(url)
-            async with host_slot, self._all_hosts:
-                if deadline.when() is None:
-                    loop = asyncio.get_running_loop()
-                    deadline.reschedule(loop.time() + self.limits.total_timeout)
-                outcome = await self._request(
-                    state, url, hop_headers, now, public_only=public_only, auth_use=auth_use
-                )
+            host = server_key(url)
+            # the host's slot, then its turn (spacing), then a slot of the global bound: a
+            # feed waiting for its host's turn holds none of the slots other hosts need
+            async with self._host_semaphore(host):
+                await self._wait_turn(host)
+                async with self._all_hosts:
+                    if deadline.when() is None:
+                        loop = asyncio.get_running_loop()
+                        deadline.reschedule(loop.time() + self.limits.total_timeout)
+                    outcome = await self._request(
+                        state, url, hop_headers, now, public_only=public_only, auth_use=auth_use
+                    )
             if not isinstance(outcome, _Redirect):
                 moved_to = str(url) if redirects and all_permanent else None
                 if isinstance(outcome, NotModified):

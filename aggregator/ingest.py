@@ -20,7 +20,7 @@ from dataclasses import dataclass, replace
 from datetime import datetime
 
 from aggregator import dedupe
-from aggregator.model import Fetched, Item, ParsedEntry, ParsedFeed
+from aggregator.model import PRUNED, Fetched, Item, ParsedEntry, ParsedFeed
 from aggregator.partial import EntryChunks, parse_changed_entries
 
 
@@ -92,8 +92,11 @@ def _new_or_changed(
         if key in seen:
             continue  # a feed that lists an entry twice: the first copy wins
         seen.add(key)
+        stored = known.get(key)
+        if stored == PRUNED:
+            continue  # pruned: stays pruned while the feed still lists it
         raw = raw_entry_hash(entry)
-        if known.get(key) != raw:
+        if stored != raw:
             yield entry, key, raw
 
 

@@ -67,6 +67,16 @@ class FeedSource:
     #: False: kept in the config but not polled; its stored items stay published until
     #: the retention prunes them
     enabled: bool = True
+    #: bounds of the adaptive interval; None when the feed's own `interval` fixes it
+    min_interval: timedelta | None = None
+    max_interval: timedelta | None = None
+    #: replaces our User-Agent for this feed
+    user_agent: str | None = None
+    #: extra request headers (an API key, a cookie): secrets, sent only to the feed's
+    #: origin as credentials are; repr() hides their values
+    headers: tuple[tuple[str, str], ...] = field(default=(), repr=False)
+    #: at most this many new entries stored from one poll, the newest; None: no cap
+    max_items_per_round: int | None = None
     #: line in feeds.yaml, for messages
     line: int | None = None
 
@@ -107,6 +117,14 @@ class Settings:
     max_feed_size: int = 10 * 1024 * 1024
     #: the most parsing and cleaning one feed's body may take
     parse_timeout: timedelta = timedelta(seconds=60)
+    #: requests in flight to one server at most
+    per_host_concurrency: int = 4
+    #: between the starts of two requests to one server (0: none, as for a local test
+    #: server that serves many feeds)
+    per_host_spacing: timedelta = timedelta(milliseconds=300)
+    #: bounds of the adaptive interval that follows a feed's own rhythm (update.py)
+    min_interval: timedelta = timedelta(minutes=10)
+    max_interval: timedelta = timedelta(hours=12)
 
     def fetch_limits(self) -> FetchLimits:
         seconds = self.timeout.total_seconds()
@@ -115,6 +133,8 @@ class Settings:
             total_timeout=seconds,
             connect_timeout=min(10.0, seconds),
             read_timeout=min(20.0, seconds),
+            max_per_host=self.per_host_concurrency,
+            per_host_spacing=self.per_host_spacing.total_seconds(),
         )
 
 
@@ -137,7 +157,10 @@ class FetchLimits:
     total_timeout: float = 60.0
     max_redirects: int = 5
     max_connections: int = 20
+    #: requests in flight to one server (host and port) at most
     max_per_host: int = 4
+    #: seconds between the starts of two requests to one server; 0: none
+    per_host_spacing: float = 0.3
 
 
 @dataclass(frozen=True)
@@ -193,6 +216,12 @@ class FeedState:
     site_url: str | None = None
     #: the feed's own hint of how often to poll (RSS <ttl>, Cache-Control max-age), seconds
     hint_seconds: int | None = None
+    #: new entries a day, from its entries' dates (update.entry_rate); None: not known
+    entries_per_day: float | None = None
+
+
+#: the raw hash (Store.known_entries) of an entry whose story was pruned: not stored again
+PRUNED = "pruned"
 
 
 # --- fetch → parse -----------------------------------------------------------------

@@ -27,15 +27,15 @@ import os
 import random
 import time
 import uuid
-from collections.abc import Callable, Coroutine, Sequence
+from collections.abc import Callable, Coroutine, Iterable, Mapping, Sequence
 from concurrent.futures import Executor, Future
 from concurrent.futures.process import BrokenProcessPool
 from datetime import datetime
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from aggregator import update
-from aggregator.errors import FeedError, ParseError, ParseTimeout, StoreError
-from aggregator.fetch import Fetcher
+from aggregator.errors import FeedError, ParseError, ParseTimeout, RetryLater, StoreError
+from aggregator.fetch import Fetcher, server_key
 from aggregator.ingest import process_body
 from aggregator.model import (
     Config,
@@ -43,13 +43,14 @@ from aggregator.model import (
     FeedState,
     Fetched,
     FetchLimits,
+    Item,
     PollResult,
     Settings,
 )
 from aggregator.publish import index_and_publish
 from aggregator.store import Store, StoreThread
 from aggregator.text import single_line
-from aggregator.timeutil import utcnow
+from aggregator.timeutil import to_iso, utcnow
 from aggregator.urls import redact_text
 
 if TYPE_CHECKING:
@@ -113,6 +114,8 @@ class Poller:
         self._rng = rng or random.Random()
         self._round = ""
         self._round_started = 0.0
+        #: server ("host:port") → until when it asked (Retry-After) not to be fetched
+        self._holds: dict[str, datetime] = {}
 
     @classmethod
     async def open(cls, settings: Settings, **options: Any) -> Poller:
@@ -150,6 +153,8 @@ class Poller:
         """Poll `sources` concurrently as one round; results in their order."""
         states = await self.db.run(Store.feed_states)  # one query, not one per feed
         round_id = _new_round_id()
+        if not force:
+            self.remember_holds(states.values(), utcnow())
 
         async def one(source: FeedSource) -> PollResult:
             state = states.get(source.url)
@@ -195,15 +200,30 @@ class Poller:
         skip = update.skip_reason(source, state, now, force)
         if skip is not None:
             return PollResult(url=source.url, skipped=skip, status=state.last_status, state=state)
+        held = None if force else self._host_held_until(state, now)
+        if held is not None:
+            # another feed of this server was told to wait: so is this one, without a fetch
+            held_update = update.hold(state, held)
+            await self.db.run(Store.save, held_update, now=now, round_id=round_id)
+            return PollResult(
+                url=source.url,
+                skipped=f"skipped: its server asked to wait until {to_iso(held)}",
+                status=state.last_status,
+                state=held_update.state,
+            )
+        left_out: tuple[str, ...] = ()
         try:
-            outcome, items = await self._fetch_and_parse(source, state, now)
+            outcome, items, left_out = await self._fetch_and_parse(source, state, now)
         except StoreError:
             raise
         except Exception as error:
             outcome, items = _internal_error(source, error), ()
+        self._note_hold(state, outcome)
         feed_update = update.decide(source, state, outcome, now, self._rng.uniform(-1, 1))
         try:
-            saved = await self.db.run(Store.save, feed_update, items, now=now, round_id=round_id)
+            saved = await self.db.run(
+                Store.save, feed_update, items, now=now, round_id=round_id, left_out=left_out
+            )
         except StoreError:
             raise
         except Exception as error:  # a bug met on this feed's items: the feed fails
@@ -236,20 +256,46 @@ class Poller:
                 self._fetcher = fetcher
             return self._fetcher
 
+    def remember_holds(self, states: Iterable[FeedState], now: datetime) -> None:
+        """Take the servers' pending Retry-After from stored states (at start), so a
+        server that asked one feed to wait is not asked for its other feeds either."""
+        for state in states:
+            if state.retry_after is not None and state.retry_after > now:
+                self._hold(state.fetch_url, state.retry_after)
+
+    def _note_hold(self, state: FeedState, outcome: update.Outcome) -> None:
+        error = getattr(outcome, "error", None)
+        if isinstance(error, RetryLater) and error.retry_after is not None:
+            self._hold(state.fetch_url, error.retry_after)
+
+    def _hold(self, url: str, until: datetime) -> None:
+        server = server_key(url)
+        self._holds[server] = max(until, self._holds.get(server, until))
+
+    def _host_held_until(self, state: FeedState, now: datetime) -> datetime | None:
+        if not self._holds:
+            return None
+        until = self._holds.get(server_key(state.fetch_url))
+        return until if until is not None and until > now else None
+
     async def _fetch_and_parse(
         self, source: FeedSource, state: FeedState, now: datetime
-    ) -> tuple[update.Outcome, tuple[Any, ...]]:
+    ) -> tuple[update.Outcome, tuple[tuple[Item, str], ...], tuple[str, ...]]:
+        """What the poll met, the items to store, and the keys of new entries left out
+        by the feed's max_items_per_round."""
         fetcher = await self._started_fetcher()
         try:
             credentials = source.auth.credentials() if source.auth else None
-            response = await fetcher.fetch(state, now, credentials)
+            response = await fetcher.fetch(
+                state, now, credentials, headers=dict(source.headers), user_agent=source.user_agent
+            )
         except FeedError as error:
-            return update.Failed(error), ()
+            return update.Failed(error), (), ()
         if not isinstance(response, Fetched):
-            return update.Answered(response), ()
+            return update.Answered(response), (), ()
         body_hash = hashlib.sha256(response.body).hexdigest()
         if body_hash == state.body_hash:
-            return update.Answered(response, body_hash), ()
+            return update.Answered(response, body_hash), (), ()
         known = await self.db.run(Store.known_entries, source.url)
         retention = self.settings.retention
         try:
@@ -265,9 +311,27 @@ class Poller:
                 known.chunks,
             )
         except FeedError as error:
-            return update.Failed(error, response), ()
-        answered = update.Answered(response, body_hash, processed.feed, processed.entry_chunks)
-        return answered, processed.items
+            return update.Failed(error, response), (), ()
+        items, left_out = _capped(processed.items, known.raw_hashes, source.max_items_per_round)
+        rate = update.entry_rate([*known.recent_dates, *(item.published for item, _ in items)], now)
+        answered = update.Answered(
+            response, body_hash, processed.feed, processed.entry_chunks, entries_per_day=rate
+        )
+        return answered, items, left_out
+
+
+def _capped(
+    items: tuple[tuple[Item, str], ...], stored: Mapping[str, object], most: int | None
+) -> tuple[tuple[tuple[Item, str], ...], tuple[str, ...]]:
+    """The items to store when a poll may add at most `most` new entries (the newest;
+    edits of stored ones always count), and the keys of the new ones left out."""
+    new = [item for item, _ in items if item.entry_key not in stored]
+    if most is None or len(new) <= most:
+        return items, ()
+    newest = sorted(new, key=lambda item: item.published, reverse=True)
+    left_out = {item.entry_key for item in newest[most:]}
+    kept = tuple(pair for pair in items if pair[0].entry_key not in left_out)
+    return kept, tuple(sorted(left_out))
 
 
 def _new_round_id() -> str:

@@ -5,7 +5,7 @@ checks this list against the database):
 
   feeds(url, fetch_url, title, site_url, etag, last_modified, body_hash, last_fetched,
         last_status, last_error, next_due, retry_after, gone, gone_fingerprint, failures,
-        moved_to, hint_seconds, entry_chunks)
+        moved_to, hint_seconds, entry_chunks, entries_per_day)
       one row per configured feed URL: validators, schedule, last result (FeedState)
   items(id, link, canonical_link, title, content_html, summary_html, excerpt, text, author,
         categories, published, updated, first_seen, content_hash, first_feed_url,
@@ -18,6 +18,10 @@ checks this list against the database):
       into another outlet's story keeps its own title and text, for matching
   item_keys(key, item_id)
       near-duplicate index: dedupe.index_keys of the story's text and its copies' → item
+  pruned(feed_url, entry_key, pruned_at)
+      entries whose story was pruned (or that a feed's max_items_per_round left out): a
+      feed that still lists one does not bring it back; kept TOMBSTONE_LIFE × retention
+      and at most MAX_TOMBSTONES per feed
   meta(name, value)
       the dedupe key scheme the item_keys were made with (dedupe.KEY_SCHEME)
   items_fts(title, text)
@@ -46,7 +50,7 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any, Concatenate, ParamSpec, TypeVar
 
@@ -55,8 +59,8 @@ from sqlite_utils.migrations import Migrations
 
 from aggregator import dedupe
 from aggregator.errors import StoreError
-from aggregator.model import FeedState, Item, PublishedItem, SourceRef
-from aggregator.timeutil import from_iso, to_iso
+from aggregator.model import PRUNED, FeedState, Item, PublishedItem, SourceRef
+from aggregator.timeutil import from_iso, to_iso, utcnow
 from aggregator.update import FeedUpdate
 
 #: seconds a writer waits for another process's transaction before giving up
@@ -65,6 +69,12 @@ BUSY_TIMEOUT = 30.0
 MAX_CANDIDATES = 5
 #: index keys a candidate must share with a new item, unless it shares the headline
 MIN_SHARED_KEYS = 3
+#: newest dated stories of a feed read for its entry rate
+RATE_SAMPLE = 50
+#: tombstones of pruned entries are kept this many times the retention
+TOMBSTONE_LIFE = 4
+#: and at most this many per feed, the newest
+MAX_TOMBSTONES = 5000
 #: the watchdog's write probe waits this long for another process's lock, not BUSY_TIMEOUT
 PING_TIMEOUT = 1.0
 
@@ -207,6 +217,24 @@ def _copy_texts(db: Database) -> None:
     )
 
 
+@migrations(name="007_pruned_entries")
+def _pruned_entries(db: Database) -> None:
+    # tombstones, so that what was pruned stays pruned; and the feed's observed rate of
+    # new entries, which its adaptive interval follows (update.interval_for)
+    db.executescript(
+        """
+        CREATE TABLE pruned (
+            feed_url TEXT NOT NULL,
+            entry_key TEXT NOT NULL,
+            pruned_at TEXT NOT NULL,
+            PRIMARY KEY (feed_url, entry_key)
+        ) WITHOUT ROWID;
+        CREATE INDEX pruned_at ON pruned (pruned_at);
+        ALTER TABLE feeds ADD COLUMN entries_per_day REAL;
+        """
+    )
+
+
 @dataclass(frozen=True)
 class SaveOutcome:
     new: int = 0
@@ -231,6 +259,18 @@ class KnownEntries:
     raw_hashes: dict[str, str | None]
     #: entry chunk hash → entry key hash of the last parsed body (partial.py)
     chunks: dict[str, str]
+    #: publication dates of the feed's newest dated stories (at most RATE_SAMPLE), for
+    #: its entry rate (update.entry_rate)
+    recent_dates: tuple[datetime, ...] = ()
+
+
+@dataclass(frozen=True)
+class PrunableItem:
+    """A story `prune` removes (Store.prunable)."""
+
+    title: str
+    published: datetime
+    feed_urls: tuple[str, ...]
 
 
 class Store:
@@ -310,16 +350,33 @@ class Store:
 
     def known_entries(self, feed_url: str) -> KnownEntries:
         """What the feed's last polls stored of its entries: read once a changed body is to
-        be parsed, so that entries stored already are neither parsed nor cleaned again."""
+        be parsed, so that entries stored already are neither parsed nor cleaned again,
+        and entries pruned are not stored again (their raw hash is PRUNED)."""
         row = self._one("SELECT entry_chunks FROM feeds WHERE url = ?", [feed_url])
         tokens = (row["entry_chunks"] or "").split() if row else []
-        raw_hashes = self.db.execute(
-            "SELECT entry_key, raw_hash FROM entries WHERE feed_url = ?", [feed_url]
+        raw_hashes: dict[str, str | None] = dict(
+            self.db.execute(
+                "SELECT entry_key, ? FROM pruned WHERE feed_url = ?", [PRUNED, feed_url]
+            ).fetchall()
+        )
+        raw_hashes.update(
+            self.db.execute(
+                "SELECT entry_key, raw_hash FROM entries WHERE feed_url = ?", [feed_url]
+            ).fetchall()
+        )
+        # a story dated later than it was first seen had no date of its own (or a future
+        # one): it says nothing of the feed's rhythm
+        dates = self.db.execute(
+            "SELECT i.published FROM entries e JOIN items i ON i.id = e.item_id"
+            " WHERE e.feed_url = ? AND i.published < i.first_seen"
+            " ORDER BY i.published DESC LIMIT ?",
+            [feed_url, RATE_SAMPLE],
         ).fetchall()
         return KnownEntries(
-            raw_hashes=dict(raw_hashes),
+            raw_hashes=raw_hashes,
             # a token without ":" was written before keys were kept: it never matches again
             chunks={chunk: key for chunk, _, key in (t.partition(":") for t in tokens) if key},
+            recent_dates=tuple(d for (text,) in dates if (d := from_iso(text)) is not None),
         )
 
     def save(
@@ -329,13 +386,21 @@ class Store:
         *,
         now: datetime,
         round_id: str,
+        left_out: Sequence[str] = (),
     ) -> SaveOutcome:
         """Write one poll in one transaction: the feed's new state (`update.decide`) and its
         (item, raw hash) pairs, each deduplicated against the stored stories. `round_id`
-        names the poll's round (pipeline.Poller), which dedupe.merge asks."""
+        names the poll's round (pipeline.Poller), which dedupe.merge asks. `left_out` are
+        keys of new entries not to store, now or later (max_items_per_round)."""
         new = updated = merged = 0
         with _immediate(self.db):
             self._write_state(update)
+            if left_out:
+                self.db.conn.executemany(
+                    "INSERT OR IGNORE INTO pruned (feed_url, entry_key, pruned_at)"
+                    " VALUES (?, ?, ?)",
+                    [(update.state.url, key, to_iso(now)) for key in left_out],
+                )
             for item, raw_hash in items:
                 outcome = self._save_item(item, raw_hash, now, round_id)
                 new += outcome == "new"
@@ -363,6 +428,7 @@ class Store:
             "failures": state.failures,
             "moved_to": state.moved_to,
             "hint_seconds": state.hint_seconds,
+            "entries_per_day": state.entries_per_day,
         }
         if update.entry_chunks is not None:
             row["entry_chunks"] = " ".join(f"{chunk}:{key}" for chunk, key in update.entry_chunks)
@@ -702,12 +768,45 @@ class Store:
 
     # --- maintenance ------------------------------------------------------------------
 
-    def prune(self, older_than: datetime) -> int:
-        """Delete items published before `older_than` with their copies and index keys."""
+    def prunable(self, older_than: datetime) -> list[PrunableItem]:
+        """The stories `prune(older_than)` would delete, oldest first."""
+        rows = self.db.query(
+            "SELECT i.title, i.published, group_concat(e.feed_url, char(10)) AS feeds"
+            " FROM items i JOIN entries e ON e.item_id = i.id WHERE i.published < ?"
+            " GROUP BY i.id ORDER BY i.published, i.id",
+            [to_iso(older_than)],
+        )
+        return [
+            PrunableItem(r["title"], published, tuple(r["feeds"].split("\n")))
+            for r in rows
+            if (published := from_iso(r["published"])) is not None
+        ]
+
+    def prune(self, older_than: datetime, now: datetime | None = None) -> int:
+        """Delete items published before `older_than` with their copies and index keys,
+        leaving a tombstone of each copy's (feed, entry key) so that a feed that still
+        lists the entry does not bring it back. Tombstones older than TOMBSTONE_LIFE times
+        the retention (`now - older_than`), or past MAX_TOMBSTONES a feed, go."""
+        now = now or utcnow()
         cutoff = to_iso(older_than)
+        keep_since = to_iso(now - max(now - older_than, timedelta(days=1)) * TOMBSTONE_LIFE)
         with _immediate(self.db):
+            self.db.execute(
+                "INSERT OR REPLACE INTO pruned (feed_url, entry_key, pruned_at)"
+                " SELECT e.feed_url, e.entry_key, ? FROM entries e"
+                " JOIN items i ON i.id = e.item_id WHERE i.published < ?",
+                [to_iso(now), cutoff],
+            )
             cursor = self.db.execute("DELETE FROM items WHERE published < ?", [cutoff])
-        return cursor.rowcount
+            removed = cursor.rowcount
+            self.db.execute("DELETE FROM pruned WHERE pruned_at < ?", [keep_since])
+            self.db.execute(
+                "DELETE FROM pruned WHERE (feed_url, entry_key) IN (SELECT feed_url, entry_key"
+                " FROM (SELECT feed_url, entry_key, row_number() OVER (PARTITION BY feed_url"
+                " ORDER BY pruned_at DESC) AS n FROM pruned) WHERE n > ?)",
+                [MAX_TOMBSTONES],
+            )
+        return removed
 
     def optimize(self) -> None:
         self.db.execute("PRAGMA optimize")
@@ -930,4 +1029,5 @@ def _state_from_row(row: Mapping[str, Any]) -> FeedState:
         title=row["title"],
         site_url=row["site_url"],
         hint_seconds=row["hint_seconds"],
+        entries_per_day=row["entries_per_day"],
     )

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 
 
 def utcnow() -> datetime:
@@ -26,3 +26,16 @@ def from_iso(text: str | None) -> datetime | None:
     if not text:
         return None
     return to_utc(datetime.fromisoformat(text.replace("Z", "+00:00")))
+
+
+def format_duration(span: timedelta) -> str:
+    """`1h30m`, `45s`, `2d`: the config's own notation, largest units first, at most two."""
+    seconds = int(span.total_seconds())
+    if seconds <= 0:
+        return "0s"
+    parts = []
+    for unit, size in (("d", 86400), ("h", 3600), ("m", 60), ("s", 1)):
+        amount, seconds = divmod(seconds, size)
+        if amount:
+            parts.append(f"{amount}{unit}")
+    return "".join(parts[:2])

@@ -13,7 +13,7 @@ or reloads, `due_at_start` says when each feed is due.
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 
@@ -35,6 +35,13 @@ MAX_HINT = timedelta(hours=24)
 JITTER = 0.1
 #: the soonest a feed is polled again after a poll
 MIN_GAP = timedelta(seconds=1)
+#: a feed's entry rate counts the entries dated within this window
+RATE_WINDOW = timedelta(days=30)
+#: fewer dated entries than this in the window: their span says too little, so the rate
+#: is taken over the whole window (slower, the polite side)
+RATE_MIN_ENTRIES = 3
+#: the adaptive interval polls this many times per expected new entry
+POLLS_PER_ENTRY = 4
 
 
 # --- what a poll met --------------------------------------------------------------------
@@ -58,6 +65,8 @@ class Answered:
     parsed: ParsedFeed | None = None
     #: the body's entry chunks for partial parsing next time (see partial.py); None: keep
     entry_chunks: tuple[tuple[str, str], ...] | None = None
+    #: with `parsed`: the feed's new entries a day (entry_rate), None when it dates none
+    entries_per_day: float | None = None
 
 
 #: what a fetched poll met (a feed not fetched, see `skip_reason`, changes nothing)
@@ -78,7 +87,16 @@ class FeedUpdate:
 
 def feed_fingerprint(source: FeedSource) -> str:
     """Changes when the user edits the feed's entry in feeds.yaml: a gone feed is retried."""
-    text = "\n".join([source.url, source.name or "", ",".join(source.tags), str(source.interval)])
+    text = "\n".join(
+        [
+            source.url,
+            source.name or "",
+            ",".join(source.tags),
+            str(source.interval),
+            source.user_agent or "",
+            repr(source.headers),  # hashed with the rest: never stored as such
+        ]
+    )
     return hashlib.blake2b(text.encode(), digest_size=8).hexdigest()
 
 
@@ -111,20 +129,75 @@ def next_due(interval: timedelta, now: datetime, failures: int) -> datetime:
     return now + min(backoff, cap)
 
 
-def effective_interval(configured: timedelta, hint_seconds: int | None) -> timedelta:
-    """The feed's hint can lengthen the configured interval, never shorten it."""
-    if not hint_seconds:
-        return configured
-    return max(configured, min(timedelta(seconds=hint_seconds), MAX_HINT))
+def entry_rate(dates: Iterable[datetime], now: datetime) -> float | None:
+    """New entries a day, from the publication dates of a feed's entries (stored and
+    just read; undated ones left out); None when there are none.
+
+    Counted over the entries dated within RATE_WINDOW, divided by the time since the oldest
+    of them: a feed that lists only its last ten entries, published this morning, has a
+    high rate, one whose newest entry is a month old has 0."""
+    dated = [d for d in dates if d <= now]
+    if not dated:
+        return None
+    recent = [d for d in dated if now - d <= RATE_WINDOW]
+    if not recent:
+        return 0.0
+    span = RATE_WINDOW if len(recent) < RATE_MIN_ENTRIES else now - min(recent)
+    return len(recent) / max(span / timedelta(days=1), 1 / 24)
+
+
+def interval_for(
+    source: FeedSource, entries_per_day: float | None, hint_seconds: int | None
+) -> timedelta:
+    """The interval a feed is polled at (explain_interval says why)."""
+    return _interval_and_reason(source, entries_per_day, hint_seconds)[0]
 
 
 def explain_interval(source: FeedSource, state: FeedState | None) -> tuple[timedelta, str]:
     """The interval the feed is polled at now, and why, in a few words (for `status`)."""
-    hint = state.hint_seconds if state is not None else None
-    interval = effective_interval(source.interval, hint)
-    if hint and interval > source.interval:
-        return interval, "the feed asks (ttl or Cache-Control)"
-    return interval, "configured"
+    if state is None:
+        return _interval_and_reason(source, None, None)
+    return _interval_and_reason(source, state.entries_per_day, state.hint_seconds)
+
+
+def _interval_and_reason(
+    source: FeedSource, entries_per_day: float | None, hint_seconds: int | None
+) -> tuple[timedelta, str]:
+    """The interval a feed is polled at, and why in a few words.
+
+    A feed with its own `interval` in feeds.yaml is polled at that. Otherwise the interval
+    follows the feed's entry rate: POLLS_PER_ENTRY polls per expected new entry, within
+    min_interval and max_interval; settings.interval while the rate is not known. The
+    feed's own hint (RSS ttl, Cache-Control max-age) can lengthen either, up to MAX_HINT.
+    """
+    low, high = source.min_interval, source.max_interval
+    if low is None or high is None:
+        interval, reason = source.interval, "set for this feed"
+    elif entries_per_day is None:
+        interval, reason = source.interval, "default: its rhythm is not known yet"
+    elif entries_per_day <= 0:
+        interval, reason = high, "no entry in 30 days: max_interval"
+    else:
+        wanted = timedelta(days=1) / (entries_per_day * POLLS_PER_ENTRY)
+        interval = min(max(wanted, low), high)
+        reason = f"follows its rhythm: {_rate_words(entries_per_day)}"
+    if hint_seconds:
+        hinted = min(timedelta(seconds=hint_seconds), MAX_HINT)
+        if hinted > interval:
+            return hinted, "the feed asks for it (ttl or Cache-Control)"
+    return interval, reason
+
+
+def _rate_words(entries_per_day: float) -> str:
+    if entries_per_day >= 1:
+        return f"{entries_per_day:.3g} entries a day"
+    return f"{entries_per_day * 7:.2g} entries a week"
+
+
+def hold(old: FeedState, until: datetime) -> FeedUpdate:
+    """The state of a feed not fetched because its server asked (Retry-After, through
+    another feed of the host) to wait until `until`: due then, nothing else changed."""
+    return FeedUpdate(replace(old, retry_after=until, next_due=max(until, old.next_due or until)))
 
 
 def poll_hint(headers: Mapping[str, str], ttl_minutes: int | None) -> int | None:
@@ -146,9 +219,11 @@ def decide(
     parsed = outcome.parsed
     if parsed is not None:
         hint = poll_hint(response.headers, parsed.ttl_minutes)
+        rate = outcome.entries_per_day
     else:  # no body read: the hint the last one gave still holds unless the headers say
         hint = poll_hint(response.headers, None) or old.hint_seconds
-    interval = effective_interval(source.interval, hint)
+        rate = old.entries_per_day
+    interval = interval_for(source, rate, hint)
     due = next_due(interval, now, 0) + interval * (JITTER * max(-1.0, min(1.0, jitter)))
     state = replace(
         _moved(old, response),
@@ -163,6 +238,7 @@ def decide(
         gone_fingerprint=None,
         retry_after=None,
         hint_seconds=hint,
+        entries_per_day=rate,
         next_due=max(due, now + MIN_GAP),
         title=(single_line(parsed.title) or old.title) if parsed else old.title,
         site_url=(parsed.site_url or old.site_url) if parsed else old.site_url,
@@ -222,7 +298,7 @@ def due_at_start(
     if state.gone:
         due = now
     elif edited and state.failures == 0:
-        due = state.last_fetched + effective_interval(source.interval, state.hint_seconds)
+        due = state.last_fetched + interval_for(source, state.entries_per_day, state.hint_seconds)
     else:
         due = state.next_due or now
     if state.retry_after and state.retry_after > due:

@@ -39,6 +39,7 @@ STATUS_FIELDS = [
 
 VALID = """\
 settings:
+  per_host_spacing: 0
   listen: ""
   database: state/agg.db
   output_dir: out

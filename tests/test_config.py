@@ -67,7 +67,13 @@ def test_minimal_config_gets_defaults_and_the_all_topic():
     )
     assert config.topics == (Topic(slug="all", title="All feeds"),)
     assert config.feeds == (
-        FeedSource(url="https://a.example/feed", interval=timedelta(minutes=30), line=2),
+        FeedSource(
+            url="https://a.example/feed",
+            interval=timedelta(minutes=30),
+            min_interval=timedelta(minutes=10),
+            max_interval=timedelta(hours=12),
+            line=2,
+        ),
     )
 
 
@@ -280,7 +286,8 @@ INVALID = [
     (FEED + "  - name: B\n", "5: feeds[1].url: missing: every feed needs a url"),
     (
         FEED + "  - url: https://b.example/\n    title: B\n",
-        "6: feeds[1].title: unknown key; expected one of url, name, tags, interval, auth, enabled",
+        "6: feeds[1].title: unknown key; expected one of url, name, tags, interval, auth, enabled,"
+        " user_agent, headers, max_items_per_round",
     ),
     (
         FEED + "  - url: ftp://b.example/\n",

@@ -59,7 +59,7 @@ def test_credentials_are_sent_and_never_shown(tmp_path: Path) -> None:
         base = server.base_url.removeprefix("http://")
         config = tmp_path / "feeds.yaml"
         config.write_text(
-            "settings:\n  database: agg.db\n  output_dir: public\n"
+            "settings:\n  per_host_spacing: 0\n  database: agg.db\n  output_dir: public\n"
             f"  listen: 127.0.0.1:{port}\n  base_url: http://127.0.0.1:{port}/\n"
             "  interval: 1h\nfeeds:\n"
             f"  - url: http://bob:{URL_PASSWORD}@{base}/by-url.xml\n"

@@ -238,6 +238,7 @@ def write_config(
 ) -> None:
     lines = [
         "settings:",
+        "  per_host_spacing: 0",
         "  database: agg.db",
         "  output_dir: public",
         f"  listen: 127.0.0.1:{port}",

@@ -63,7 +63,11 @@ def poll(tmp_path: Path, bodies: dict[str, bytes]) -> list[PublishedItem]:
         for number, (name, body) in enumerate(bodies.items()):
             server.set(f"/{name}.rss", body, delay=0.05 * (number % 3))
             sources.append(FeedSource(url=server.url(f"/{name}.rss"), name=name))
-        settings = Settings(database=tmp_path / "agg.db", retention=timedelta(days=3650))
+        settings = Settings(
+            database=tmp_path / "agg.db",
+            retention=timedelta(days=3650),
+            per_host_spacing=timedelta(0),
+        )
 
         async def round_() -> None:
             async with await Poller.open(settings, parsers=ThreadPoolExecutor(2)) as poller:

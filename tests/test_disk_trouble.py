@@ -77,7 +77,8 @@ def test_status_reads_a_database_on_a_read_only_file_system(state_disk: Path) ->
         server.set("/feed.xml", body)
         config = state_disk / "feeds.yaml"
         config.write_text(
-            f'settings:\n  listen: ""\nfeeds:\n  - url: {server.url("/feed.xml")}\n    name: f\n'
+            f"settings:\n  per_host_spacing: 0\n"
+            f'  listen: ""\nfeeds:\n  - url: {server.url("/feed.xml")}\n    name: f\n'
         )
         polled = aggregator(config, "poll", "--once", timeout=60)
         assert polled.returncode == 0, polled.stderr
@@ -100,7 +101,10 @@ def test_status_reads_the_write_ahead_log_of_a_read_only_copy(
     source = tmp_path / "live"
     source.mkdir()
     config = source / "feeds.yaml"
-    config.write_text('settings:\n  listen: ""\nfeeds:\n  - url: http://127.0.0.1:9/feed.xml\n')
+    config.write_text(
+        "settings:\n  per_host_spacing: 0\n"
+        '  listen: ""\nfeeds:\n  - url: http://127.0.0.1:9/feed.xml\n'
+    )
     assert aggregator(config, "poll", "--once", timeout=60).returncode == 0
     live = sqlite3.connect(source / "aggregator.db", isolation_level=None)
     live.execute("PRAGMA wal_autocheckpoint = 0")
@@ -121,7 +125,8 @@ def test_status_reads_the_write_ahead_log_of_a_read_only_copy(
 def test_status_on_something_that_is_no_database_says_so(tmp_path: Path) -> None:
     config = tmp_path / "feeds.yaml"
     config.write_text(
-        'settings:\n  listen: ""\n  database: /dev/null\nfeeds:\n  - url: http://h.example/f\n'
+        "settings:\n  per_host_spacing: 0\n"
+        '  listen: ""\n  database: /dev/null\nfeeds:\n  - url: http://h.example/f\n'
     )
     status = aggregator(config, "status", timeout=60)
     assert status.returncode == 1

@@ -32,7 +32,7 @@ from tests.commands import aggregator as aggregator_cli
 from tests.feedserver import FeedServer
 
 NOW = datetime(2026, 3, 1, 12, 0, tzinfo=UTC)
-LIMITS = FetchLimits(connect_timeout=2.0, read_timeout=2.0, total_timeout=5.0)
+LIMITS = FetchLimits(connect_timeout=2.0, read_timeout=2.0, total_timeout=5.0, per_host_spacing=0)
 #: scanme.nmap.org: global, and harmless to shadow on this machine for a few seconds
 PUBLIC = "45.33.32.156"
 
@@ -286,7 +286,7 @@ def test_a_feed_configured_by_a_name_for_loopback_may_redirect_anywhere(
 def write_config(tmp_path: Path, feeds: dict[str, str]) -> Path:
     config = tmp_path / "feeds.yaml"
     config.write_text(
-        "settings:\n"
+        "settings:\n  per_host_spacing: 0\n"
         "  timeout: 5s\n"
         "  database: agg.db\n"
         "  output_dir: public\n"

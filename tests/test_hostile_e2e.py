@@ -95,7 +95,7 @@ def write_config(tmp_path: Path, good: FeedServer, bad: HostileServer) -> Path:
     }
     config = tmp_path / "feeds.yaml"
     config.write_text(
-        "settings:\n"
+        "settings:\n  per_host_spacing: 0\n"
         f"  timeout: {TIMEOUT_SECONDS}s\n"
         "  max_feed_size: 1MB\n"
         "  database: agg.db\n"
@@ -170,7 +170,8 @@ def test_a_gzip_bomb_is_cut_off_without_using_the_memory_it_would_need(tmp_path:
         )
         config = tmp_path / "feeds.yaml"
         config.write_text(
-            "settings:\n  max_feed_size: 1MB\n  database: agg.db\n  output_dir: public\n"
+            "settings:\n  per_host_spacing: 0\n"
+            "  max_feed_size: 1MB\n  database: agg.db\n  output_dir: public\n"
             f"feeds:\n  - url: {server.url('/bomb.xml')}\n"
         )
         run = subprocess.run(

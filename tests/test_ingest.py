@@ -346,7 +346,11 @@ def test_poll_saves_entry_chunks_and_the_next_changed_body_parses_only_new_entri
     tmp_path: Path, parsed_entry_counts: list[int]
 ) -> None:
     async def poll(source: FeedSource) -> None:
-        settings = Settings(database=tmp_path / "agg.db", retention=timedelta(days=36500))
+        settings = Settings(
+            database=tmp_path / "agg.db",
+            retention=timedelta(days=36500),
+            per_host_spacing=timedelta(0),
+        )
         async with await Poller.open(settings, parsers=ThreadPoolExecutor(1)) as poller:
             result = await poller.poll(source, force=True)
         assert result.error is None

@@ -536,7 +536,7 @@ def test_poll_once_publishes_the_good_feed_beside_a_deep_and_a_slow_one(tmp_path
         server.set("/slow.xml", slow_feed())
         config = tmp_path / "feeds.yaml"
         config.write_text(
-            "settings:\n"
+            "settings:\n  per_host_spacing: 0\n"
             "  database: agg.db\n"
             "  output_dir: public\n"
             "  parse_timeout: 3s\n"
@@ -613,7 +613,8 @@ def test_poll_once_publishes_the_good_feed_beside_attribute_and_text_bombs(
         server.set("/tagged.xml", tagged_feed())
         config = tmp_path / "feeds.yaml"
         config.write_text(
-            "settings:\n  database: agg.db\n  output_dir: public\n  retention: 36500d\n"
+            "settings:\n  per_host_spacing: 0\n"
+            "  database: agg.db\n  output_dir: public\n  retention: 36500d\n"
             "feeds:\n"
             + "".join(
                 f"  - url: {server.url(f'/{name}.xml')}\n    name: {name}\n"
@@ -653,7 +654,7 @@ def test_the_daemon_gives_up_on_a_slow_body_and_serves_and_polls_the_others(
         server.set("/slow.xml", slow_feed())
         config = tmp_path / "feeds.yaml"
         config.write_text(
-            "settings:\n  database: agg.db\n  output_dir: public\n"
+            "settings:\n  per_host_spacing: 0\n  database: agg.db\n  output_dir: public\n"
             f"  listen: 127.0.0.1:{port}\n  parse_timeout: 2s\n  interval: 1h\n"
             "feeds:\n"
             f"  - url: {server.url('/slow.xml')}\n    name: slow\n"

@@ -30,7 +30,7 @@ from tests.test_daemon import (
     write_config,
 )
 
-SETTINGS = {"retention": timedelta(days=3650)}
+SETTINGS = {"retention": timedelta(days=3650), "per_host_spacing": timedelta(0)}
 
 
 def lead_titles(db_path: Path) -> dict[str, str]:

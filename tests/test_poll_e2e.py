@@ -50,6 +50,7 @@ EVERYTHING = NORTH_KOREA | {
 
 CONFIG = """\
 settings:
+  per_host_spacing: 0
   database: state/agg.db
   output_dir: public
   base_url: https://news.example/

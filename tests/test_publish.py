@@ -375,7 +375,7 @@ def test_max_per_feed_keeps_one_prolific_outlet_from_filling_a_topic() -> None:
 
     busy, quiet = "https://busy.example/feed", "https://quiet.example/feed"
     config = parse_config(
-        "settings:\n  max_items: 5\n"
+        "settings:\n  per_host_spacing: 0\n  max_items: 5\n"
         "topics:\n  capped:\n    max_per_feed: 2\n  open:\n    title: Open\n"
         f"feeds:\n  - url: {busy}\n  - url: {quiet}\n",
         Path("/tmp/feeds.yaml"),

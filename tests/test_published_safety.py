@@ -89,7 +89,8 @@ def published(tmp_path: Path) -> Iterator[tuple[dict[str, bytes], str]]:
         keyed = f"{base}/keyed.xml?api_key={TOKEN}"
         config = tmp_path / "feeds.yaml"
         config.write_text(
-            "settings:\n  database: agg.db\n  output_dir: public\n  retention: 36500d\n"
+            "settings:\n  per_host_spacing: 0\n"
+            "  database: agg.db\n  output_dir: public\n  retention: 36500d\n"
             f'feeds:\n  - url: "{credentialed}"\n  - url: "{keyed}"\n'
         )
         env = {k: v for k, v in os.environ.items() if k != "AGGREGATOR_CONFIG"}

@@ -69,7 +69,8 @@ def test_every_feed_feedparser_reads_is_accepted_and_nothing_crashes(tmp_path: P
 
         config = tmp_path / "feeds.yaml"
         config.write_text(
-            "settings:\n  database: agg.db\n  output_dir: public\n  retention: 36500d\n"
+            "settings:\n  per_host_spacing: 0\n"
+            "  database: agg.db\n  output_dir: public\n  retention: 36500d\n"
             "feeds:\n" + "".join(f"  - url: {json.dumps(url)}\n" for url in urls)
         )
         run = aggregator(config, "poll", "--once", timeout=400)

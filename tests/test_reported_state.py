@@ -37,7 +37,7 @@ def test_a_malformed_feed_without_entries_is_an_error_and_a_304_does_not_clear_i
         server.set("/broken.xml", TRUNCATED)  # with an ETag: the next poll gets a 304
         config = tmp_path / "feeds.yaml"
         config.write_text(
-            'settings:\n  listen: ""\n  database: agg.db\n'
+            'settings:\n  per_host_spacing: 0\n  listen: ""\n  database: agg.db\n'
             f"feeds:\n  - url: {server.url('/good.xml')}\n    name: good\n"
             f"  - url: {server.url('/broken.xml')}\n    name: broken\n"
         )
@@ -70,10 +70,12 @@ def test_a_bug_met_on_one_feed_fails_that_feed_not_the_round(
 
     real_fetch = Fetcher.fetch
 
-    async def fetch_with_a_bug(self: Fetcher, state: Any, now: Any, *args: Any) -> Any:
+    async def fetch_with_a_bug(
+        self: Fetcher, state: Any, now: Any, *args: Any, **options: Any
+    ) -> Any:
         if state.url.endswith("/buggy.xml"):
             raise RuntimeError("a bug")
-        return await real_fetch(self, state, now, *args)
+        return await real_fetch(self, state, now, *args, **options)
 
     monkeypatch.setattr(Fetcher, "fetch", fetch_with_a_bug)
     with FeedServer() as server:
@@ -81,7 +83,7 @@ def test_a_bug_met_on_one_feed_fails_that_feed_not_the_round(
         server.set("/buggy.xml", GOOD)
         config_path = tmp_path / "feeds.yaml"
         config_path.write_text(
-            'settings:\n  listen: ""\n  database: agg.db\n'
+            'settings:\n  per_host_spacing: 0\n  listen: ""\n  database: agg.db\n'
             f"feeds:\n  - url: {server.url('/buggy.xml')}\n    name: buggy\n"
             f"  - url: {server.url('/good.xml')}\n    name: good\n"
         )

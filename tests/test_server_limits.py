@@ -107,7 +107,7 @@ def start_daemon(root: Path, nofile: int | None = None) -> Daemon:
     port = free_port()
     config = root / "feeds.yaml"
     config.write_text(
-        "settings:\n"
+        "settings:\n  per_host_spacing: 0\n"
         "  database: agg.db\n"
         "  output_dir: public\n"
         f"  listen: 127.0.0.1:{port}\n"

@@ -16,8 +16,8 @@ from aggregator.update import (
     Failed,
     decide,
     due_at_start,
-    effective_interval,
     feed_fingerprint,
+    interval_for,
     next_due,
     poll_hint,
     skip_reason,
@@ -62,11 +62,11 @@ def test_failures_back_off_doubling_up_to_a_day() -> None:
 
 
 def test_a_feeds_hint_lengthens_its_interval_never_shortens_it() -> None:
-    interval = timedelta(minutes=30)
-    assert effective_interval(interval, None) == interval
-    assert effective_interval(interval, 60) == interval
-    assert effective_interval(interval, 7200) == timedelta(hours=2)
-    assert effective_interval(interval, 10 * 86400) == timedelta(days=1)
+    fixed = FeedSource(url="https://a.example/feed", interval=timedelta(minutes=30))
+    assert interval_for(fixed, None, None) == timedelta(minutes=30)
+    assert interval_for(fixed, None, 60) == timedelta(minutes=30)
+    assert interval_for(fixed, None, 7200) == timedelta(hours=2)
+    assert interval_for(fixed, None, 10 * 86400) == timedelta(days=1)
     assert poll_hint({"cache-control": "public, max-age=3600"}, 90) == 5400
     assert poll_hint({}, None) is None
 
