@@ -15,7 +15,7 @@ from aggregator import __version__
 from aggregator.errors import ConfigError, PublishError, StoreError
 from aggregator.model import Config, FeedSource, FeedState, PollResult
 from aggregator.text import single_line
-from aggregator.timeutil import to_iso
+from aggregator.timeutil import format_duration, to_iso, utcnow
 from aggregator.urls import redact_text, redact_url
 
 if TYPE_CHECKING:
@@ -57,6 +57,10 @@ def build_parser() -> argparse.ArgumentParser:
     status = commands.add_parser("status", parents=[config_option], help="show each feed's state")
     status.add_argument("--json", action="store_true", help="print a JSON array")
     commands.add_parser("build", parents=[config_option], help="re-render every output")
+    prune = commands.add_parser(
+        "prune", parents=[config_option], help="apply the retention now; pruned stays pruned"
+    )
+    prune.add_argument("--dry-run", action="store_true", help="only list what would go")
     return parser
 
 
@@ -97,6 +101,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         with Store.open(config.settings.database) as store:
             if args.command == "build":
                 return cmd_build(config, store)
+            if args.command == "prune":
+                return cmd_prune(config, store, dry_run=args.dry_run)
     except ConfigError as e:
         print(redact_text(str(e)), file=sys.stderr)
         return EXIT_CONFIG
@@ -143,6 +149,35 @@ def cmd_build(config: Config, store: Store) -> int:
 
     _, changed = publish.publish(store, config)
     print(f"{len(changed)} output files changed in {config.settings.output_dir}")
+    return EXIT_OK
+
+
+#: `prune` lists at most this many of the stories it removes
+PRUNE_LISTED = 20
+
+
+def cmd_prune(config: Config, store: Store, *, dry_run: bool) -> int:
+    from aggregator import publish
+
+    retention = config.settings.retention
+    cutoff = utcnow() - retention
+    doomed = store.prunable(cutoff)
+    names = {source.url: source.name or redact_url(source.url) for source in config.feeds}
+    for story in doomed[:PRUNE_LISTED]:
+        outlets = ", ".join(names.get(url) or redact_url(url) for url in story.feed_urls)
+        print(f"  {to_iso(story.published)[:10]}  {single_line(story.title)}  ({outlets})")
+    if len(doomed) > PRUNE_LISTED:
+        print(f"  … and {len(doomed) - PRUNE_LISTED} more")
+    limit = f"published before {to_iso(cutoff)} (retention {format_duration(retention)})"
+    if dry_run:
+        print(f"would prune {len(doomed)} items {limit}; nothing changed (--dry-run)")
+        return EXIT_OK
+    removed = store.prune(cutoff)
+    _, changed = publish.publish(store, config)
+    print(
+        f"pruned {removed} items {limit}; they stay pruned while their feeds still list"
+        f" them; {len(changed)} output files changed in {config.settings.output_dir}"
+    )
     return EXIT_OK
 
 

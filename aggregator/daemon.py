@@ -454,6 +454,7 @@ class Daemon:
         self.publisher.outputs.load_dir(config.settings.output_dir, publish.output_names(config))
         await self._render(everything=True)
         states = await self.poller.db.run(Store.feed_states)
+        self.poller.remember_holds(states.values(), utcnow())
         self.health.feeds_configured(config, states)
         self._schedule_all(config, states, edited=None)
 

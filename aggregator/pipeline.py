@@ -116,6 +116,7 @@ class Poller:
         self._round_started = 0.0
         #: server ("host:port") → until when it asked (Retry-After) not to be fetched
         self._holds: dict[str, datetime] = {}
+        self._server_slots: dict[str, asyncio.Semaphore] = {}
 
     @classmethod
     async def open(cls, settings: Settings, **options: Any) -> Poller:
@@ -180,8 +181,17 @@ class Poller:
             state = await self.db.run(Store.feed_state, source.url)
         if round_id is None:
             round_id = self._current_round()
-        async with self._in_progress:
+        # A server's feeds wait for its turns (per_host_concurrency, per_host_spacing)
+        # before they take one of the slots every feed shares: a newspaper's forty feeds,
+        # or a server that answers slowly, never hold up other servers' feeds.
+        async with self._server_slot(server_key(state.fetch_url)), self._in_progress:
             return await self._poll(source, state, force, round_id)
+
+    def _server_slot(self, server: str) -> asyncio.Semaphore:
+        slot = self._server_slots.get(server)
+        if slot is None:
+            slot = self._server_slots[server] = asyncio.Semaphore(self.limits.max_per_host)
+        return slot
 
     def _current_round(self) -> str:
         """The round of a poll the daemon starts: the one begun less than ROUND_SECONDS

@@ -64,6 +64,8 @@ class RecordedRequest:
     path: str
     #: header names lower-cased (repeated headers joined with ", ")
     headers: Mapping[str, str]
+    #: time.monotonic() when the request's head was read
+    at: float = 0.0
 
 
 @dataclass
@@ -313,7 +315,7 @@ class FeedServer(_ServerBase):
 
     def _handle(self, handler: _Handler, head_only: bool) -> None:
         headers = {k.lower(): v for k, v in handler.headers.items()}
-        recorded = RecordedRequest(handler.command, handler.path, headers)
+        recorded = RecordedRequest(handler.command, handler.path, headers, time.monotonic())
         with self._lock:
             self._requests.append(recorded)
             resource = self._resources.get(urlsplit(handler.path).path)

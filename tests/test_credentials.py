@@ -2,9 +2,10 @@
 
 Private feeds on a real loopback server that demands HTTP Basic auth: one with userinfo
 in its URL, one with `auth: {username, password_file}`, one with a token in its query
-string, and failing ones whose errors quote their URLs. `poll --once`, `status`,
-`status --json`, every published file, and the daemon's log, /healthz and /metrics must
-carry none of the secrets, while the private feeds are fetched and published.
+string, one with an API key in its `headers:`, and failing ones whose errors quote their
+URLs. `poll --once`, `status`, `status --json`, every published file, and the daemon's
+log, /healthz and /metrics must carry none of the secrets, while the private feeds are
+fetched and published.
 """
 
 from __future__ import annotations
@@ -24,7 +25,8 @@ pytestmark = pytest.mark.slow  # end to end: real processes and servers
 URL_PASSWORD = "url-pa55word"
 FILE_PASSWORD = "file-pa55word"
 QUERY_TOKEN = "query-t0ken"
-SECRETS = (URL_PASSWORD, FILE_PASSWORD, QUERY_TOKEN, "wr0ng-pa55")
+HEADER_KEY = "header-k3y"
+SECRETS = (URL_PASSWORD, FILE_PASSWORD, QUERY_TOKEN, "wr0ng-pa55", HEADER_KEY)
 
 
 def rss(name: str) -> bytes:
@@ -53,6 +55,7 @@ def test_credentials_are_sent_and_never_shown(tmp_path: Path) -> None:
         server.set("/by-file.xml", rss("byfile"))
         server.require_auth("/by-file.xml", "al", FILE_PASSWORD)
         server.set("/by-query.xml", rss("byquery"))
+        server.set("/by-header.xml", rss("byheader"))
         server.set("/wrong.xml", rss("wrong"))
         server.require_auth("/wrong.xml", "eve", "the-right-one")
         (tmp_path / "al.pw").write_text(FILE_PASSWORD + "\n")
@@ -66,6 +69,9 @@ def test_credentials_are_sent_and_never_shown(tmp_path: Path) -> None:
             f"  - url: http://{base}/by-file.xml\n"
             f"    auth: {{username: al, password_file: {tmp_path / 'al.pw'}}}\n"
             f"  - url: http://{base}/by-query.xml?api_key={QUERY_TOKEN}&page=1\n"
+            f"  - url: http://{base}/by-header.xml\n"
+            f"    headers: {{X-Api-Key: {HEADER_KEY}}}\n"
+            '    user_agent: "TopicBot/2 (+https://news.example/bot)"\n'
             f"  - url: http://eve:wr0ng-pa55@{base}/wrong.xml\n"
             f"  - url: http://{base}/missing.xml?access_token={QUERY_TOKEN}\n"
         )
@@ -77,11 +83,16 @@ def test_credentials_are_sent_and_never_shown(tmp_path: Path) -> None:
 
         # sent: as Basic auth, to the feeds that need it
         assert [r.headers.get("authorization") for r in server.requests_to("/by-url.xml")]
+        (by_header_request,) = server.requests_to("/by-header.xml")
+        assert by_header_request.headers["x-api-key"] == HEADER_KEY
+        assert by_header_request.headers["user-agent"] == "TopicBot/2 (+https://news.example/bot)"
+        assert "x-api-key" not in server.requests_to("/by-query.xml")[0].headers
         status = run(config, "status", "--json")
         assert status.returncode == 0
         assert_no_secret("status --json", status.stdout + status.stderr)
         states = {row["url"]: row for row in json.loads(status.stdout)}
-        by_url, by_file, by_query, wrong, missing = states.values()
+        by_url, by_file, by_query, by_header, wrong, missing = states.values()
+        assert by_header["state"] == "ok" and by_header["items"] == 1
         assert by_url["state"] == "ok" and by_url["items"] == 1
         assert by_file["state"] == "ok" and by_file["items"] == 1
         assert by_query["state"] == "ok"

@@ -6,6 +6,8 @@ from __future__ import annotations
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 
+import pytest
+
 from aggregator.errors import FeedError, Gone, HTTPStatusError, ParseError, RetryLater
 from aggregator.model import FeedSource, FeedState, Fetched, NotModified, ParsedFeed
 from aggregator.update import (
@@ -16,6 +18,8 @@ from aggregator.update import (
     Failed,
     decide,
     due_at_start,
+    entry_rate,
+    explain_interval,
     feed_fingerprint,
     interval_for,
     next_due,
@@ -175,3 +179,63 @@ def test_a_disabled_feed_is_skipped_even_when_forced_and_never_scheduled() -> No
     polled = replace(STATE, last_fetched=NOW, next_due=NOW + timedelta(minutes=5))
     assert due_at_start(disabled, polled, NOW, edited=True) is None
     assert due_at_start(SOURCE, polled, NOW, edited=False) == NOW + timedelta(minutes=5)
+
+
+# --- the adaptive interval ----------------------------------------------------------------
+
+ADAPTIVE = FeedSource(
+    url="https://a.example/f",
+    interval=timedelta(minutes=30),
+    min_interval=timedelta(minutes=10),
+    max_interval=timedelta(hours=12),
+)
+
+
+def test_entry_rate_counts_recent_dated_entries_over_their_span() -> None:
+    hourly = [NOW - timedelta(hours=h) for h in range(1, 11)]
+    assert entry_rate(hourly, NOW) == pytest.approx(24, rel=0.01)
+    # a feed listing only its last ten of a hundred a day: a short span, a high rate
+    burst = [NOW - timedelta(minutes=15 * n) for n in range(1, 11)]
+    assert entry_rate(burst, NOW) == pytest.approx(10 / (150 / 1440), rel=0.01)
+    # silent for a month: 0; nothing dated: not known; future dates do not count
+    assert entry_rate([NOW - timedelta(days=40)], NOW) == 0.0
+    assert entry_rate([], NOW) is None
+    assert entry_rate([NOW + timedelta(days=1)], NOW) is None
+    # two entries say little: taken over the whole window (the polite side)
+    assert entry_rate([NOW - timedelta(hours=1), NOW - timedelta(hours=2)], NOW) == 2 / 30
+
+
+def test_ten_a_day_is_polled_more_often_than_one_a_month() -> None:
+    busy, busy_why = explain_interval(ADAPTIVE, replace(STATE, entries_per_day=10.0))
+    quiet, quiet_why = explain_interval(ADAPTIVE, replace(STATE, entries_per_day=1 / 30))
+    assert busy == timedelta(hours=2.4) / 4
+    assert quiet == timedelta(hours=12)  # capped at max_interval
+    assert "10 entries a day" in busy_why and "0.23 entries a week" in quiet_why
+    # bounded below by min_interval
+    assert explain_interval(ADAPTIVE, replace(STATE, entries_per_day=1000.0))[0] == timedelta(
+        minutes=10
+    )
+    # nothing known: the configured interval; silent: max_interval
+    assert explain_interval(ADAPTIVE, STATE) == (
+        timedelta(minutes=30),
+        "default: its rhythm is not known yet",
+    )
+    assert explain_interval(ADAPTIVE, replace(STATE, entries_per_day=0.0))[0] == timedelta(hours=12)
+    # a feed's own interval in feeds.yaml is kept; its hint still lengthens it
+    assert explain_interval(SOURCE, replace(STATE, entries_per_day=10.0)) == (
+        SOURCE.interval,
+        "set for this feed",
+    )
+    hinted = explain_interval(ADAPTIVE, replace(STATE, entries_per_day=10.0, hint_seconds=7200))
+    assert hinted == (timedelta(hours=2), "the feed asks for it (ttl or Cache-Control)")
+
+
+def test_a_parsed_body_sets_the_rate_and_a_304_keeps_it() -> None:
+    response = Fetched(url=URL, status=200, body=b"x", headers={})
+    parsed = decide(ADAPTIVE, STATE, Answered(response, "h", FEED, entries_per_day=10.0), NOW)
+    assert parsed.state.entries_per_day == 10.0
+    assert parsed.state.next_due == NOW + timedelta(hours=2.4) / 4
+    not_modified = NotModified(url=URL, etag=None, last_modified=None, headers={})
+    kept = decide(ADAPTIVE, parsed.state, Answered(not_modified), NOW)
+    assert kept.state.entries_per_day == 10.0
+    assert kept.state.next_due == NOW + timedelta(hours=2.4) / 4
