@@ -122,6 +122,17 @@ def page(*links: tuple[str, str, str], base: str | None = None) -> bytes:
     return f"<!doctype html><html><head>{head}</head><body><p>Hello</p></body></html>".encode()
 
 
+def test_help_names_the_commands_and_their_options(capsys: pytest.CaptureFixture[str]) -> None:
+    code, out, _ = run(capsys, "--help")
+    assert code == 0
+    for command in ("add", "remove", "import"):
+        assert f"    {command} " in out
+    code, out, _ = run(capsys, "add", "--help")
+    assert code == 0 and "--name" in out and "--tag" in out and "--pick K" in out
+    code, _, err = run(capsys, "add", "https://a.example/", "--pick", "0")
+    assert code == 2 and "'0': a number from 1" in err
+
+
 # --- add -------------------------------------------------------------------------------
 
 
@@ -658,3 +669,17 @@ def test_read_opml_refuses_a_huge_file() -> None:
 )
 def test_tag_from_label(label: str, tag: str) -> None:
     assert tag_from_label(label) == tag
+
+
+def test_a_file_saved_meanwhile_is_not_overwritten(tmp_path: Path) -> None:
+    from aggregator.errors import NotChanged
+    from aggregator.manage import write_text
+
+    path = config_file(tmp_path)
+    after = append_feeds(COMMENTED, [NewFeed("https://n.example/f")])
+    path.write_text(COMMENTED + "# saved in an editor meanwhile\n")
+    with pytest.raises(NotChanged, match="it was edited meanwhile; run the command again"):
+        write_text(path, COMMENTED, after)
+    assert path.read_text().endswith("# saved in an editor meanwhile\n")
+    write_text(path, path.read_text(), after)
+    assert path.read_text() == after
