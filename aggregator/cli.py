@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from aggregator import __version__
-from aggregator.errors import ConfigError, PublishError, StoreError
+from aggregator.errors import ConfigError, NotChanged, PublishError, StoreError
 from aggregator.model import Config, FeedSource, FeedState, PollResult
 from aggregator.text import single_line
 from aggregator.timeutil import format_duration, to_iso, utcnow
@@ -61,7 +61,46 @@ def build_parser() -> argparse.ArgumentParser:
         "prune", parents=[config_option], help="apply the retention now; pruned stays pruned"
     )
     prune.add_argument("--dry-run", action="store_true", help="only list what would go")
+    add = commands.add_parser(
+        "add", parents=[config_option], help="add a feed, or the feed a web page advertises"
+    )
+    add.add_argument("url", metavar="URL", help="a feed, or a page that links to one")
+    add.add_argument("--name", help="the feed's name (default: its own title)")
+    add.add_argument(
+        "--tag", action="append", default=[], type=_tag_argument, help="a tag (repeatable)"
+    )
+    add.add_argument(
+        "--pick",
+        type=_pick_argument,
+        metavar="K",
+        help="of several feeds the page advertises, take the K-th (default: the first)",
+    )
+    remove = commands.add_parser("remove", parents=[config_option], help="remove a feed")
+    remove.add_argument("target", metavar="URL|NAME", help="the feed's URL or name")
+    import_ = commands.add_parser(
+        "import", parents=[config_option], help="add the feeds of an OPML file"
+    )
+    import_.add_argument("opml", metavar="FILE.opml", type=Path, help="an OPML export")
+    import_.add_argument(
+        "--tag", action="append", default=[], type=_tag_argument, help="a tag for every feed"
+    )
     return parser
+
+
+def _tag_argument(value: str) -> str:
+    from aggregator.config import is_tag
+
+    if not is_tag(value):
+        raise argparse.ArgumentTypeError(
+            f"{value!r}: a tag may hold only letters, digits, '_' and '-'"
+        )
+    return value
+
+
+def _pick_argument(value: str) -> int:
+    if not value.isdigit() or int(value) < 1:
+        raise argparse.ArgumentTypeError(f"{value!r}: a number from 1")
+    return int(value)
 
 
 def config_path(args: argparse.Namespace) -> Path:
@@ -85,6 +124,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     configure_logging(logging.WARNING, "%(message)s")
 
     try:
+        if args.command in ("add", "remove", "import"):
+            return cmd_manage(args, config_path(args))
         config = load_config(config_path(args))
         if args.command == "check":
             return cmd_check(config)
@@ -106,8 +147,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ConfigError as e:
         print(redact_text(str(e)), file=sys.stderr)
         return EXIT_CONFIG
-    except (StoreError, PublishError) as e:
-        print(f"aggregator: {e}", file=sys.stderr)
+    except (StoreError, PublishError, NotChanged) as e:
+        print(f"aggregator: {redact_text(str(e))}", file=sys.stderr)
         return EXIT_FAILURE
     raise AssertionError(f"unhandled command {args.command}")
 
@@ -122,13 +163,21 @@ def cmd_check(config: Config) -> int:
 
 def cmd_poll(config: Config, *, force: bool) -> int:
     from aggregator import pipeline
+    from aggregator.progress import Progress
+
+    progress = Progress(len(config.feeds), "polling", "feeds")
 
     def report(source: FeedSource, result: PollResult) -> None:
-        print(pipeline.describe(source, result), file=sys.stderr, flush=True)
+        # on a terminal the status line counts the feeds that went well; the others are
+        # printed above it. Elsewhere every feed's line is printed, as it comes.
+        if not progress.live or _needs_attention(result):
+            progress.print(pipeline.describe(source, result))
+        progress.advance(failed=result.error is not None)
 
-    results, pruned, changed = pipeline.run_loop(
-        pipeline.poll_and_publish(config, force=force, on_result=report)
-    )
+    with progress, progress.above_logging():
+        results, pruned, changed = pipeline.run_loop(
+            pipeline.poll_and_publish(config, force=force, on_result=report)
+        )
     if pruned:
         print(f"pruned {pruned} items older than {config.settings.retention}", file=sys.stderr)
     failed = sum(r.error is not None for r in results)
@@ -141,6 +190,37 @@ def cmd_poll(config: Config, *, force: bool) -> int:
         f"{len(changed)} output files changed in {config.settings.output_dir}",
         file=sys.stderr,
     )
+    return EXIT_OK
+
+
+def _needs_attention(result: PollResult) -> bool:
+    return bool(result.error is not None or result.skipped or result.moved_to or result.warning)
+
+
+def cmd_manage(args: argparse.Namespace, path: Path) -> int:
+    """`add`, `remove`, `import`: feeds.yaml edited in place (manage.py)."""
+    from aggregator import manage
+    from aggregator.progress import Progress
+
+    def say(line: str) -> None:
+        # one line each, its indentation kept (a numbered list of candidates)
+        text = line.lstrip(" ")
+        print(line[: len(line) - len(text)] + single_line(redact_text(text)), flush=True)
+
+    if args.command == "add":
+        say(manage.add(path, args.url, name=args.name, tags=args.tag, pick=args.pick, say=say))
+    elif args.command == "remove":
+        for line in manage.remove(path, args.target):
+            say(line)
+    else:
+
+        def progress(total: int) -> Progress:
+            return Progress(total, "importing", "feeds")
+
+        report = manage.import_opml(
+            path, args.opml, tags=args.tag, say=say, start_progress=progress
+        )
+        say(report.summary())
     return EXIT_OK
 
 

@@ -13,6 +13,7 @@ import ipaddress
 import os
 import re
 import stat
+import unicodedata
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, replace
 from datetime import date, timedelta
@@ -217,6 +218,32 @@ def parse_config(text: str, path: Path) -> Config:
     feeds = _parse_feeds(document["feeds"], root.key(document, "feeds"), settings)
     topics = _parse_topics(document.get("topics"), root.key(document, "topics"), feeds)
     return Config(path=path, settings=settings, topics=topics, feeds=feeds)
+
+
+def feed_url_problem(url: str) -> str | None:
+    """Why `url` cannot be a feed's `url:` (what `check` would say), or None if it can."""
+    if _UNUSABLE_CHARACTER.search(url):
+        return f"not an http(s) URL: {redact_url(url)!r}"
+    try:
+        _http_url(url, _Spot("", "url", None))
+    except ConfigError as error:
+        return error.what
+    return None
+
+
+def is_tag(text: str) -> bool:
+    """Whether `text` may be a feed's tag: letters, digits, '_' and '-'."""
+    return _TAG.fullmatch(text) is not None
+
+
+def tag_from_label(label: str) -> str:
+    """A folder's or category's label as a tag: accents dropped, every run of other
+    characters one '-' ("Tech & Science" → "Tech-Science"); "" when nothing is left.
+    A valid tag comes back unchanged."""
+    if is_tag(label):
+        return label
+    ascii_text = unicodedata.normalize("NFKD", label).encode("ascii", "ignore").decode()
+    return re.sub(r"[^A-Za-z0-9_-]+", "-", ascii_text).strip("-")
 
 
 # --- YAML --------------------------------------------------------------------------

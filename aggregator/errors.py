@@ -4,6 +4,8 @@ AggregatorError
 ├── ConfigError          feeds.yaml is unreadable or invalid (file, line, where, what)
 ├── StoreError           the database cannot be opened or written
 ├── PublishError         an output file cannot be written
+├── NotChanged           add/remove/import left feeds.yaml as it was (already present,
+│                        no feed found, not found, malformed OPML, result invalid)
 └── FeedError            one feed failed; carries its URL; never stops the others
     ├── FetchError       network trouble: DNS, refused, reset, TLS, bad HTTP
     │   ├── FetchTimeout     connect/read timeout or the per-feed deadline
@@ -48,6 +50,10 @@ class StoreError(AggregatorError):
 
 class PublishError(AggregatorError):
     """An output file cannot be written (disk full, permissions)."""
+
+
+class NotChanged(AggregatorError):
+    """`add`, `remove` or `import` did not change feeds.yaml; str() says why (exit 1)."""
 
 
 class FeedError(AggregatorError):

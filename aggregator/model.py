@@ -369,6 +369,8 @@ class SourceRef:
     #: the outlet's site (or the story's link on that outlet)
     url: str
     feed_url: str
+    #: the feed's configured tags (the OPML export's `category`)
+    tags: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)

@@ -92,7 +92,9 @@ def render_outputs(
     for source in config.feeds:
         state = states.get(source.url)
         site = state.site_url if state and state.site_url else source.url
-        sources.append(SourceRef(title=names[source.url], url=site, feed_url=source.url))
+        sources.append(
+            SourceRef(title=names[source.url], url=site, feed_url=source.url, tags=source.tags)
+        )
     outputs["feeds.opml"] = render.render_opml("aggregator sources", sources)
     return outputs
 

@@ -563,7 +563,8 @@ def render_index(topics: Sequence[Topic], base_url: str) -> bytes:
 
 
 def render_opml(title: str, sources: Sequence[SourceRef]) -> bytes:
-    """The configured feeds as OPML 2.0 (http://opml.org/spec2.opml), in the order given."""
+    """The configured feeds as OPML 2.0 (http://opml.org/spec2.opml), in the order given,
+    each with its tags as `category`."""
     opml = etree.Element("opml", version="2.0")
     head = _sub(opml, "head")
     _sub(head, "title", title)
@@ -577,6 +578,10 @@ def render_opml(title: str, sources: Sequence[SourceRef]) -> bytes:
         site = published_url(source.url, source.feed_url)
         if site:
             attrib["htmlUrl"] = site
+        if source.tags:
+            # OPML 2.0's category: comma-separated, slash-delimited; `aggregator import`
+            # reads it back as tags
+            attrib["category"] = ",".join(f"/{_line(tag)}" for tag in source.tags)
         _sub(body, "outline", attrib=attrib)
     return _xml_bytes(opml)
 
