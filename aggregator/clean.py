@@ -15,6 +15,7 @@ import html
 import re
 from dataclasses import replace
 from datetime import datetime
+from typing import Any
 from urllib.parse import urljoin, urlsplit
 
 import lxml.etree
@@ -212,19 +213,79 @@ BOILERPLATE_CLASSES = frozenset(
 )
 BOILERPLATE_IDS = frozenset({"jp-relatedposts", "jp-post-flair"})
 
-#: paragraphs whose whole text is one of these are removed (matched case-insensitively)
+# Phrase families, each matched against the whole text of a block or link (whitespace
+# collapsed, case ignored). Every family starts with one of _BOILERPLATE_STARTS: that is
+# what the cheap test before the lxml pass looks for, so a rule added here needs its start
+# there (the test is exact only so).
+
+#: "Related", "Related posts:" …: a heading, or the label of a row of links
+_RELATED = r"related(\ (posts?|articles?|stories|reading|coverage|links|content))?"
+#: labels of a row that is only links (a label and its links are both boilerplate)
+_LINK_ROW_LABELS = rf"""(
+        {_RELATED}
+      | you\ (may|might)\ also\ (like|enjoy)
+      | share(\ (this(\ (post|article|story))?|it|on|via))?
+      | follow(\ (us|me)(\ on)?|(?=\ ?:))
+      | (connect\ with|find)\ (us|me)(\ on)?
+      | read\ (more|also)
+    )"""
+
+#: blocks whose whole text is one of these are removed wherever they are
 BOILERPLATE_PARAGRAPHS = re.compile(
-    r"""^(
+    rf"""^(
         the\ post\ .+\ appeared\ first\ on\ .+         # WordPress (Yoast) RSS footer
       | the\ post\ .+\ first\ appeared\ on\ .+         # ClassicPress / newer wording
-      | this\ (post|article)\ (was\ )?(originally\ )?(appeared|published)\ (first\ )?on\ .+
+      | this\ (post|article|story)\ (was\ )?(originally\ )?(appeared|published)
+        \ (first\ )?on\ .+
       | (share|like)\ this:?                           # Jetpack headings
-      | related(\ posts|\ articles)?:?
+      | {_RELATED}:?
+      | you\ (may|might)\ also\ (like|enjoy)\W*
       | continue\ reading\b.*
       | (read|view)\ more\W*
       | read\ the\ rest\b.*
       | keep\ reading\b.*
       | \[?\s*(…|\.\.\.)\s*\]?
+        # the comment form WordPress themes append: its heading and what is left of the
+        # form when a feed has dropped the <form> tag (nh3 drops it with its content)
+      | leave\ a\ (reply|comment)(\ cancel\ reply)?\W*
+      | cancel\ reply
+      | your\ email\ address\ will\ not\ be\ published\b.*
+      | required\ fields\ are\ marked\b.*
+      | you\ must\ be\ logged\ in\ to\ post\ a\ comment\b.*
+      | save\ my\ name,?\ email,?\ and\ website\b.*
+      | this\ site\ uses\ akismet\ to\ reduce\ spam\b.*
+      | post\ comment
+    )$""",
+    re.IGNORECASE | re.VERBOSE | re.DOTALL,
+)
+#: calls to action: removed only among the first or last blocks of an entry, since a
+#: paragraph inside an article may say the same words and mean them
+EDGE_PARAGRAPHS = re.compile(
+    r"""^(
+        this\ (post|article|story)\ (was\ )?(originally\ |first\ )?(appeared|published)
+        \ (first\ )?in\ .+                           # "This article first appeared in …"
+      | support\ us\b.*
+      | support\ (our|my|this)\ (journalism|work|writing|reporting|newsroom|mission|site
+        |blog|podcast|show|newsletter)\b.*
+      | support\ (independent|local|quality|nonprofit|reader-funded)\ (journalism|media
+        |news|reporting)\b.*
+      | become\ a\ (paid\ |founding\ |sustaining\ )?(member|patron|subscriber|supporter|donor)\b.*
+      | donate\ (now|today|here|to\ (us|our|my|this))\b.*
+      | please\ (consider\ )?(support(ing)?|donat(e|ing)\ to|contribut(e|ing)\ to
+        |subscrib(e|ing)\ to)\ (us|me|my|our|this)\b.*
+      | please\ (consider\ )?(donating|making\ a\ donation
+        |becoming\ a\ (paid\ )?(member|patron|subscriber|supporter))\b.*
+      | if\ you(['’]d\ like|\ would\ like|\ want|\ wish)\ to\ support\ (us|me|my|our|this)\b.*
+      | if\ you\ (like|liked|enjoy|enjoyed|value|appreciate)\ (this|what|our|my|reading)\b
+        .*\b(support|donate|donating|subscribe|become\ a)\b.*
+      | (did\ you\ )?(enjoy|enjoyed|like|liked)\ this\b[^?]{0,60}\?
+        .*\b(support|donate|subscribe|sign\ up|become\ a)\b.*
+        # newsletter sign-ups
+      | (sign\ up|subscribe|register)\ (for|to)\ (our|my|the)\b
+        .*\b(newsletters?|mailing\ list|email\ list)\b.*
+      | (get|join)\ (our|my|the)\b.*\b(newsletters?|mailing\ list)\b.*
+      | follow\ (us|me)\ on\ (twitter|x|facebook|instagram|mastodon|bluesky|threads
+        |linkedin|youtube|tiktok|social\ media)\b.*
     )$""",
     re.IGNORECASE | re.VERBOSE | re.DOTALL,
 )
@@ -232,7 +293,7 @@ BOILERPLATE_PARAGRAPHS = re.compile(
 BOILERPLATE_LINKS = re.compile(
     r"""^(
         continue\ reading\b.*
-      | (read|view)\ more\b.*
+      | \[?\s*(read|view)\ more\b.*
       | read\ (on|the\ rest)\b.*
       | keep\ reading\b.*
       | more\W*
@@ -240,49 +301,141 @@ BOILERPLATE_LINKS = re.compile(
     )$""",
     re.IGNORECASE | re.VERBOSE | re.DOTALL,
 )
+#: what a block holding only links says besides them: a label, then separators
+_LINK_ROW = re.compile(
+    rf"^{_LINK_ROW_LABELS}\W*((and|or)\b\W*)*$", re.IGNORECASE | re.VERBOSE | re.DOTALL
+)
+_ONLY_SEPARATORS = re.compile(r"^\W*((and|or)\b\W*)*$", re.IGNORECASE | re.DOTALL)
+#: headings whose list of links after them is boilerplate too
+_RELATED_HEADING = re.compile(
+    rf"^({_RELATED}|you\ (may|might)\ also\ (like|enjoy))\W*$", re.IGNORECASE | re.VERBOSE
+)
+#: share links to social sites: a block of two or more and nothing else is a share row.
+#: Each one holds one of _SHARE_LINK_MARKERS as written (the cheap test looks for them).
+SHARE_LINKS = re.compile(
+    r"""^(https?:)?//([a-z0-9-]+\.)*(
+        (twitter|x)\.com/(intent/|share)
+      | facebook\.com/(sharer|share\.php|dialog/share)
+      | linkedin\.com/share
+      | reddit\.com/submit
+      | pinterest\.[a-z.]+/pin/create
+      | whatsapp\.com/send
+      | (t|telegram)\.me/share
+      | bsky\.app/intent/
+      | tumblr\.com/(widgets/)?share
+      | news\.ycombinator\.com/submit
+    )|^mailto:\?""",
+    re.IGNORECASE | re.VERBOSE,
+)
+_SHARE_LINK_MARKERS = (
+    "/share",
+    "/intent/",
+    "/submit",
+    "/pin/create",
+    "whatsapp.com/send",
+    "mailto:?",
+)
 #: WordPress's excerpt ellipsis "[…]" at the end of a text
 _BRACKETED_ELLIPSIS = re.compile(r"\s*\[\s*(…|\.\.\.|&hellip;|&#8230;)\s*\]\s*$")
 _BOILERPLATE_CLASS_NAMES = frozenset({"more-link", *BOILERPLATE_CLASSES})
-#: how the text of every boilerplate paragraph or link starts (lower-cased)
+#: how the text of every boilerplate block or link starts (lower-cased)
 _BOILERPLATE_STARTS = (
-    *("the post ", "this post ", "this article ", "share", "like this", "related"),
-    *("continue reading", "read", "view more", "keep reading", "more", "[", "…", "..."),
+    *("the post ", "this post ", "this article ", "this story ", "share", "like this"),
+    *("related", "continue reading", "read", "view more", "keep reading", "more"),
+    *("[", "…", "...", "you may also", "you might also", "follow us", "follow me"),
+    *("follow:", "follow :", "connect with", "find us", "find me", "leave a"),
+    *("cancel reply", "your email address", "required fields", "post comment"),
+    *("you must be logged in", "save my name", "this site uses akismet", "support us"),
+    *("support our", "support my", "support independent", "support local"),
+    *("support quality", "support nonprofit", "support reader-funded", "support this"),
+    *("become a ", "donate ", "please consider ", "please support", "please donat"),
+    *("please contribut", "please subscrib", "please mak", "please becom"),
+    *("if you'd like to support", "if you\u2019d like to support", "if you want to support"),
+    *("if you would like to support", "if you wish to support", "if you like"),
+    *("if you liked", "if you enjoy", "if you value", "if you appreciate", "enjoy this"),
+    *("enjoyed this", "liked this", "did you enjoy", "sign up for", "sign up to"),
+    *("subscribe to", "subscribe for", "register for", "register to", "get our "),
+    *("get my ", "get the ", "join our ", "join my ", "join the "),
 )
 # The cheap test before the lxml pass works on markup, where text may still hold
-# character references: spaces and ellipses are matched in both spellings.
+# character references: spaces, apostrophes and ellipses are matched in all spellings.
 _MARKUP_SPACE = r"(?:\s|&nbsp;|&#160;|&#xa0;)"
 #: between two words of a start, tags may come too: "<em>The</em> post … appeared first on"
 _MARKUP_GAP = r"(?:\s|&nbsp;|&#160;|&#xa0;|<[^<>]*>)"
+_MARKUP_APOSTROPHE = r"(?:'|\u2019|&#39;|&#x27;|&apos;|&#8217;|&#x2019;|&rsquo;)"
 #: (the text itself may say "&hellip;", double-escaped feeds do: "&amp;hellip;" in markup)
 _MARKUP_ELLIPSIS = r"(?:…|\.\.\.|&hellip;|&#8230;|&#x2026;|&amp;hellip;|&amp;#8230;)"
+
+
+def _markup_alternatives(starts: tuple[str, ...]) -> str:
+    """A pattern for markup that spells one of `starts` (lower-cased text), built as a
+    trie of characters: a text that starts no start is refused after a character or two,
+    however many starts there are."""
+    trie: dict[str, dict[str, Any]] = {}
+    for start in starts:
+        node = trie
+        for char in "\u2019".join(start.split("'")):
+            node = node.setdefault(char, {})
+        node[""] = {}  # a start ends here: whatever follows, the text starts like it
+
+    def pattern(node: dict[str, Any]) -> str:
+        if "" in node:
+            return ""
+        branches = []
+        for char, child in node.items():
+            if char == " ":
+                spelled = _MARKUP_GAP + "+"
+            elif char == "\u2019":
+                spelled = _MARKUP_APOSTROPHE
+            else:
+                spelled = re.escape(char)
+            branches.append(spelled + pattern(child))
+        return branches[0] if len(branches) == 1 else "(?:" + "|".join(branches) + ")"
+
+    return pattern(trie)
+
+
 _BOILERPLATE_START_AFTER_TAG = re.compile(
-    rf">{_MARKUP_SPACE}*(?:"
-    + "|".join(
-        (_MARKUP_GAP + "+").join(re.escape(word) for word in start.split())
-        + (_MARKUP_GAP if start.endswith(" ") else "")
-        if start not in ("…", "...")
-        else _MARKUP_ELLIPSIS
-        for start in _BOILERPLATE_STARTS
-    )
+    rf">{_MARKUP_SPACE}*(?:{_MARKUP_ELLIPSIS}|"
+    + _markup_alternatives(tuple(s for s in _BOILERPLATE_STARTS if s not in ("…", "...")))
     + ")",
     re.IGNORECASE,
 )
 _BRACKETED_ELLIPSIS_MARKUP = re.compile(
     rf"\[{_MARKUP_SPACE}*{_MARKUP_ELLIPSIS}{_MARKUP_SPACE}*\]", re.IGNORECASE
 )
-_BOILERPLATE_NAMES = tuple(sorted({*_BOILERPLATE_CLASS_NAMES, *BOILERPLATE_IDS}))
-#: a text this long decides alone whether it starts like boilerplate
-_LONGEST_START = max(len(start) for start in _BOILERPLATE_STARTS)
+#: what the cheap test looks for as written: class and id names (matched case-sensitively
+#: by the lxml pass too), and the share link markers; a name holding another is not needed
+_NAMES = frozenset({*_BOILERPLATE_CLASS_NAMES, *BOILERPLATE_IDS, *_SHARE_LINK_MARKERS})
+_BOILERPLATE_NAMES = tuple(
+    sorted(name for name in _NAMES if not any(o != name and o in name for o in _NAMES))
+)
+#: what a text shorter than a start may be and still begin one ("supp", "if you")
+_START_PREFIXES = frozenset(
+    start[:end] for start in _BOILERPLATE_STARTS for end in range(1, len(start))
+)
 #: boilerplate blocks are short; longer ones are article text whatever they start with
 _MAX_BOILERPLATE_CHARS = 400
+#: a list of related links may be longer than one block of boilerplate
+_MAX_LINK_LIST_CHARS = 2000
+#: blocks that may be boilerplate by their text
+_TEXT_BLOCKS = frozenset({"p", "div", "h2", "h3", "h4", "h5", "h6"})
+#: blocks that may be a row of share links or a list of related links
+_LINK_BLOCKS = frozenset({*_TEXT_BLOCKS, "ul", "ol"})
+#: blocks that may be a call to action at the start or end of an entry
+_EDGE_BLOCKS = frozenset({*_TEXT_BLOCKS, "section", "aside"})
+#: what wraps a whole entry (its first or last blocks are inside)
+_WRAPPERS = frozenset({"div", "section", "article", "main"})
 #: what may be left of a paragraph after its read-more link is removed
 _LEFTOVER = re.compile(r"^[\s\W]*$")
 _WHITESPACE = re.compile(r"\s+")
 
 
 def strip_boilerplate(html_text: str) -> str:
-    """`html_text` without sharing blocks, "The post … appeared first on …" footers,
-    read-more links and excerpt ellipses. Article text is left as it was."""
+    """`html_text` without sharing blocks and rows, related-link lists, comment forms,
+    "The post … appeared first on …" footers, read-more links and excerpt ellipses, and
+    without calls to donate, subscribe or follow among its first or last blocks. Article
+    text is left as it was."""
     if not _may_hold_boilerplate(html_text):
         return html_text
     try:
@@ -290,12 +443,18 @@ def strip_boilerplate(html_text: str) -> str:
     except (lxml.etree.ParserError, ValueError):
         return html_text
     changed = False
+    share_links = any(marker in html_text for marker in _SHARE_LINK_MARKERS)
     for element in list(root.iter()):
         if not isinstance(element.tag, str) or element.getparent() is None:
             continue  # a comment, or already removed with an ancestor
-        if _is_boilerplate_element(element):
+        if _is_boilerplate_element(element, share_links):
+            links = _link_list_after(element)
             _remove(element)
+            if links is not None:
+                _remove(links)
             changed = True
+    if _remove_edge_calls_to_action(root):
+        changed = True
     if _drop_trailing_ellipsis(root):
         changed = True
     if not changed:
@@ -307,17 +466,19 @@ def strip_boilerplate(html_text: str) -> str:
 
 def _may_hold_boilerplate(html_text: str) -> bool:
     """False when no element can be boilerplate, so the lxml pass can be skipped: no
-    boilerplate class or id is named, no element's text starts like boilerplate (text
-    starts right after a tag, perhaps after spaces), and there is no bracketed ellipsis."""
-    lowered = html_text.lower()
+    boilerplate class or id is named, no share link is there, no element's text starts
+    like boilerplate (text starts right after a tag, perhaps after spaces), and there is
+    no bracketed ellipsis."""
     return (
-        any(name in lowered for name in _BOILERPLATE_NAMES)
+        any(name in html_text for name in _BOILERPLATE_NAMES)
         or _BOILERPLATE_START_AFTER_TAG.search(html_text) is not None
         or _BRACKETED_ELLIPSIS_MARKUP.search(html_text) is not None
     )
 
 
-def _is_boilerplate_element(element: lxml.html.HtmlElement) -> bool:
+def _is_boilerplate_element(element: lxml.html.HtmlElement, share_links: bool) -> bool:
+    """Whether `element` is boilerplate wherever it is; `share_links`: whether the markup
+    holds a share link marker at all."""
     classes = element.get("class")
     if classes and not _BOILERPLATE_CLASS_NAMES.isdisjoint(classes.split()):
         return True
@@ -325,19 +486,124 @@ def _is_boilerplate_element(element: lxml.html.HtmlElement) -> bool:
         return True
     tag = element.tag
     if tag == "a":
-        patterns = BOILERPLATE_LINKS
-    elif tag in ("p", "div", "h2", "h3", "h4", "h5", "h6"):
-        patterns = BOILERPLATE_PARAGRAPHS
-    else:
+        text = _text_starting_like_boilerplate(element)
+        return text is not None and BOILERPLATE_LINKS.match(text) is not None
+    if tag not in _LINK_BLOCKS:
         return False
+    if share_links and _is_share_row(element):
+        return True
+    text = _text_starting_like_boilerplate(element)
+    if text is None:
+        return False
+    if tag in _TEXT_BLOCKS and BOILERPLATE_PARAGRAPHS.match(text):
+        return True
+    # "Related: <a>…</a>, <a>…</a>", "Follow us on <a>…</a> and <a>…</a>."
+    return _LINK_ROW.match(_text_outside_links(element)) is not None and _has_links(element)
+
+
+def _text_starting_like_boilerplate(element: lxml.html.HtmlElement) -> str | None:
+    """The element's short text (`_short_text_of`) if it starts like boilerplate, else None."""
     # Most blocks are article paragraphs: their first text rules them out before the whole
     # text is gathered (the first piece may be short: "<p>The <em>post</em> …").
     first = next((piece for piece in element.itertext() if not piece.isspace()), "")
     head = " ".join(first[:64].split()).lower()  # a prefix of the collapsed whole text
-    if len(head) >= _LONGEST_START and not head.startswith(_BOILERPLATE_STARTS):
-        return False
+    if not head.startswith(_BOILERPLATE_STARTS) and head not in _START_PREFIXES:
+        return None
     text = _short_text_of(element)
-    return bool(text and text.lower().startswith(_BOILERPLATE_STARTS) and patterns.match(text))
+    if not text or not text.lower().startswith(_BOILERPLATE_STARTS):
+        return None
+    return text
+
+
+def _is_share_row(element: lxml.html.HtmlElement) -> bool:
+    """Two or more links to share the entry on social sites and no text but a label."""
+    hrefs = [link.get("href") or "" for link in element.iter("a")]
+    return (
+        len(hrefs) >= 2
+        # as written: what the cheap test saw (the pattern then says which site)
+        and all(any(marker in href for marker in _SHARE_LINK_MARKERS) for href in hrefs)
+        and all(SHARE_LINKS.match(href.strip()) for href in hrefs)
+        and _short_text_of(element) is not None
+        and _is_label_or_nothing(_text_outside_links(element))
+    )
+
+
+def _is_label_or_nothing(text: str) -> bool:
+    return _ONLY_SEPARATORS.match(text) is not None or _LINK_ROW.match(text) is not None
+
+
+def _link_list_after(element: lxml.html.HtmlElement) -> lxml.html.HtmlElement | None:
+    """The list of links right after a "Related" heading that is `element`, if there is one."""
+    if element.tag not in _TEXT_BLOCKS or (element.tail or "").strip():
+        return None
+    text = _short_text_of(element)
+    if not text or not _RELATED_HEADING.match(text):
+        return None
+    after = element.getnext()
+    if after is None or after.tag not in _LINK_BLOCKS or not _has_links(after):
+        return None
+    text = _short_text_of(after, _MAX_LINK_LIST_CHARS)
+    outside = _text_outside_links(after)
+    return after if text and _ONLY_SEPARATORS.match(outside) else None
+
+
+def _remove_edge_calls_to_action(root: lxml.html.HtmlElement) -> bool:
+    """Removes the calls to action (EDGE_PARAGRAPHS) that are among an entry's first or
+    last blocks, looking past empty blocks and images; never the entry's only text."""
+    container = root
+    while (
+        len(container) == 1
+        and container[0].tag in _WRAPPERS
+        and not (container.text or "").strip()
+        and not (container[0].tail or "").strip()
+    ):
+        container = container[0]
+    blocks = [child for child in container if isinstance(child.tag, str)]
+    found: list[lxml.html.HtmlElement] = []
+    for run in (blocks, blocks[::-1]):
+        for block in run:
+            if block in found:
+                break
+            if not (block.text_content() or "").strip():
+                continue  # an image, a rule: look past it
+            if not _is_call_to_action(block):
+                break
+            found.append(block)
+    if not found:
+        return False
+    kept_text = (container.text or "").strip() or any(
+        (block.text_content() or "").strip() for block in blocks if block not in found
+    )
+    if not kept_text:
+        return False  # the entry is the call (a post announcing a membership drive)
+    for block in found:
+        _remove(block)
+    return True
+
+
+def _is_call_to_action(block: lxml.html.HtmlElement) -> bool:
+    """A short block whose text, or whose first block's (a box: "<div><h3>Become a
+    member</h3><p>…</p></div>"), is one of EDGE_PARAGRAPHS."""
+    if block.tag not in _EDGE_BLOCKS or _text_starting_like_boilerplate(block) is None:
+        return False
+    while len(block) and block[0].tag in _EDGE_BLOCKS and not (block.text or "").strip():
+        block = block[0]  # its text is the start of the box's text
+    text = _short_text_of(block)
+    return text is not None and EDGE_PARAGRAPHS.match(text) is not None
+
+
+def _text_outside_links(element: lxml.html.HtmlElement) -> str:
+    """The element's text but that of its links, whitespace collapsed."""
+    parts = [element.text or ""] if isinstance(element.tag, str) else []
+    for child in element:
+        if isinstance(child.tag, str) and child.tag != "a":
+            parts.append(_text_outside_links(child))
+        parts.append(child.tail or "")
+    return " ".join(" ".join(parts).split())
+
+
+def _has_links(element: lxml.html.HtmlElement) -> bool:
+    return any((link.text_content() or "").strip() for link in element.iter("a"))
 
 
 def _remove(element: lxml.html.HtmlElement) -> None:
@@ -368,18 +634,20 @@ def _drop_trailing_ellipsis(root: lxml.html.HtmlElement) -> bool:
     return after != before
 
 
-def _short_text_of(element: lxml.html.HtmlElement) -> str | None:
-    """The element's text with whitespace collapsed, or None when it is too long to be
-    boilerplate. Stops reading early, so nested blocks don't cost their whole text each."""
+def _short_text_of(
+    element: lxml.html.HtmlElement, limit: int = _MAX_BOILERPLATE_CHARS
+) -> str | None:
+    """The element's text with whitespace collapsed, or None when it is `limit` characters
+    or longer. Stops reading early, so nested blocks don't cost their whole text each."""
     parts = []
     length = 0
     for piece in element.itertext():
         length += len(piece)
-        if length > 2 * _MAX_BOILERPLATE_CHARS:  # room for collapsible whitespace
+        if length > 2 * limit:  # room for collapsible whitespace
             return None
         parts.append(piece)
     text = " ".join("".join(parts).split())
-    return text if len(text) < _MAX_BOILERPLATE_CHARS else None
+    return text if len(text) < limit else None
 
 
 # --- text --------------------------------------------------------------------------
