@@ -589,7 +589,18 @@ def _is_call_to_action(block: lxml.html.HtmlElement) -> bool:
     while len(block) and block[0].tag in _EDGE_BLOCKS and not (block.text or "").strip():
         block = block[0]  # its text is the start of the box's text
     text = _short_text_of(block)
-    return text is not None and EDGE_PARAGRAPHS.match(text) is not None
+    return (
+        text is not None
+        and len(_SENTENCE_END.findall(text)) <= MAX_CALL_SENTENCES
+        and EDGE_PARAGRAPHS.match(text) is not None
+    )
+
+
+#: a call to action says its piece in a sentence or two; a paragraph of three or more
+#: that starts like one ("Sign up for the Korea Brief newsletter… It is free, arrives once
+#: a week…") is what an item about the newsletter says, for topics to match or exclude
+MAX_CALL_SENTENCES = 2
+_SENTENCE_END = re.compile(r"[.!?](?=\s|$)")
 
 
 def _text_outside_links(element: lxml.html.HtmlElement) -> str:

@@ -534,7 +534,14 @@ def _list_of(value: object, spot: _Spot, check: Callable[[object, _Spot], T]) ->
 
 
 def _parse_settings(value: object, spot: _Spot, config_path: Path) -> Settings:
-    settings = replace(DEFAULT_SETTINGS, **_fields(value, spot, _SETTINGS_VALIDATORS))
+    fields = _fields(value, spot, _SETTINGS_VALIDATORS)
+    settings = replace(DEFAULT_SETTINGS, **fields)
+    # the default interval always lies within the adaptive bounds it did not set: a
+    # `interval: 5m` is not lengthened to a default min_interval of 10m
+    if "min_interval" not in fields:
+        settings = replace(settings, min_interval=min(settings.min_interval, settings.interval))
+    if "max_interval" not in fields:
+        settings = replace(settings, max_interval=max(settings.max_interval, settings.interval))
     if settings.min_interval > settings.max_interval:
         assert isinstance(value, CommentedMap)  # not the defaults: one of them was given
         where = "max_interval" if "max_interval" in value else "min_interval"

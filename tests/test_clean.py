@@ -340,6 +340,23 @@ def test_a_call_to_action_inside_an_article_stays():
     assert strip_boilerplate(html_text) == html_text
 
 
+def test_a_paragraph_about_a_newsletter_is_not_a_sign_up_line():
+    """Three sentences that start like a sign-up are what an item announcing the
+    newsletter says (and what a topic's `exclude: [newsletter]` must still see); one or
+    two at the end of an article are the site's appeal."""
+    about = (
+        "<p>Every Friday our editors send a short briefing on the week.</p>"
+        "<p>Sign up for the Korea Brief newsletter on our website. It is free and arrives"
+        " once a week. Readers also receive invitations to our quarterly briefings.</p>"
+    )
+    assert strip_boilerplate(about) == about
+    appeal = (
+        "<p>Talks resumed at Panmunjom on Monday.</p>"
+        "<p>Sign up for our newsletter. It arrives every Friday.</p>"
+    )
+    assert "newsletter" not in html_to_text(strip_boilerplate(appeal))
+
+
 def test_an_entry_that_is_only_a_call_to_action_keeps_it():
     html_text = "<p>Become a member of the peace monitor: the drive opens on Monday.</p>"
     assert strip_boilerplate(html_text) == html_text

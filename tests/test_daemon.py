@@ -244,6 +244,9 @@ def write_config(
         f"  listen: 127.0.0.1:{port}",
         f"  base_url: http://127.0.0.1:{port}/",
         f"  interval: {interval}",
+        # every feed polled at `interval`, whatever its entries' rhythm (the adaptive
+        # interval is tested in test_feed_settings)
+        f"  max_interval: {interval}",
         *settings.splitlines(),
     ]
     if topics:

@@ -51,11 +51,13 @@ EXPECTED = {
 
 @pytest.fixture
 def servers():
-    with FeedServer() as good, HostileServer() as bad:
-        yield good, bad
+    # the rate-limited feed has a server of its own: its Retry-After holds every feed of
+    # its server (test_politeness), and these feeds must each meet their own trouble
+    with FeedServer() as good, HostileServer() as bad, FeedServer() as limited:
+        yield good, bad, limited
 
 
-def write_config(tmp_path: Path, good: FeedServer, bad: HostileServer) -> Path:
+def write_config(tmp_path: Path, good: FeedServer, bad: HostileServer, limited: FeedServer) -> Path:
     gzip_bomb()  # built once per test process; not on the clock of the round
     good.set("/good.xml", GOOD)
     good.set("/entity-bomb.xml", (DATA / "feeds" / "entity-bomb.xml").read_bytes())
@@ -65,7 +67,7 @@ def write_config(tmp_path: Path, good: FeedServer, bad: HostileServer) -> Path:
     for hop in range(7):
         good.redirect(f"/hop{hop}", f"/hop{hop + 1}", status=302)
     good.respond("/gone.xml", 410, b"gone")
-    good.respond("/limited.xml", 429, b"slow down", headers={"Retry-After": "3600"})
+    limited.respond("/limited.xml", 429, b"slow down", headers={"Retry-After": "3600"})
     # windows-1252 bytes served as UTF-8
     good.set(
         "/cp1252.xml",
@@ -86,7 +88,7 @@ def write_config(tmp_path: Path, good: FeedServer, bad: HostileServer) -> Path:
         "too-many-redirects": good.url("/hop0"),
         "moved": good.url("/moved.xml"),
         "gone": good.url("/gone.xml"),
-        "rate-limited": good.url("/limited.xml"),
+        "rate-limited": limited.url("/limited.xml"),
         "html-page": bad.url("/html"),
         "wrong-charset": good.url("/cp1252.xml"),
         "empty-body": bad.url("/empty"),
@@ -110,8 +112,8 @@ def status(config: Path) -> dict[str, dict[str, Any]]:
 
 
 def test_hostile_feeds_fail_alone_in_bounded_time(tmp_path: Path, servers) -> None:
-    good, bad = servers
-    config = write_config(tmp_path, good, bad)
+    good = servers[0]
+    config = write_config(tmp_path, *servers)
     started = time.monotonic()
     run = aggregator(config, "poll", "--once")
     elapsed = time.monotonic() - started
@@ -140,23 +142,24 @@ def test_hostile_feeds_fail_alone_in_bounded_time(tmp_path: Path, servers) -> No
 
 
 def test_gone_and_rate_limited_feeds_are_skipped_until_forced(tmp_path: Path, servers) -> None:
-    good, bad = servers
-    config = write_config(tmp_path, good, bad)
+    good, _, limited = servers
+    config = write_config(tmp_path, *servers)
     assert aggregator(config, "poll", "--once").returncode == 0
     good.clear()
+    limited.clear()
 
     again = aggregator(config, "poll", "--once")
     assert again.returncode == 0
     assert "gone: skipped: gone (HTTP 410)" in again.stderr
     assert "rate-limited: skipped: server asked to wait until" in again.stderr
-    assert good.requests_to("/gone.xml") == [] and good.requests_to("/limited.xml") == []
+    assert good.requests_to("/gone.xml") == [] and limited.requests_to("/limited.xml") == []
     # a moved feed is fetched at its new address directly
     assert good.requests_to("/moved.xml") == [] and good.requests_to("/new-home.xml")
 
     forced = aggregator(config, "poll", "--once", "--force")
     assert forced.returncode == 0
     assert len(good.requests_to("/gone.xml")) == 1
-    assert len(good.requests_to("/limited.xml")) == 1
+    assert len(limited.requests_to("/limited.xml")) == 1
 
 
 def test_a_gzip_bomb_is_cut_off_without_using_the_memory_it_would_need(tmp_path: Path) -> None:
