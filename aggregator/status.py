@@ -46,10 +46,10 @@ def relative_time(moment: datetime | None, now: datetime, *, missing: str = "nev
         amount = f"{span} s"
     elif span < 3600:
         amount = f"{span // 60} min"
-    elif span < 48 * 3600:
-        amount = f"{span // 3600} h"
+    elif span < 48 * 3600:  # hours and days to the nearest: a backoff of 2 h is "in 2 h"
+        amount = f"{round(span / 3600)} h"
     else:
-        amount = f"{span // 86400} d"
+        amount = f"{round(span / 86400)} d"
     return f"in {amount}" if seconds > 0 else f"{amount} ago"
 
 
