@@ -213,10 +213,11 @@ def _copy_texts(db: Database) -> None:
     )
 
 
-@migrations(name="007_fetch_history")
+@migrations(name="008_fetch_history")
 def _fetch_history(db: Database) -> None:
     # each feed's last fetches (HISTORY_LENGTH), for `status --feed`: one INSERT and one
-    # DELETE of at most a row per poll, both on the (feed_url, id) index
+    # DELETE of at most a row per poll, both on the (feed_url, id) index. (008: main's
+    # 007_pruned_entries was written beside it; migrations are applied by name.)
     db.executescript(
         """
         CREATE TABLE fetches (
