@@ -6,20 +6,22 @@ import argparse
 import json
 import logging
 import os
+import shutil
 import sys
 from collections.abc import Sequence
+from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from aggregator import __version__
-from aggregator.errors import ConfigError, NotChanged, PublishError, StoreError
+from aggregator.errors import ConfigError, NotChanged, PublishError, StoreError, error_kind
 from aggregator.model import Config, FeedSource, FeedState, PollResult
 from aggregator.text import single_line
 from aggregator.timeutil import format_duration, to_iso, utcnow
 from aggregator.urls import redact_text, redact_url
 
 if TYPE_CHECKING:
-    from aggregator.store import Store
+    from aggregator.store import FetchRecord, Store
 
 # The pipeline, store and config modules are imported by main(), not here: parse
 # workers are spawned processes that re-import the console script (and with it this
@@ -55,7 +57,14 @@ def build_parser() -> argparse.ArgumentParser:
     )
     commands.add_parser("run", parents=[config_option], help="run the daemon")
     status = commands.add_parser("status", parents=[config_option], help="show each feed's state")
-    status.add_argument("--json", action="store_true", help="print a JSON array")
+    status.add_argument(
+        "--json", action="store_true", help="print a JSON array (with --feed: one object)"
+    )
+    status.add_argument(
+        "--feed",
+        metavar="NAME",
+        help="one feed (its name or URL): details and its last fetches",
+    )
     commands.add_parser("build", parents=[config_option], help="re-render every output")
     prune = commands.add_parser(
         "prune", parents=[config_option], help="apply the retention now; pruned stays pruned"
@@ -135,7 +144,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             # read-only: works on a read-only file system and beside a running daemon
             readonly = Store.open_readonly(config.settings.database)
             try:
-                return cmd_status(config, readonly, as_json=args.json)
+                return cmd_status(config, readonly, as_json=args.json, feed=args.feed)
             finally:
                 if readonly is not None:
                     readonly.close()
@@ -262,7 +271,11 @@ def cmd_prune(config: Config, store: Store, *, dry_run: bool) -> int:
 
 
 def feed_status(source: FeedSource, state: FeedState | None, items: int) -> dict[str, Any]:
-    """One feed's row of `status --json` (the contract's fields)."""
+    """One feed's row of `status --json`: the contract's fields, then what the table shows
+    beside them."""
+    from aggregator.status import result_text
+    from aggregator.update import explain_interval
+
     if state is None or state.last_fetched is None:
         condition = "never"
     elif state.gone:
@@ -271,6 +284,9 @@ def feed_status(source: FeedSource, state: FeedState | None, items: int) -> dict
         condition = "error"
     else:
         condition = "ok"
+    last_status = state.last_status if state else None
+    kind = error_kind(last_status, state.last_error) if state and state.last_error else None
+    interval, reason = explain_interval(source, state)
     # credentials in a URL or a message are shown as "***": status output gets pasted
     # into bug reports and chat
     return {
@@ -283,36 +299,81 @@ def feed_status(source: FeedSource, state: FeedState | None, items: int) -> dict
             if state and state.next_due and not state.gone and source.enabled
             else None
         ),
-        "last_status": state.last_status if state else None,
+        "last_status": last_status,
         "last_error": redact_text(state.last_error) if state and state.last_error else None,
         "items": items,
         "moved_to": redact_url(state.moved_to) if state and state.moved_to else None,
+        # beyond the contract's fields
+        "last_error_kind": kind,
+        "last_result": result_text(last_status, kind, condition),
+        "enabled": source.enabled,
+        "failures": state.failures if state else 0,
+        "interval_seconds": int(interval.total_seconds()),
+        "interval_reason": reason,
     }
 
 
-def cmd_status(config: Config, store: Store | None, *, as_json: bool) -> int:
+def find_feed(config: Config, wanted: str) -> FeedSource | None:
+    """The configured feed `wanted` names: its name (any case) or URL (as configured, or as
+    status shows it, credentials hidden)."""
+    for source in config.feeds:
+        if wanted in (source.url, redact_url(source.url)):
+            return source
+    folded = wanted.casefold()
+    return next(
+        (s for s in config.feeds if s.name is not None and s.name.casefold() == folded), None
+    )
+
+
+def cmd_status(
+    config: Config,
+    store: Store | None,
+    *,
+    as_json: bool,
+    feed: str | None = None,
+    now: datetime | None = None,
+    width: int | None = None,
+) -> int:
+    from aggregator import status
+
+    now = now or utcnow()
+    width = width or shutil.get_terminal_size((100, 24)).columns
     states = store.feed_states() if store is not None else {}
     counts = store.item_counts() if store is not None else {}
+    if feed is not None:
+        source = find_feed(config, feed)
+        if source is None:
+            print(
+                f"aggregator: no feed named {single_line(redact_text(feed))!r} in {config.path}",
+                file=sys.stderr,
+            )
+            return EXIT_FAILURE
+        row = feed_status(source, states.get(source.url), counts.get(source.url, 0))
+        history = [
+            fetch_status(f) for f in (store.fetch_history(source.url) if store is not None else [])
+        ]
+        if as_json:
+            print(json.dumps({**row, "history": history}, indent=2))
+        else:
+            print("\n".join(status.render_feed(row, history, now, width)))
+        return EXIT_OK
     rows = [feed_status(s, states.get(s.url), counts.get(s.url, 0)) for s in config.feeds]
     if as_json:
         print(json.dumps(rows, indent=2))
         return EXIT_OK
-    for row in rows:
-        # one line each, no control or bidi characters: a feed's title must not be able
-        # to move the cursor, retitle the terminal or reorder what follows it
-        row = {
-            key: single_line(str(value)) if value is not None else None
-            for key, value in row.items()
-        }
-        print(f"{row['name'] or row['url']}")
-        print(f"  url:          {row['url']}")
-        fetched = row["last_fetched"] or "never"
-        http = f", HTTP {row['last_status']}" if row["last_status"] else ""
-        print(f"  state:        {row['state']} (last fetched {fetched}{http})")
-        print(f"  items:        {row['items']}")
-        print(f"  next due:     {row['next_due'] or '-'}")
-        if row["last_error"]:
-            print(f"  last error:   {row['last_error']}")
-        if row["moved_to"]:
-            print(f"  moved to:     {row['moved_to']}  (permanent redirect: update feeds.yaml)")
+    print("\n".join(status.render_table(rows, now, width)))
     return EXIT_OK
+
+
+def fetch_status(fetch: FetchRecord) -> dict[str, Any]:
+    """One fetch of `status --feed --json`'s `history`."""
+    return {
+        "fetched_at": to_iso(fetch.fetched_at),
+        "duration_seconds": fetch.duration,
+        "status": fetch.status,
+        "outcome": fetch.outcome,
+        "error_kind": fetch.error_kind,
+        "error": redact_text(fetch.error) if fetch.error else None,
+        "new": fetch.new,
+        "updated": fetch.updated,
+    }

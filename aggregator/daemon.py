@@ -18,7 +18,7 @@ import logging
 import signal
 import socket
 import time
-from collections.abc import Awaitable, Callable, Iterator, Mapping
+from collections.abc import Awaitable, Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -37,7 +37,7 @@ from prometheus_client import (
 
 from aggregator import __version__, httpserver, pipeline, publish, update
 from aggregator.config import load_config
-from aggregator.errors import ConfigError, PublishError, StoreError
+from aggregator.errors import ConfigError, PublishError, StoreError, kind_of
 from aggregator.logs import configure_logging
 from aggregator.model import Config, FeedSource, FeedState, PollResult, Settings
 from aggregator.notify import notify, watchdog_interval
@@ -45,7 +45,7 @@ from aggregator.pipeline import Poller
 from aggregator.publish import OutputCache, make_app
 from aggregator.store import Store, StoreThread, lock_problem
 from aggregator.timeutil import to_iso, utcnow
-from aggregator.urls import redact_text
+from aggregator.urls import redact_text, redact_url
 
 log = logging.getLogger("aggregator")
 disable_created_metrics()  # type: ignore[no-untyped-call]  # *_created series are noise
@@ -69,8 +69,17 @@ RENDER_DELAY = 1.0
 WATCH_SECONDS = 0.5
 
 
+#: buckets of the poll duration histograms, seconds
+DURATION_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60)
+
+
 class Metrics:
-    """Prometheus metrics, in a registry of our own (no global state between tests)."""
+    """Prometheus metrics, in a registry of our own (no global state between tests).
+
+    The aggregate series, and per-feed ones labelled `feed` by the feed's configured name,
+    else its URL with credentials hidden. Their labels only ever come from the configured
+    feeds (`configure_feeds`), and a feed dropped from the config takes its series with
+    it, so the number of series stays bounded by the config."""
 
     def __init__(self) -> None:
         self.registry = CollectorRegistry()
@@ -83,7 +92,7 @@ class Metrics:
         self.fetch_seconds = Histogram(
             "aggregator_poll_duration_seconds",
             "Time to poll one feed",
-            buckets=(0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60),
+            buckets=DURATION_BUCKETS,
             registry=self.registry,
         )
         self.failing = Gauge(
@@ -105,6 +114,63 @@ class Metrics:
             "When a poll last finished",
             registry=self.registry,
         )
+        # per feed
+        self.feed_fetch_seconds = Histogram(
+            "aggregator_feed_fetch_duration_seconds",
+            "Time to poll the feed (fetch, parse, store)",
+            ["feed"],
+            buckets=DURATION_BUCKETS,
+            registry=self.registry,
+        )
+        self.feed_items = Counter(
+            "aggregator_feed_items",
+            "Items the feed's polls stored, new or updated",
+            ["feed", "kind"],
+            registry=self.registry,
+        )
+        self.feed_errors = Counter(
+            "aggregator_feed_errors",
+            "The feed's failed polls, by kind of error (http_<status> for an HTTP error)",
+            ["feed", "kind"],
+            registry=self.registry,
+        )
+        self.feed_last_success = Gauge(
+            "aggregator_feed_last_success_timestamp_seconds",
+            "When a poll of the feed last succeeded",
+            ["feed"],
+            registry=self.registry,
+        )
+        #: configured feed URL → its `feed` label
+        self.feed_labels: dict[str, str] = {}
+        #: label → the error kinds it has series for (to remove them with the feed)
+        self._error_kinds: dict[str, set[str]] = {}
+
+    def configure_feeds(
+        self, feeds: Sequence[FeedSource], states: Mapping[str, FeedState] | None = None
+    ) -> None:
+        """The configured feeds, at start and after each reload: the series of feeds no
+        longer configured (or now named otherwise) are removed; a new feed's last success
+        is taken from its stored state, so it survives a restart."""
+        labels = feed_labels(feeds)
+        kept = set(labels.values())
+        for label in set(self.feed_labels.values()) - kept:
+            self._remove_feed(label)
+        known = set(self.feed_labels.values())
+        for url, label in labels.items():
+            state = (states or {}).get(url)
+            if label in known or state is None or state.last_fetched is None:
+                continue
+            if not state.last_error:
+                self.feed_last_success.labels(label).set(state.last_fetched.timestamp())
+        self.feed_labels = labels
+
+    def _remove_feed(self, label: str) -> None:
+        for metric in (self.feed_fetch_seconds, self.feed_last_success):
+            metric.remove(label)
+        for kind in ("new", "updated"):
+            self.feed_items.remove(label, kind)
+        for kind in self._error_kinds.pop(label, set()):
+            self.feed_errors.remove(label, kind)
 
     def record(self, result: PollResult) -> None:
         if result.skipped:
@@ -124,9 +190,42 @@ class Metrics:
         if not result.skipped:
             self.fetch_seconds.observe(result.duration)
             self.last_poll.set(time.time())
+            self._record_feed(result)
+
+    def _record_feed(self, result: PollResult) -> None:
+        label = self.feed_labels.get(result.url)
+        if label is None:  # a poll that ended after its feed left the config
+            return
+        self.feed_fetch_seconds.labels(label).observe(result.duration)
+        self.feed_items.labels(label, "new").inc(result.new)
+        self.feed_items.labels(label, "updated").inc(result.updated)
+        if result.error is None:
+            self.feed_last_success.labels(label).set(time.time())
+            return
+        kind = kind_of(result.error)
+        if kind == "http" and result.status is not None:
+            kind = f"http_{result.status}"
+        self._error_kinds.setdefault(label, set()).add(kind)
+        self.feed_errors.labels(label, kind).inc()
 
     def render(self) -> bytes:
         return generate_latest(self.registry)
+
+
+def feed_labels(feeds: Sequence[FeedSource]) -> dict[str, str]:
+    """Each feed's `feed` label: its configured name, else its URL with credentials hidden
+    (two such URLs may differ only in a hidden token: the second gets " (2)")."""
+    labels: dict[str, str] = {}
+    taken: set[str] = set()
+    for source in feeds:
+        base = source.name or redact_url(source.url)
+        label, n = base, 1
+        while label in taken:
+            n += 1
+            label = f"{base} ({n})"
+        taken.add(label)
+        labels[source.url] = label
+    return labels
 
 
 class _Server(uvicorn.Server):
@@ -181,6 +280,7 @@ class Health:
         }
         self.metrics.failing.set(sum(self.failing.values()))
         self.metrics.feeds.set(len(config.feeds))
+        self.metrics.configure_feeds(config.feeds, states)
 
     def polled(self, result: PollResult) -> None:
         self.database_problem = None

@@ -1,4 +1,5 @@
-"""The exception tree. Library errors are mapped to these where they enter.
+"""The exception tree. Library errors are mapped to these where they enter. A feed's
+failure also has a kind in a word (`error_kind`), for `status` and /metrics.
 
 AggregatorError
 ├── ConfigError          feeds.yaml is unreadable or invalid (file, line, where, what)
@@ -111,3 +112,73 @@ class ParseError(FeedError):
 class ParseTimeout(ParseError):
     """Parsing and cleaning the body took longer than `parse_timeout`; the worker process
     doing it was killed."""
+
+
+# --- what kind of failure, in a word -----------------------------------------------------
+
+#: error kind → the few words `status` shows for it (an HTTP error shows its status)
+ERROR_KINDS: dict[str, str] = {
+    "http": "HTTP error",
+    "timeout": "timeout",
+    "dns": "DNS",
+    "refused": "refused",
+    "unreachable": "unreachable",
+    "connection": "connection lost",
+    "tls": "TLS",
+    "blocked": "blocked address",
+    "bad_url": "bad URL",
+    "too_large": "too large",
+    "redirects": "redirect loop",
+    "bad_body": "bad encoding",
+    "empty": "empty body",
+    "bad_xml": "bad XML",
+    "bad_json": "bad JSON",
+    "not_a_feed": "not a feed",
+    "parse_timeout": "parse timeout",
+    "internal": "internal error",
+    "other": "error",
+}
+
+#: (kind, phrases any of which marks it) in the order they are tried: the messages are
+#: the ones fetch.py, parse.py and pipeline.py write, stored as `FeedState.last_error`
+_KIND_PHRASES: tuple[tuple[str, tuple[str, ...]], ...] = (
+    ("internal", ("internal error", "parsing process died")),
+    ("parse_timeout", ("parsing took longer",)),
+    ("timeout", ("timed out", "read timeout")),
+    ("dns", ("host not found", "dns lookup")),
+    ("refused", ("connection refused",)),
+    ("unreachable", ("host unreachable",)),
+    ("blocked", ("non-public address",)),
+    ("tls", ("tls certificate", "tls error")),
+    ("too_large", ("body larger than",)),
+    ("redirects", ("redirect loop", "redirects")),
+    ("bad_url", ("invalid url", "unsupported url")),
+    ("bad_body", ("content-encoding", "cannot decode")),
+    (
+        "connection",
+        ("connection", "closed the connection", "cannot connect", "malformed http response"),
+    ),
+    ("empty", ("empty body",)),
+    ("bad_json", ("invalid json feed",)),
+    ("bad_xml", ("malformed xml", "malformed feed")),
+    ("not_a_feed", ("not a feed",)),
+)
+
+
+def error_kind(status: int | None, message: str | None) -> str:
+    """The kind of a feed's failure (a key of ERROR_KINDS) from what is stored of it: its
+    HTTP status, else its message. Works on a FeedError's (`kind_of`) and on a stored
+    `last_error` alike, so `status` can name the kind of errors stored before kinds were."""
+    if status is not None:
+        return "http"
+    text = (message or "").lower()
+    for kind, phrases in _KIND_PHRASES:
+        if any(phrase in text for phrase in phrases):
+            return kind
+    return "other"
+
+
+def kind_of(error: FeedError) -> str:
+    """`error_kind` of a FeedError."""
+    status = error.status if isinstance(error, HTTPStatusError) else None
+    return error_kind(status, error.message)

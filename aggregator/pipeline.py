@@ -9,8 +9,9 @@
            ─► identify (dedupe.entry_key; unchanged entries stop here)
            ─► clean.clean_entry ─► dedupe.content_hash, index_keys ─► items
       ─ update.decide(source, state, outcome) ─► FeedUpdate ────┴► Store.save(update,
-        items): the feed's state and its items, deduplicated (dedupe.match/merge/edit),
-        in one transaction on the store's thread
+        items, fetch): the feed's state, its items, deduplicated (dedupe.match/merge/
+        edit), and the poll's row of its fetch history, in one transaction on the
+        store's thread
 
 Fetching runs concurrently on the event loop; parsing and cleaning run in worker
 processes (ParsePool); the store runs on a thread of its own (store.StoreThread). Nothing
@@ -34,7 +35,14 @@ from datetime import datetime
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from aggregator import update
-from aggregator.errors import FeedError, ParseError, ParseTimeout, RetryLater, StoreError
+from aggregator.errors import (
+    FeedError,
+    ParseError,
+    ParseTimeout,
+    RetryLater,
+    StoreError,
+    kind_of,
+)
 from aggregator.fetch import Fetcher, server_key
 from aggregator.ingest import process_body
 from aggregator.model import (
@@ -44,11 +52,12 @@ from aggregator.model import (
     Fetched,
     FetchLimits,
     Item,
+    NotModified,
     PollResult,
     Settings,
 )
 from aggregator.publish import index_and_publish
-from aggregator.store import Store, StoreThread
+from aggregator.store import FetchRecord, Store, StoreThread
 from aggregator.text import single_line
 from aggregator.timeutil import to_iso, utcnow
 from aggregator.urls import redact_text
@@ -230,16 +239,26 @@ class Poller:
             outcome, items = _internal_error(source, error), ()
         self._note_hold(state, outcome)
         feed_update = update.decide(source, state, outcome, now, self._rng.uniform(-1, 1))
+        fetch = _fetch_record(outcome, feed_update.state, now, time.monotonic() - started)
         try:
             saved = await self.db.run(
-                Store.save, feed_update, items, now=now, round_id=round_id, left_out=left_out
+                Store.save,
+                feed_update,
+                items,
+                now=now,
+                round_id=round_id,
+                left_out=left_out,
+                fetch=fetch,
             )
         except StoreError:
             raise
         except Exception as error:  # a bug met on this feed's items: the feed fails
             outcome, items = _internal_error(source, error), ()
             feed_update = update.decide(source, state, outcome, now)
-            saved = await self.db.run(Store.save, feed_update, now=now, round_id=round_id)
+            fetch = _fetch_record(outcome, feed_update.state, now, time.monotonic() - started)
+            saved = await self.db.run(
+                Store.save, feed_update, now=now, round_id=round_id, fetch=fetch
+            )
         new_state = feed_update.state
         response = getattr(outcome, "response", None)
         parsed = getattr(outcome, "parsed", None)
@@ -342,6 +361,30 @@ def _capped(
     left_out = {item.entry_key for item in newest[most:]}
     kept = tuple(pair for pair in items if pair[0].entry_key not in left_out)
     return kept, tuple(sorted(left_out))
+
+
+def _fetch_record(
+    outcome: update.Outcome, state: FeedState, now: datetime, duration: float
+) -> FetchRecord:
+    """The poll's row of the feed's history (`status --feed`); `state` is the feed's state
+    after it (`update.decide`), whose error text is the one stored."""
+    if isinstance(outcome, update.Failed):
+        return FetchRecord(
+            fetched_at=now,
+            duration=duration,
+            status=state.last_status,
+            outcome="error",
+            error_kind=kind_of(outcome.error),
+            error=state.last_error,
+        )
+    response = outcome.response
+    if isinstance(response, NotModified):
+        result = "not_modified"
+    elif outcome.parsed is None:
+        result = "unchanged"
+    else:
+        result = "ok"
+    return FetchRecord(fetched_at=now, duration=duration, status=response.status, outcome=result)
 
 
 def _new_round_id() -> str:

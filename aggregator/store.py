@@ -26,6 +26,10 @@ checks this list against the database):
       the dedupe key scheme the item_keys were made with (dedupe.KEY_SCHEME)
   items_fts(title, text)
       FTS5 over items; new items are added in batches (index_for_search)
+  fetches(id, feed_url, fetched_at, duration, status, outcome, error_kind, error, new,
+          updated)
+      each feed's last HISTORY_LENGTH fetches, for `status --feed`: written (and trimmed)
+      by `save` in the poll's transaction
 
 Sections: opening and migrating; a feed's state; items, where dedupe's decisions
 (dedupe.match, merge, edit) are applied; reading for publishing; maintenance.
@@ -77,6 +81,8 @@ TOMBSTONE_LIFE = 4
 MAX_TOMBSTONES = 5000
 #: the watchdog's write probe waits this long for another process's lock, not BUSY_TIMEOUT
 PING_TIMEOUT = 1.0
+#: fetches kept per feed in its history (`status --feed`)
+HISTORY_LENGTH = 20
 
 P = ParamSpec("P")
 T = TypeVar("T")
@@ -235,6 +241,51 @@ def _pruned_entries(db: Database) -> None:
     )
 
 
+@migrations(name="008_fetch_history")
+def _fetch_history(db: Database) -> None:
+    # each feed's last fetches (HISTORY_LENGTH), for `status --feed`: one INSERT and one
+    # DELETE of at most a row per poll, both on the (feed_url, id) index. (008: main's
+    # 007_pruned_entries was written beside it; migrations are applied by name.)
+    db.executescript(
+        """
+        CREATE TABLE fetches (
+            id INTEGER PRIMARY KEY,
+            feed_url TEXT NOT NULL,
+            fetched_at TEXT NOT NULL,
+            duration REAL NOT NULL,
+            status INTEGER,
+            outcome TEXT NOT NULL,
+            error_kind TEXT,
+            error TEXT,
+            new INTEGER NOT NULL DEFAULT 0,
+            updated INTEGER NOT NULL DEFAULT 0
+        );
+        CREATE INDEX fetches_feed ON fetches (feed_url, id);
+        """
+    )
+
+
+@dataclass(frozen=True)
+class FetchRecord:
+    """One fetch of a feed as its history keeps it: `Store.save` writes it with the poll,
+    `Store.fetch_history` reads it back (`status --feed`)."""
+
+    fetched_at: datetime
+    #: seconds from the poll's start until its results were ready to store
+    duration: float
+    #: the HTTP status, None when the fetch failed without one (or the body did not parse)
+    status: int | None
+    #: "ok" (a body parsed), "not_modified" (304), "unchanged" (the same body) or "error"
+    outcome: str
+    #: with "error": errors.error_kind
+    error_kind: str | None = None
+    #: with "error": the message, as stored in the feed's state (redacted, one line)
+    error: str | None = None
+    #: items the poll stored new and updated (filled in by `save`)
+    new: int = 0
+    updated: int = 0
+
+
 @dataclass(frozen=True)
 class SaveOutcome:
     new: int = 0
@@ -387,11 +438,13 @@ class Store:
         now: datetime,
         round_id: str,
         left_out: Sequence[str] = (),
+        fetch: FetchRecord | None = None,
     ) -> SaveOutcome:
         """Write one poll in one transaction: the feed's new state (`update.decide`) and its
-        (item, raw hash) pairs, each deduplicated against the stored stories. `round_id`
-        names the poll's round (pipeline.Poller), which dedupe.merge asks. `left_out` are
-        keys of new entries not to store, now or later (max_items_per_round)."""
+        (item, raw hash) pairs, each deduplicated against the stored stories; with `fetch`,
+        the poll's row of the feed's history (its counts set here). `round_id` names the
+        poll's round (pipeline.Poller), which dedupe.merge asks. `left_out` are keys of new
+        entries not to store, now or later (max_items_per_round)."""
         new = updated = merged = 0
         with _immediate(self.db):
             self._write_state(update)
@@ -406,7 +459,64 @@ class Store:
                 new += outcome == "new"
                 updated += outcome == "updated"
                 merged += outcome == "merged"
+            if fetch is not None:
+                self._record_fetch(update.state.url, fetch, new, updated)
         return SaveOutcome(new=new, updated=updated, merged=merged)
+
+    def _record_fetch(self, feed_url: str, fetch: FetchRecord, new: int, updated: int) -> None:
+        """The fetch's row in the feed's history, and the row that falls out of it: on
+        every poll's path, so one INSERT and one DELETE walking at most HISTORY_LENGTH + 1
+        index entries."""
+        self.db.execute(
+            "INSERT INTO fetches (feed_url, fetched_at, duration, status, outcome, error_kind,"
+            " error, new, updated) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            [
+                feed_url,
+                to_iso(fetch.fetched_at),
+                round(fetch.duration, 3),
+                fetch.status,
+                fetch.outcome,
+                fetch.error_kind,
+                fetch.error,
+                new,
+                updated,
+            ],
+        )
+        self.db.execute(
+            "DELETE FROM fetches WHERE feed_url = ? AND id <= (SELECT id FROM fetches"
+            " WHERE feed_url = ? ORDER BY id DESC LIMIT 1 OFFSET ?)",
+            [feed_url, feed_url, HISTORY_LENGTH],
+        )
+
+    def fetch_history(self, feed_url: str, limit: int = HISTORY_LENGTH) -> list[FetchRecord]:
+        """The feed's last `limit` fetches, newest first; none from a database made before
+        the history was kept (`status` reads without migrating)."""
+        try:
+            rows = list(
+                self.db.query(
+                    "SELECT * FROM fetches WHERE feed_url = ? ORDER BY id DESC LIMIT ?",
+                    [feed_url, limit],
+                )
+            )
+        except sqlite3.OperationalError:  # no such table: an older database
+            return []
+        records = []
+        for row in rows:
+            fetched_at = from_iso(row["fetched_at"])
+            assert fetched_at is not None
+            records.append(
+                FetchRecord(
+                    fetched_at=fetched_at,
+                    duration=row["duration"],
+                    status=row["status"],
+                    outcome=row["outcome"],
+                    error_kind=row["error_kind"],
+                    error=row["error"],
+                    new=row["new"],
+                    updated=row["updated"],
+                )
+            )
+        return records
 
     def _write_state(self, update: FeedUpdate) -> None:
         state = update.state

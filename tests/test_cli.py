@@ -11,7 +11,7 @@ import json
 import logging
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING, cast
 
@@ -35,6 +35,15 @@ STATUS_FIELDS = [
     "last_error",
     "items",
     "moved_to",
+]
+#: the fields `status --json` adds after the contract's (what the table shows)
+STATUS_EXTRA_FIELDS = [
+    "last_error_kind",
+    "last_result",
+    "enabled",
+    "failures",
+    "interval_seconds",
+    "interval_reason",
 ]
 
 VALID = """\
@@ -344,23 +353,20 @@ def test_every_command_refuses_an_invalid_config_without_writing(
 
 
 def test_status_before_any_poll_shows_every_feed_as_never_fetched(
-    capsys: pytest.CaptureFixture[str], tmp_path: Path
+    capsys: pytest.CaptureFixture[str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    monkeypatch.setenv("COLUMNS", "100")
     config = write(tmp_path, VALID)
     code, out, err = run(capsys, "-c", str(config), "status")
     assert (code, err) == (0, "")
     assert out == (
-        "Alpha\n"
-        "  url:          https://a.example/feed\n"
-        "  state:        never (last fetched never)\n"
-        "  items:        0\n"
-        "  next due:     -\n"
+        "FEED                                  STATE  LAST FETCH  RESULT  ITEMS  NEXT DUE"
+        "  INTERVAL\n"
+        "Alpha                                 never  never       -           0  -         30m\n"
         # no name in the config and no title fetched: the URL, its credentials hidden
-        "https://***@b.example/feed?token=***\n"
-        "  url:          https://***@b.example/feed?token=***\n"
-        "  state:        never (last fetched never)\n"
-        "  items:        0\n"
-        "  next due:     -\n"
+        "https://***@b.example/feed?token=***  never  never       -           0  -         30m\n"
+        "\n"
+        "2 feeds: 0 ok, 2 never polled\n"
     )
     # status only reads: it does not create the database
     assert not (tmp_path / "state").exists()
@@ -371,7 +377,8 @@ def test_status_json_before_any_poll(capsys: pytest.CaptureFixture[str], tmp_pat
     code, out, _ = run(capsys, "-c", str(config), "status", "--json")
     assert code == 0
     rows = json.loads(out)
-    assert [list(row) for row in rows] == [STATUS_FIELDS, STATUS_FIELDS]
+    # the contract's fields first, in its order, then the additions
+    assert [list(row) for row in rows] == [STATUS_FIELDS + STATUS_EXTRA_FIELDS] * 2
     assert rows[0] == {
         "url": "https://a.example/feed",
         "name": "Alpha",
@@ -382,6 +389,12 @@ def test_status_json_before_any_poll(capsys: pytest.CaptureFixture[str], tmp_pat
         "last_error": None,
         "items": 0,
         "moved_to": None,
+        "last_error_kind": None,
+        "last_result": "-",
+        "enabled": True,
+        "failures": 0,
+        "interval_seconds": 1800,
+        "interval_reason": "configured",
     }
     assert rows[1]["url"] == "https://***@b.example/feed?token=***"
     assert rows[1]["name"] is None
@@ -498,6 +511,12 @@ def test_a_feed_never_seen_has_state_never_and_no_dates() -> None:
         "last_error": None,
         "items": 0,
         "moved_to": None,
+        "last_error_kind": None,
+        "last_result": "-",
+        "enabled": True,
+        "failures": 0,
+        "interval_seconds": 1800,
+        "interval_reason": "configured",
     }
     # a stored state that was never fetched (only scheduled) is still "never"
     row = cli.feed_status(SOURCE, state(next_due=DUE, title="Feed title"), 0)
@@ -598,21 +617,22 @@ def test_status_text_shows_errors_and_moves_and_obeys_no_control_character(
         },
         counts={"https://a.example/feed": 12},
     )
-    assert cli.cmd_status(config, cast("Store", store), as_json=False) == 0
+    later = FETCHED + timedelta(minutes=3)
+    assert cli.cmd_status(config, cast("Store", store), as_json=False, now=later, width=100) == 0
     out, _ = capsys.readouterr()
     assert out == (
-        "Evil]0;pwned Title second line\n"
-        "  url:          https://a.example/feed\n"
-        "  state:        error (last fetched 2026-11-23T13:21:45Z, HTTP 500)\n"
-        "  items:        12\n"
-        "  next due:     2026-11-23T13:51:45Z\n"
-        "  last error:   HTTP 500[2J\n"
-        "https://b.example/feed\n"
-        "  url:          https://b.example/feed\n"
-        "  state:        ok (last fetched 2026-11-23T13:21:45Z, HTTP 200)\n"
-        "  items:        0\n"
-        "  next due:     -\n"
-        "  moved to:     https://c.example/feed  (permanent redirect: update feeds.yaml)\n"
+        # 100 columns: the feed column gives way, the name is cut
+        "FEED                        STATE  LAST FETCH  RESULT                     ITEMS"
+        "  NEXT DUE   INTERVAL\n"
+        "Evil]0;pwned Title second…  error  3 min ago   500 internal server error     12"
+        "  in 27 min  30m\n"
+        "https://b.example/feed      ok     3 min ago   200 OK                         0"
+        "  -          30m\n"
+        "\n"
+        "2 feeds: 1 ok, 1 error\n"
+        "\n"
+        "Evil]0;pwned Title second line: HTTP 500[2J\n"
+        "https://b.example/feed: moved permanently to https://c.example/feed (update feeds.yaml)\n"
     )
     # --json keeps the values as stored (JSON escapes them)
     assert cli.cmd_status(config, cast("Store", store), as_json=True) == 0

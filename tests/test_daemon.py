@@ -499,6 +499,12 @@ def test_healthz_and_metrics_report_polls_items_durations_failures_and_config_lo
     assert value("aggregator_feeds") == 5
     assert value("aggregator_config_valid") == 1
     assert abs(time.time() - value("aggregator_config_last_load_timestamp_seconds")) < 120
+    # per feed, labelled by its URL when the config names it not
+    assert value("aggregator_feed_errors_total", feed=missing, kind="http_404") >= 1
+    wp = e2e.site.server.url("/wp/feed/")
+    assert value("aggregator_feed_fetch_duration_seconds_count", feed=wp) >= 1
+    assert value("aggregator_feed_items_total", feed=wp, kind="new") >= 1
+    assert abs(time.time() - value("aggregator_feed_last_success_timestamp_seconds", feed=wp)) < 60
 
 
 def test_the_log_has_one_line_per_poll_with_status_items_duration_and_next_due(

@@ -15,7 +15,7 @@ from pathlib import Path
 from aggregator.daemon import Daemon
 from aggregator.pipeline import run_loop
 from tests.feedserver import FeedServer
-from tests.test_daemon import free_port, make_story, rss, write_config
+from tests.test_daemon import free_port, make_story, request, rss, write_config
 
 TOPIC = "  all:\n    title: {title}\n"
 
@@ -76,3 +76,152 @@ def test_sighup_reloads_and_sigterm_stops_with_exit_0(tmp_path: Path) -> None:
     assert seen == {"before": "First", "served": True}
     assert daemon.poller is None  # closed: store, fetcher and workers
     assert b"Second" in (tmp_path / "public" / "all.atom").read_bytes()
+
+
+# --- per-feed metrics ---------------------------------------------------------------------
+
+
+def feed_series(body: bytes) -> dict[str, dict[tuple[str, ...], float]]:
+    """/metrics' per-feed samples: sample name → (feed[, kind]) → value."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    series: dict[str, dict[tuple[str, ...], float]] = {}
+    for family in text_string_to_metric_families(body.decode()):
+        for sample in family.samples:
+            if "feed" in sample.labels and not sample.name.endswith("_bucket"):
+                kind = (sample.labels["kind"],) if "kind" in sample.labels else ()
+                series.setdefault(sample.name, {})[(sample.labels["feed"], *kind)] = sample.value
+    return series
+
+
+def test_per_feed_metrics_follow_the_configured_feeds(tmp_path: Path) -> None:
+    """Each configured feed gets its series once polled, labelled by its name or its URL
+    with credentials hidden; a feed dropped from the config on reload takes its series
+    with it."""
+    config_path = tmp_path / "feeds.yaml"
+    port = free_port()
+    with FeedServer() as server:
+        server.set("/a.rss", rss("A", [make_story("a1"), make_story("a2")]))
+        server.set("/b.rss", rss("B", [make_story("b1")]))
+        server.require_auth("/b.rss", "reader", "hunter2")
+        alpha, missing = server.url("/a.rss"), server.url("/missing.rss")
+        private = (
+            server.url("/b.rss").replace("http://", "http://reader:hunter2@") + "?token=s3cret"
+        )
+        shown = server.url("/b.rss").replace("http://", "http://***@") + "?token=***"
+
+        def configure(*feeds: tuple[str, str | None]) -> None:
+            lines = [
+                "settings:",
+                "  database: agg.db",
+                "  output_dir: public",
+                f"  listen: 127.0.0.1:{port}",
+                "  interval: 1h",
+                "feeds:",
+            ]
+            for url, name in feeds:
+                lines += [f"  - url: {url}"] + ([f"    name: {name}"] if name else [])
+            config_path.write_text("\n".join(lines) + "\n")
+
+        configure((alpha, "Alpha"), (missing, "Missing"), (private, None))
+        daemon = Daemon(config_path)
+        seen: dict[str, bytes] = {}
+
+        async def metrics() -> bytes:
+            return (await asyncio.to_thread(request, port, "/metrics")).body
+
+        def feeds_polled() -> int:
+            [family] = daemon.health.metrics.feed_fetch_seconds.collect()
+            return sum(sample.name.endswith("_count") for sample in family.samples)
+
+        async def drive() -> None:
+            await wait_for(lambda: feeds_polled() == 3)
+            seen["before"] = await metrics()
+            configure((missing, "Missing"), (private, None))
+            os.kill(os.getpid(), signal.SIGHUP)
+            await wait_for(lambda: daemon.config is not None and len(daemon.config.feeds) == 2)
+            seen["after"] = await metrics()
+
+        async def drive_then_stop() -> None:
+            try:
+                await drive()
+            finally:
+                daemon.stop.set()
+
+        async def main() -> int:
+            driver = asyncio.create_task(drive_then_stop())
+            code = await daemon.run()
+            await driver
+            return code
+
+        previous = signal.getsignal(signal.SIGHUP)
+        try:
+            assert run_loop(main()) == 0
+        finally:
+            signal.signal(signal.SIGHUP, previous)
+
+    before = feed_series(seen["before"])
+    assert set(before["aggregator_feed_fetch_duration_seconds_count"]) == {
+        ("Alpha",),
+        ("Missing",),
+        (shown,),
+    }
+    assert before["aggregator_feed_items_total"][("Alpha", "new")] == 2
+    assert before["aggregator_feed_items_total"][(shown, "new")] == 1
+    assert before["aggregator_feed_errors_total"] == {("Missing", "http_404"): 1}
+    assert set(before["aggregator_feed_last_success_timestamp_seconds"]) == {("Alpha",), (shown,)}
+    for body in seen.values():
+        assert b"hunter2" not in body and b"s3cret" not in body
+        # the aggregate series stay
+        assert b"aggregator_polls_total{" in body and b"aggregator_feeds " in body
+
+    after = feed_series(seen["after"])
+    assert b'feed="Alpha"' not in seen["after"]
+    assert set(after["aggregator_feed_fetch_duration_seconds_count"]) == {("Missing",), (shown,)}
+    assert after["aggregator_feed_errors_total"] == {("Missing", "http_404"): 1}
+
+
+def test_feed_labels_are_names_else_urls_without_credentials_and_unique() -> None:
+    from aggregator.daemon import feed_labels
+    from aggregator.model import FeedSource
+
+    feeds = [
+        FeedSource(url="https://a.example/feed", name="Alpha"),
+        FeedSource(url="https://u:pw@b.example/feed?token=one"),
+        FeedSource(url="https://u:pw@b.example/feed?token=two"),
+    ]
+    assert feed_labels(feeds) == {
+        "https://a.example/feed": "Alpha",
+        "https://u:pw@b.example/feed?token=one": "https://***@b.example/feed?token=***",
+        "https://u:pw@b.example/feed?token=two": "https://***@b.example/feed?token=*** (2)",
+    }
+
+
+def test_metrics_series_only_for_configured_feeds_and_gone_with_a_rename() -> None:
+    from datetime import UTC, datetime
+
+    from aggregator.daemon import Metrics
+    from aggregator.errors import FetchTimeout
+    from aggregator.model import FeedSource, FeedState, PollResult
+
+    url = "https://a.example/feed"
+    fetched = datetime(2026, 11, 23, 12, 0, tzinfo=UTC)
+    metrics = Metrics()
+    stored = {url: FeedState(url=url, fetch_url=url, last_fetched=fetched, last_status=200)}
+    metrics.configure_feeds([FeedSource(url=url, name="Alpha")], stored)
+    # the last success survives a restart: taken from the stored state
+    assert feed_series(metrics.render())["aggregator_feed_last_success_timestamp_seconds"] == {
+        ("Alpha",): fetched.timestamp()
+    }
+    metrics.record(PollResult(url=url, error=FetchTimeout(url, "timed out after 1 s")))
+    metrics.record(PollResult(url="https://not-configured.example/", new=3, duration=1.0))
+    series = feed_series(metrics.render())
+    assert series["aggregator_feed_errors_total"] == {("Alpha", "timeout"): 1}
+    assert {key[0] for values in series.values() for key in values} == {"Alpha"}
+
+    metrics.configure_feeds([FeedSource(url=url, name="Renamed")], stored)
+    body = metrics.render()
+    assert b'feed="Alpha"' not in body
+    assert set(feed_series(body)["aggregator_feed_last_success_timestamp_seconds"]) == {
+        ("Renamed",)
+    }

@@ -328,3 +328,30 @@ def test_an_item_matching_two_stories_stored_apart_joins_them(store: Store) -> N
     [story] = all_items(store, feeds=feeds)
     assert {s.feed_url for s in story.sources} == set(feeds)
     assert story.published == NOW - timedelta(hours=9)
+
+
+def test_a_feeds_fetch_history_keeps_its_last_fetches_newest_first(store: Store) -> None:
+    """Written with the poll's state, trimmed in the same write: HISTORY_LENGTH per feed,
+    whatever the other feeds do."""
+    from aggregator.store import HISTORY_LENGTH, FetchRecord
+
+    for n in range(HISTORY_LENGTH + 5):
+        for url in ("https://a.test/feed", "https://b.test/feed"):
+            when = NOW + timedelta(minutes=n)
+            fetch = FetchRecord(fetched_at=when, duration=0.25, status=200, outcome="ok")
+            item = make_item(url, f"{url[8]}{n}")
+            state = FeedState(url=url, fetch_url=url, last_fetched=when)
+            store.save(FeedUpdate(state), [(item, None)], now=when, round_id="r", fetch=fetch)
+    history = store.fetch_history("https://a.test/feed")
+    assert len(history) == HISTORY_LENGTH
+    assert history[0].fetched_at == NOW + timedelta(minutes=HISTORY_LENGTH + 4)
+    assert history[-1].fetched_at == NOW + timedelta(minutes=5)
+    assert (history[0].new, history[0].updated, history[0].status) == (1, 0, 200)
+    assert store.db.execute("SELECT count(*) FROM fetches").fetchone() == (2 * HISTORY_LENGTH,)
+    assert len(store.fetch_history("https://b.test/feed", limit=3)) == 3
+    assert store.fetch_history("https://c.test/feed") == []
+
+
+def test_a_poll_without_a_fetch_record_adds_no_history(store: Store) -> None:
+    save(store, make_item("https://a.test/feed", "1"))
+    assert store.fetch_history("https://a.test/feed") == []
