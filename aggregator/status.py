@@ -16,7 +16,7 @@ from typing import Any
 
 from aggregator.errors import ERROR_KINDS
 from aggregator.text import single_line
-from aggregator.timeutil import from_iso
+from aggregator.timeutil import format_duration, from_iso
 
 #: the order of the table: problems first
 STATE_ORDER = {"error": 0, "gone": 1, "never": 2, "ok": 3}
@@ -51,19 +51,6 @@ def relative_time(moment: datetime | None, now: datetime, *, missing: str = "nev
     else:
         amount = f"{round(span / 86400)} d"
     return f"in {amount}" if seconds > 0 else f"{amount} ago"
-
-
-def format_interval(interval: timedelta) -> str:
-    """ "30m", "2h", "1h30m", "1d", "45s": the units of feeds.yaml."""
-    seconds = int(interval.total_seconds())
-    if seconds <= 0:
-        return "0s"
-    parts = []
-    for unit, size in (("d", 86400), ("h", 3600), ("m", 60), ("s", 1)):
-        amount, seconds = divmod(seconds, size)
-        if amount:
-            parts.append(f"{amount}{unit}")
-    return "".join(parts)
 
 
 def status_phrase(status: int) -> str:
@@ -120,7 +107,7 @@ def table_cells(row: Row, now: datetime) -> list[str]:
         cut(single_line(row["last_result"]), MAX_RESULT_WIDTH),
         str(row["items"]),
         relative_time(from_iso(row["next_due"]), now, missing="-"),
-        format_interval(timedelta(seconds=row["interval_seconds"])),
+        format_duration(timedelta(seconds=row["interval_seconds"])),
     ]
 
 
@@ -217,7 +204,7 @@ def render_feed(row: Row, history: Sequence[Row], now: datetime, width: int) -> 
         ("next due", when("next_due", "-")),
         (
             "interval",
-            f"{format_interval(timedelta(seconds=row['interval_seconds']))}"
+            f"{format_duration(timedelta(seconds=row['interval_seconds']))}"
             f" ({row['interval_reason']})",
         ),
     ]

@@ -394,7 +394,7 @@ def test_status_json_before_any_poll(capsys: pytest.CaptureFixture[str], tmp_pat
         "enabled": True,
         "failures": 0,
         "interval_seconds": 1800,
-        "interval_reason": "configured",
+        "interval_reason": "default: its rhythm is not known yet",
     }
     assert rows[1]["url"] == "https://***@b.example/feed?token=***"
     assert rows[1]["name"] is None
@@ -516,7 +516,7 @@ def test_a_feed_never_seen_has_state_never_and_no_dates() -> None:
         "enabled": True,
         "failures": 0,
         "interval_seconds": 1800,
-        "interval_reason": "configured",
+        "interval_reason": "set for this feed",
     }
     # a stored state that was never fetched (only scheduled) is still "never"
     row = cli.feed_status(SOURCE, state(next_due=DUE, title="Feed title"), 0)

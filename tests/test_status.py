@@ -22,6 +22,7 @@ import pytest
 
 from aggregator import status
 from aggregator.errors import ERROR_KINDS, error_kind
+from aggregator.timeutil import format_duration
 from tests.commands import aggregator
 from tests.feedserver import FeedServer, HostileServer
 
@@ -177,9 +178,10 @@ def test_the_table_reads_at_a_glance_problems_first(polled: Site) -> None:
     }
     good = by_name["Good Times"]
     assert good["LAST FETCH"].endswith(" s ago")
-    # the interval, spread by up to a tenth (update.JITTER)
-    assert re.fullmatch(r"in (2[6-9]|3[0-3]) min", good["NEXT DUE"]), good["NEXT DUE"]
-    assert good["INTERVAL"] == "30m" and good["ITEMS"] == "2"
+    # its entries are months apart: polled at max_interval, spread by up to a tenth
+    # (update.JITTER)
+    assert re.fullmatch(r"in 1[1-3] h", good["NEXT DUE"]), good["NEXT DUE"]
+    assert good["INTERVAL"] == "12h" and good["ITEMS"] == "2"
     assert by_name["Late Bloomer"]["LAST FETCH"] == "never"
     assert by_name["Late Bloomer"]["NEXT DUE"] == "-"
     assert by_name["Gone Daily"]["NEXT DUE"] == "-"  # a gone feed is not due
@@ -232,7 +234,8 @@ def test_json_keeps_the_contract_and_adds_what_the_table_shows(polled: Site) -> 
     assert slow["failures"] == 2 and slow["enabled"] is True
     assert slow["last_error"] == "timed out after 1 s (total deadline)"
     assert (good["state"], good["last_status"], good["last_error_kind"]) == ("ok", 304, None)
-    assert (good["interval_seconds"], good["interval_reason"]) == (1800, "configured")
+    assert good["interval_seconds"] == 12 * 3600
+    assert good["interval_reason"].startswith("follows its rhythm: 0.")
     assert good["items"] == 2 and good["failures"] == 0
     assert rows["Missing Gazette"]["last_error_kind"] == "http"
     assert rows["Broken Weekly"]["last_error_kind"] == "bad_xml"
@@ -262,7 +265,7 @@ def test_one_feed_shows_its_last_fetches_newest_first(polled: Site) -> None:
 
     text = polled.run("status", "--feed", "Good Times")
     assert text.startswith("Good Times\n  url:")
-    assert "  interval:   30m (configured)\n" in text
+    assert "  interval:   12h (follows its rhythm: 0." in text
     assert "last 2 fetches, newest first:" in text
     [newest, oldest] = text.splitlines()[-2:]
     assert "304 not modified" in newest and "200 OK" in oldest
@@ -365,10 +368,12 @@ def test_a_missing_time_is_never_or_a_dash() -> None:
         (timedelta(hours=1, minutes=30), "1h30m"),
         (timedelta(days=1), "1d"),
         (timedelta(seconds=45), "45s"),
+        # an adaptive interval shown to the minute: its two largest units
+        (timedelta(hours=1, minutes=23, seconds=17), "1h23m"),
     ],
 )
 def test_intervals_in_the_configs_units(interval: timedelta, expected: str) -> None:
-    assert status.format_interval(interval) == expected
+    assert format_duration(interval) == expected
 
 
 @pytest.mark.parametrize(
