@@ -17,6 +17,7 @@ from typing import Any
 from aggregator.errors import ERROR_KINDS
 from aggregator.text import single_line
 from aggregator.timeutil import format_duration, from_iso
+from aggregator.update import interval_label
 
 #: the order of the table: problems first
 STATE_ORDER = {"error": 0, "gone": 1, "never": 2, "ok": 3}
@@ -107,7 +108,8 @@ def table_cells(row: Row, now: datetime) -> list[str]:
         cut(single_line(row["last_result"]), MAX_RESULT_WIDTH),
         str(row["items"]),
         relative_time(from_iso(row["next_due"]), now, missing="-"),
-        format_duration(timedelta(seconds=row["interval_seconds"])),
+        f"{format_duration(timedelta(seconds=row['interval_seconds']))}"
+        f" {interval_label(row['interval_reason'])}".rstrip(),
     ]
 
 

@@ -188,6 +188,21 @@ def _interval_and_reason(
     return interval, reason
 
 
+#: the start of each reason explain_interval gives → its one word in `status`'s table
+_REASON_LABELS = (
+    ("set for this feed", "set"),
+    ("default", "default"),
+    ("no entry in 30 days", "quiet"),
+    ("follows its rhythm", "rhythm"),
+    ("the feed asks", "feed asks"),
+)
+
+
+def interval_label(reason: str) -> str:
+    """A reason of explain_interval in a word or two, for a table cell."""
+    return next((label for head, label in _REASON_LABELS if reason.startswith(head)), "")
+
+
 def _rate_words(entries_per_day: float) -> str:
     if entries_per_day >= 1:
         return f"{entries_per_day:.3g} entries a day"

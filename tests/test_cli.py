@@ -362,9 +362,9 @@ def test_status_before_any_poll_shows_every_feed_as_never_fetched(
     assert out == (
         "FEED                                  STATE  LAST FETCH  RESULT  ITEMS  NEXT DUE"
         "  INTERVAL\n"
-        "Alpha                                 never  never       -           0  -         30m\n"
+        "Alpha                                 never  never       -           0  -         30m default\n"
         # no name in the config and no title fetched: the URL, its credentials hidden
-        "https://***@b.example/feed?token=***  never  never       -           0  -         30m\n"
+        "https://***@b.example/feed?token=***  never  never       -           0  -         30m default\n"
         "\n"
         "2 feeds: 0 ok, 2 never polled\n"
     )
@@ -622,12 +622,12 @@ def test_status_text_shows_errors_and_moves_and_obeys_no_control_character(
     out, _ = capsys.readouterr()
     assert out == (
         # 100 columns: the feed column gives way, the name is cut
-        "FEED                        STATE  LAST FETCH  RESULT                     ITEMS"
+        "FEED                     STATE  LAST FETCH  RESULT                     ITEMS"
         "  NEXT DUE   INTERVAL\n"
-        "Evil]0;pwned Title second…  error  3 min ago   500 internal server error     12"
-        "  in 27 min  30m\n"
-        "https://b.example/feed      ok     3 min ago   200 OK                         0"
-        "  -          30m\n"
+        "Evil]0;pwned Title sec…  error  3 min ago   500 internal server error     12"
+        "  in 27 min  30m default\n"
+        "https://b.example/feed   ok     3 min ago   200 OK                         0"
+        "  -          30m default\n"
         "\n"
         "2 feeds: 1 ok, 1 error\n"
         "\n"

@@ -181,7 +181,7 @@ def test_the_table_reads_at_a_glance_problems_first(polled: Site) -> None:
     # its entries are months apart: polled at max_interval, spread by up to a tenth
     # (update.JITTER)
     assert re.fullmatch(r"in 1[1-3] h", good["NEXT DUE"]), good["NEXT DUE"]
-    assert good["INTERVAL"] == "12h" and good["ITEMS"] == "2"
+    assert good["INTERVAL"] == "12h rhythm" and good["ITEMS"] == "2"
     assert by_name["Late Bloomer"]["LAST FETCH"] == "never"
     assert by_name["Late Bloomer"]["NEXT DUE"] == "-"
     assert by_name["Gone Daily"]["NEXT DUE"] == "-"  # a gone feed is not due
@@ -325,7 +325,7 @@ def test_long_names_are_cut_to_the_terminal(site: Site) -> None:
         out = aggregator(site.config, "status", env=env).stdout
         row = out.splitlines()[1]
         assert len(row) <= columns and "…" in row
-        assert row.startswith("The Extremely Long Name")
+        assert row.startswith("The Extremely Long Na")
 
 
 # --- words for values (pure) ------------------------------------------------------------
