@@ -362,9 +362,11 @@ def test_status_before_any_poll_shows_every_feed_as_never_fetched(
     assert out == (
         "FEED                                  STATE  LAST FETCH  RESULT  ITEMS  NEXT DUE"
         "  INTERVAL\n"
-        "Alpha                                 never  never       -           0  -         30m default\n"
+        "Alpha                                 never  never       -           0  -"
+        "         30m default\n"
         # no name in the config and no title fetched: the URL, its credentials hidden
-        "https://***@b.example/feed?token=***  never  never       -           0  -         30m default\n"
+        "https://***@b.example/feed?token=***  never  never       -           0  -"
+        "         30m default\n"
         "\n"
         "2 feeds: 0 ok, 2 never polled\n"
     )
