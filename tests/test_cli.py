@@ -8,8 +8,6 @@ The end-to-end runs of `poll --once` and `run` live in the e2e and daemon tests.
 from __future__ import annotations
 
 import json
-import logging
-from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -71,17 +69,7 @@ PUBLISHED = sorted(
 )
 
 
-@pytest.fixture(autouse=True)
-def hermetic(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Iterator[None]:
-    """No config from the environment or the current folder; root logging restored
-    (main() configures it for the process)."""
-    monkeypatch.delenv("AGGREGATOR_CONFIG", raising=False)
-    monkeypatch.chdir(tmp_path)
-    root = logging.getLogger()
-    handlers, level = root.handlers[:], root.level
-    yield
-    root.handlers[:] = handlers
-    root.setLevel(level)
+pytestmark = pytest.mark.usefixtures("hermetic")
 
 
 def write(folder: Path, text: str, name: str = "feeds.yaml") -> Path:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 from aggregator.daemon import Daemon
@@ -25,6 +26,31 @@ async def wait_for(condition: object, timeout: float = 10) -> None:
     while not condition():  # type: ignore[operator]
         assert asyncio.get_running_loop().time() < deadline, "timed out"
         await asyncio.sleep(0.02)
+
+
+def run_driven(daemon: Daemon, drive: Callable[[], Awaitable[None]]) -> int:
+    """Run `daemon` in this process while `drive` acts on it; stopped when `drive` ends
+    (a failed check must not leave it running). Returns its exit code; the signal
+    handlers it installed are put back."""
+
+    async def drive_then_stop() -> None:
+        try:
+            await drive()
+        finally:
+            daemon.stop.set()
+
+    async def main() -> int:
+        driver = asyncio.create_task(drive_then_stop())
+        code = await daemon.run()
+        await driver
+        return code
+
+    previous = {s: signal.getsignal(s) for s in (signal.SIGHUP, signal.SIGTERM)}
+    try:
+        return run_loop(main())
+    finally:
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
 
 
 def test_sighup_reloads_and_sigterm_stops_with_exit_0(tmp_path: Path) -> None:
@@ -53,24 +79,7 @@ def test_sighup_reloads_and_sigterm_stops_with_exit_0(tmp_path: Path) -> None:
             seen["served"] = daemon.publisher.outputs.get("all.atom") is not None
             os.kill(os.getpid(), signal.SIGTERM)
 
-        async def drive_then_stop() -> None:
-            try:
-                await drive()
-            finally:  # a failed check must not leave the daemon running
-                daemon.stop.set()
-
-        async def main() -> int:
-            driver = asyncio.create_task(drive_then_stop())
-            code = await daemon.run()
-            await driver
-            return code
-
-        previous = {s: signal.getsignal(s) for s in (signal.SIGHUP, signal.SIGTERM)}
-        try:
-            code = run_loop(main())
-        finally:
-            for signum, handler in previous.items():
-                signal.signal(signum, handler)
+        code = run_driven(daemon, drive)
 
     assert code == 0
     assert seen == {"before": "First", "served": True}
@@ -142,23 +151,7 @@ def test_per_feed_metrics_follow_the_configured_feeds(tmp_path: Path) -> None:
             await wait_for(lambda: daemon.config is not None and len(daemon.config.feeds) == 2)
             seen["after"] = await metrics()
 
-        async def drive_then_stop() -> None:
-            try:
-                await drive()
-            finally:
-                daemon.stop.set()
-
-        async def main() -> int:
-            driver = asyncio.create_task(drive_then_stop())
-            code = await daemon.run()
-            await driver
-            return code
-
-        previous = signal.getsignal(signal.SIGHUP)
-        try:
-            assert run_loop(main()) == 0
-        finally:
-            signal.signal(signal.SIGHUP, previous)
+        assert run_driven(daemon, drive) == 0
 
     before = feed_series(seen["before"])
     assert set(before["aggregator_feed_fetch_duration_seconds_count"]) == {
