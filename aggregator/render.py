@@ -232,7 +232,27 @@ def _atom(tag: str) -> str:
     return f"{{{ATOM_NS}}}{tag}"
 
 
-def render_atom(topic: Topic, items: Sequence[PublishedItem], base_url: str) -> bytes:
+@dataclass(frozen=True)
+class PageLinks:
+    """Where a topic's page points beyond its items: its older and newer pages (the archive,
+    RFC 5005) and the WebSub hubs that push it. Every format renders the same links.
+
+    `older` and `newer` are output name stems without extension ("north-korea" for the
+    first page); each format appends its own extension and joins them to the base URL (the
+    HTML page links them relatively). None: there is no such page."""
+
+    older: str | None = None
+    newer: str | None = None
+    hubs: tuple[str, ...] = ()
+
+
+#: a topic's only page: no archive pages, no hub
+NO_LINKS = PageLinks()
+
+
+def render_atom(
+    topic: Topic, items: Sequence[PublishedItem], base_url: str, links: PageLinks = NO_LINKS
+) -> bytes:
     """The topic as an Atom 1.0 feed (RFC 4287), items in the order given."""
     self_url = _output_url(base_url, topic.slug, "atom")
     # lxml-stubs do not admit None (the default namespace) as an nsmap key; lxml does.
@@ -310,7 +330,9 @@ def _add_atom_source(entry: etree._Element, source: SourceRef) -> None:
 # --- RSS -----------------------------------------------------------------------------
 
 
-def render_rss(topic: Topic, items: Sequence[PublishedItem], base_url: str) -> bytes:
+def render_rss(
+    topic: Topic, items: Sequence[PublishedItem], base_url: str, links: PageLinks = NO_LINKS
+) -> bytes:
     """The topic as an RSS 2.0 feed, items in the order given."""
     rss = etree.Element(
         "rss", nsmap={"atom": ATOM_NS, "content": CONTENT_NS, "dc": DC_NS}, version="2.0"
@@ -365,7 +387,9 @@ def _add_rss_item(channel: etree._Element, item: PublishedItem) -> None:
 # --- JSON Feed -----------------------------------------------------------------------
 
 
-def render_json(topic: Topic, items: Sequence[PublishedItem], base_url: str) -> bytes:
+def render_json(
+    topic: Topic, items: Sequence[PublishedItem], base_url: str, links: PageLinks = NO_LINKS
+) -> bytes:
     """The topic as a JSON Feed 1.1 document, items in the order given."""
     feed: dict[str, Any] = {
         "version": JSON_FEED_VERSION,
@@ -485,7 +509,9 @@ def _add_feed_nav(parent: etree._Element, topic: Topic) -> None:
         _append_inline(nav, _anchor(label, name), separator)
 
 
-def render_html(topic: Topic, items: Sequence[PublishedItem], base_url: str) -> bytes:
+def render_html(
+    topic: Topic, items: Sequence[PublishedItem], base_url: str, links: PageLinks = NO_LINKS
+) -> bytes:
     """The topic as a readable HTML5 page: excerpts only, no scripts, links relative.
 
     `base_url` is accepted for symmetry with the feeds; the page's own links are relative
@@ -597,7 +623,7 @@ class Format:
     extension: str
     #: the Content-Type it is served with
     media_type: str
-    render: Callable[[Topic, Sequence[PublishedItem], str], bytes]
+    render: Callable[[Topic, Sequence[PublishedItem], str, PageLinks], bytes]
     #: its name in the pages' navigation and <link rel="alternate">; None for the page itself
     label: str | None = None
 
@@ -626,9 +652,11 @@ def media_type(name: str) -> str:
     )
 
 
-def render_topic(topic: Topic, items: Sequence[PublishedItem], base_url: str) -> dict[str, bytes]:
-    """Every format of one topic: file name → bytes."""
-    return {f.name(topic.slug): f.render(topic, items, base_url) for f in TOPIC_FORMATS}
+def render_topic(
+    topic: Topic, items: Sequence[PublishedItem], base_url: str, links: PageLinks = NO_LINKS
+) -> dict[str, bytes]:
+    """Every format of one topic's page: file name → bytes."""
+    return {f.name(topic.slug): f.render(topic, items, base_url, links) for f in TOPIC_FORMATS}
 
 
 def output_names(topics: Sequence[Topic]) -> list[str]:
