@@ -181,6 +181,10 @@ def _interval_and_reason(
         wanted = timedelta(days=1) / (entries_per_day * POLLS_PER_ENTRY)
         interval = min(max(wanted, low), high)
         reason = f"follows its rhythm: {_rate_words(entries_per_day)}"
+        if wanted > high:
+            reason += ", at most max_interval"
+        elif wanted < low:
+            reason += ", at least min_interval"
     if hint_seconds:
         hinted = min(timedelta(seconds=hint_seconds), MAX_HINT)
         if hinted > interval:
