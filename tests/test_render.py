@@ -417,13 +417,16 @@ def test_html_page_shows_each_item() -> None:
     assert "Peace and sanctions" in page.text_content()
     articles = page.findall(".//article")
     assert len(articles) == 2
-    heading = articles[0].find(".//h2/a")
+    heading = articles[0].find(".//h3/a")
     assert heading.text == "Talks resume in Panmunjom"
     assert heading.get("href") == ITEM_PLAIN.link
     assert "Outlet A" in articles[0].text_content()
     time = articles[0].find(".//time")
     assert time.get("datetime") == "2024-03-05T14:07:09Z"
-    assert time.text == "5 March 2024, 14:07 UTC"
+    assert time.get("title") == "5 March 2024, 14:07 UTC"
+    # told as of the latest change among the items (ITEM_PLAIN's update, 6 March 08:00)
+    assert time.text == "17 h ago"
+    assert [h.text for h in page.iterfind(".//main//h2")] == ["Yesterday", "Friday 1 March"]
     assert ITEM_PLAIN.excerpt in articles[0].text_content()
     also = articles[1].find_class("also")[0]
     assert also.text_content() == "also in: Outlet B, Outlet C"
@@ -461,8 +464,8 @@ def test_html_page_never_links_to_javascript() -> None:
     hrefs = [a.get("href") for a in page.iter("a") if a.get("href")]
     assert [href for href in hrefs if "javascript" in href.lower()] == []
     # the title stays, unlinked
-    assert page.find(".//article/h2/a").get("href") is None
-    assert page.find(".//article/h2/a").text == item.title
+    assert page.find(".//article/h3/a").get("href") is None
+    assert page.find(".//article/h3/a").text == item.title
 
 
 # --- index and OPML ----------------------------------------------------------------------
@@ -582,7 +585,7 @@ def test_hostile_markup_stays_text_in_html() -> None:
     assert page.find(".//img") is None
     assert not any(name.startswith("on") for element in page.iter() for name in element.attrib)
     article = page.find(".//article")
-    assert article.find("h2/a").text == HOSTILE_TITLE
+    assert article.find("h3/a").text == HOSTILE_TITLE
     text = article.text_content()
     assert HOSTILE_ITEM.excerpt in text
     assert HOSTILE_SOURCE.title in text
@@ -856,7 +859,7 @@ def test_every_format_is_valid_whatever_an_item_lacks(atom_schema: AtomSchema) -
         assert isinstance(item.get("content_html", item.get("content_text")), str)
 
     page = parse_html(render_html(TOPIC, items, BASE_URL))
-    headings = [article.find("h2/a") for article in page.iter("article")]
+    headings = [article.find("h3/a") for article in page.iter("article")]
     assert len(headings) == len(items)
     assert all(heading.text and heading.text.strip() for heading in headings)
 
@@ -909,7 +912,7 @@ def test_bidi_controls_are_stripped_from_single_line_fields_in_every_format() ->
             json_item["_aggregator"]["sources"][0]["title"],
             *json_item["tags"],
         ],
-        "html": [article.find("h2/a").text, article.find_class("meta")[0].text_content()],
+        "html": [article.find("h3/a").text, article.find_class("meta")[0].text_content()],
         "opml": strings(opml, "//outline/@text | //outline/@title"),
     }
     assert single_line["atom"] == ["Invoice gpj.exe", "Mallory", "Outlet A", "Diplomacy", "Korea"]
