@@ -95,7 +95,7 @@ a:visited{color:var(--visited)}
 h1{font-size:1.7rem;line-height:1.2;margin:.5rem 0}
 header .description,.meta,.also,footer,.pages{color:var(--muted)}
 .meta,.also,footer,nav{font-size:.9rem}
-nav a{margin-right:.25rem}
+nav a{white-space:nowrap}
 .search{display:flex;gap:.5rem;margin:.75rem 0 0}
 .search input{flex:1;min-width:0;font:inherit;padding:.35rem .5rem;color:var(--fg);
 background:var(--field);border:1px solid var(--muted);border-radius:4px}
@@ -111,7 +111,7 @@ article h3 a:hover{text-decoration:underline}
 .meta,.excerpt,.also{margin:.25rem 0}
 .thumb{float:right;width:120px;height:80px;object-fit:cover;margin:.2rem 0 .4rem .8rem;
 border-radius:4px;background:var(--rule)}
-.icon{width:16px;height:16px;vertical-align:-.15em;margin-right:.3rem;border-radius:2px}
+.icon{width:16px;height:16px;object-fit:cover;vertical-align:-.15em;margin-right:.3rem;border-radius:2px}
 @media (max-width:30rem){body{font-size:16px;padding:.75rem}
 .thumb{width:88px;height:60px;margin-left:.6rem}}
 .pages{display:flex;justify-content:space-between;gap:1rem;margin:1.5rem 0}
