@@ -467,10 +467,11 @@ def _entry_image(entry: Any) -> str | None:
         kind = str(media.get("type") or "")
         if media.get("medium") == "image" or kind.startswith("image/"):
             return str(media["url"]).strip() or None
-    for enclosure in dict.get(entry, "enclosures") or []:
-        if isinstance(enclosure, dict) and enclosure.get("href"):
-            if str(enclosure.get("type") or "").startswith("image/"):
-                return str(enclosure["href"]).strip() or None
+    # feedparser keeps enclosures among the links ("enclosures" is a computed key)
+    for link in dict.get(entry, "links") or []:
+        if isinstance(link, dict) and link.get("rel") == "enclosure" and link.get("href"):
+            if str(link.get("type") or "").startswith("image/"):
+                return str(link["href"]).strip() or None
     return None
 
 

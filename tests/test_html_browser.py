@@ -136,9 +136,11 @@ def open_page(
     problems: list[str] = []
     page.on(
         "console",
-        lambda message: problems.append(f"{message.type}: {message.text}")
-        if message.type in ("error", "warning")
-        else None,
+        lambda message: (
+            problems.append(f"{message.type}: {message.text}")
+            if message.type in ("error", "warning")
+            else None
+        ),
     )
     page.on("pageerror", lambda error: problems.append(f"page error: {error}"))
     serve(page, files)
