@@ -1,11 +1,11 @@
 # Entry points: `make run` (daemon on feeds.yaml), `make test`, `make test-fast`, `make check`,
-# `make demo`, `make bench`.
+# `make demo`, `make bench`, `make screenshots`.
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: run test test-fast check lint demo bench clean
+.PHONY: run test test-fast check lint demo bench screenshots clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -35,6 +35,10 @@ check: test
 
 demo: $(STAMP)
 	$(BIN)/python demo/run.py
+
+# docs/screenshots/: the demo's page in Debian's chromium (apt-get install chromium)
+screenshots: $(STAMP)
+	$(BIN)/python -m tests.screenshots
 
 bench: $(STAMP)
 	$(BIN)/python bench/run.py $(BENCH_ARGS)

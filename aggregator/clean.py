@@ -792,7 +792,32 @@ def clean_entry(
         published=published,
         updated=updated,
         content_hash="",
+        image_url=lead_image(entry.image_url, entry.base_url, content_html or summary_html),
     )
+
+
+#: a content image declared smaller than this (an emoji, an icon, a button) is no lead
+_MIN_LEAD_IMAGE = 48
+
+
+def lead_image(feed_image: str | None, base_url: str, sanitized_html: str) -> str:
+    """The entry's lead image: the one its feed names (resolved against `base_url`), else
+    the first <img> of its sanitized content that is not declared tiny; an absolute
+    http(s) URL without credentials (`urls.publishable_url`), else ""."""
+    if feed_image:
+        url = publishable_url(remove_unusable_characters(feed_image), base_url)
+        if url:
+            return url
+    for tag in _IMG_TAG.finditer(sanitized_html):
+        attributes = dict(_ATTRIBUTE.findall(tag.group("attributes")))
+        sizes = [attributes.get("width"), attributes.get("height")]
+        if any(size is not None and int(size) < _MIN_LEAD_IMAGE for size in sizes):
+            continue
+        # the sanitizer wrote the attribute escaped (&amp;)
+        url = publishable_url(html.unescape(attributes.get("src", "")), base_url)
+        if url:
+            return url
+    return ""
 
 
 def _without_unusable_characters(entry: ParsedEntry) -> ParsedEntry:

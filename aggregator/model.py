@@ -214,6 +214,8 @@ class FeedState:
     title: str | None = None
     #: the feed's site link
     site_url: str | None = None
+    #: the feed's icon (Atom icon/logo, RSS image, JSON Feed favicon/icon): absolute http(s)
+    icon_url: str | None = None
     #: the feed's own hint of how often to poll (RSS <ttl>, Cache-Control max-age), seconds
     hint_seconds: int | None = None
     #: new entries a day, from its entries' dates (update.entry_rate); None: not known
@@ -276,6 +278,9 @@ class ParsedEntry:
     updated: datetime | None
     #: base URL for resolving this entry's relative links (xml:base or the feed URL)
     base_url: str
+    #: the entry's lead image as the feed names it (media:thumbnail, media:content,
+    #: an image enclosure, JSON Feed image); maybe relative, not yet checked
+    image_url: str | None = None
 
 
 @dataclass(frozen=True)
@@ -284,6 +289,9 @@ class ParsedFeed:
     #: the site's home page (http(s) only, without credentials)
     site_url: str | None
     entries: tuple[ParsedEntry, ...]
+    #: the feed's icon, small and square first (Atom icon, JSON Feed favicon), else its
+    #: logo (Atom logo, RSS image, JSON Feed icon); http(s) only, without credentials
+    icon_url: str | None = None
     #: RSS <ttl> in minutes, a hint for the poll interval
     ttl_minutes: int | None = None
     #: feedparser's complaint about a malformed feed that still gave entries
@@ -326,6 +334,9 @@ class Item:
     #: dedupe.index_keys(title, text), computed with the cleaning (in a worker process);
     #: None means the store computes them
     index_keys: frozenset[int] | None = None
+    #: the lead image: the feed's (media:thumbnail, …) else the content's first <img>;
+    #: absolute http(s) or "". Not part of `content_hash`: a new image is no edit
+    image_url: str = ""
 
 
 @dataclass(frozen=True)
@@ -371,6 +382,8 @@ class SourceRef:
     feed_url: str
     #: the feed's configured tags (the OPML export's `category`)
     tags: tuple[str, ...] = ()
+    #: the feed's icon (FeedState.icon_url), or None
+    icon_url: str | None = None
 
 
 @dataclass(frozen=True)
@@ -392,3 +405,8 @@ class PublishedItem:
     updated: datetime
     #: first outlet first
     sources: tuple[SourceRef, ...]
+    #: the lead image (Item.image_url), or ""
+    image_url: str = ""
+    #: when the store last changed the story (a copy arrived, an edit), UTC; None: the
+    #: `updated` date. The HTML page tells its times relative to its items' latest change
+    changed_at: datetime | None = None

@@ -365,6 +365,7 @@ def _parse_xml_feed(body: bytes, headers: dict[str, str], url: str) -> ParsedFee
         title=feed_title or None,
         site_url=_feed_link(feed, headers["content-location"]),
         entries=tuple(parsed),
+        icon_url=_feed_icon(feed, headers["content-location"]),
         ttl_minutes=_ttl_minutes(dict.get(feed, "ttl")),
         warning=warning,
         encoding_guessed=isinstance(bozo_exception, feedparser.CharacterEncodingOverride),
@@ -449,7 +450,46 @@ def _entry_from_feedparser(entry: Any, feed_url: str, feed_author: str | None) -
         published=published,
         updated=updated,
         base_url=base_url,
+        image_url=_entry_image(entry),
     )
+
+
+def _entry_image(entry: Any) -> str | None:
+    """The entry's lead image as the feed names it: Media RSS thumbnail, then an image
+    media:content, then an image enclosure (https://www.rssboard.org/media-rss). The URL
+    is resolved and checked when cleaned."""
+    for thumbnail in dict.get(entry, "media_thumbnail") or []:
+        if isinstance(thumbnail, dict) and thumbnail.get("url"):
+            return str(thumbnail["url"]).strip() or None
+    for media in dict.get(entry, "media_content") or []:
+        if not isinstance(media, dict) or not media.get("url"):
+            continue
+        kind = str(media.get("type") or "")
+        if media.get("medium") == "image" or kind.startswith("image/"):
+            return str(media["url"]).strip() or None
+    # feedparser keeps enclosures among the links ("enclosures" is a computed key)
+    for link in dict.get(entry, "links") or []:
+        if isinstance(link, dict) and link.get("rel") == "enclosure" and link.get("href"):
+            if str(link.get("type") or "").startswith("image/"):
+                return str(link["href"]).strip() or None
+    return None
+
+
+def _feed_icon(feed: Any, base_url: str) -> str | None:
+    """The feed's icon: Atom's square <icon> first, else its <logo> or RSS <image>;
+    http(s) only and without credentials, as the site link."""
+    image = dict.get(feed, "image")
+    candidates = (
+        dict.get(feed, "icon"),
+        dict.get(feed, "logo"),
+        image.get("href") if isinstance(image, dict) else None,
+    )
+    for candidate in candidates:
+        if isinstance(candidate, str) and candidate.strip():
+            url = publishable_url(candidate.strip(), base_url)
+            if url:
+                return url
+    return None
 
 
 def _entry_base(entry: Any, feed_url: str) -> str:
@@ -623,6 +663,9 @@ def _parse_json_feed(body: bytes, url: str) -> ParsedFeed:
     return ParsedFeed(
         title=_json_string(document.get("title")),
         site_url=publishable_url(_json_string(document.get("home_page_url")), url),
+        # favicon is the small one (JSON Feed 1.1: "for use in source lists"), icon 512 px
+        icon_url=publishable_url(_json_string(document.get("favicon")), url)
+        or publishable_url(_json_string(document.get("icon")), url),
         entries=tuple(
             _entry_from_json(item, url, feed_authors) for item in items if isinstance(item, dict)
         ),
@@ -665,6 +708,7 @@ def _entry_from_json(item: dict[str, Any], feed_url: str, feed_authors: str | No
         published=published,
         updated=_rfc3339(item.get("date_modified")) or published,
         base_url=feed_url,
+        image_url=_json_string(item.get("image")) or _json_string(item.get("banner_image")),
     )
 
 

@@ -218,6 +218,14 @@ class Output:
     def of(cls, name: str, body: bytes, modified_at: float) -> Output:
         etag = '"' + hashlib.sha256(body).hexdigest()[:32] + '"'
         content_type = media_type(name)
+        page_headers: tuple[tuple[bytes, bytes], ...] = ()
+        if content_type.startswith("text/html"):
+            # the pages' own inline <style> (by its hash), images over http(s), the search
+            # form, and nothing else: no script runs even if a feed's text ever did get in
+            page_headers = (
+                (b"content-security-policy", render.PAGE_CSP.encode()),
+                (b"x-content-type-options", b"nosniff"),
+            )
         return cls(
             body=body,
             gzipped=gzip.compress(body, compresslevel=6, mtime=0),
@@ -229,6 +237,7 @@ class Output:
                 # readers should revalidate: a 304 is cheap, a stale feed is not
                 (b"cache-control", b"public, max-age=60, must-revalidate"),
                 (b"vary", b"accept-encoding"),
+                *page_headers,
             ),
             content_type=content_type.encode(),
         )

@@ -18,12 +18,14 @@ when it has no link) whatever its source lacked.
 
 from __future__ import annotations
 
+import base64
+import hashlib
 import html
 import json
 import re
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, date, datetime, timedelta
 from email.utils import format_datetime
 from typing import Any
 
@@ -73,16 +75,61 @@ _MONTHS = (
     "December",
 )
 
+_WEEKDAYS = ("Monday", "Tuesday", "Wednesday", "Thursday", "Friday", "Saturday", "Sunday")
+
+# The pages' one stylesheet, inline (no external resource, no script): readable measure and
+# type, a dark scheme, and nothing wider than a 360 px phone (long words wrap anywhere,
+# images have a fixed box). PAGE_STYLE_HASH lets a Content-Security-Policy allow exactly it.
 _PAGE_CSS = """
-body{max-width:46rem;margin:2rem auto;padding:0 1rem;font:16px/1.5 system-ui,sans-serif;
-color:#222;background:#fff}
-a{color:#0645ad}
-header p,footer,.meta,.also{color:#555}
-.meta,.also,footer{font-size:.9rem}
-article{border-top:1px solid #ddd;padding:.5rem 0}
-article h2{font-size:1.15rem;margin:.4rem 0}
-nav a{margin-right:.5rem}
+*,*::before,*::after{box-sizing:border-box}
+:root{color-scheme:light dark;--bg:#fdfdfc;--fg:#1d1f21;--muted:#5b6066;--link:#0b57b0;
+--visited:#6b3fa0;--rule:#e3e4e6;--field:#fff}
+@media (prefers-color-scheme:dark){:root{--bg:#16181b;--fg:#e4e6e8;--muted:#a2a8ae;
+--link:#8ab4f8;--visited:#c7a6f0;--rule:#2c3035;--field:#1f2226}}
+html{-webkit-text-size-adjust:100%;text-size-adjust:100%}
+body{max-width:46rem;margin:0 auto;padding:1rem;font:17px/1.55 system-ui,-apple-system,
+"Segoe UI",Roboto,"Noto Sans",sans-serif;color:var(--fg);background:var(--bg);
+overflow-wrap:anywhere}
+a{color:var(--link);text-underline-offset:.15em}
+a:visited{color:var(--visited)}
+h1{font-size:1.7rem;line-height:1.2;margin:.5rem 0}
+header .description,.meta,.also,footer,.pages{color:var(--muted)}
+.meta,.also,footer,nav{font-size:.9rem}
+nav a{white-space:nowrap}
+.search{display:flex;gap:.5rem;margin:.75rem 0 0}
+.search input{flex:1;min-width:0;font:inherit;padding:.35rem .5rem;color:var(--fg);
+background:var(--field);border:1px solid var(--muted);border-radius:4px}
+.search button{font:inherit;padding:.35rem .8rem;border-radius:4px}
+.visually-hidden{position:absolute;width:1px;height:1px;overflow:hidden;clip:rect(0 0 0 0);
+white-space:nowrap}
+h2.day{font-size:.8rem;font-weight:600;letter-spacing:.06em;text-transform:uppercase;
+color:var(--muted);margin:1.75rem 0 0;padding-bottom:.3rem;border-bottom:2px solid var(--rule)}
+article{display:flow-root;padding:.8rem 0;border-bottom:1px solid var(--rule)}
+article h3{font-size:1.15rem;line-height:1.3;margin:0 0 .25rem}
+article h3 a{text-decoration:none}
+article h3 a:hover{text-decoration:underline}
+.meta,.excerpt,.also{margin:.25rem 0}
+.thumb{float:right;width:120px;height:80px;object-fit:cover;margin:.2rem 0 .4rem .8rem;
+border-radius:4px;background:var(--rule)}
+.icon{width:16px;height:16px;object-fit:cover;vertical-align:-.15em;margin-right:.3rem;border-radius:2px}
+@media (max-width:30rem){body{font-size:16px;padding:.75rem}
+.thumb{width:88px;height:60px;margin-left:.6rem}}
+.pages{display:flex;justify-content:space-between;gap:1rem;margin:1.5rem 0}
+footer{margin-top:2rem;border-top:1px solid var(--rule);padding-top:.5rem}
 """
+#: the Content-Security-Policy source that allows the pages' <style> and nothing else
+PAGE_STYLE_HASH = (
+    "'sha256-" + base64.b64encode(hashlib.sha256(_PAGE_CSS.encode()).digest()).decode() + "'"
+)
+#: the policy the HTML pages are served with: their inline style, images over http(s),
+#: the search form; no script, frame, plugin, font or connection of any kind
+PAGE_CSP = (
+    f"default-src 'none'; style-src {PAGE_STYLE_HASH}; img-src http: https:;"
+    " form-action 'self'; base-uri 'none'; frame-ancestors 'none'"
+)
+#: the size of a story's thumbnail and of an outlet's icon on the page (CSS fixes them)
+THUMB_SIZE = (120, 80)
+ICON_SIZE = 16
 
 
 # --- text and dates ------------------------------------------------------------------
@@ -123,6 +170,37 @@ def format_human(moment: datetime) -> str:
     """`5 March 2024, 14:07 UTC`; month names fixed, not taken from the locale."""
     utc = to_utc(moment)
     return f"{utc.day} {_MONTHS[utc.month - 1]} {utc.year}, {utc:%H:%M} UTC"
+
+
+def format_day(moment: datetime, now: datetime) -> str:
+    """The heading of a day's stories: "Today", "Yesterday", else `Tuesday 3 March`, with
+    the year when it is not `now`'s. UTC days (a static page cannot know the reader's)."""
+    day, today = to_utc(moment).date(), to_utc(now).date()
+    if day == today:
+        return "Today"
+    if day == today - timedelta(days=1):
+        return "Yesterday"
+    label = f"{_WEEKDAYS[day.weekday()]} {day.day} {_MONTHS[day.month - 1]}"
+    return label if day.year == today.year else f"{label} {day.year}"
+
+
+def format_relative(moment: datetime, now: datetime) -> str:
+    """How long before `now`: "just now", "5 min ago", "2 h ago"; a day or more before, the
+    date and time (`3 March, 14:07`, with the year when it is not `now`'s)."""
+    utc, reference = to_utc(moment), to_utc(now)
+    seconds = (reference - utc).total_seconds()
+    if seconds < 60:
+        return "just now"  # a date after `now` too: the page cannot be older than its items
+    if seconds < 3600:
+        return f"{int(seconds // 60)} min ago"
+    if seconds < 86400:
+        return f"{int(seconds // 3600)} h ago"
+    label = f"{utc.day} {_MONTHS[utc.month - 1]}, {utc:%H:%M}"
+    return (
+        label
+        if utc.year == reference.year
+        else f"{utc.day} {_MONTHS[utc.month - 1]} {utc.year}, {utc:%H:%M}"
+    )
 
 
 def _feed_updated(items: Sequence[PublishedItem]) -> datetime:
@@ -461,8 +539,17 @@ def _html_page(
     return root, body
 
 
-def _add_footer(body: etree._Element) -> None:
+def _add_footer(body: etree._Element, as_of: datetime | None = None) -> None:
+    """The generator's credit; with `as_of`, first when the page's times were told."""
     footer = _sub(body, "footer")
+    if as_of is not None:
+        updated = _sub(footer, "p", "Updated ", {"class": "updated"})
+        stamp = _sub(updated, "time", format_human(as_of))
+        stamp.set("datetime", format_rfc3339(as_of))
+        stamp.tail = (
+            ", when its stories last changed. The page is rewritten on each change, and its"
+            " times (\u201c2 h ago\u201d) are as of then; days are UTC days."
+        )
     _sub(footer, "p", "Generated by ").append(
         _anchor(f"{GENERATOR_NAME} {__version__}", PROJECT_URL)
     )
@@ -501,49 +588,130 @@ def _feed_alternates(topic: Topic) -> list[tuple[str, str, str]]:
     return [(kind, f"{title} ({label})", name) for kind, label, name in _feeds_of(topic)]
 
 
-def _add_feed_nav(parent: etree._Element, topic: Topic) -> None:
-    nav = _sub(parent, "nav")
+def _add_feed_nav(parent: etree._Element, topic: Topic, label: str | None = None) -> etree._Element:
+    nav = _sub(parent, "nav", label)
     feeds = _feeds_of(topic)
     for index, (_, label, name) in enumerate(feeds):
         separator = " · " if index < len(feeds) - 1 else ""
         _append_inline(nav, _anchor(label, name), separator)
+    return nav
 
 
 def render_html(
-    topic: Topic, items: Sequence[PublishedItem], base_url: str, links: PageLinks = NO_LINKS
+    topic: Topic,
+    items: Sequence[PublishedItem],
+    base_url: str,
+    links: PageLinks = NO_LINKS,
+    *,
+    now: datetime | None = None,
 ) -> bytes:
-    """The topic as a readable HTML5 page: excerpts only, no scripts, links relative.
+    """The topic as a page for a person reading in a browser: the stories grouped by day,
+    newest first, each with its outlet (and icon), its time, its excerpt, its lead image
+    and the other outlets that carry it; links to the feeds, a search form, the older and
+    newer pages. One inline stylesheet, no script; links relative, so the static copies
+    in output_dir work as well as the served ones.
 
-    `base_url` is accepted for symmetry with the feeds; the page's own links are relative
-    so the static copies in output_dir work as well as the served ones.
+    Times are told relative to `now`, by default the latest change among the items
+    (PublishedItem.changed_at): the page is static, rewritten when its stories change, so
+    that is when it was rendered, and the footer says so. Rendering stays deterministic.
     """
     del base_url
+    reference = to_utc(now) if now is not None else _last_change(items)
     root, body = _html_page(_line(topic.title), _feed_alternates(topic))
     header = _sub(body, "header")
     _sub(header, "h1", _line(topic.title))
     if topic.description:
         _sub(header, "p", topic.description, {"class": "description"})
-    _add_feed_nav(header, topic)
+    nav = _add_feed_nav(header, topic, "Subscribe: ")
+    nav[-1].tail = " · "
+    nav.append(_anchor("All topics", "index.html"))
+    _add_search_form(header, topic)
     main = _sub(body, "main")
     if not items:
         _sub(main, "p", "No items yet.", {"class": "empty"})
+    section: etree._Element | None = None
+    day: date | None = None
     for item in items:
-        _add_html_item(main, item)
-    _sub(body, "p").append(_anchor("All topics", "index.html"))
-    _add_footer(body)
+        published = to_utc(item.published)
+        if section is None or published.date() != day:
+            day = published.date()
+            section = _sub(main, "section", attrib={"class": "day"})
+            _sub(section, "h2", format_day(published, reference), {"class": "day"})
+        _add_html_item(section, item, reference)
+    _add_page_links(body, links)
+    _add_footer(body, reference if items else None)
     return _html_bytes(root)
 
 
-def _add_html_item(main: etree._Element, item: PublishedItem) -> None:
-    article = _sub(main, "article")
-    heading = _sub(article, "h2")
+def _last_change(items: Sequence[PublishedItem]) -> datetime:
+    """When the latest of `items` last changed: the moment the page shows them as of."""
+    return max((to_utc(item.changed_at or item.updated) for item in items), default=EPOCH)
+
+
+def _add_search_form(parent: etree._Element, topic: Topic) -> None:
+    """A GET form to the daemon's /search for this topic (a static copy has none: 404)."""
+    form = _sub(
+        parent,
+        "form",
+        attrib={"class": "search", "action": "search", "method": "get", "role": "search"},
+    )
+    _sub(form, "label", "Search stories", {"for": "q", "class": "visually-hidden"})
+    _sub(
+        form,
+        "input",
+        attrib={"type": "search", "id": "q", "name": "q", "placeholder": "Search stories"},
+    )
+    _sub(form, "input", attrib={"type": "hidden", "name": "topic", "value": topic.slug})
+    _sub(form, "button", "Search", {"type": "submit"})
+
+
+#: a page's own name stem: relative, no scheme, no path (see `_page_href`)
+_PAGE_STEM = re.compile(r"[A-Za-z0-9_-][A-Za-z0-9._-]*")
+
+
+def _page_href(stem: str | None) -> str | None:
+    """`stem.html`, or None when `stem` is no plain name of ours (a colon could make it a
+    scheme, a slash another path)."""
+    if stem and _PAGE_STEM.fullmatch(stem):
+        return f"{stem}.html"
+    return None
+
+
+def _add_page_links(body: etree._Element, links: PageLinks) -> None:
+    newer, older = _page_href(links.newer), _page_href(links.older)
+    if not newer and not older:
+        return
+    nav = _sub(body, "nav", attrib={"class": "pages", "aria-label": "More stories"})
+    if newer:
+        nav.append(_anchor("← Newer stories", newer, rel="prev"))
+    else:
+        _sub(nav, "span")
+    if older:
+        nav.append(_anchor("Older stories →", older, rel="next"))
+
+
+def _add_html_item(parent: etree._Element, item: PublishedItem, now: datetime) -> None:
+    article = _sub(parent, "article")
+    image = published_url(item.image_url) if item.image_url else None
+    if image:
+        width, height = THUMB_SIZE
+        _sub(article, "img", attrib=_image_attributes(image, "thumb", width, height))
+    heading = _sub(article, "h3")
     heading.append(_anchor(_title(item), _link(item), rel="noopener"))
     meta = _sub(article, "p", attrib={"class": "meta"})
     if item.sources:
         first = item.sources[0]
-        _append_inline(meta, _anchor(_source_title(first), _source_url(first)), " · ")
-    when = _sub(meta, "time", format_human(item.published))
+        outlet = _anchor(_source_title(first), _source_url(first))
+        icon = published_url(first.icon_url) if first.icon_url else None
+        if icon:
+            mark = etree.Element("img", _image_attributes(icon, "icon", ICON_SIZE, ICON_SIZE))
+            mark.tail = outlet.text
+            outlet.text = None
+            outlet.insert(0, mark)
+        _append_inline(meta, outlet, " · ")
+    when = _sub(meta, "time", format_relative(item.published, now))
     when.set("datetime", format_rfc3339(item.published))
+    when.set("title", format_human(item.published))
     author = _author(item)
     if author:
         when.tail = f" · by {author}"
@@ -558,6 +726,21 @@ def _add_html_item(main: etree._Element, item: PublishedItem) -> None:
             separator = ", " if index < len(further) - 1 else ""
             anchor = _anchor(_source_title(source), _source_url(source))
             _append_inline(also, anchor, separator)
+
+
+def _image_attributes(url: str, role: str, width: int, height: int) -> dict[str, str]:
+    """An <img> from a feed: decorative (alt=""), loaded lazily without telling the image's
+    host which page it is on, in a box of fixed size so the page does not shift."""
+    return {
+        "class": role,
+        "src": url,
+        "alt": "",
+        "width": str(width),
+        "height": str(height),
+        "loading": "lazy",
+        "decoding": "async",
+        "referrerpolicy": "no-referrer",
+    }
 
 
 def render_index(topics: Sequence[Topic], base_url: str) -> bytes:

@@ -5,13 +5,14 @@ checks this list against the database):
 
   feeds(url, fetch_url, title, site_url, etag, last_modified, body_hash, last_fetched,
         last_status, last_error, next_due, retry_after, gone, gone_fingerprint, failures,
-        moved_to, hint_seconds, entry_chunks, entries_per_day)
+        moved_to, hint_seconds, entry_chunks, entries_per_day, icon_url)
       one row per configured feed URL: validators, schedule, last result (FeedState)
   items(id, link, canonical_link, title, content_html, summary_html, excerpt, text, author,
         categories, published, updated, first_seen, content_hash, first_feed_url,
-        fts_indexed, first_round)
+        fts_indexed, first_round, image_url)
       one row per story, however many feeds carried it; `id` is its published id;
-      `first_feed_url` is the outlet that leads (dedupe.merge)
+      `first_feed_url` is the outlet that leads (dedupe.merge); `image_url` its lead's
+      image ("" for none), outside `content_hash`
   entries(feed_url, entry_key, item_id, link, canonical_link, content_hash, raw_hash, seen_at,
           title, text)
       one row per (feed, entry): which item it became, its content hash; a copy merged
@@ -265,6 +266,22 @@ def _fetch_history(db: Database) -> None:
     )
 
 
+@migrations(name="010_feed_icon")
+def _feed_icon(db: Database) -> None:
+    # the feed's icon (Atom icon/logo, RSS image, JSON Feed favicon/icon), shown beside
+    # the outlet's name on the HTML page. (010: 009 is left to a branch written beside it;
+    # migrations are applied by name.)
+    db.execute("ALTER TABLE feeds ADD COLUMN icon_url TEXT")
+
+
+@migrations(name="010_item_image")
+def _item_image(db: Database) -> None:
+    # a story's lead image (media:thumbnail, an image enclosure, the content's first
+    # <img>), for the HTML page; stories stored before fill theirs in when their feed next
+    # lists them (a changed entry is cleaned again), and keep "" otherwise
+    db.execute("ALTER TABLE items ADD COLUMN image_url TEXT NOT NULL DEFAULT ''")
+
+
 @dataclass(frozen=True)
 class FetchRecord:
     """One fetch of a feed as its history keeps it: `Store.save` writes it with the poll,
@@ -300,6 +317,9 @@ class StoredSource:
     link: str
     feed_title: str | None
     site_url: str | None
+    icon_url: str | None = None
+    #: when this copy was first stored (ISO 8601)
+    seen_at: str | None = None
 
 
 @dataclass(frozen=True)
@@ -539,6 +559,7 @@ class Store:
             "moved_to": state.moved_to,
             "hint_seconds": state.hint_seconds,
             "entries_per_day": state.entries_per_day,
+            "icon_url": state.icon_url,
         }
         if update.entry_chunks is not None:
             row["entry_chunks"] = " ".join(f"{chunk}:{key}" for chunk, key in update.entry_chunks)
@@ -566,6 +587,12 @@ class Store:
                 [raw_hash, item.content_hash, item.feed_url, item.entry_key],
             )
             if item.content_hash == entry["content_hash"]:
+                # no edit, but the lead's image may be new (one stored before images were)
+                self.db.execute(
+                    "UPDATE items SET image_url = ?"
+                    " WHERE id = ? AND first_feed_url = ? AND image_url != ?",
+                    [item.image_url, entry["item_id"], item.feed_url, item.image_url],
+                )
                 return "unchanged"
             self.db.execute(  # a merged copy's own version, kept for matching, follows it
                 "UPDATE entries SET title = ?, text = ?"
@@ -806,17 +833,22 @@ class Store:
         return chosen
 
     def _published_item(self, row: Mapping[str, Any], names: Mapping[str, str]) -> PublishedItem:
+        stored = self.item_sources(row["id"])
         sources = tuple(
             SourceRef(
                 title=names.get(s.feed_url) or s.feed_title or s.feed_url,
                 url=s.site_url or s.link or s.feed_url,
                 feed_url=s.feed_url,
+                icon_url=s.icon_url,
             )
-            for s in self.item_sources(row["id"])
+            for s in stored
         )
         published = from_iso(row["published"])
         updated = from_iso(row["updated"])
         assert published is not None and updated is not None
+        # the story last changed when its newest copy arrived or it was edited
+        arrivals = [moment for s in stored if (moment := from_iso(s.seen_at))]
+        changed_at = max([updated, published, *arrivals])
         return PublishedItem(
             id=row["id"],
             link=row["link"],
@@ -829,14 +861,18 @@ class Store:
             published=published,
             updated=max(updated, published),
             sources=sources,
+            image_url=row["image_url"] or "",
+            changed_at=changed_at,
         )
 
     def item_sources(self, item_id: str) -> list[StoredSource]:
         """The feeds an item came through, first outlet first."""
         return [
-            StoredSource(r["feed_url"], r["link"], r["title"], r["site_url"])
+            StoredSource(
+                r["feed_url"], r["link"], r["title"], r["site_url"], r["icon_url"], r["seen_at"]
+            )
             for r in self.db.query(
-                "SELECT e.feed_url, e.link, f.title, f.site_url,"
+                "SELECT e.feed_url, e.link, e.seen_at, f.title, f.site_url, f.icon_url,"
                 " (e.feed_url = i.first_feed_url) AS first"
                 " FROM entries e JOIN items i ON i.id = e.item_id"
                 " LEFT JOIN feeds f ON f.url = e.feed_url"
@@ -1110,6 +1146,7 @@ def _story_columns(item: Item, updated: datetime | None = None) -> dict[str, Any
         "author": item.author,
         "categories": json.dumps(list(item.categories)),
         "content_hash": item.content_hash,
+        "image_url": item.image_url,
     }
     if updated is not None:
         columns["updated"] = to_iso(updated)
@@ -1140,4 +1177,5 @@ def _state_from_row(row: Mapping[str, Any]) -> FeedState:
         site_url=row["site_url"],
         hint_seconds=row["hint_seconds"],
         entries_per_day=row["entries_per_day"],
+        icon_url=row["icon_url"],
     )

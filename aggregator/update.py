@@ -261,6 +261,7 @@ def decide(
         next_due=max(due, now + MIN_GAP),
         title=(single_line(parsed.title) or old.title) if parsed else old.title,
         site_url=(parsed.site_url or old.site_url) if parsed else old.site_url,
+        icon_url=(parsed.icon_url or old.icon_url) if parsed else old.icon_url,
     )
     return FeedUpdate(state, entry_chunks=outcome.entry_chunks if parsed else None)
 

@@ -720,3 +720,49 @@ def test_bidi_controls_are_removed_from_titles_names_and_categories():
 def test_a_title_made_from_the_text_has_no_bidi_controls_either():
     item = clean(make_entry(title="", content_html="<p>\u202eReversed text</p>"))
     assert item.title == "Reversed text"
+
+
+def test_the_lead_image_is_the_feeds_else_the_contents_first_sizeable_one() -> None:
+    from aggregator.clean import lead_image
+
+    base = "https://site.test/blog/post"
+    assert lead_image("/t.jpg", base, "") == "https://site.test/t.jpg"
+    assert lead_image(" javascript:alert(1)", base, "") == ""
+    content = (
+        '<p><img src="https://s.w.org/emoji/72x72/1f600.png" width="16" height="16">'
+        '<img src="data:image/png;base64,iVBORw0KGgo=">'
+        '<img src="https://cdn.test/a.jpg?w=800&amp;h=450" width="800"></p>'
+    )
+    # the feed's own refused, the emoji too small, the data: URL refused
+    assert lead_image("data:image/png;base64,AAAA", base, content) == (
+        "https://cdn.test/a.jpg?w=800&h=450"
+    )
+    assert lead_image(None, base, "<p>no image</p>") == ""
+
+
+def test_a_cleaned_entry_carries_its_lead_image_outside_its_content_hash() -> None:
+    from aggregator.ingest import with_dedupe_keys
+
+    entry = ParsedEntry(
+        entry_id="1",
+        link="https://site.test/a",
+        title="T",
+        content_html='<p>Text <img src="/img/a.jpg" width="800" height="450"></p>',
+        summary_html="",
+        author=None,
+        categories=(),
+        published=None,
+        updated=None,
+        base_url="https://site.test/feed",
+    )
+    now = datetime(2026, 1, 1, tzinfo=UTC)
+    item = clean_entry(entry, "https://site.test/feed", now, entry_key="1")
+    assert item.image_url == "https://site.test/img/a.jpg"
+    thumbnail = clean_entry(
+        replace(entry, image_url="https://site.test/t.jpg"),
+        "https://site.test/feed",
+        now,
+        entry_key="1",
+    )
+    assert thumbnail.image_url == "https://site.test/t.jpg"
+    assert with_dedupe_keys(thumbnail).content_hash == with_dedupe_keys(item).content_hash

@@ -103,7 +103,7 @@ STORY_OF_LINK = {
 def stories_on(page: Path) -> list[str]:
     """The story of each article on a published HTML page, in page order."""
     tree = html.fromstring(page.read_bytes())
-    links = [a.get("href", "") for a in tree.iterfind(".//article/h2/a")]
+    links = [a.get("href", "") for a in tree.iterfind(".//article/h3/a")]
     unknown = [link for link in links if link not in STORY_OF_LINK]
     assert not unknown, f"links that are in none of the sample stories: {unknown}"
     return [STORY_OF_LINK[link] for link in links]

@@ -492,3 +492,46 @@ def test_an_escaped_author_reads_as_a_name_on_every_published_page():
     )
     json_item = json.loads(render_json(topic, [item], "https://n.test/"))["items"][0]
     assert json_item["authors"] == [{"name": "Bob & Alice"}]
+
+
+MEDIA_RSS = b"""<?xml version="1.0"?>
+<rss version="2.0" xmlns:media="http://search.yahoo.com/mrss/"><channel><title>M</title>
+<link>https://m.test/</link><image><url>/logo.png</url><title>M</title><link>https://m.test/</link></image>
+<item><guid>1</guid><title>Thumb</title><media:thumbnail url="/t/1.jpg" width="120"/>
+  <media:content url="https://m.test/video.mp4" type="video/mp4"/></item>
+<item><guid>2</guid><title>Content</title>
+  <media:content url="https://m.test/c.jpg" medium="image"/></item>
+<item><guid>3</guid><title>Enclosure</title>
+  <enclosure url="https://m.test/e.png" type="image/png" length="1"/></item>
+<item><guid>4</guid><title>Podcast</title>
+  <enclosure url="https://m.test/e.mp3" type="audio/mpeg" length="1"/></item>
+</channel></rss>"""
+
+
+def test_lead_images_and_the_feed_icon_as_the_feed_names_them():
+    feed = parse_feed(MEDIA_RSS, {}, "https://m.test/feed")
+    assert feed.icon_url == "https://m.test/logo.png"
+    assert [entry.image_url for entry in feed.entries] == [
+        "/t/1.jpg",  # resolved when cleaned, against the entry's base
+        "https://m.test/c.jpg",
+        "https://m.test/e.png",
+        None,
+    ]
+
+
+def test_atom_prefers_its_icon_and_json_feed_its_favicon():
+    atom = b"""<feed xmlns="http://www.w3.org/2005/Atom"><title>A</title><id>a</id>
+    <updated>2026-01-01T00:00:00Z</updated><logo>/logo.png</logo><icon>/favicon.ico</icon>
+    </feed>"""
+    assert parse_feed(atom, {}, "https://a.test/feed").icon_url == "https://a.test/favicon.ico"
+    document = {
+        "version": "https://jsonfeed.org/version/1.1",
+        "title": "J",
+        "icon": "https://j.test/icon-512.png",
+        "favicon": "javascript:alert(1)",
+        "items": [{"id": "1", "content_text": "x", "image": "/i/1.jpg"}],
+    }
+    feed = parse_feed(json.dumps(document).encode(), {}, "https://j.test/feed.json")
+    # a favicon that may not be published leaves the icon
+    assert feed.icon_url == "https://j.test/icon-512.png"
+    assert feed.entries[0].image_url == "/i/1.jpg"

@@ -34,23 +34,28 @@ PASSWORD = "Pw7sEcretQ2"
 TOKEN = "Tk9ApiKeyZ4"
 BASE_URL = "http://127.0.0.1:8080/"
 PUBLISHED = ("all.atom", "all.rss", "all.json", "all.html", "index.html", "feeds.opml")
-ACTIVE = re.compile(rb"(java|vb)script:|data:text", re.IGNORECASE)
+ACTIVE = re.compile(rb"(java|vb)script:|data:(text|image)", re.IGNORECASE)
 BIDI_EMBEDDINGS = "\u202a\u202b\u202c\u202d\u202e\u2066\u2067\u2068\u2069"
 
 HOSTILE_RSS = """<?xml version="1.0" encoding="utf-8"?>
-<rss version="2.0" xmlns:dc="http://purl.org/dc/elements/1.1/"><channel>
+<rss version="2.0" xmlns:dc="http://purl.org/dc/elements/1.1/"
+  xmlns:media="http://search.yahoo.com/mrss/"><channel>
 <title>Hostile &#x202E;Outlet</title>
 <link>javascript:alert('site')</link>
 <description>Links that run code</description>
+<image><url>javascript:alert('icon')</url><title>x</title><link>javascript:x</link></image>
 <item><guid isPermaLink="false">h1</guid><title>Plain javascript link</title>
+  <media:thumbnail url="javascript:alert('thumbnail')"/>
   <link>javascript:alert(1)</link><description>First story about envoys.</description>
   <pubDate>Mon, 02 Mar 2026 10:00:00 GMT</pubDate></item>
 <item><guid isPermaLink="false">h2</guid><title>A vbscript link</title>
+  <enclosure url="data:image/svg+xml;base64,PHN2Zy8+" type="image/svg+xml" length="9"/>
   <link>vbscript:msgbox(2)</link><description>Second story about sanctions.</description>
   <pubDate>Mon, 02 Mar 2026 09:00:00 GMT</pubDate></item>
 <item><guid isPermaLink="false">h3</guid><title>A data link</title>
   <link>data:text/html;base64,PHNjcmlwdD5hbGVydCgzKTwvc2NyaXB0Pg==</link>
-  <description>Third story about a harbour.</description>
+  <description>Third story about a harbour.&lt;img src="data:image/png;base64,iVBORw0KGgo="
+  width="640" height="480"&gt;</description>
   <pubDate>Mon, 02 Mar 2026 08:00:00 GMT</pubDate></item>
 <item><guid isPermaLink="false">h4</guid><title>Padded into a live link</title>
   <link> &#9;javascript:alert(4)</link><description>Fourth story about rail.</description>
@@ -59,6 +64,7 @@ HOSTILE_RSS = """<?xml version="1.0" encoding="utf-8"?>
   <link>java&#10;script:alert(5)</link><description>Fifth story about fishing.</description>
   <pubDate>Mon, 02 Mar 2026 06:00:00 GMT</pubDate></item>
 <item><guid isPermaLink="false">h6</guid><title>Invoice &#x202E;gpj.exe</title>
+  <media:content url="/images/ok.jpg?id=6" medium="image"/>
   <link>/articles/ok?id=6</link><description>Sixth story, a relative link.</description>
   <dc:creator>&lt;b onclick=alert(6)&gt;Bob&lt;/b&gt;</dc:creator>
   <pubDate>Mon, 02 Mar 2026 05:00:00 GMT</pubDate></item>
@@ -176,6 +182,19 @@ def test_every_published_url_is_http_and_no_credential_is_published(
     ]
     sites = {outline.get("xmlUrl"): outline.get("htmlUrl") for outline in opml.iter("outline")}
     assert sites[f"{base}/keyed.xml"] == f"{base}/keyed-site?lang=en"
+
+    # images: the javascript:/data: ones (a thumbnail, an enclosure, one in the text, the
+    # feed's icon) are gone; the relative one is resolved against the feed, without its
+    # password, and loaded lazily without a referrer
+    page = lxml.html.document_fromstring(files["all.html"])
+    images = page.findall(".//img")
+    assert [image.get("src") for image in images] == [f"{base}/images/ok.jpg?id=6"]
+    [image] = images
+    assert (image.get("loading"), image.get("referrerpolicy"), image.get("alt")) == (
+        "lazy",
+        "no-referrer",
+        "",
+    )
 
 
 def test_items_without_a_usable_link_keep_their_id_and_text(

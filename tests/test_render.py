@@ -20,6 +20,7 @@ from lxml import etree
 from aggregator import PROJECT_URL, __version__
 from aggregator.model import PublishedItem, SourceRef, Topic
 from aggregator.render import (
+    PageLinks,
     render_atom,
     render_html,
     render_index,
@@ -417,13 +418,16 @@ def test_html_page_shows_each_item() -> None:
     assert "Peace and sanctions" in page.text_content()
     articles = page.findall(".//article")
     assert len(articles) == 2
-    heading = articles[0].find(".//h2/a")
+    heading = articles[0].find(".//h3/a")
     assert heading.text == "Talks resume in Panmunjom"
     assert heading.get("href") == ITEM_PLAIN.link
     assert "Outlet A" in articles[0].text_content()
     time = articles[0].find(".//time")
     assert time.get("datetime") == "2024-03-05T14:07:09Z"
-    assert time.text == "5 March 2024, 14:07 UTC"
+    assert time.get("title") == "5 March 2024, 14:07 UTC"
+    # told as of the latest change among the items (ITEM_PLAIN's update, 6 March 08:00)
+    assert time.text == "17 h ago"
+    assert [h.text for h in page.iterfind(".//main//h2")] == ["Yesterday", "Friday 1 March"]
     assert ITEM_PLAIN.excerpt in articles[0].text_content()
     also = articles[1].find_class("also")[0]
     assert also.text_content() == "also in: Outlet B, Outlet C"
@@ -461,8 +465,8 @@ def test_html_page_never_links_to_javascript() -> None:
     hrefs = [a.get("href") for a in page.iter("a") if a.get("href")]
     assert [href for href in hrefs if "javascript" in href.lower()] == []
     # the title stays, unlinked
-    assert page.find(".//article/h2/a").get("href") is None
-    assert page.find(".//article/h2/a").text == item.title
+    assert page.find(".//article/h3/a").get("href") is None
+    assert page.find(".//article/h3/a").text == item.title
 
 
 # --- index and OPML ----------------------------------------------------------------------
@@ -582,7 +586,7 @@ def test_hostile_markup_stays_text_in_html() -> None:
     assert page.find(".//img") is None
     assert not any(name.startswith("on") for element in page.iter() for name in element.attrib)
     article = page.find(".//article")
-    assert article.find("h2/a").text == HOSTILE_TITLE
+    assert article.find("h3/a").text == HOSTILE_TITLE
     text = article.text_content()
     assert HOSTILE_ITEM.excerpt in text
     assert HOSTILE_SOURCE.title in text
@@ -856,7 +860,7 @@ def test_every_format_is_valid_whatever_an_item_lacks(atom_schema: AtomSchema) -
         assert isinstance(item.get("content_html", item.get("content_text")), str)
 
     page = parse_html(render_html(TOPIC, items, BASE_URL))
-    headings = [article.find("h2/a") for article in page.iter("article")]
+    headings = [article.find("h3/a") for article in page.iter("article")]
     assert len(headings) == len(items)
     assert all(heading.text and heading.text.strip() for heading in headings)
 
@@ -909,7 +913,7 @@ def test_bidi_controls_are_stripped_from_single_line_fields_in_every_format() ->
             json_item["_aggregator"]["sources"][0]["title"],
             *json_item["tags"],
         ],
-        "html": [article.find("h2/a").text, article.find_class("meta")[0].text_content()],
+        "html": [article.find("h3/a").text, article.find_class("meta")[0].text_content()],
         "opml": strings(opml, "//outline/@text | //outline/@title"),
     }
     assert single_line["atom"] == ["Invoice gpj.exe", "Mallory", "Outlet A", "Diplomacy", "Korea"]
@@ -923,3 +927,111 @@ def test_bidi_controls_are_stripped_from_single_line_fields_in_every_format() ->
     assert not set(BIDI_EMBEDDINGS) & set(page.text_content())
     assert json_item["content_html"] == item.content_html
     assert json_item["summary"] == item.excerpt
+
+
+# --- the reading page ----------------------------------------------------------------------
+
+
+def test_relative_times_and_day_headings_are_told_as_of_now() -> None:
+    from aggregator.render import format_day, format_relative
+
+    now = datetime(2026, 12, 6, 12, 3, tzinfo=UTC)
+    assert format_relative(now, now) == "just now"
+    assert format_relative(now + timedelta(minutes=5), now) == "just now"
+    assert format_relative(now - timedelta(minutes=59, seconds=59), now) == "59 min ago"
+    assert format_relative(now - timedelta(hours=23, minutes=59), now) == "23 h ago"
+    # beyond a day, the date: a relative time would read as fresher than the page is
+    assert format_relative(now - timedelta(hours=24), now) == "5 December, 12:03"
+    assert format_relative(datetime(2025, 12, 31, 23, 0, tzinfo=UTC), now) == (
+        "31 December 2025, 23:00"
+    )
+    assert format_day(now - timedelta(hours=12), now) == "Today"
+    assert format_day(now - timedelta(hours=12, minutes=4), now) == "Yesterday"
+    assert format_day(now - timedelta(days=2), now) == "Friday 4 December"
+    assert format_day(datetime(2025, 3, 1, tzinfo=UTC), now) == "Saturday 1 March 2025"
+
+
+def test_the_page_tells_its_times_as_of_its_latest_change_and_says_so() -> None:
+    changed = datetime(2024, 3, 5, 16, 8, tzinfo=UTC)
+    item = make_item(changed_at=changed)
+    page = parse_html(render_html(TOPIC, [item], BASE_URL))
+    assert page.find(".//article//time").text == "2 h ago"
+    updated = page.find_class("updated")[0]
+    assert updated.find("time").get("datetime") == "2024-03-05T16:08:00Z"
+    assert "5 March 2024, 16:08 UTC" in updated.text_content()
+    # an explicit `now` wins; the same items give the same bytes
+    later = render_html(TOPIC, [item], BASE_URL, now=changed + timedelta(hours=3))
+    assert parse_html(later).find(".//article//time").text == "5 h ago"
+    assert render_html(TOPIC, [item], BASE_URL) == render_html(TOPIC, [item], BASE_URL)
+
+
+def test_the_page_has_a_search_form_for_its_topic_and_no_script() -> None:
+    page = parse_html(render_html(TOPIC, [ITEM_PLAIN], BASE_URL))
+    [form] = page.iter("form")
+    assert (form.get("action"), form.get("method")) == ("search", "get")
+    fields = {field.get("name"): field for field in form.iter("input")}
+    assert fields["q"].get("type") == "search"
+    assert (fields["topic"].get("type"), fields["topic"].get("value")) == ("hidden", "north-korea")
+    assert page.find(".//script") is None
+    assert [a.get("href") for a in page.find(".//header/nav").iter("a")] == [
+        "north-korea.atom",
+        "north-korea.rss",
+        "north-korea.json",
+        "index.html",
+    ]
+
+
+def test_older_and_newer_pages_are_linked_only_when_set() -> None:
+    def page_links(links: PageLinks) -> list[tuple[str, str]]:
+        page = parse_html(render_html(TOPIC, [ITEM_PLAIN], BASE_URL, links))
+        return [(a.get("href"), a.text) for nav in page.find_class("pages") for a in nav.iter("a")]
+
+    assert page_links(PageLinks()) == []
+    assert page_links(PageLinks(older="north-korea-2")) == [
+        ("north-korea-2.html", "Older stories →")
+    ]
+    assert page_links(PageLinks(older="north-korea-3", newer="north-korea")) == [
+        ("north-korea.html", "← Newer stories"),
+        ("north-korea-3.html", "Older stories →"),
+    ]
+    # never a scheme or another path
+    assert page_links(PageLinks(older="javascript:alert(1)//", newer="../x")) == []
+
+
+def test_thumbnails_and_icons_are_lazy_fixed_size_and_http_only() -> None:
+    outlet = replace(OUTLET_A, icon_url="https://a.example/favicon.ico")
+    good = make_item(image_url="https://a.example/lead.jpg?w=1&h=2", sources=(outlet, OUTLET_B))
+    bad = [
+        make_item(id=f"tag:x,{n}", image_url=url, sources=(replace(OUTLET_B, icon_url=url),))
+        for n, url in enumerate(
+            ("javascript:alert(1)", "data:image/png;base64,AAAA", " \tjavascript:x", "ftp://a/b")
+        )
+    ]
+    page = parse_html(render_html(TOPIC, [good, *bad], BASE_URL))
+    images = list(page.iter("img"))
+    assert [(i.get("class"), i.get("src")) for i in images] == [
+        ("thumb", "https://a.example/lead.jpg?w=1&h=2"),
+        ("icon", "https://a.example/favicon.ico"),
+    ]
+    for image in images:
+        assert image.get("alt") == "" and image.get("loading") == "lazy"
+        assert image.get("referrerpolicy") == "no-referrer"
+    assert (images[0].get("width"), images[0].get("height")) == ("120", "80")
+    assert (images[1].get("width"), images[1].get("height")) == ("16", "16")
+    # the icon sits in the outlet's link, before its name
+    outlet_link = images[1].getparent()
+    assert outlet_link.tag == "a" and outlet_link.text_content() == "Outlet A"
+
+
+def test_the_content_security_policy_allows_the_pages_style_and_no_script() -> None:
+    import base64
+    import hashlib
+
+    from aggregator.render import PAGE_CSP
+
+    style = parse_html(render_html(TOPIC, [], BASE_URL)).find(".//style").text
+    digest = base64.b64encode(hashlib.sha256(style.encode()).digest()).decode()
+    assert f"style-src 'sha256-{digest}'" in PAGE_CSP
+    assert "default-src 'none'" in PAGE_CSP and "script" not in PAGE_CSP
+    index_style = parse_html(render_index([TOPIC], BASE_URL)).find(".//style").text
+    assert index_style == style

@@ -355,3 +355,23 @@ def test_a_feeds_fetch_history_keeps_its_last_fetches_newest_first(store: Store)
 def test_a_poll_without_a_fetch_record_adds_no_history(store: Store) -> None:
     save(store, make_item("https://a.test/feed", "1"))
     assert store.fetch_history("https://a.test/feed") == []
+
+
+def test_images_and_icons_reach_the_published_item(store: Store) -> None:
+    feed = "https://a.test/feed"
+    state = FeedState(url=feed, fetch_url=feed, title="A", icon_url="https://a.test/icon.png")
+    item = make_item(feed, "1", image_url="https://a.test/lead.jpg")
+    store.save(FeedUpdate(state), [(item, None)], now=NOW, round_id="r")
+    assert store.feed_state(feed).icon_url == "https://a.test/icon.png"
+    [published] = all_items(store)
+    assert published.image_url == "https://a.test/lead.jpg"
+    assert published.sources[0].icon_url == "https://a.test/icon.png"
+    # the story changed when it was stored, after its own dates
+    assert published.changed_at == NOW
+    # an entry stored before images were (or whose image alone changed) gets the new one
+    # without being an edit: same content hash, not "updated"
+    moved = replace(item, image_url="https://a.test/other.jpg")
+    assert save(store, moved, now=NOW + timedelta(hours=1)).updated == 0
+    [published] = all_items(store)
+    assert published.image_url == "https://a.test/other.jpg"
+    assert published.changed_at == NOW
