@@ -41,8 +41,9 @@ from aggregator.errors import ConfigError, PublishError, StoreError, kind_of
 from aggregator.logs import configure_logging
 from aggregator.model import Config, FeedSource, FeedState, PollResult, Settings
 from aggregator.notify import notify, watchdog_interval
+from aggregator.paging import ArchivePage, is_archive_name
 from aggregator.pipeline import Poller
-from aggregator.publish import OutputCache, make_app
+from aggregator.publish import Output, OutputCache, make_app
 from aggregator.store import Store, StoreThread, lock_problem
 from aggregator.timeutil import to_iso, utcnow
 from aggregator.urls import redact_text, redact_url
@@ -423,7 +424,8 @@ class Publisher:
             log.error("publishing failed: %s", e)
             self.dirty |= only if only is not None else {t.slug for t in config.topics}
             return
-        self.outputs.update(outputs)
+        # archive pages are served as rendered on request, not from the cache
+        self.outputs.update({n: b for n, b in outputs.items() if not is_archive_name(n)})
         self.outputs.retain(publish.output_names(config))
         if changed:
             log.info("published %s", ", ".join(changed))
@@ -503,7 +505,12 @@ class Daemon:
                 await self._reload()
 
     async def _serve(self, stack: contextlib.AsyncExitStack, listener: socket.socket) -> None:
-        app = make_app(self.publisher.outputs, self.health.report, self.health.metrics.render)
+        app = make_app(
+            self.publisher.outputs,
+            self.health.report,
+            self.health.metrics.render,
+            archive=self._archive_page,
+        )
         server = _Server(httpserver.make_config(app))
         task = asyncio.create_task(server.serve(sockets=[listener]))
 
@@ -513,6 +520,13 @@ class Daemon:
                 await asyncio.wait_for(task, timeout=SERVER_STOP_SECONDS)
 
         stack.push_async_callback(stop_serving)
+
+    async def _archive_page(self, page: ArchivePage) -> Output | None:
+        """A topic's archive page, rendered on the store's thread when asked for."""
+        config, poller = self.config, self.poller
+        if config is None or poller is None:
+            return None
+        return await poller.db.run(publish.render_archive_page, config, page)
 
     def _start_scheduler(self) -> None:
         self.scheduler.start()
