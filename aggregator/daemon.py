@@ -18,6 +18,7 @@ import logging
 import signal
 import socket
 import time
+from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -41,8 +42,9 @@ from aggregator.errors import ConfigError, PublishError, StoreError, kind_of
 from aggregator.logs import configure_logging
 from aggregator.model import Config, FeedSource, FeedState, PollResult, Settings
 from aggregator.notify import notify, watchdog_interval
+from aggregator.paging import ArchivePage, is_archive_name
 from aggregator.pipeline import Poller
-from aggregator.publish import OutputCache, make_app
+from aggregator.publish import Output, OutputCache, make_app
 from aggregator.store import Store, StoreThread, lock_problem
 from aggregator.timeutil import to_iso, utcnow
 from aggregator.urls import redact_text, redact_url
@@ -67,6 +69,8 @@ RENDER_DELAY = 1.0
 #: how often feeds.yaml is checked for changes (a change is read once it has settled
 #: for one period, so an edit is applied 0.5–1 s after the save)
 WATCH_SECONDS = 0.5
+#: archive pages kept as rendered between two renders (Publisher.archive_page)
+ARCHIVE_PAGES_KEPT = 256
 
 
 #: buckets of the poll duration histograms, seconds
@@ -400,6 +404,10 @@ class Publisher:
         self.outputs = OutputCache()
         #: slugs of topics a poll changed since the last render
         self.dirty: set[str] = set()
+        #: archive pages rendered on request since the last render, oldest first
+        self.pages: OrderedDict[str, Output] = OrderedDict()
+        #: renders so far: a page rendered across one is not kept
+        self.renders = 0
 
     def request(self, slugs: set[str], render: Callable[[], Awaitable[None]]) -> None:
         self.dirty |= slugs
@@ -423,10 +431,32 @@ class Publisher:
             log.error("publishing failed: %s", e)
             self.dirty |= only if only is not None else {t.slug for t in config.topics}
             return
-        self.outputs.update(outputs)
+        # archive pages are served as rendered on request, not from the cache
+        self.outputs.update({n: b for n, b in outputs.items() if not is_archive_name(n)})
+        self.pages.clear()  # they may have changed with the first pages
+        self.renders += 1
         self.outputs.retain(publish.output_names(config))
         if changed:
             log.info("published %s", ", ".join(changed))
+
+    async def archive_page(
+        self, db: StoreThread, config: Config, page: ArchivePage
+    ) -> Output | None:
+        """An archive page, rendered on the store's thread when asked for; kept until the
+        next render (at most ARCHIVE_PAGES_KEPT), so that readers and crawlers asking for
+        the same pages do not each cost a query."""
+        found = self.pages.get(page.name)
+        if found is None:
+            renders = self.renders
+            found = await db.run(publish.render_archive_page, config, page)
+            if found is None or renders != self.renders:
+                return found
+            self.pages[page.name] = found
+            while len(self.pages) > ARCHIVE_PAGES_KEPT:
+                self.pages.popitem(last=False)
+        else:
+            self.pages.move_to_end(page.name)
+        return found
 
     def refresh(self, config: Config) -> None:
         """Serve outputs another process published (`poll --once`, `build` run by hand)."""
@@ -503,7 +533,12 @@ class Daemon:
                 await self._reload()
 
     async def _serve(self, stack: contextlib.AsyncExitStack, listener: socket.socket) -> None:
-        app = make_app(self.publisher.outputs, self.health.report, self.health.metrics.render)
+        app = make_app(
+            self.publisher.outputs,
+            self.health.report,
+            self.health.metrics.render,
+            archive=self._archive_page,
+        )
         server = _Server(httpserver.make_config(app))
         task = asyncio.create_task(server.serve(sockets=[listener]))
 
@@ -513,6 +548,13 @@ class Daemon:
                 await asyncio.wait_for(task, timeout=SERVER_STOP_SECONDS)
 
         stack.push_async_callback(stop_serving)
+
+    async def _archive_page(self, page: ArchivePage) -> Output | None:
+        """A topic's archive page, rendered on the store's thread when asked for."""
+        config, poller = self.config, self.poller
+        if config is None or poller is None:
+            return None
+        return await self.publisher.archive_page(poller.db, config, page)
 
     def _start_scheduler(self) -> None:
         self.scheduler.start()

@@ -13,15 +13,15 @@ import logging
 import os
 import tempfile
 import time
-from collections.abc import Callable, Collection, Iterable, Mapping
+from collections.abc import Awaitable, Callable, Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC
 from email.utils import formatdate, parsedate_to_datetime
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from aggregator import render, topics
-from aggregator.errors import PublishError
+from aggregator import paging, render, topics
+from aggregator.errors import AggregatorError, PublishError
 from aggregator.model import Config, FeedState, PublishedItem, SourceRef, Topic
 from aggregator.render import media_type
 from aggregator.store import Store
@@ -30,6 +30,10 @@ if TYPE_CHECKING:
     from starlette.types import ASGIApp, Receive, Scope, Send
 
 log = logging.getLogger("aggregator")
+
+#: archive pages written as files per topic and format beyond the first page (the pages
+#: 2 to 1 + ARCHIVE_FILES); the daemon serves every page, files or not
+ARCHIVE_FILES = 3
 
 
 # --- what is published: the topics rendered from the store ------------------------------
@@ -47,21 +51,56 @@ def display_names(config: Config, states: Mapping[str, FeedState]) -> dict[str, 
 def topic_items(
     config: Config, store: Store, topic: Topic, names: dict[str, str]
 ) -> list[PublishedItem]:
+    """The items of the topic's first page."""
+    return topic_pages(config, store, topic, names)[0].items
+
+
+@dataclass(frozen=True)
+class TopicPage:
+    """One page of a topic: its items, and the cursor of the next older page."""
+
+    items: list[PublishedItem]
+    #: where the next older page starts; None when no item is older (the last page)
+    older: paging.Cursor | None
+
+
+def topic_pages(
+    config: Config,
+    store: Store,
+    topic: Topic,
+    names: dict[str, str],
+    before: paging.Cursor | None = None,
+    pages: int = 1,
+) -> list[TopicPage]:
+    """The topic's first page (or, with `before`, the page after that cursor) and the
+    pages that follow it, up to `pages` of them, in one pass over the items.
+
+    Each page is what the page after its predecessor's cursor is on its own (a page's
+    `max_per_feed` counts start afresh), so a page's items depend only on the items older
+    than its cursor (paging.py)."""
     selected = [s.url for s in config.feeds if topics.selects_feed(topic, s)]
     matcher = topics.TopicMatcher(topic)
-    #: items taken per leading feed, for the topic's `max_per_feed`
+    size = config.settings.max_items
+    #: items taken per leading feed on the current page, for the topic's `max_per_feed`
     per_feed: dict[str, int] = {}
+    taken = 0
 
     def accept(item: PublishedItem, text: str) -> bool:
+        nonlocal taken
+        if taken % size == 0:
+            per_feed.clear()  # a new page
         lead = item.sources[0].feed_url if item.sources else ""
         if topic.max_per_feed is not None and per_feed.get(lead, 0) >= topic.max_per_feed:
             return False  # one prolific outlet does not fill the page
         if not matcher.matches([item.title, item.summary_html, text, *item.categories]):
             return False
         per_feed[lead] = per_feed.get(lead, 0) + 1
+        taken += 1
         return True
 
-    items = store.newest_items(selected, config.settings.max_items, accept, names)
+    # one item beyond the pages: whether the last of them has an older one
+    after = None if before is None else (before.published, before.id)
+    items = store.newest_items(selected, size * pages + 1, accept, names, after)
     for term in matcher.slow_terms:
         log.warning(
             "topic %s: the term %s took longer than %g s to search some items, which it"
@@ -70,7 +109,58 @@ def topic_items(
             term,
             topics.SEARCH_TIMEOUT,
         )
-    return items
+    chunks = [items[start : start + size] for start in range(0, len(items), size)] or [[]]
+    return [
+        TopicPage(chunk, paging.cursor_of(chunk[-1]) if index + 1 < len(chunks) else None)
+        for index, chunk in enumerate(chunks[:pages])
+    ]
+
+
+def render_pages(topic: Topic, pages: Sequence[TopicPage], base_url: str) -> dict[str, bytes]:
+    """Every format of the topic's first pages (topic_pages): file name → bytes, the
+    first page as `<slug>.<ext>`, the others as archive pages (paging.py)."""
+    outputs: dict[str, bytes] = {}
+    stem: str | None = topic.slug
+    for page in pages:
+        if stem is None:
+            break  # an archive page we cannot name (paging.MAX_ID_BYTES)
+        links, older = _page_links(topic, stem, page)
+        for f in render.TOPIC_FORMATS:
+            outputs[f"{stem}.{f.extension}"] = f.render(topic, page.items, base_url, links)
+        stem = older
+    return outputs
+
+
+def _page_links(topic: Topic, stem: str, page: TopicPage) -> tuple[render.PageLinks, str | None]:
+    """The links of the page named `stem`, and the stem of the next older page."""
+    token = paging.encode_cursor(page.older) if page.older is not None else None
+    older = paging.page_stem(topic.slug, token) if token is not None else None
+    is_first = stem == topic.slug
+    links = render.PageLinks(
+        older=older,
+        newer=None if is_first else topic.slug,
+        page=None if is_first else stem,
+    )
+    return links, older
+
+
+def render_archive_page(store: Store, config: Config, page: paging.ArchivePage) -> Output | None:
+    """An archive page as served: rendered from the store now (no file needed); None when
+    no topic has that slug."""
+    topic = next((t for t in config.topics if t.slug == page.slug), None)
+    if topic is None:
+        return None
+    names = display_names(config, store.feed_states())
+    [found] = topic_pages(config, store, topic, names, before=page.cursor)
+    token = paging.encode_cursor(page.cursor)
+    assert token is not None
+    stem = paging.page_stem(page.slug, token)
+    links, _ = _page_links(topic, stem, found)
+    formats = {f.extension: f for f in render.TOPIC_FORMATS}
+    body = formats[page.extension].render(topic, found.items, config.settings.base_url, links)
+    # stable while the page's items are: the latest change among them
+    modified = max((item.updated.timestamp() for item in found.items), default=0.0)
+    return Output.of(page.name, body, modified)
 
 
 def render_outputs(
@@ -85,8 +175,8 @@ def render_outputs(
     for topic in config.topics:
         if only is not None and topic.slug not in only:
             continue
-        items = topic_items(config, store, topic, names)
-        outputs.update(render.render_topic(topic, items, base_url))
+        pages = topic_pages(config, store, topic, names, pages=1 + ARCHIVE_FILES)
+        outputs.update(render_pages(topic, pages, base_url))
     outputs["index.html"] = render.render_index(config.topics, base_url)
     sources = []
     for source in config.feeds:
@@ -129,7 +219,10 @@ def publish(
     """Render outputs (every topic, or those in `only`) and write the ones whose bytes
     changed; returns what was rendered and the names written."""
     outputs = render_outputs(config, store, only)
-    return outputs, write_outputs(config.settings.output_dir, outputs)
+    written = write_outputs(config.settings.output_dir, outputs)
+    slugs = {t.slug for t in config.topics if only is None or t.slug in only}
+    remove_stale_pages(config.settings.output_dir, slugs, outputs)
+    return outputs, written
 
 
 # --- writing them -------------------------------------------------------------------------
@@ -166,6 +259,30 @@ def write_outputs(output_dir: Path, outputs: Mapping[str, bytes]) -> list[str]:
                 os.unlink(temporary)
         raise PublishError(f"cannot write outputs in {output_dir}: {e}") from e
     return [name for _, _, name in staged]
+
+
+def remove_stale_pages(output_dir: Path, slugs: Collection[str], keep: Collection[str]) -> None:
+    """Delete the archive page files of these topics that are not in `keep`: the pages
+    that moved beyond the ARCHIVE_FILES first ones. Called once the new set is in place,
+    so a reader of the new first page finds every page it links to."""
+    removed = False
+    try:
+        names = os.listdir(output_dir)
+    except OSError as e:
+        log.warning("cannot list %s for old archive pages: %s", output_dir, e)
+        return
+    for name in names:
+        if paging.archive_slug(name) in slugs and name not in keep:
+            try:
+                os.unlink(output_dir / name)
+                removed = True
+            except FileNotFoundError:
+                pass
+            except OSError as e:
+                log.warning("cannot remove the old archive page %s: %s", name, e)
+    if removed:
+        with contextlib.suppress(OSError):
+            _fsync_dir(output_dir)
 
 
 def _holds(path: Path, data: bytes) -> bool:
@@ -374,6 +491,7 @@ def make_app(
     outputs: OutputCache,
     health: Callable[[], tuple[int, dict[str, object]]],
     metrics: Callable[[], bytes],
+    archive: Callable[[paging.ArchivePage], Awaitable[Output | None]] | None = None,
 ) -> ASGIApp:
     """The ASGI app: published outputs, /healthz and /metrics; everything else is 404.
 
@@ -381,6 +499,10 @@ def make_app(
     the cache without Starlette's request, routing and response objects, which cost more
     than the answer itself; Starlette serves the rest. (Imported here: one-shot commands
     do not serve.)
+
+    `archive` renders a topic's archive page (`nk.before-<token>.atom` or
+    `nk.atom?before=<token>`, paging.py) on request; None when there is no such topic. A
+    bad token is 400; a store that fails (an AggregatorError) 503.
     """
     from starlette.applications import Starlette
     from starlette.requests import Request
@@ -405,9 +527,33 @@ def make_app(
         ]
     )
 
+    async def archive_page(path: str, query: bytes) -> Output | Response | None:
+        """The archive page asked for, an error response, or None: not an archive page."""
+        assert archive is not None
+        try:
+            page = paging.parse_archive_request(path, query)
+        except paging.BadCursor as e:
+            return PlainTextResponse(f"bad page: {e}\n", status_code=400)
+        if page is None:
+            return None
+        try:
+            found = await archive(page)
+        except AggregatorError as e:
+            log.error("cannot render %s: %s", page.name, e)
+            return PlainTextResponse("temporarily unavailable\n", status_code=503)
+        return found or PlainTextResponse("not found\n", status_code=404)
+
     async def app(scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "http" and scope["method"] in ("GET", "HEAD"):
-            found = outputs.get(scope["path"].removeprefix("/") or "index.html")
+            path = scope["path"].removeprefix("/") or "index.html"
+            found: Output | Response | None = None
+            if archive is not None:
+                found = await archive_page(path, scope.get("query_string", b""))
+            if isinstance(found, Response):
+                await found(scope, receive, send)
+                return
+            if found is None:
+                found = outputs.get(path)
             if found is not None:
                 wanted: dict[bytes, str] = {}
                 for key, value in scope["headers"]:

@@ -313,15 +313,25 @@ def _atom(tag: str) -> str:
 @dataclass(frozen=True)
 class PageLinks:
     """Where a topic's page points beyond its items: its older and newer pages (the archive,
-    RFC 5005) and the WebSub hubs that push it. Every format renders the same links.
+    RFC 5005 paged feeds; see paging.py) and the WebSub hubs that push it. Every format
+    renders the same links.
 
-    `older` and `newer` are output name stems without extension ("north-korea" for the
-    first page); each format appends its own extension and joins them to the base URL (the
-    HTML page links them relatively). None: there is no such page."""
+    `older`, `newer` and `page` are output name stems without extension: "north-korea" for
+    the first page, "north-korea.before-<token>" for an archive page. Each format appends
+    its own extension, `f"{stem}.{ext}"`: the feeds join that to the base URL, the HTML page
+    links it relatively (every page is a file in the same folder, so relative links work
+    from the static copies as well as from the daemon). None: there is no such page.
+    """
 
+    #: the next older page; None on the last page (feeds: rel="next", JSON Feed next_url)
     older: str | None = None
+    #: where the newer stories are: on an archive page the first page (a page keyed by its
+    #: cursor cannot name its immediate predecessor without shifting with new items), None
+    #: on the first page (feeds: rel="first")
     newer: str | None = None
     hubs: tuple[str, ...] = ()
+    #: this page when it is an archive page, for its self link; None on the first page
+    page: str | None = None
 
 
 #: a topic's only page: no archive pages, no hub
@@ -332,11 +342,12 @@ def render_atom(
     topic: Topic, items: Sequence[PublishedItem], base_url: str, links: PageLinks = NO_LINKS
 ) -> bytes:
     """The topic as an Atom 1.0 feed (RFC 4287), items in the order given."""
-    self_url = _output_url(base_url, topic.slug, "atom")
+    self_url = _output_url(base_url, links.page or topic.slug, "atom")
     # lxml-stubs do not admit None (the default namespace) as an nsmap key; lxml does.
     feed = etree.Element(_atom("feed"), nsmap={None: ATOM_NS})  # type: ignore[dict-item]
-    # The self URL doubles as the feed id: stable for as long as the feed lives there.
-    _sub(feed, _atom("id"), self_url)
+    # The first page's URL is the feed id, on every page of it: stable for as long as the
+    # feed lives there.
+    _sub(feed, _atom("id"), _output_url(base_url, topic.slug, "atom"))
     _sub(feed, _atom("title"), _line(topic.title), {"type": "text"})
     if topic.description:
         _sub(feed, _atom("subtitle"), topic.description, {"type": "text"})
@@ -351,6 +362,7 @@ def render_atom(
             "href": _output_url(base_url, topic.slug, "html"),
         },
     )
+    _add_page_links(feed, _atom("link"), links, base_url, "atom")
     _sub(
         feed,
         _atom("generator"),
@@ -360,6 +372,18 @@ def render_atom(
     for item in items:
         _add_atom_entry(feed, item)
     return _xml_bytes(feed)
+
+
+def _add_page_links(
+    parent: etree._Element, tag: str, links: PageLinks, base_url: str, extension: str
+) -> None:
+    """RFC 5005 paged feed links (section 3), as `tag` (atom:link) in `parent`: rel="next"
+    to the next older page, rel="first" on archive pages to the first page."""
+    media = ATOM_TYPE if extension == "atom" else RSS_TYPE
+    for rel, stem in (("next", links.older), ("first", links.newer)):
+        if stem:
+            href = _output_url(base_url, stem, extension)
+            _sub(parent, tag, attrib={"rel": rel, "type": media, "href": href})
 
 
 def _add_atom_entry(feed: etree._Element, item: PublishedItem) -> None:
@@ -424,11 +448,12 @@ def render_rss(
         channel,
         f"{{{ATOM_NS}}}link",
         attrib={
-            "href": _output_url(base_url, topic.slug, "rss"),
+            "href": _output_url(base_url, links.page or topic.slug, "rss"),
             "rel": "self",
             "type": RSS_TYPE,
         },
     )
+    _add_page_links(channel, f"{{{ATOM_NS}}}link", links, base_url, "rss")
     _sub(channel, "lastBuildDate", format_rfc822(_feed_updated(items)))
     _sub(channel, "generator", _generator_label())
     _sub(channel, "docs", RSS_DOCS)
@@ -477,6 +502,8 @@ def render_json(
     }
     if topic.description:
         feed["description"] = clean_text(topic.description)
+    if links.older:  # JSON Feed 1.1: the feed of the next (older) items
+        feed["next_url"] = _output_url(base_url, links.older, "json")
     feed["items"] = [_json_item(item) for item in items]
     # Keys keep insertion order (no sort_keys), which is fixed by the code above.
     text = json.dumps(feed, ensure_ascii=False, indent=2)
@@ -638,7 +665,7 @@ def render_html(
             section = _sub(main, "section", attrib={"class": "day"})
             _sub(section, "h2", format_day(published, reference), {"class": "day"})
         _add_html_item(section, item, reference)
-    _add_page_links(body, links)
+    _add_html_page_nav(body, links)
     _add_footer(body, reference if items else None)
     return _html_bytes(root)
 
@@ -677,13 +704,14 @@ def _page_href(stem: str | None) -> str | None:
     return None
 
 
-def _add_page_links(body: etree._Element, links: PageLinks) -> None:
+def _add_html_page_nav(body: etree._Element, links: PageLinks) -> None:
     newer, older = _page_href(links.newer), _page_href(links.older)
     if not newer and not older:
         return
     nav = _sub(body, "nav", attrib={"class": "pages", "aria-label": "More stories"})
     if newer:
-        nav.append(_anchor("← Newer stories", newer, rel="prev"))
+        # an archive page links the first page (see PageLinks.newer): the newest stories
+        nav.append(_anchor("← Newest stories", newer, rel="first"))
     else:
         _sub(nav, "span")
     if older:

@@ -814,17 +814,27 @@ class Store:
         limit: int,
         accept: Callable[[PublishedItem, str], bool],
         display_names: Mapping[str, str],
+        before: tuple[datetime, str] | None = None,
     ) -> list[PublishedItem]:
-        """The newest `limit` items carried by any of `feed_urls` that `accept(item, text)`."""
+        """The newest `limit` items carried by any of `feed_urls` that `accept(item, text)`,
+        in the published order (newest first, then by id); with `before` (published, id),
+        only the items after it in that order: an archive page (paging.py)."""
         if not feed_urls or limit <= 0:
             return []
         placeholders = ", ".join("?" for _ in feed_urls)
+        params: list[Any] = list(feed_urls)
+        older = ""
+        if before is not None:
+            # published <= ? first, so that the items_published index bounds the scan
+            older = " AND published <= ? AND (published < ? OR id > ?)"
+            moment = to_iso(before[0])
+            params += [moment, moment, before[1]]
         query = (
             "SELECT * FROM items WHERE EXISTS (SELECT 1 FROM entries e WHERE e.item_id = items.id"
-            f" AND e.feed_url IN ({placeholders})) ORDER BY published DESC, id"
+            f" AND e.feed_url IN ({placeholders})){older} ORDER BY published DESC, id"
         )
         chosen: list[PublishedItem] = []
-        for row in self.db.query(query, list(feed_urls)):
+        for row in self.db.query(query, params):
             item = self._published_item(row, display_names)
             if accept(item, row["text"]):
                 chosen.append(item)

@@ -991,7 +991,7 @@ def test_older_and_newer_pages_are_linked_only_when_set() -> None:
         ("north-korea-2.html", "Older stories →")
     ]
     assert page_links(PageLinks(older="north-korea-3", newer="north-korea")) == [
-        ("north-korea.html", "← Newer stories"),
+        ("north-korea.html", "← Newest stories"),
         ("north-korea-3.html", "Older stories →"),
     ]
     # never a scheme or another path
