@@ -125,6 +125,9 @@ class Settings:
     #: bounds of the adaptive interval that follows a feed's own rhythm (update.py)
     min_interval: timedelta = timedelta(minutes=10)
     max_interval: timedelta = timedelta(hours=12)
+    #: a WebSub hub (https://www.w3.org/TR/websub/) announced in every published feed and
+    #: pinged when one changes; None: no hub
+    websub_hub: str | None = None
 
     def fetch_limits(self) -> FetchLimits:
         seconds = self.timeout.total_seconds()

@@ -82,11 +82,13 @@ def render_outputs(
     states = store.feed_states()
     names = display_names(config, states)
     outputs: dict[str, bytes] = {}
+    hub = config.settings.websub_hub
+    links = render.PageLinks(hubs=(hub,) if hub else ())
     for topic in config.topics:
         if only is not None and topic.slug not in only:
             continue
         items = topic_items(config, store, topic, names)
-        outputs.update(render.render_topic(topic, items, base_url))
+        outputs.update(render.render_topic(topic, items, base_url, links))
     outputs["index.html"] = render.render_index(config.topics, base_url)
     sources = []
     for source in config.feeds:
