@@ -22,7 +22,7 @@ from collections.abc import Awaitable, Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import uvicorn
 from apscheduler.schedulers.asyncio import AsyncIOScheduler
@@ -46,6 +46,11 @@ from aggregator.publish import OutputCache, make_app
 from aggregator.store import Store, StoreThread, lock_problem
 from aggregator.timeutil import to_iso, utcnow
 from aggregator.urls import redact_text, redact_url
+from aggregator.websub import Pinger, Subscriber
+
+if TYPE_CHECKING:
+    from starlette.requests import Request
+    from starlette.responses import Response
 
 log = logging.getLogger("aggregator")
 disable_created_metrics()  # type: ignore[no-untyped-call]  # *_created series are noise
@@ -400,6 +405,8 @@ class Publisher:
         self.outputs = OutputCache()
         #: slugs of topics a poll changed since the last render
         self.dirty: set[str] = set()
+        #: pings settings.websub_hub after a render that changed feeds
+        self.pinger: Pinger | None = None
 
     def request(self, slugs: set[str], render: Callable[[], Awaitable[None]]) -> None:
         self.dirty |= slugs
@@ -427,6 +434,9 @@ class Publisher:
         self.outputs.retain(publish.output_names(config))
         if changed:
             log.info("published %s", ", ".join(changed))
+            hub = config.settings.websub_hub
+            if hub and self.pinger is not None:
+                self.pinger.request(hub, config.settings.base_url, changed)
 
     def refresh(self, config: Config) -> None:
         """Serve outputs another process published (`poll --once`, `build` run by hand)."""
@@ -453,6 +463,8 @@ class Daemon:
         self.stop = asyncio.Event()
         self.hup = asyncio.Event()
         self.in_flight: set[asyncio.Task[Any]] = set()
+        #: the WebSub subscriptions, when the daemon serves HTTP (websub.py)
+        self.subscriber: Subscriber | None = None
 
     # --- life cycle -----------------------------------------------------------------------
 
@@ -503,8 +515,15 @@ class Daemon:
                 await self._reload()
 
     async def _serve(self, stack: contextlib.AsyncExitStack, listener: socket.socket) -> None:
-        app = make_app(self.publisher.outputs, self.health.report, self.health.metrics.render)
-        server = _Server(httpserver.make_config(app))
+        app = make_app(
+            self.publisher.outputs,
+            self.health.report,
+            self.health.metrics.render,
+            websub=self._websub_endpoint,
+        )
+        settings = self.config.settings if self.config else Settings()
+        limits = httpserver.Limits(max_push_body=settings.max_feed_size)
+        server = _Server(httpserver.make_config(app, limits))
         task = asyncio.create_task(server.serve(sockets=[listener]))
 
         async def stop_serving() -> None:
@@ -541,6 +560,10 @@ class Daemon:
                 task.cancel()
             await asyncio.gather(*pending, return_exceptions=True)
         self.scheduler.shutdown(wait=False)
+        if self.subscriber is not None:
+            await self.subscriber.close(timeout=SERVER_STOP_SECONDS)
+        if self.publisher.pinger is not None:
+            await self.publisher.pinger.close(timeout=SERVER_STOP_SECONDS)
         if self.publisher.dirty and self.config is not None and self.poller is not None:
             # bounded: a database another process holds must not hold up the exit
             with contextlib.suppress(TimeoutError):
@@ -551,12 +574,18 @@ class Daemon:
         self.health.db = self.poller.db
         self.config = config
         self.watcher.has_config = True
+        self.publisher.pinger = Pinger(self.poller.fetcher)
         self.publisher.outputs.load_dir(config.settings.output_dir, publish.output_names(config))
         await self._render(everything=True)
         states = await self.poller.db.run(Store.feed_states)
         self.poller.remember_holds(states.values(), utcnow())
         self.health.feeds_configured(config, states)
         self._schedule_all(config, states, edited=None)
+        if config.settings.listen:
+            # started by the scheduler, once the callbacks are served: a hub may verify
+            # a subscription before it answers the request
+            self.subscriber = Subscriber(self.poller, self.scheduler, config, self._pushed)
+            self.scheduler.add_job(self.subscriber.start, "date", id="websub-start")
 
     async def _close(self) -> None:
         if self.poller is not None:
@@ -599,6 +628,8 @@ class Daemon:
         states = await self.poller.db.run(Store.feed_states)
         self.health.feeds_configured(config, states)
         self._schedule_all(config, states, edited=edited)
+        if self.subscriber is not None:
+            self.subscriber.configure(config, states)
         await self._render(everything=True)
         log.info("config reloaded: %d feeds, %d topics", len(config.feeds), len(config.topics))
         self.health.notify_status()
@@ -697,6 +728,26 @@ class Daemon:
             log.log(level, "%s; next at %s", line, to_iso(due))
         if result.changed_items:
             self.publisher.request(publish.topics_of_feed(config, source.url), self._render)
+        if self.subscriber is not None:
+            self.subscriber.after_poll(source, state)
+
+    def _pushed(self, source: FeedSource, result: PollResult) -> None:
+        """After content a WebSub hub pushed was stored: its topics are rendered, and the
+        feed's next poll moves to the due time stored with it."""
+        config = self.config
+        if config is None or self.stop.is_set():
+            return
+        if result.changed_items:
+            self.publisher.request(publish.topics_of_feed(config, source.url), self._render)
+        if self.scheduler.get_job(f"poll:{source.url}") is not None:
+            self._schedule(source.url, _due_after(result.state, source))
+
+    async def _websub_endpoint(self, request: Request) -> Response:
+        if self.subscriber is None:
+            from starlette.responses import PlainTextResponse
+
+            return PlainTextResponse("not found\n", status_code=404)
+        return await self.subscriber.endpoint(request)
 
     async def _render(self, everything: bool = False) -> None:
         if self.config is not None and self.poller is not None:

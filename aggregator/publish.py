@@ -13,7 +13,7 @@ import logging
 import os
 import tempfile
 import time
-from collections.abc import Callable, Collection, Iterable, Mapping
+from collections.abc import Awaitable, Callable, Collection, Iterable, Mapping
 from dataclasses import dataclass
 from datetime import UTC
 from email.utils import formatdate, parsedate_to_datetime
@@ -27,6 +27,8 @@ from aggregator.render import media_type
 from aggregator.store import Store
 
 if TYPE_CHECKING:
+    from starlette.requests import Request
+    from starlette.responses import Response
     from starlette.types import ASGIApp, Receive, Scope, Send
 
 log = logging.getLogger("aggregator")
@@ -367,8 +369,10 @@ def make_app(
     outputs: OutputCache,
     health: Callable[[], tuple[int, dict[str, object]]],
     metrics: Callable[[], bytes],
+    websub: Callable[[Request], Awaitable[Response]] | None = None,
 ) -> ASGIApp:
-    """The ASGI app: published outputs, /healthz and /metrics; everything else is 404.
+    """The ASGI app: published outputs, /healthz and /metrics, and with `websub` the
+    WebSub callbacks (/websub/<id>, websub.Subscriber.endpoint); everything else is 404.
 
     Published files, the requests feed readers make all day, are answered straight from
     the cache without Starlette's request, routing and response objects, which cost more
@@ -376,7 +380,6 @@ def make_app(
     do not serve.)
     """
     from starlette.applications import Starlette
-    from starlette.requests import Request
     from starlette.responses import JSONResponse, PlainTextResponse, Response
     from starlette.routing import Route
 
@@ -390,13 +393,14 @@ def make_app(
     async def not_found(request: Request) -> Response:
         return PlainTextResponse("not found\n", status_code=404)
 
-    others = Starlette(
-        routes=[
-            Route("/healthz", healthz, methods=["GET", "HEAD"]),
-            Route("/metrics", prometheus, methods=["GET", "HEAD"]),
-            Route("/{name:path}", not_found, methods=["GET", "HEAD"]),
-        ]
-    )
+    routes = [
+        Route("/healthz", healthz, methods=["GET", "HEAD"]),
+        Route("/metrics", prometheus, methods=["GET", "HEAD"]),
+    ]
+    if websub is not None:
+        routes.append(Route("/websub/{subscription_id}", websub, methods=["GET", "POST"]))
+    routes.append(Route("/{name:path}", not_found, methods=["GET", "HEAD"]))
+    others = Starlette(routes=routes)
 
     async def app(scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "http" and scope["method"] in ("GET", "HEAD"):

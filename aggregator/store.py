@@ -301,7 +301,8 @@ class FetchRecord:
     duration: float
     #: the HTTP status, None when the fetch failed without one (or the body did not parse)
     status: int | None
-    #: "ok" (a body parsed), "not_modified" (304), "unchanged" (the same body) or "error"
+    #: "ok" (a body parsed), "not_modified" (304), "unchanged" (the same body), "error",
+    #: or "pushed" (a body the feed's WebSub hub pushed, parsed)
     outcome: str
     #: with "error": errors.error_kind
     error_kind: str | None = None
