@@ -562,12 +562,12 @@ class Daemon:
         self.scheduler.shutdown(wait=False)
         if self.subscriber is not None:
             await self.subscriber.close(timeout=SERVER_STOP_SECONDS)
-        if self.publisher.pinger is not None:
-            await self.publisher.pinger.close(timeout=SERVER_STOP_SECONDS)
         if self.publisher.dirty and self.config is not None and self.poller is not None:
             # bounded: a database another process holds must not hold up the exit
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._render(), timeout=FINAL_RENDER_SECONDS)
+        if self.publisher.pinger is not None:
+            await self.publisher.pinger.close(timeout=SERVER_STOP_SECONDS)
 
     async def _open(self, config: Config) -> None:
         self.poller = await Poller.open(config.settings)

@@ -258,8 +258,10 @@ class Subscriber:
         self.by_id: dict[str, Subscription] = {}
         self._background: set[asyncio.Task[Any]] = set()
         self._pushes = 0
-        #: feed URL → a subscription request in flight
+        #: ids of subscriptions with a request in flight
         self._requesting: set[str] = set()
+        #: the stored subscriptions are loaded (`start`): polls may change them from then
+        self._started = False
 
     # --- life cycle -------------------------------------------------------------------
 
@@ -273,6 +275,7 @@ class Subscriber:
                 if subscription.lease_expires and subscription.lease_expires > now:
                     self.poller.pushed_feeds.add(subscription.feed_url)
                     self._schedule_renewal(subscription, now)
+        self._started = True
         self.scheduler.add_job(
             self.check, "interval", seconds=CHECK_SECONDS, id="websub-check", replace_existing=True
         )
@@ -330,6 +333,8 @@ class Subscriber:
     async def sync(self, config: Config, states: Mapping[str, FeedState]) -> None:
         """Subscribe to the hubs the config's feeds declare, and unsubscribe the rest."""
         self.config = config
+        if not self._started:
+            return
         wanted = wanted_subscriptions(config, states)
         for subscription in list(self.by_id.values()):
             if subscription.state == "unsubscribing":
@@ -347,8 +352,8 @@ class Subscriber:
     async def feed_polled(self, source: FeedSource, state: FeedState | None) -> None:
         """After a poll: subscribe when the feed declares a new hub or topic, unsubscribe
         when it declares none any more."""
-        if state is None or not source.enabled:
-            return
+        if state is None or not source.enabled or not self._started:
+            return  # `start` looks at every feed's stored state
         current = self._of_feed(source.url)
         wanted = (state.websub_hub, state.websub_topic)
         if current is not None and (current.hub, current.topic) == wanted:

@@ -26,10 +26,10 @@ from typing import Any
 
 import pytest
 
-from aggregator import websub
+from aggregator import update, websub
 from aggregator.cli import main
 from aggregator.daemon import Daemon
-from aggregator.model import Subscription
+from aggregator.model import FeedSource, FeedState, Fetched, NotModified, Subscription
 from aggregator.parse import link_header, parse_feed
 from aggregator.store import Store
 from aggregator.timeutil import utcnow
@@ -211,6 +211,30 @@ def test_hubs_are_discovered_in_link_headers_and_feed_links() -> None:
     }
     parsed = parse_feed(json.dumps(json_feed).encode(), {}, "https://j.example/feed.json")
     assert (parsed.hubs, parsed.self_url) == (("https://hub.example/j",), json_feed["feed_url"])
+
+
+def test_the_declared_hub_and_the_pushed_interval_are_pure_decisions() -> None:
+    url = "https://a.example/rss"
+    source = FeedSource(
+        url=url, min_interval=timedelta(minutes=10), max_interval=timedelta(hours=1)
+    )
+    old = FeedState(url=url, fetch_url=url)
+    now = utcnow()
+    body = hub_feed("A", [make_story("a")], "https://hub.example/", "https://a.example/feed")
+    fetched = Fetched(url=url, status=200, body=body, headers={})
+    parsed = parse_feed(body, {}, url)
+    state = update.decide(source, old, update.Answered(fetched, "h", parsed), now).state
+    assert (state.websub_hub, state.websub_topic) == ("https://hub.example/", parsed.self_url)
+    assert state.next_due is not None and state.next_due <= now + timedelta(hours=1)
+    # a 304 keeps what the last body declared; a push-fed feed is polled rarely
+    again = update.Answered(NotModified(url=url))
+    pushed = update.decide(source, state, again, now, pushed=True).state
+    assert pushed.websub_hub == "https://hub.example/"
+    assert pushed.next_due is not None and pushed.next_due >= now + update.PUSHED_INTERVAL * 0.9
+    assert update.explain_interval(source, pushed, pushed=True)[1].startswith("pushed")
+    # a feed with its own interval keeps it, pushed or not
+    fixed = FeedSource(url=url, interval=timedelta(minutes=5))
+    assert update.interval_for(fixed, None, None, pushed=True) == timedelta(minutes=5)
 
 
 def test_subscriptions_are_stored_and_replaced_per_feed() -> None:
