@@ -270,9 +270,11 @@ def cmd_prune(config: Config, store: Store, *, dry_run: bool) -> int:
     return EXIT_OK
 
 
-def feed_status(source: FeedSource, state: FeedState | None, items: int) -> dict[str, Any]:
+def feed_status(
+    source: FeedSource, state: FeedState | None, items: int, pushed: bool = False
+) -> dict[str, Any]:
     """One feed's row of `status --json`: the contract's fields, then what the table shows
-    beside them."""
+    beside them. `pushed`: a WebSub hub pushes the feed (an active subscription)."""
     from aggregator.status import result_text
     from aggregator.update import explain_interval
 
@@ -286,7 +288,7 @@ def feed_status(source: FeedSource, state: FeedState | None, items: int) -> dict
         condition = "ok"
     last_status = state.last_status if state else None
     kind = error_kind(last_status, state.last_error) if state and state.last_error else None
-    interval, reason = explain_interval(source, state)
+    interval, reason = explain_interval(source, state, pushed)
     # credentials in a URL or a message are shown as "***": status output gets pasted
     # into bug reports and chat
     return {
@@ -340,6 +342,12 @@ def cmd_status(
     width = width or shutil.get_terminal_size((100, 24)).columns
     states = store.feed_states() if store is not None else {}
     counts = store.item_counts() if store is not None else {}
+    # the feeds a WebSub hub pushes: polled rarely (update.PUSHED_INTERVAL); no secret read
+    pushed = {
+        s.feed_url
+        for s in (store.subscriptions() if store is not None else [])
+        if s.state == "active" and s.lease_expires is not None and s.lease_expires > now
+    }
     if feed is not None:
         source = find_feed(config, feed)
         if source is None:
@@ -348,7 +356,9 @@ def cmd_status(
                 file=sys.stderr,
             )
             return EXIT_FAILURE
-        row = feed_status(source, states.get(source.url), counts.get(source.url, 0))
+        row = feed_status(
+            source, states.get(source.url), counts.get(source.url, 0), source.url in pushed
+        )
         history = [
             fetch_status(f) for f in (store.fetch_history(source.url) if store is not None else [])
         ]
@@ -357,7 +367,10 @@ def cmd_status(
         else:
             print("\n".join(status.render_feed(row, history, now, width)))
         return EXIT_OK
-    rows = [feed_status(s, states.get(s.url), counts.get(s.url, 0)) for s in config.feeds]
+    rows = [
+        feed_status(s, states.get(s.url), counts.get(s.url, 0), s.url in pushed)
+        for s in config.feeds
+    ]
     if as_json:
         print(json.dumps(rows, indent=2))
         return EXIT_OK

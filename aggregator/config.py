@@ -592,6 +592,17 @@ def _base_url(value: object, spot: _Spot) -> str:
     return url if url.endswith("/") else url + "/"
 
 
+def _public_url(value: object, spot: _Spot, what: str) -> str:
+    """An http(s) URL without user name, password or fragment: `what` says why."""
+    url = _http_url(value, spot)
+    parts = urlsplit(url)
+    if parts.username is not None:
+        spot.error(f"must not hold a user name or password: {what}")
+    if parts.fragment:
+        spot.error(f"must not have a fragment: {url!r}")
+    return url
+
+
 def _size(value: object, spot: _Spot) -> int:
     """`10MB`, `512KB`, `1GB` (powers of 1024) or a number of bytes; at least 1 KB."""
     if isinstance(value, int) and not isinstance(value, bool):
@@ -635,6 +646,7 @@ _SETTINGS_VALIDATORS: dict[str, Validator] = {
     "per_host_spacing": _spacing,
     "min_interval": _duration,
     "max_interval": _duration,
+    "websub_hub": partial(_public_url, what="it is published in every feed"),
 }
 
 

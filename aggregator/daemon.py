@@ -23,7 +23,7 @@ from collections.abc import Awaitable, Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import uvicorn
 from apscheduler.schedulers.asyncio import AsyncIOScheduler
@@ -48,6 +48,11 @@ from aggregator.publish import Output, OutputCache, make_app
 from aggregator.store import Store, StoreThread, lock_problem
 from aggregator.timeutil import to_iso, utcnow
 from aggregator.urls import redact_text, redact_url
+from aggregator.websub import Pinger, Subscriber
+
+if TYPE_CHECKING:
+    from starlette.requests import Request
+    from starlette.responses import Response
 
 log = logging.getLogger("aggregator")
 disable_created_metrics()  # type: ignore[no-untyped-call]  # *_created series are noise
@@ -408,6 +413,8 @@ class Publisher:
         self.pages: OrderedDict[str, Output] = OrderedDict()
         #: renders so far: a page rendered across one is not kept
         self.renders = 0
+        #: pings settings.websub_hub after a render that changed feeds
+        self.pinger: Pinger | None = None
 
     def request(self, slugs: set[str], render: Callable[[], Awaitable[None]]) -> None:
         self.dirty |= slugs
@@ -438,6 +445,9 @@ class Publisher:
         self.outputs.retain(publish.output_names(config))
         if changed:
             log.info("published %s", ", ".join(changed))
+            hub = config.settings.websub_hub
+            if hub and self.pinger is not None:
+                self.pinger.request(hub, config.settings.base_url, changed)
 
     async def archive_page(
         self, db: StoreThread, config: Config, page: ArchivePage
@@ -483,6 +493,8 @@ class Daemon:
         self.stop = asyncio.Event()
         self.hup = asyncio.Event()
         self.in_flight: set[asyncio.Task[Any]] = set()
+        #: the WebSub subscriptions, when the daemon serves HTTP (websub.py)
+        self.subscriber: Subscriber | None = None
 
     # --- life cycle -----------------------------------------------------------------------
 
@@ -538,8 +550,11 @@ class Daemon:
             self.health.report,
             self.health.metrics.render,
             archive=self._archive_page,
+            websub=self._websub_endpoint,
         )
-        server = _Server(httpserver.make_config(app))
+        settings = self.config.settings if self.config else Settings()
+        limits = httpserver.Limits(max_push_body=settings.max_feed_size)
+        server = _Server(httpserver.make_config(app, limits))
         task = asyncio.create_task(server.serve(sockets=[listener]))
 
         async def stop_serving() -> None:
@@ -583,22 +598,32 @@ class Daemon:
                 task.cancel()
             await asyncio.gather(*pending, return_exceptions=True)
         self.scheduler.shutdown(wait=False)
+        if self.subscriber is not None:
+            await self.subscriber.close(timeout=SERVER_STOP_SECONDS)
         if self.publisher.dirty and self.config is not None and self.poller is not None:
             # bounded: a database another process holds must not hold up the exit
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._render(), timeout=FINAL_RENDER_SECONDS)
+        if self.publisher.pinger is not None:
+            await self.publisher.pinger.close(timeout=SERVER_STOP_SECONDS)
 
     async def _open(self, config: Config) -> None:
         self.poller = await Poller.open(config.settings)
         self.health.db = self.poller.db
         self.config = config
         self.watcher.has_config = True
+        self.publisher.pinger = Pinger(self.poller.fetcher)
         self.publisher.outputs.load_dir(config.settings.output_dir, publish.output_names(config))
         await self._render(everything=True)
         states = await self.poller.db.run(Store.feed_states)
         self.poller.remember_holds(states.values(), utcnow())
         self.health.feeds_configured(config, states)
         self._schedule_all(config, states, edited=None)
+        if config.settings.listen:
+            # started by the scheduler, once the callbacks are served: a hub may verify
+            # a subscription before it answers the request
+            self.subscriber = Subscriber(self.poller, self.scheduler, config, self._pushed)
+            self.scheduler.add_job(self.subscriber.start, "date", id="websub-start")
 
     async def _close(self) -> None:
         if self.poller is not None:
@@ -641,6 +666,8 @@ class Daemon:
         states = await self.poller.db.run(Store.feed_states)
         self.health.feeds_configured(config, states)
         self._schedule_all(config, states, edited=edited)
+        if self.subscriber is not None:
+            self.subscriber.configure(config, states)
         await self._render(everything=True)
         log.info("config reloaded: %d feeds, %d topics", len(config.feeds), len(config.topics))
         self.health.notify_status()
@@ -739,6 +766,26 @@ class Daemon:
             log.log(level, "%s; next at %s", line, to_iso(due))
         if result.changed_items:
             self.publisher.request(publish.topics_of_feed(config, source.url), self._render)
+        if self.subscriber is not None:
+            self.subscriber.after_poll(source, state)
+
+    def _pushed(self, source: FeedSource, result: PollResult) -> None:
+        """After content a WebSub hub pushed was stored: its topics are rendered, and the
+        feed's next poll moves to the due time stored with it."""
+        config = self.config
+        if config is None or self.stop.is_set():
+            return
+        if result.changed_items:
+            self.publisher.request(publish.topics_of_feed(config, source.url), self._render)
+        if self.scheduler.get_job(f"poll:{source.url}") is not None:
+            self._schedule(source.url, _due_after(result.state, source))
+
+    async def _websub_endpoint(self, request: Request) -> Response:
+        if self.subscriber is None:
+            from starlette.responses import PlainTextResponse
+
+            return PlainTextResponse("not found\n", status_code=404)
+        return await self.subscriber.endpoint(request)
 
     async def _render(self, everything: bool = False) -> None:
         if self.config is not None and self.poller is not None:

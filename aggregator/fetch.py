@@ -33,6 +33,9 @@ stripped from every URL we request or return, and every URL quoted in a message 
 `redact_url` first. (FeedError.url stays the configured URL, the feed's identity: whoever
 shows it redacts it.)
 
+Besides feeds, `post_form` sends WebSub's requests to hubs (websub.py): a POST, no
+redirects, the same deadline and private-network policy.
+
 The private network: a feed configured at a public address may not redirect (any hop, or a
 stored permanent redirect) to an address that is not public (`is_public_address`: loopback,
 private, link-local, CGNAT, multicast, reserved…); a host name is resolved first and refused
@@ -61,6 +64,7 @@ import ipaddress
 import re
 import socket
 import ssl
+import urllib.parse
 import urllib.request
 import zlib
 from collections.abc import Iterable, Mapping
@@ -114,6 +118,8 @@ _RETRY_STATUSES = frozenset({429, 503})
 _AUTH_STATUSES = frozenset({401, 403})
 _DEFAULT_PORTS = {"http": 80, "https": 443}
 _CHUNK = 64 * 1024
+#: what is kept of the answer to a POST (`Fetcher.post_form`): a hub's reason, if any
+MAX_ANSWER_BYTES = 1024
 
 DEFAULT_LIMITS = FetchLimits()
 
@@ -764,6 +770,68 @@ class Fetcher:
             seen.add(str(target))
             all_permanent = all_permanent and outcome.status in _PERMANENT_REDIRECTS
             url = target
+
+    async def is_public_origin(self, url: str) -> bool:
+        """Whether `url`'s host is on the public internet (see `_is_public`): a feed
+        configured there may only lead us to public addresses, its WebSub hub included."""
+        return await self._is_public(self._checked_url(url, url))
+
+    async def post_form(
+        self,
+        url: str,
+        fields: Iterable[tuple[str, str]],
+        *,
+        public_only: bool = False,
+        timeout: float | None = None,
+    ) -> tuple[int, str]:
+        """POST `fields` form-encoded to `url` (a WebSub hub: a subscription request, a
+        publish ping); the status and the first MAX_ANSWER_BYTES of the answer as text.
+
+        No redirect is followed (a hub answers 202 or 204, or fails), nothing but our
+        User-Agent is sent, and the whole request has one deadline (`timeout`, else the
+        fetch deadline). `public_only`: the hub must be on the public internet, checked
+        as for a feed's redirect, again where the connection is opened. Raises FetchError
+        (FeedError.url is `url`)."""
+        if self._transport is None:
+            raise RuntimeError("Fetcher used outside `async with`")
+        target = self._checked_url(url, url)
+        body = urllib.parse.urlencode(list(fields)).encode()
+        headers = {
+            "User-Agent": self.user_agent,
+            "Content-Type": "application/x-www-form-urlencoded",
+            "Accept": "*/*",
+        }
+        request = httpx.Request(
+            "POST", target, headers=headers, content=body, extensions={"timeout": self._timeouts}
+        )
+        seconds = self.limits.total_timeout if timeout is None else timeout
+        host = server_key(target)
+        token = _PUBLIC_ONLY.set(public_only)
+        try:
+            async with asyncio.timeout(seconds):
+                if public_only:
+                    await self._refuse_non_public(url, target)
+                async with self._host_semaphore(host), self._all_hosts:
+                    response = await self._transport_for(target).handle_async_request(request)
+                    try:
+                        answer = bytearray()
+                        async for chunk in response.aiter_raw():
+                            answer += chunk[: MAX_ANSWER_BYTES - len(answer)]
+                            if len(answer) >= MAX_ANSWER_BYTES:
+                                break
+                    finally:
+                        await response.aclose()
+        except TimeoutError as e:
+            raise FetchTimeout(url, f"timed out after {_format_seconds(seconds)}") from e
+        except _NonPublicAddress as e:
+            raise FetchError(url, str(e)) from e
+        except httpx.TransportError as e:
+            raise FetchError(url, _describe_transport_error(e)) from e
+        except httpx.HTTPError as e:
+            raise FetchError(url, redact_text(f"HTTP error: {e}")) from e
+        finally:
+            _PUBLIC_ONLY.reset(token)
+        return response.status_code, answer.decode("utf-8", "replace")
 
     @staticmethod
     def _checked_url(feed_url: str, location: str, base: httpx.URL | None = None) -> httpx.URL:

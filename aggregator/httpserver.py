@@ -10,7 +10,9 @@ endless header line made httptools grow the partial value by concatenation (quad
   the request target `max_target` (414); the parser is fed at most what the limit leaves,
   so an over-long head is answered without reading further;
 - a body limit: we serve GET and HEAD only, so a body over `max_body` (413) ends the
-  connection instead of being buffered or read and thrown away without end;
+  connection instead of being buffered or read and thrown away without end; the one
+  exception is content a WebSub hub pushes to a callback under `push_prefix`, which may
+  take `max_push_body` (the daemon's max_feed_size);
 - a request timeout: a request must arrive whole within `request_timeout` seconds (plus
   up to SWEEP_SECONDS) of the server waiting for it (connection opened, or previous
   answer sent), else the connection is closed without an answer; idle keep-alive
@@ -79,6 +81,9 @@ class Limits:
     max_target: int = 8 * 1024
     #: a request body, bytes: we serve GET and HEAD only
     max_body: int = 16 * 1024
+    #: a body POSTed to a path under `push_prefix` (WebSub content, websub.py), bytes
+    max_push_body: int = 16 * 1024
+    push_prefix: bytes = b"/websub/"
     #: seconds for a whole request to arrive once the server waits for one (checked every
     #: SWEEP_SECONDS)
     request_timeout: float = 10.0
@@ -271,6 +276,8 @@ class LimitedHttpToolsProtocol(HttpToolsProtocol):
         self.in_head = True
         self.head_bytes = 0
         self.body_bytes = 0
+        #: the body limit of the request being read (`max_body` or `max_push_body`)
+        self.max_body = self.limits.max_body
         #: bytes read but not yet parsed, from `held_from` on: the requests beyond a full
         #: pipeline
         self.held = b""
@@ -506,15 +513,17 @@ class LimitedHttpToolsProtocol(HttpToolsProtocol):
 
     def on_headers_complete(self) -> None:
         self.in_head = False
+        pushed = self.url.startswith(self.limits.push_prefix)
+        self.max_body = self.limits.max_push_body if pushed else self.limits.max_body
         for name, value in self.headers:
-            if name == b"content-length" and int(value) > self.limits.max_body:
-                raise _Refused(413, f"request body over {self.limits.max_body} bytes")
+            if name == b"content-length" and int(value) > self.max_body:
+                raise _Refused(413, f"request body over {self.max_body} bytes")
         super().on_headers_complete()
 
     def on_body(self, body: bytes) -> None:
         self.body_bytes += len(body)
-        if self.body_bytes > self.limits.max_body:
-            raise _Refused(413, f"request body over {self.limits.max_body} bytes")
+        if self.body_bytes > self.max_body:
+            raise _Refused(413, f"request body over {self.max_body} bytes")
         super().on_body(body)
 
     def on_message_complete(self) -> None:

@@ -125,6 +125,9 @@ class Settings:
     #: bounds of the adaptive interval that follows a feed's own rhythm (update.py)
     min_interval: timedelta = timedelta(minutes=10)
     max_interval: timedelta = timedelta(hours=12)
+    #: a WebSub hub (https://www.w3.org/TR/websub/) announced in every published feed and
+    #: pinged when one changes; None: no hub
+    websub_hub: str | None = None
 
     def fetch_limits(self) -> FetchLimits:
         seconds = self.timeout.total_seconds()
@@ -220,6 +223,33 @@ class FeedState:
     hint_seconds: int | None = None
     #: new entries a day, from its entries' dates (update.entry_rate); None: not known
     entries_per_day: float | None = None
+    #: the WebSub hub the feed declares and the topic (its self URL) to subscribe to
+    #: there (update.decide, websub.discover); None: it declares none
+    websub_hub: str | None = None
+    websub_topic: str | None = None
+
+
+@dataclass(frozen=True)
+class Subscription:
+    """A WebSub subscription (websub.py): our callback `id` at `hub` for `topic`, on
+    behalf of the configured feed `feed_url`."""
+
+    #: opaque and random: the callback is {base_url}websub/{id}
+    id: str
+    feed_url: str
+    hub: str
+    topic: str
+    #: the HMAC key the hub signs pushed content with; never logged or shown
+    secret: str = field(repr=False)
+    #: "pending" (asked, not verified yet), "active" (verified), "denied" (the hub said
+    #: no), "unsubscribing" (we asked to end it)
+    state: str = "pending"
+    #: when the hub's lease ends (active)
+    lease_expires: datetime | None = None
+    #: when we last asked the hub (subscribe or unsubscribe)
+    requested_at: datetime | None = None
+    #: why the last request failed or the hub denied it (one line, bounded)
+    error: str | None = None
 
 
 #: the raw hash (Store.known_entries) of an entry whose story was pruned: not stored again
@@ -299,6 +329,12 @@ class ParsedFeed:
     #: the body did not decode in the encoding it declared (or its server did), so
     #: feedparser tried others: which one it settles on depends on every byte
     encoding_guessed: bool = False
+    #: WebSub hubs the feed declares (<link rel="hub">, JSON Feed `hubs`): absolute
+    #: http(s) URLs without credentials, in the feed's order
+    hubs: tuple[str, ...] = ()
+    #: the feed's own URL as it declares it (<link rel="self">, JSON Feed `feed_url`):
+    #: the WebSub topic
+    self_url: str | None = None
 
 
 # --- clean → store -----------------------------------------------------------------

@@ -30,7 +30,7 @@ import feedparser.urls
 
 from aggregator.errors import ParseError
 from aggregator.model import ParsedEntry, ParsedFeed
-from aggregator.urls import publishable_url
+from aggregator.urls import http_url, publishable_url
 
 #: bozo exceptions that only say the server mislabelled a readable document
 _HARMLESS_BOZO: tuple[type[Exception], ...] = (
@@ -231,7 +231,7 @@ def parse_feed(body: bytes, headers: Mapping[str, str], url: str) -> ParsedFeed:
     lowered = {key.lower(): value for key, value in headers.items()}
     content_type = lowered.get("content-type", "").split(";")[0].strip().lower()
     if _is_json(stripped, content_type):
-        return _parse_json_feed(body, url)
+        return _parse_json_feed(body, lowered, url)
     return _parse_xml_feed(body, lowered, url)
 
 
@@ -361,6 +361,8 @@ def _parse_xml_feed(body: bytes, headers: dict[str, str], url: str) -> ParsedFee
             # calling the poll ok would hide that the feed is broken
             raise ParseError(url, f"malformed feed, no entry could be read: {warning}")
 
+    links = [*link_header(headers.get("link", "")), *(dict.get(feed, "links") or [])]
+    hubs, self_url = _websub_links(links, headers["content-location"])
     return ParsedFeed(
         title=feed_title or None,
         site_url=_feed_link(feed, headers["content-location"]),
@@ -369,7 +371,51 @@ def _parse_xml_feed(body: bytes, headers: dict[str, str], url: str) -> ParsedFee
         ttl_minutes=_ttl_minutes(dict.get(feed, "ttl")),
         warning=warning,
         encoding_guessed=isinstance(bozo_exception, feedparser.CharacterEncodingOverride),
+        hubs=hubs,
+        self_url=self_url,
     )
+
+
+#: hubs taken from one feed at most (the first is subscribed to)
+MAX_HUBS = 4
+#: how much of a Link header is read
+MAX_LINK_HEADER = 8192
+_LINK_VALUE = re.compile(r"<([^<>]*)>((?:\s*;\s*[^;,<>]*)*)")
+_LINK_REL = re.compile(r';\s*rel\s*=\s*(?:"([^"]*)"|([^\s;,"]+))', re.IGNORECASE)
+
+
+def link_header(value: str) -> list[dict[str, str]]:
+    """The links of an HTTP Link header (RFC 8288), one {"rel", "href"} per relation,
+    as feedparser gives a feed's <link> elements: WebSub's discovery reads them first
+    (https://www.w3.org/TR/websub/#discovery)."""
+    links = []
+    for match in _LINK_VALUE.finditer(value[:MAX_LINK_HEADER]):
+        found = _LINK_REL.search(match.group(2))
+        if found is not None:
+            for rel in (found.group(1) or found.group(2) or "").split():
+                links.append({"rel": rel, "href": match.group(1).strip()})
+    return links
+
+
+def _websub_links(links: Iterable[Any], base_url: str) -> tuple[tuple[str, ...], str | None]:
+    """The feed's WebSub hubs and self URL (https://www.w3.org/TR/websub/#discovery) from
+    its Link header and <link>/<atom:link> elements, in that order: absolute http(s)
+    URLs (hubs without credentials)."""
+    hubs: list[str] = []
+    self_url = None
+    for link in links:
+        if not isinstance(link, dict):
+            continue
+        rel = str(link.get("rel") or "").strip().lower()
+        href = str(link.get("href") or "").strip()
+        if rel == "hub" and len(hubs) < MAX_HUBS:
+            hub = publishable_url(href, base_url)
+            if hub is not None and hub not in hubs:
+                hubs.append(hub)
+        elif rel == "self" and self_url is None:
+            # as written: the topic must be the very URL the publisher pings its hub with
+            self_url = http_url(href, base_url)
+    return tuple(hubs), self_url
 
 
 def _defuse_entity_declarations(body: bytes) -> bytes:
@@ -643,7 +689,7 @@ def _is_json(stripped_body: bytes, content_type: str) -> bool:
     return is_json_type and not stripped_body.startswith(b"<")
 
 
-def _parse_json_feed(body: bytes, url: str) -> ParsedFeed:
+def _parse_json_feed(body: bytes, headers: Mapping[str, str], url: str) -> ParsedFeed:
     try:
         document = json.loads(body)
     except UnicodeDecodeError:
@@ -660,12 +706,23 @@ def _parse_json_feed(body: bytes, url: str) -> ParsedFeed:
     if not isinstance(items, list):
         raise ParseError(url, "invalid JSON Feed: items is not a list")
     feed_authors = _json_authors(document)
+    declared = document.get("hubs")
+    hubs = [
+        {"rel": "hub", "href": _json_string(hub.get("url"))}
+        for hub in (declared if isinstance(declared, list) else [])
+        if isinstance(hub, dict) and str(hub.get("type", "")).lower() == "websub"
+    ]
+    self_link = {"rel": "self", "href": _json_string(document.get("feed_url"))}
+    links = [*link_header(headers.get("link", "")), *hubs, self_link]
+    websub_hubs, self_url = _websub_links(links, url)
     return ParsedFeed(
         title=_json_string(document.get("title")),
         site_url=publishable_url(_json_string(document.get("home_page_url")), url),
         # favicon is the small one (JSON Feed 1.1: "for use in source lists"), icon 512 px
         icon_url=publishable_url(_json_string(document.get("favicon")), url)
         or publishable_url(_json_string(document.get("icon")), url),
+        hubs=websub_hubs,
+        self_url=self_url,
         entries=tuple(
             _entry_from_json(item, url, feed_authors) for item in items if isinstance(item, dict)
         ),

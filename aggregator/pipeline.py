@@ -31,10 +31,11 @@ import uuid
 from collections.abc import Callable, Coroutine, Iterable, Mapping, Sequence
 from concurrent.futures import Executor, Future
 from concurrent.futures.process import BrokenProcessPool
+from dataclasses import replace
 from datetime import datetime
 from typing import TYPE_CHECKING, Any, TypeVar
 
-from aggregator import update
+from aggregator import update, websub
 from aggregator.errors import (
     FeedError,
     ParseError,
@@ -60,7 +61,7 @@ from aggregator.publish import index_and_publish
 from aggregator.store import FetchRecord, Store, StoreThread
 from aggregator.text import single_line
 from aggregator.timeutil import to_iso, utcnow
-from aggregator.urls import redact_text
+from aggregator.urls import redact_text, redact_url
 
 if TYPE_CHECKING:
     import pebble
@@ -125,6 +126,9 @@ class Poller:
         self._round_started = 0.0
         #: server ("host:port") → until when it asked (Retry-After) not to be fetched
         self._holds: dict[str, datetime] = {}
+        #: feeds a WebSub hub pushes (active subscriptions, kept by the daemon's websub
+        #: manager): polled at update.PUSHED_INTERVAL at least
+        self.pushed_feeds: set[str] = set()
         self._server_slots: dict[str, asyncio.Semaphore] = {}
 
     @classmethod
@@ -238,7 +242,9 @@ class Poller:
         except Exception as error:
             outcome, items = _internal_error(source, error), ()
         self._note_hold(state, outcome)
-        feed_update = update.decide(source, state, outcome, now, self._rng.uniform(-1, 1))
+        pushed = source.url in self.pushed_feeds
+        jitter = self._rng.uniform(-1, 1)
+        feed_update = update.decide(source, state, outcome, now, jitter, pushed=pushed)
         fetch = _fetch_record(outcome, feed_update.state, now, time.monotonic() - started)
         try:
             saved = await self.db.run(
@@ -275,6 +281,68 @@ class Poller:
             unchanged=isinstance(response, Fetched) and parsed is None,
             state=new_state,
         )
+
+    async def ingest_pushed(
+        self, source: FeedSource, body: bytes, content_type: str | None
+    ) -> PollResult:
+        """Store what the feed's WebSub hub pushed (its content distribution): `body` goes
+        the way of a fetched one (`_parse_fetched`, update.decide, Store.save), as a 200
+        from the feed's URL. A body that does not parse is dropped (the result carries its
+        error) without counting as the feed's failure: the next poll tells. The push
+        changes neither the feed's validators nor the hub it declares. Raises StoreError."""
+        started = time.monotonic()
+        now = utcnow()
+        state = await self.db.run(Store.feed_state, source.url)
+        headers = {"content-type": content_type} if content_type else {}
+        response = Fetched(url=state.fetch_url, status=200, body=body, headers=headers)
+        async with self._in_progress:
+            try:
+                outcome, items, left_out = await self._parse_fetched(source, state, response, now)
+            except StoreError:
+                raise
+            except Exception as error:
+                outcome, items, left_out = _internal_error(source, error), (), ()
+        if isinstance(outcome, update.Failed):
+            return PollResult(url=source.url, error=outcome.error, state=state)
+        feed_update = update.decide(
+            source, state, outcome, now, self._rng.uniform(-1, 1), pushed=True
+        )
+        kept = replace(
+            feed_update.state,
+            etag=state.etag,
+            last_modified=state.last_modified,
+            websub_hub=state.websub_hub,
+            websub_topic=state.websub_topic,
+        )
+        feed_update = replace(feed_update, state=kept)
+        fetch = replace(
+            _fetch_record(outcome, kept, now, time.monotonic() - started), outcome="pushed"
+        )
+        saved = await self.db.run(
+            Store.save,
+            feed_update,
+            items,
+            now=now,
+            round_id=self._current_round(),
+            left_out=left_out,
+            fetch=fetch,
+        )
+        parsed = outcome.parsed
+        return PollResult(
+            url=source.url,
+            status=200,
+            new=saved.new,
+            updated=saved.updated,
+            merged=saved.merged,
+            duration=time.monotonic() - started,
+            warning=parsed.warning if parsed is not None else None,
+            unchanged=parsed is None,
+            state=kept,
+        )
+
+    async def fetcher(self) -> Fetcher:
+        """The poller's HTTP client (started if need be), for WebSub's requests to hubs."""
+        return await self._started_fetcher()
 
     async def _started_fetcher(self) -> Fetcher:
         """The fetcher, started with the first poll (a daemon with no feeds has none)."""
@@ -322,6 +390,12 @@ class Poller:
             return update.Failed(error), (), ()
         if not isinstance(response, Fetched):
             return update.Answered(response), (), ()
+        return await self._parse_fetched(source, state, response, now)
+
+    async def _parse_fetched(
+        self, source: FeedSource, state: FeedState, response: Fetched, now: datetime
+    ) -> tuple[update.Outcome, tuple[tuple[Item, str], ...], tuple[str, ...]]:
+        """`_fetch_and_parse` once there is a body: fetched, or pushed by a WebSub hub."""
         body_hash = hashlib.sha256(response.body).hexdigest()
         if body_hash == state.body_hash:
             return update.Answered(response, body_hash), (), ()
@@ -406,17 +480,34 @@ async def poll_and_publish(
     force: bool = False,
     on_result: Callable[[FeedSource, PollResult], None] | None = None,
 ) -> tuple[list[PollResult], int, list[str]]:
-    """`poll --once`: one round over every feed, then prune and publish. Returns the
-    results, the number of items pruned and the output files that changed."""
+    """`poll --once`: one round over every feed, then prune and publish, and ping the
+    WebSub hub if one is set. Returns the results, the number of items pruned and the
+    output files that changed. (It does not subscribe to hubs: it serves no callback.)"""
     settings = config.settings
     poller = await Poller.open(settings)
     try:
         results = await poller.poll_round(config.feeds, force=force, on_result=on_result)
         pruned = await poller.db.run(Store.prune, utcnow() - settings.retention)
         _, changed = await poller.db.run(index_and_publish, config)
+        if settings.websub_hub and changed:
+            await _ping_hub(poller, settings, changed)
     finally:
         await poller.close()
     return results, pruned, changed
+
+
+async def _ping_hub(poller: Poller, settings: Settings, changed: Sequence[str]) -> None:
+    """`poll --once` tells settings.websub_hub about the feeds it changed, as the daemon
+    does after a render (websub.Pinger); a failure is logged, not retried."""
+    assert settings.websub_hub is not None
+    urls = websub.feed_urls(settings.base_url, changed)
+    if not urls:
+        return
+    failed = await websub.ping(await poller.fetcher(), settings.websub_hub, urls)
+    for url, why in failed.items():
+        log.warning(
+            "WebSub hub %s: ping for %s failed: %s", redact_url(settings.websub_hub), url, why
+        )
 
 
 #: added to the parse workers' niceness (0 = same priority as the main process, 19 = lowest)

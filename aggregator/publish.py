@@ -27,6 +27,8 @@ from aggregator.render import media_type
 from aggregator.store import Store
 
 if TYPE_CHECKING:
+    from starlette.requests import Request
+    from starlette.responses import Response
     from starlette.types import ASGIApp, Receive, Scope, Send
 
 log = logging.getLogger("aggregator")
@@ -116,7 +118,9 @@ def topic_pages(
     ]
 
 
-def render_pages(topic: Topic, pages: Sequence[TopicPage], base_url: str) -> dict[str, bytes]:
+def render_pages(
+    topic: Topic, pages: Sequence[TopicPage], base_url: str, hubs: tuple[str, ...] = ()
+) -> dict[str, bytes]:
     """Every format of the topic's first pages (topic_pages): file name → bytes, the
     first page as `<slug>.<ext>`, the others as archive pages (paging.py)."""
     outputs: dict[str, bytes] = {}
@@ -124,15 +128,23 @@ def render_pages(topic: Topic, pages: Sequence[TopicPage], base_url: str) -> dic
     for page in pages:
         if stem is None:
             break  # an archive page we cannot name (paging.MAX_ID_BYTES)
-        links, older = _page_links(topic, stem, page)
+        links, older = _page_links(topic, stem, page, hubs)
         for f in render.TOPIC_FORMATS:
             outputs[f"{stem}.{f.extension}"] = f.render(topic, page.items, base_url, links)
         stem = older
     return outputs
 
 
-def _page_links(topic: Topic, stem: str, page: TopicPage) -> tuple[render.PageLinks, str | None]:
-    """The links of the page named `stem`, and the stem of the next older page."""
+def _hubs(config: Config) -> tuple[str, ...]:
+    hub = config.settings.websub_hub
+    return (hub,) if hub else ()
+
+
+def _page_links(
+    topic: Topic, stem: str, page: TopicPage, hubs: tuple[str, ...] = ()
+) -> tuple[render.PageLinks, str | None]:
+    """The links of the page named `stem`, and the stem of the next older page. Only the
+    first page names the hubs: it is the one that changes, and the one pinged."""
     token = paging.encode_cursor(page.older) if page.older is not None else None
     older = paging.page_stem(topic.slug, token) if token is not None else None
     is_first = stem == topic.slug
@@ -140,6 +152,7 @@ def _page_links(topic: Topic, stem: str, page: TopicPage) -> tuple[render.PageLi
         older=older,
         newer=None if is_first else topic.slug,
         page=None if is_first else stem,
+        hubs=hubs if is_first else (),
     )
     return links, older
 
@@ -172,11 +185,12 @@ def render_outputs(
     states = store.feed_states()
     names = display_names(config, states)
     outputs: dict[str, bytes] = {}
+    hubs = _hubs(config)
     for topic in config.topics:
         if only is not None and topic.slug not in only:
             continue
         pages = topic_pages(config, store, topic, names, pages=1 + ARCHIVE_FILES)
-        outputs.update(render_pages(topic, pages, base_url))
+        outputs.update(render_pages(topic, pages, base_url, hubs))
     outputs["index.html"] = render.render_index(config.topics, base_url)
     sources = []
     for source in config.feeds:
@@ -492,8 +506,10 @@ def make_app(
     health: Callable[[], tuple[int, dict[str, object]]],
     metrics: Callable[[], bytes],
     archive: Callable[[paging.ArchivePage], Awaitable[Output | None]] | None = None,
+    websub: Callable[[Request], Awaitable[Response]] | None = None,
 ) -> ASGIApp:
-    """The ASGI app: published outputs, /healthz and /metrics; everything else is 404.
+    """The ASGI app: published outputs, /healthz and /metrics, and with `websub` the
+    WebSub callbacks (/websub/<id>, websub.Subscriber.endpoint); everything else is 404.
 
     Published files, the requests feed readers make all day, are answered straight from
     the cache without Starlette's request, routing and response objects, which cost more
@@ -505,7 +521,6 @@ def make_app(
     bad token is 400; a store that fails (an AggregatorError) 503.
     """
     from starlette.applications import Starlette
-    from starlette.requests import Request
     from starlette.responses import JSONResponse, PlainTextResponse, Response
     from starlette.routing import Route
 
@@ -519,13 +534,14 @@ def make_app(
     async def not_found(request: Request) -> Response:
         return PlainTextResponse("not found\n", status_code=404)
 
-    others = Starlette(
-        routes=[
-            Route("/healthz", healthz, methods=["GET", "HEAD"]),
-            Route("/metrics", prometheus, methods=["GET", "HEAD"]),
-            Route("/{name:path}", not_found, methods=["GET", "HEAD"]),
-        ]
-    )
+    routes = [
+        Route("/healthz", healthz, methods=["GET", "HEAD"]),
+        Route("/metrics", prometheus, methods=["GET", "HEAD"]),
+    ]
+    if websub is not None:
+        routes.append(Route("/websub/{subscription_id}", websub, methods=["GET", "POST"]))
+    routes.append(Route("/{name:path}", not_found, methods=["GET", "HEAD"]))
+    others = Starlette(routes=routes)
 
     async def archive_page(path: str, query: bytes) -> Output | Response | None:
         """The archive page asked for, an error response, or None: not an archive page."""

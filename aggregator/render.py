@@ -353,6 +353,8 @@ def render_atom(
         _sub(feed, _atom("subtitle"), topic.description, {"type": "text"})
     _sub(feed, _atom("updated"), format_rfc3339(_feed_updated(items)))
     _sub(feed, _atom("link"), attrib={"rel": "self", "type": ATOM_TYPE, "href": self_url})
+    for hub in links.hubs:
+        _sub(feed, _atom("link"), attrib={"rel": "hub", "href": hub})
     _sub(
         feed,
         _atom("link"),
@@ -454,6 +456,9 @@ def render_rss(
         },
     )
     _add_page_links(channel, f"{{{ATOM_NS}}}link", links, base_url, "rss")
+    # WebSub §4: the hub beside the self link, in the Atom namespace as RSS has no element
+    for hub in links.hubs:
+        _sub(channel, f"{{{ATOM_NS}}}link", attrib={"href": hub, "rel": "hub"})
     _sub(channel, "lastBuildDate", format_rfc822(_feed_updated(items)))
     _sub(channel, "generator", _generator_label())
     _sub(channel, "docs", RSS_DOCS)
@@ -504,6 +509,8 @@ def render_json(
         feed["description"] = clean_text(topic.description)
     if links.older:  # JSON Feed 1.1: the feed of the next (older) items
         feed["next_url"] = _output_url(base_url, links.older, "json")
+    if links.hubs:
+        feed["hubs"] = [{"type": "WebSub", "url": clean_text(hub)} for hub in links.hubs]
     feed["items"] = [_json_item(item) for item in items]
     # Keys keep insertion order (no sort_keys), which is fixed by the code above.
     text = json.dumps(feed, ensure_ascii=False, indent=2)

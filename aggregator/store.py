@@ -5,8 +5,10 @@ checks this list against the database):
 
   feeds(url, fetch_url, title, site_url, etag, last_modified, body_hash, last_fetched,
         last_status, last_error, next_due, retry_after, gone, gone_fingerprint, failures,
-        moved_to, hint_seconds, entry_chunks, entries_per_day, icon_url)
-      one row per configured feed URL: validators, schedule, last result (FeedState)
+        moved_to, hint_seconds, entry_chunks, entries_per_day, websub_hub, websub_topic,
+        icon_url)
+      one row per configured feed URL: validators, schedule, last result, the WebSub hub
+      it declares (FeedState)
   items(id, link, canonical_link, title, content_html, summary_html, excerpt, text, author,
         categories, published, updated, first_seen, content_hash, first_feed_url,
         fts_indexed, first_round, image_url)
@@ -31,6 +33,9 @@ checks this list against the database):
           updated)
       each feed's last HISTORY_LENGTH fetches, for `status --feed`: written (and trimmed)
       by `save` in the poll's transaction
+  websub(id, feed_url, hub, topic, secret, state, lease_expires, requested_at, error)
+      the daemon's WebSub subscriptions, one per feed (model.Subscription): `id` names the
+      callback, `secret` signs what the hub pushes (never shown)
 
 Sections: opening and migrating; a feed's state; items, where dedupe's decisions
 (dedupe.match, merge, edit) are applied; reading for publishing; maintenance.
@@ -64,7 +69,7 @@ from sqlite_utils.migrations import Migrations
 
 from aggregator import dedupe
 from aggregator.errors import StoreError
-from aggregator.model import PRUNED, FeedState, Item, PublishedItem, SourceRef
+from aggregator.model import PRUNED, FeedState, Item, PublishedItem, SourceRef, Subscription
 from aggregator.timeutil import from_iso, to_iso, utcnow
 from aggregator.update import FeedUpdate
 
@@ -266,6 +271,28 @@ def _fetch_history(db: Database) -> None:
     )
 
 
+@migrations(name="009_websub")
+def _websub(db: Database) -> None:
+    # the hub each feed declares (update.decide), and the daemon's subscriptions (websub.py)
+    db.executescript(
+        """
+        ALTER TABLE feeds ADD COLUMN websub_hub TEXT;
+        ALTER TABLE feeds ADD COLUMN websub_topic TEXT;
+        CREATE TABLE websub (
+            id TEXT PRIMARY KEY,
+            feed_url TEXT NOT NULL UNIQUE,
+            hub TEXT NOT NULL,
+            topic TEXT NOT NULL,
+            secret TEXT NOT NULL,
+            state TEXT NOT NULL,
+            lease_expires TEXT,
+            requested_at TEXT,
+            error TEXT
+        );
+        """
+    )
+
+
 @migrations(name="010_feed_icon")
 def _feed_icon(db: Database) -> None:
     # the feed's icon (Atom icon/logo, RSS image, JSON Feed favicon/icon), shown beside
@@ -292,7 +319,8 @@ class FetchRecord:
     duration: float
     #: the HTTP status, None when the fetch failed without one (or the body did not parse)
     status: int | None
-    #: "ok" (a body parsed), "not_modified" (304), "unchanged" (the same body) or "error"
+    #: "ok" (a body parsed), "not_modified" (304), "unchanged" (the same body), "error",
+    #: or "pushed" (a body the feed's WebSub hub pushed, parsed)
     outcome: str
     #: with "error": errors.error_kind
     error_kind: str | None = None
@@ -560,6 +588,8 @@ class Store:
             "hint_seconds": state.hint_seconds,
             "entries_per_day": state.entries_per_day,
             "icon_url": state.icon_url,
+            "websub_hub": state.websub_hub,
+            "websub_topic": state.websub_topic,
         }
         if update.entry_chunks is not None:
             row["entry_chunks"] = " ".join(f"{chunk}:{key}" for chunk, key in update.entry_chunks)
@@ -922,6 +952,56 @@ class Store:
             )
         ]
 
+    # --- WebSub subscriptions ----------------------------------------------------------
+
+    def subscriptions(self) -> list[Subscription]:
+        """Every WebSub subscription; none in a database made before them (`status`)."""
+        try:
+            rows = list(self.db.query("SELECT * FROM websub ORDER BY feed_url"))
+        except sqlite3.OperationalError:  # no such table: an older database
+            return []
+        return [
+            Subscription(
+                id=row["id"],
+                feed_url=row["feed_url"],
+                hub=row["hub"],
+                topic=row["topic"],
+                secret=row["secret"],
+                state=row["state"],
+                lease_expires=from_iso(row["lease_expires"]),
+                requested_at=from_iso(row["requested_at"]),
+                error=row["error"],
+            )
+            for row in rows
+        ]
+
+    def put_subscription(self, subscription: Subscription) -> None:
+        """Write a subscription, replacing the feed's previous one (another id)."""
+        with _immediate(self.db):
+            self.db.execute(
+                "DELETE FROM websub WHERE feed_url = ? AND id != ?",
+                [subscription.feed_url, subscription.id],
+            )
+            self.db.execute(
+                "INSERT OR REPLACE INTO websub (id, feed_url, hub, topic, secret, state,"
+                " lease_expires, requested_at, error) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                [
+                    subscription.id,
+                    subscription.feed_url,
+                    subscription.hub,
+                    subscription.topic,
+                    subscription.secret,
+                    subscription.state,
+                    _iso_or_none(subscription.lease_expires),
+                    _iso_or_none(subscription.requested_at),
+                    subscription.error,
+                ],
+            )
+
+    def delete_subscription(self, subscription_id: str) -> None:
+        with _immediate(self.db):
+            self.db.execute("DELETE FROM websub WHERE id = ?", [subscription_id])
+
     # --- maintenance ------------------------------------------------------------------
 
     def prunable(self, older_than: datetime) -> list[PrunableItem]:
@@ -1188,4 +1268,7 @@ def _state_from_row(row: Mapping[str, Any]) -> FeedState:
         hint_seconds=row["hint_seconds"],
         entries_per_day=row["entries_per_day"],
         icon_url=row["icon_url"],
+        # .get: `status` reads a database it does not migrate
+        websub_hub=row.get("websub_hub"),
+        websub_topic=row.get("websub_topic"),
     )

@@ -42,6 +42,10 @@ RATE_WINDOW = timedelta(days=30)
 RATE_MIN_ENTRIES = 3
 #: the adaptive interval polls this many times per expected new entry
 POLLS_PER_ENTRY = 4
+#: a feed whose WebSub hub pushes it (an active subscription, websub.py) is polled at
+#: least this far apart, as a fallback for pushes lost on the way; max_interval does not
+#: shorten it, a feed's own `interval` in feeds.yaml stays as it is
+PUSHED_INTERVAL = timedelta(hours=6)
 
 
 # --- what a poll met --------------------------------------------------------------------
@@ -147,21 +151,30 @@ def entry_rate(dates: Iterable[datetime], now: datetime) -> float | None:
 
 
 def interval_for(
-    source: FeedSource, entries_per_day: float | None, hint_seconds: int | None
+    source: FeedSource,
+    entries_per_day: float | None,
+    hint_seconds: int | None,
+    pushed: bool = False,
 ) -> timedelta:
     """The interval a feed is polled at (explain_interval says why)."""
-    return _interval_and_reason(source, entries_per_day, hint_seconds)[0]
+    return _interval_and_reason(source, entries_per_day, hint_seconds, pushed)[0]
 
 
-def explain_interval(source: FeedSource, state: FeedState | None) -> tuple[timedelta, str]:
-    """The interval the feed is polled at now, and why, in a few words (for `status`)."""
+def explain_interval(
+    source: FeedSource, state: FeedState | None, pushed: bool = False
+) -> tuple[timedelta, str]:
+    """The interval the feed is polled at now, and why, in a few words (for `status`).
+    `pushed`: its WebSub hub pushes it (an active subscription)."""
     if state is None:
-        return _interval_and_reason(source, None, None)
-    return _interval_and_reason(source, state.entries_per_day, state.hint_seconds)
+        return _interval_and_reason(source, None, None, pushed)
+    return _interval_and_reason(source, state.entries_per_day, state.hint_seconds, pushed)
 
 
 def _interval_and_reason(
-    source: FeedSource, entries_per_day: float | None, hint_seconds: int | None
+    source: FeedSource,
+    entries_per_day: float | None,
+    hint_seconds: int | None,
+    pushed: bool = False,
 ) -> tuple[timedelta, str]:
     """The interval a feed is polled at, and why in a few words.
 
@@ -169,6 +182,8 @@ def _interval_and_reason(
     follows the feed's entry rate: POLLS_PER_ENTRY polls per expected new entry, within
     min_interval and max_interval; settings.interval while the rate is not known. The
     feed's own hint (RSS ttl, Cache-Control max-age) can lengthen either, up to MAX_HINT.
+    While its WebSub hub pushes it (`pushed`), an adaptive interval is PUSHED_INTERVAL
+    at least.
     """
     low, high = source.min_interval, source.max_interval
     if low is None or high is None:
@@ -185,6 +200,8 @@ def _interval_and_reason(
             reason += ", at most max_interval"
         elif wanted < low:
             reason += ", at least min_interval"
+    if pushed and low is not None and interval < PUSHED_INTERVAL:
+        interval, reason = PUSHED_INTERVAL, "pushed by its WebSub hub: polled as a fallback"
     if hint_seconds:
         hinted = min(timedelta(seconds=hint_seconds), MAX_HINT)
         if hinted > interval:
@@ -199,6 +216,8 @@ _REASON_LABELS = (
     ("no entry in 30 days", "quiet"),
     ("follows its rhythm", "rhythm"),
     ("the feed asks", "feed asks"),
+    ("pushed", "pushed"),
+    ("pushed", "pushed"),
 )
 
 
@@ -226,12 +245,21 @@ def poll_hint(headers: Mapping[str, str], ttl_minutes: int | None) -> int | None
 
 
 def decide(
-    source: FeedSource, old: FeedState, outcome: Outcome, now: datetime, jitter: float = 0.0
+    source: FeedSource,
+    old: FeedState,
+    outcome: Outcome,
+    now: datetime,
+    jitter: float = 0.0,
+    *,
+    pushed: bool = False,
 ) -> FeedUpdate:
-    """The feed's state after a poll that met `outcome`.
+    """The feed's state after a poll (or a push from its WebSub hub) that met `outcome`.
 
     `jitter` in [-1, 1] (drawn by the caller) spreads a successful poll's next due time by
-    that fraction of `JITTER` times the interval."""
+    that fraction of `JITTER` times the interval. `pushed`: the feed's hub pushes it, so
+    it is polled less often (`PUSHED_INTERVAL`). A parsed body says which WebSub hub the
+    feed declares now (the first; its self URL, else the URL fetched, is the topic); a 304
+    or the same body keeps what the last one said."""
     if isinstance(outcome, Failed):
         return FeedUpdate(_failed(source, old, outcome, now))
     response = outcome.response
@@ -242,7 +270,7 @@ def decide(
     else:  # no body read: the hint the last one gave still holds unless the headers say
         hint = poll_hint(response.headers, None) or old.hint_seconds
         rate = old.entries_per_day
-    interval = interval_for(source, rate, hint)
+    interval = interval_for(source, rate, hint, pushed)
     due = next_due(interval, now, 0) + interval * (JITTER * max(-1.0, min(1.0, jitter)))
     state = replace(
         _moved(old, response),
@@ -263,6 +291,10 @@ def decide(
         site_url=(parsed.site_url or old.site_url) if parsed else old.site_url,
         icon_url=(parsed.icon_url or old.icon_url) if parsed else old.icon_url,
     )
+    if parsed is not None:
+        hub = parsed.hubs[0] if parsed.hubs else None
+        topic = (parsed.self_url or response.url) if hub else None
+        state = replace(state, websub_hub=hub, websub_topic=topic)
     return FeedUpdate(state, entry_chunks=outcome.entry_chunks if parsed else None)
 
 

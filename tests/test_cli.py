@@ -568,7 +568,8 @@ def test_a_moved_feed_shows_its_new_url_redacted() -> None:
 
 @dataclass
 class StubStore:
-    """What cmd_status reads from a store: the states and item counts by URL."""
+    """What cmd_status reads from a store: the states and item counts by URL (and the
+    WebSub subscriptions: none)."""
 
     states: dict[str, FeedState] = field(default_factory=dict)
     counts: dict[str, int] = field(default_factory=dict)
@@ -578,6 +579,9 @@ class StubStore:
 
     def item_counts(self) -> dict[str, int]:
         return self.counts
+
+    def subscriptions(self) -> list[object]:
+        return []
 
 
 def test_status_text_shows_errors_and_moves_and_obeys_no_control_character(

@@ -146,6 +146,13 @@ def test_valid_listen(value, expected):
     assert parse_config(text, Path("feeds.yaml")).settings.listen == expected
 
 
+def test_websub_hub_is_an_http_url_or_absent() -> None:
+    assert parse_config(FEED, Path("feeds.yaml")).settings.websub_hub is None
+    text = "settings:\n  websub_hub: https://hub.example/publish\n" + FEED
+    hub = parse_config(text, Path("feeds.yaml")).settings.websub_hub
+    assert hub == "https://hub.example/publish"
+
+
 @pytest.mark.parametrize(
     ("value", "expected"),
     [
@@ -274,6 +281,15 @@ INVALID = [
     (
         "settings:\n  base_url: https://x.example/?a=1\n" + FEED,
         "2: settings.base_url: must not have a query or fragment: 'https://x.example/?a=1'",
+    ),
+    (
+        "settings:\n  websub_hub: ftp://hub.example/\n" + FEED,
+        "2: settings.websub_hub: not an http(s) URL: 'ftp://hub.example/'",
+    ),
+    (
+        "settings:\n  websub_hub: https://u:pw@hub.example/\n" + FEED,
+        "2: settings.websub_hub: must not hold a user name or password: it is published in"
+        " every feed",
     ),
     # feeds
     ("feeds:\n", "1: feeds: no feeds configured: at least one is required"),

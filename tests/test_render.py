@@ -227,6 +227,33 @@ def test_atom_is_valid_rfc4287(
     assert all(name.text and name.text.strip() for name in names)
 
 
+HUB = "https://hub.example/"
+
+
+def test_every_feed_declares_the_websub_hub(atom_schema: AtomSchema) -> None:
+    """WebSub §4: Atom and RSS link rel="hub" beside rel="self", JSON Feed lists `hubs`;
+    without a hub, none of them mentions one."""
+    links = PageLinks(hubs=(HUB,))
+    atom = render_atom(TOPIC, ALL_ITEMS, BASE_URL, links)
+    assert atom_schema.errors(atom) == []
+    feed = etree.fromstring(atom)
+    assert [(link.get("rel"), link.get("href")) for link in feed.findall(f"{{{ATOM_NS}}}link")][
+        :2
+    ] == [("self", f"{BASE_URL}north-korea.atom"), ("hub", HUB)]
+    channel = etree.fromstring(render_rss(TOPIC, ALL_ITEMS, BASE_URL, links)).find("channel")
+    assert channel is not None
+    rss_links = {link.get("rel"): link.get("href") for link in channel.iter(f"{{{ATOM_NS}}}link")}
+    assert rss_links == {"self": f"{BASE_URL}north-korea.rss", "hub": HUB}
+    json_feed = json.loads(render_json(TOPIC, ALL_ITEMS, BASE_URL, links))
+    assert json_feed["hubs"] == [{"type": "WebSub", "url": HUB}]
+    assert {link.get("rel"): link.get("href") for link in feedparser.parse(atom).feed.links}[
+        "hub"
+    ] == HUB
+    for render in (render_atom, render_rss, render_json):
+        plain = render(TOPIC, ALL_ITEMS, BASE_URL)
+        assert HUB.encode() not in plain and b'"hub' not in plain and b"hubs" not in plain
+
+
 def test_atom_entry_without_link_carries_its_summary_as_content() -> None:
     parsed = feedparser.parse(render_atom(TOPIC, [ITEM_NO_LINK], BASE_URL))
     entry = parsed.entries[0]
