@@ -89,6 +89,8 @@ TITLE_WEIGHT = 10.0
 SEARCH_SCAN = 2000
 #: a search that takes longer than this is stopped (SQLite's progress handler)
 SEARCH_SECONDS = 5.0
+#: a search that matches more stories than this ranks only the newest this many
+RANK_WINDOW = 10_000
 
 P = ParamSpec("P")
 T = TypeVar("T")
@@ -892,14 +894,15 @@ class Store:
         (never a user's text), best first: (item, relevance), relevance being -bm25 with
         the title weighted TITLE_WEIGHT times the text. Only stories carried by one of
         `feed_urls` (when given), published at or after `since`, and that `accept(item,
-        text)`; of those at most `limit`, and with `accept` the best SEARCH_SCAN matches
-        are looked at. StoreError when it takes longer than `seconds`."""
+        text)`; of those at most `limit`. Only the newest RANK_WINDOW matches are ranked, and
+        with `accept` the best SEARCH_SCAN of them looked at. StoreError when it takes
+        longer than `seconds`."""
         if limit <= 0 or (feed_urls is not None and not feed_urls):
             return []
         sql = (
             "SELECT items.*, items_fts.rank AS score FROM items_fts"
             " JOIN items ON items.rowid = items_fts.rowid"
-            " WHERE items_fts MATCH ? AND items_fts.rank MATCH ?"
+            " WHERE items_fts MATCH ? AND items_fts.rank MATCH ? AND items_fts.rowid >= ?"
         )
         params: list[Any] = [match, f"bm25({TITLE_WEIGHT}, 1.0)"]
         if since is not None:
@@ -922,6 +925,16 @@ class Store:
         conn.set_progress_handler(lambda: time.monotonic() > stop_at, 10_000)
         found: list[tuple[PublishedItem, float]] = []
         try:
+            # Ranking costs per matching story (bm25 over all of them, FTS5 has no top-k):
+            # a query that matches most of the archive ("the", "said") is ranked among its
+            # newest RANK_WINDOW matches. Rowids grow with storing, and FTS5 walks a rowid
+            # range without reading the rest, so the probe and the ranking stay bounded.
+            window = self._one(
+                "SELECT rowid FROM items_fts WHERE items_fts MATCH ?"
+                " ORDER BY rowid DESC LIMIT 1 OFFSET ?",
+                [match, RANK_WINDOW - 1],
+            )
+            params.insert(2, window["rowid"] if window else 0)
             for row in self.db.query(sql, params):
                 item = self._published_item(row, display_names)
                 if accept is None or accept(item, row["text"]):

@@ -516,3 +516,16 @@ def test_the_search_form_page_is_valid_html_without_a_query() -> None:
     page = etree.fromstring(body, etree.HTMLParser())
     assert [o.get("value") for o in page.iter("option")] == ["", "asia", "quiet"]
     assert not page.xpath("//link[@rel='alternate']")  # nothing to subscribe to yet
+
+
+def test_a_query_matching_more_than_the_window_ranks_its_newest_matches(
+    store: Store, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Newest as stored: the window's matches are the last three stored (the removed
+    feed's story among them, then left out as always)."""
+    import aggregator.store
+
+    assert "Korea launches a satellite" in titles(store, "korea")  # stored first
+    monkeypatch.setattr(aggregator.store, "RANK_WINDOW", 3)
+    assert sorted(titles(store, "korea")) == ["Korea in history", "Quiet news from Korea"]
+    assert titles(store, "satellite") == ["Korea launches a satellite"]  # one match: found
