@@ -283,7 +283,15 @@ def cmd_search(config: Config, args: argparse.Namespace) -> int:
     request = search.make_request(
         config.topics, " ".join(args.query), args.topic, args.since, args.limit
     )
-    with Store.open(config.settings.database) as store:
+    try:
+        store = Store.open(config.settings.database)
+    except StoreError:
+        # a read-only file or folder (a backup, another user's daemon): what is indexed
+        readonly = Store.open_readonly(config.settings.database)
+        if readonly is None:
+            raise
+        store = readonly
+    with store:
         with contextlib.suppress(StoreError):  # another process's lock: search what is indexed
             store.index_pending()
         hits = publish.search_items(store, config, request, utcnow())

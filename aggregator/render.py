@@ -727,7 +727,8 @@ def render_search_feed(
         root = etree.fromstring(render_atom(topic, items, base_url))
         root.find(_atom("id")).text = self_url  # type: ignore[union-attr]
         for link in root.findall(_atom("link")):
-            link.set("href", self_url if link.get("rel") == "self" else page_url)
+            if link.get("rel") in ("self", "alternate"):
+                link.set("href", self_url if link.get("rel") == "self" else page_url)
         return _xml_bytes(root)
     if extension == "rss":
         root = etree.fromstring(render_rss(topic, items, base_url))

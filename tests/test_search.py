@@ -529,3 +529,15 @@ def test_a_query_matching_more_than_the_window_ranks_its_newest_matches(
     monkeypatch.setattr(aggregator.store, "RANK_WINDOW", 3)
     assert sorted(titles(store, "korea")) == ["Korea in history", "Quiet news from Korea"]
     assert titles(store, "satellite") == ["Korea launches a satellite"]  # one match: found
+
+
+def test_search_reads_a_database_it_cannot_write(
+    cli_config: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def refuse(cls: type[Store], path: object) -> Store:
+        raise StoreError(f"{path}: cannot open database: attempt to write a readonly database")
+
+    monkeypatch.setattr(Store, "open", classmethod(refuse))
+    assert cli.main(["-c", str(cli_config), "search", "--json", "korea satellite"]) == 0
+    [result] = json.loads(capsys.readouterr().out)
+    assert result["title"] == "Korea launches a satellite"
