@@ -40,6 +40,7 @@ sys.path.insert(0, str(ROOT / "bench"))
 from corpus import PLACES, WORDS  # noqa: E402
 
 from aggregator import publish  # noqa: E402
+from aggregator import store as store_module  # noqa: E402
 from aggregator.config import parse_config  # noqa: E402
 from aggregator.search import make_request  # noqa: E402
 from aggregator.store import Store  # noqa: E402
@@ -215,7 +216,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument("--out", type=Path, default=ROOT / "bench" / "out" / "search")
     parser.add_argument("--reuse", action="store_true", help="keep an existing database")
+    parser.add_argument(
+        "--rank-window",
+        type=int,
+        default=store_module.RANK_WINDOW,
+        help="rank at most this many newest matches (a huge value: every match, as before)",
+    )
     args = parser.parse_args(argv)
+    store_module.RANK_WINDOW = args.rank_window
     args.out.mkdir(parents=True, exist_ok=True)
     path = args.out / "search.db"
     started = time.perf_counter()
@@ -228,6 +236,7 @@ def main(argv: list[str] | None = None) -> int:
     build_seconds = time.perf_counter() - started
     config = parse_config(config_text(path), args.out / "feeds.yaml")
     mix = queries(vocab, titles, args.queries, args.seed)
+    load_before = os.getloadavg()[0]
     timings: dict[str, list[float]] = {}
     results: dict[str, list[int]] = {}
     with Store.open(path) as store:
@@ -239,12 +248,16 @@ def main(argv: list[str] | None = None) -> int:
             hits = publish.search_items(store, config, request, NOW)
             timings.setdefault(kind, []).append((time.perf_counter() - begun) * 1000)
             results.setdefault(kind, []).append(len(hits))
+    load_after = os.getloadavg()[0]
     every = [t for ts in timings.values() for t in ts]
     size = sum(
         Path(f"{path}{s}").stat().st_size for s in ("", "-wal") if Path(f"{path}{s}").exists()
     )
-    print(f"# Search: {args.items:,} stories, {len(every)} queries, limit 20\n")
-    print(f"Machine: {machine()}")
+    print(
+        f"# Search: {args.items:,} stories, {len(every)} queries, limit 20,"
+        f" rank window {args.rank_window:,}\n"
+    )
+    print(f"Machine: {machine()}; load average {load_before:.1f} before, {load_after:.1f} after")
     print(
         f"Database {size / 1e6:.0f} MB; built in {build_seconds:.0f} s, of which the"
         f" full-text index (one `index_for_search` batch) {index_seconds:.1f} s\n"
