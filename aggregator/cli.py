@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import logging
 import os
@@ -14,7 +15,14 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from aggregator import __version__
-from aggregator.errors import ConfigError, NotChanged, PublishError, StoreError, error_kind
+from aggregator.errors import (
+    ConfigError,
+    NotChanged,
+    PublishError,
+    QueryError,
+    StoreError,
+    error_kind,
+)
 from aggregator.model import Config, FeedSource, FeedState, PollResult
 from aggregator.text import single_line
 from aggregator.timeutil import format_duration, to_iso, utcnow
@@ -93,6 +101,25 @@ def build_parser() -> argparse.ArgumentParser:
     import_.add_argument(
         "--tag", action="append", default=[], type=_tag_argument, help="a tag for every feed"
     )
+    search = commands.add_parser(
+        "search",
+        parents=[config_option],
+        help="find stored stories by words in their title and text",
+        description=(
+            'Words must all match; "a phrase" in quotes; word* for a prefix; -word to'
+            " exclude (put the query in quotes, or after --); OR between two terms for"
+            " either. Best match first, the title counting more than the text."
+        ),
+    )
+    search.add_argument("query", nargs="+", metavar="QUERY", help="the words to look for")
+    search.add_argument("--topic", metavar="T", help="only the stories topic T publishes")
+    search.add_argument(
+        "--since", metavar="SPAN", help="only stories published within SPAN (e.g. 12h, 7d)"
+    )
+    search.add_argument("--json", action="store_true", help="print a JSON array")
+    search.add_argument(
+        "--limit", type=int, metavar="N", help="at most N results (default 20, at most 100)"
+    )
     return parser
 
 
@@ -148,6 +175,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             finally:
                 if readonly is not None:
                     readonly.close()
+        if args.command == "search":
+            return cmd_search(config, args)
         with Store.open(config.settings.database) as store:
             if args.command == "build":
                 return cmd_build(config, store)
@@ -155,6 +184,9 @@ def main(argv: Sequence[str] | None = None) -> int:
                 return cmd_prune(config, store, dry_run=args.dry_run)
     except ConfigError as e:
         print(redact_text(str(e)), file=sys.stderr)
+        return EXIT_CONFIG
+    except QueryError as e:
+        print(f"aggregator: search: {single_line(redact_text(str(e)))}", file=sys.stderr)
         return EXIT_CONFIG
     except (StoreError, PublishError, NotChanged) as e:
         print(f"aggregator: {redact_text(str(e))}", file=sys.stderr)
@@ -238,6 +270,44 @@ def cmd_build(config: Config, store: Store) -> int:
 
     _, changed = publish.publish(store, config)
     print(f"{len(changed)} output files changed in {config.settings.output_dir}")
+    return EXIT_OK
+
+
+def cmd_search(config: Config, args: argparse.Namespace) -> int:
+    """`search`: the query checked first (exit 2 before the database is opened), then the
+    stories not yet in the full-text index added (the daemon adds them after each burst
+    of polls), then the best matches printed."""
+    from aggregator import publish, render, search
+    from aggregator.store import Store
+
+    request = search.make_request(
+        config.topics, " ".join(args.query), args.topic, args.since, args.limit
+    )
+    try:
+        store = Store.open(config.settings.database)
+    except StoreError:
+        # a read-only file or folder (a backup, another user's daemon): what is indexed
+        readonly = Store.open_readonly(config.settings.database)
+        if readonly is None:
+            raise
+        store = readonly
+    with store:
+        with contextlib.suppress(StoreError):  # another process's lock: search what is indexed
+            store.index_pending()
+        hits = publish.search_items(store, config, request, utcnow())
+    results = [render.search_result(item, score) for item, score in hits]
+    if args.json:
+        print(json.dumps(results, indent=2, ensure_ascii=False))
+        return EXIT_OK
+    if not results:
+        print(f"no stories match {request.query.text!r}", file=sys.stderr)
+    for index, result in enumerate(results):
+        if index:
+            print()
+        when = to_iso(datetime.fromisoformat(result["published"]))[:16].replace("T", " ")
+        print(result["title"])
+        print(f"  {result['source'] or 'unknown outlet'} · {when} UTC")
+        print(f"  {result['url'] or '(no link)'}")
     return EXIT_OK
 
 

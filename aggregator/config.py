@@ -486,16 +486,25 @@ def _duration(value: object, spot: _Spot) -> timedelta:
         spot.error(f"expected a duration with a unit (s, m, h or d), got {value}; e.g. {value}m")
     if not isinstance(value, str):
         spot.error(f"expected a duration such as 30m, got {_kind(value)}")
+    try:
+        return parse_duration(value)
+    except ValueError as e:
+        spot.error(str(e))
+
+
+def parse_duration(value: str) -> timedelta:
+    """The config's duration syntax (`90s`, `15m`, `2h`, `1d`, `1h30m`), also for command
+    options such as `search --since`; ValueError saying what is wrong."""
     text = value.strip()
     if not _DURATION.fullmatch(text):
-        spot.error(f"expected a duration such as 90s, 15m, 2h or 1d, got {text!r}")
+        raise ValueError(f"expected a duration such as 90s, 15m, 2h or 1d, got {text!r}")
     seconds = sum(
         int(amount) * _UNIT_SECONDS[unit] for amount, unit in _DURATION_PART.findall(text)
     )
     if seconds < 1:
-        spot.error(f"must be at least 1s, got {text!r}")
+        raise ValueError(f"must be at least 1s, got {text!r}")
     if seconds > MAX_DURATION.total_seconds():
-        spot.error(f"must be at most {MAX_DURATION.days}d (100 years), got {text!r}")
+        raise ValueError(f"must be at most {MAX_DURATION.days}d (100 years), got {text!r}")
     return timedelta(seconds=seconds)
 
 

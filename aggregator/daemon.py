@@ -36,9 +36,9 @@ from prometheus_client import (
     generate_latest,
 )
 
-from aggregator import __version__, httpserver, pipeline, publish, update
+from aggregator import __version__, httpserver, pipeline, publish, render, search, update
 from aggregator.config import load_config
-from aggregator.errors import ConfigError, PublishError, StoreError, kind_of
+from aggregator.errors import ConfigError, PublishError, QueryError, StoreError, kind_of
 from aggregator.logs import configure_logging
 from aggregator.model import Config, FeedSource, FeedState, PollResult, Settings
 from aggregator.notify import notify, watchdog_interval
@@ -76,6 +76,11 @@ RENDER_DELAY = 1.0
 WATCH_SECONDS = 0.5
 #: archive pages kept as rendered between two renders (Publisher.archive_page)
 ARCHIVE_PAGES_KEPT = 256
+#: a search (waiting for the store's thread included) gets this long, then 503
+SEARCH_SECONDS = 5.0
+#: searches in flight at most; more are answered 503 at once (they queue on the store's
+#: thread with the polls, which must not wait behind a crowd of searches)
+SEARCH_CONCURRENCY = 2
 
 
 #: buckets of the poll duration histograms, seconds
@@ -495,6 +500,7 @@ class Daemon:
         self.in_flight: set[asyncio.Task[Any]] = set()
         #: the WebSub subscriptions, when the daemon serves HTTP (websub.py)
         self.subscriber: Subscriber | None = None
+        self.searches = asyncio.Semaphore(SEARCH_CONCURRENCY)
 
     # --- life cycle -----------------------------------------------------------------------
 
@@ -551,6 +557,7 @@ class Daemon:
             self.health.metrics.render,
             archive=self._archive_page,
             websub=self._websub_endpoint,
+            search=self._search,
         )
         settings = self.config.settings if self.config else Settings()
         limits = httpserver.Limits(max_push_body=settings.max_feed_size)
@@ -791,6 +798,36 @@ class Daemon:
         if self.config is not None and self.poller is not None:
             await self.publisher.render(self.poller.db, self.config, everything)
 
+    # --- search ----------------------------------------------------------------------------
+
+    async def _search(self, extension: str, parameters: Mapping[str, str]) -> publish.Answer:
+        """/search and its feeds: a bad query is 400 with its message, a search that cannot
+        run now (busy, too slow, database trouble) 503; never a traceback."""
+        config, poller = self.config, self.poller
+        if config is None or poller is None:
+            return _search_problem(extension, 503, "search is not available yet", config)
+        if extension == "html" and not parameters.get("q", "").strip():
+            page = render.render_search_html("Search", [], config.topics, list(parameters.items()))
+            return publish.Answer(200, page, render.HTML_TYPE)
+        try:
+            request = search.request_from_parameters(config.topics, parameters)
+        except QueryError as e:
+            return _search_problem(extension, 400, str(e), config, parameters)
+        if self.searches.locked():
+            return _search_problem(extension, 503, "too many searches at once; try again", config)
+        try:
+            async with self.searches:
+                body = await asyncio.wait_for(
+                    poller.db.run(publish.render_search, config, request, extension, utcnow()),
+                    timeout=SEARCH_SECONDS,
+                )
+        except TimeoutError:
+            return _search_problem(extension, 503, "the search took too long; try again", config)
+        except StoreError as e:
+            log.warning("search %r: %s", request.query.text, e)
+            return _search_problem(extension, 503, str(e), config)
+        return publish.Answer(200, body, render.SEARCH_FORMATS[extension])
+
     # --- maintenance, health ----------------------------------------------------------------
 
     async def _maintain(self) -> None:
@@ -812,6 +849,24 @@ class Daemon:
         notify("WATCHDOG=1")
         self.health.probe_database()
         self.health.notify_status()
+
+
+def _search_problem(
+    extension: str,
+    status: int,
+    message: str,
+    config: Config | None,
+    parameters: Mapping[str, str] | None = None,
+) -> publish.Answer:
+    """A search that cannot be answered: the search page with the message (the form kept
+    filled in), or the message as plain text for a feed reader."""
+    headers = (("Retry-After", "5"),) if status == 503 else ()
+    if extension == "html" and config is not None:
+        filled = [(k, v[: search.MAX_QUERY_CHARS]) for k, v in (parameters or {}).items()]
+        body = render.render_search_html("Search", [], config.topics, filled, error=message)
+        return publish.Answer(status, body, render.HTML_TYPE, headers)
+    text = f"{message}\n".encode()
+    return publish.Answer(status, text, "text/plain; charset=utf-8", headers)
 
 
 def _due_after(state: FeedState | None, source: FeedSource) -> datetime:

@@ -7,6 +7,8 @@ AggregatorError
 ├── PublishError         an output file cannot be written
 ├── NotChanged           add/remove/import left feeds.yaml as it was (already present,
 │                        no feed found, not found, malformed OPML, result invalid)
+├── QueryError           a search cannot run as asked: malformed query, unknown topic,
+│                        bad span (`search` exits 2, /search answers 400)
 └── FeedError            one feed failed; carries its URL; never stops the others
     ├── FetchError       network trouble: DNS, refused, reset, TLS, bad HTTP
     │   ├── FetchTimeout     connect/read timeout or the per-feed deadline
@@ -55,6 +57,10 @@ class PublishError(AggregatorError):
 
 class NotChanged(AggregatorError):
     """`add`, `remove` or `import` did not change feeds.yaml; str() says why (exit 1)."""
+
+
+class QueryError(AggregatorError):
+    """A search cannot run as asked; str() says why, in words for the user."""
 
 
 class FeedError(AggregatorError):

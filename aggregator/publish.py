@@ -15,7 +15,7 @@ import tempfile
 import time
 from collections.abc import Awaitable, Callable, Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from datetime import UTC
+from datetime import UTC, datetime
 from email.utils import formatdate, parsedate_to_datetime
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -24,6 +24,7 @@ from aggregator import paging, render, topics
 from aggregator.errors import AggregatorError, PublishError
 from aggregator.model import Config, FeedState, PublishedItem, SourceRef, Topic
 from aggregator.render import media_type
+from aggregator.search import SearchRequest
 from aggregator.store import Store
 
 if TYPE_CHECKING:
@@ -174,6 +175,46 @@ def render_archive_page(store: Store, config: Config, page: paging.ArchivePage) 
     # stable while the page's items are: the latest change among them
     modified = max((item.updated.timestamp() for item in found.items), default=0.0)
     return Output.of(page.name, body, modified)
+
+
+def search_items(
+    store: Store, config: Config, request: SearchRequest, now: datetime
+) -> list[tuple[PublishedItem, float]]:
+    """The stories of the configured feeds matching a search, best first, with their
+    relevance: narrowed to what `request.topic` publishes (its feeds, include and exclude
+    terms; not its max_per_feed, which only shares out a page) and to `request.since`."""
+    names = display_names(config, store.feed_states())
+    topic = request.topic
+    feeds = [s.url for s in config.feeds if topic is None or topics.selects_feed(topic, s)]
+    accept = None
+    if topic is not None and (topic.include or topic.exclude):
+        matcher = topics.TopicMatcher(topic)
+
+        def accept(item: PublishedItem, text: str) -> bool:
+            return matcher.matches([item.title, item.summary_html, text, *item.categories])
+
+    return store.search_items(
+        request.query.match(),
+        limit=request.limit,
+        display_names=names,
+        feed_urls=feeds,
+        since=now - request.since if request.since is not None else None,
+        accept=accept,
+    )
+
+
+def render_search(
+    store: Store, config: Config, request: SearchRequest, extension: str, now: datetime
+) -> bytes:
+    """A search's results in one of render.SEARCH_FORMATS, as /search serves them."""
+    hits = search_items(store, config, request, now)
+    items = [item for item, _ in hits]
+    parameters = request.parameters()
+    if extension == "html":
+        return render.render_search_html(request.title(), items, config.topics, parameters)
+    return render.render_search_feed(
+        extension, request.title(), items, config.settings.base_url, parameters
+    )
 
 
 def render_outputs(
@@ -501,15 +542,31 @@ def is_not_modified(
     return False
 
 
+@dataclass(frozen=True)
+class Answer:
+    """A response made elsewhere (the daemon's search): status, body and content type."""
+
+    status: int
+    body: bytes
+    media_type: str
+    headers: tuple[tuple[str, str], ...] = ()
+
+
+#: a search is answered by (format extension, URL parameters) → Answer
+Search = Callable[[str, Mapping[str, str]], Awaitable[Answer]]
+
+
 def make_app(
     outputs: OutputCache,
     health: Callable[[], tuple[int, dict[str, object]]],
     metrics: Callable[[], bytes],
     archive: Callable[[paging.ArchivePage], Awaitable[Output | None]] | None = None,
     websub: Callable[[Request], Awaitable[Response]] | None = None,
+    search: Search | None = None,
 ) -> ASGIApp:
-    """The ASGI app: published outputs, /healthz and /metrics, and with `websub` the
-    WebSub callbacks (/websub/<id>, websub.Subscriber.endpoint); everything else is 404.
+    """The ASGI app: published outputs, /healthz and /metrics; with `websub` the WebSub
+    callbacks (/websub/<id>, websub.Subscriber.endpoint); with `search` /search (and
+    /search.atom, .rss, .json); everything else is 404.
 
     Published files, the requests feed readers make all day, are answered straight from
     the cache without Starlette's request, routing and response objects, which cost more
@@ -534,9 +591,26 @@ def make_app(
     async def not_found(request: Request) -> Response:
         return PlainTextResponse("not found\n", status_code=404)
 
+    async def search_results(request: Request) -> Response:
+        extension = request.path_params.get("extension", "html")
+        if search is None or extension not in render.SEARCH_FORMATS:
+            return await not_found(request)
+        answer = await search(extension, request.query_params)
+        headers = dict(answer.headers)
+        if answer.status == 200:
+            etag = '"' + hashlib.sha256(answer.body).hexdigest()[:32] + '"'
+            headers.update({"ETag": etag, "Cache-Control": "public, max-age=60"})
+            if is_not_modified(etag, 0, request.headers.get("if-none-match"), None):
+                return Response(status_code=304, headers=headers)
+        else:
+            headers.setdefault("Cache-Control", "no-store")
+        return Response(answer.body, answer.status, headers, answer.media_type)
+
     routes = [
         Route("/healthz", healthz, methods=["GET", "HEAD"]),
         Route("/metrics", prometheus, methods=["GET", "HEAD"]),
+        Route("/search", search_results, methods=["GET", "HEAD"]),
+        Route("/search.{extension}", search_results, methods=["GET", "HEAD"]),
     ]
     if websub is not None:
         routes.append(Route("/websub/{subscription_id}", websub, methods=["GET", "POST"]))

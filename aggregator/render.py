@@ -880,3 +880,155 @@ def render_topic(
 def output_names(topics: Sequence[Topic]) -> list[str]:
     """Every file name published for these topics, the site's own files first."""
     return [*SITE_OUTPUTS, *(f.name(t.slug) for t in topics for f in TOPIC_FORMATS)]
+
+
+# --- search results --------------------------------------------------------------------
+# Kept apart from the topic pages: a search is rendered on request, never written to
+# output_dir, and its links carry the query (`search.atom?q=…`).
+
+#: the search's formats: extension → media type (the page itself is `/search`)
+SEARCH_FORMATS = {"atom": ATOM_TYPE, "rss": RSS_TYPE, "json": JSON_FEED_TYPE, "html": HTML_TYPE}
+#: shown under the search form
+SEARCH_HELP = (
+    'Words must all match; "a phrase" in quotes; word* for a prefix; -word to exclude; '
+    "OR between two terms for either."
+)
+#: a search's synthetic topic: what the topic renderers are given
+SEARCH_SLUG = "search"
+
+
+def search_result(item: PublishedItem, score: float) -> dict[str, Any]:
+    """One result as `aggregator search --json` prints it (and its text output shows),
+    through the same gates as every published field."""
+    return {
+        "id": clean_text(item.id),
+        "title": _title(item),
+        "url": _link(item),
+        "published": format_rfc3339(item.published),
+        "source": _source_title(item.sources[0]) if item.sources else None,
+        "excerpt": without_bidi_embeddings(clean_text(item.excerpt)),
+        "score": float(f"{score:.6g}"),
+    }
+
+
+def _search_query(parameters: Sequence[tuple[str, str]]) -> str:
+    from urllib.parse import urlencode
+
+    return urlencode([(name, clean_text(value)) for name, value in parameters])
+
+
+def search_url(base_url: str, extension: str, parameters: Sequence[tuple[str, str]]) -> str:
+    """`…/search.atom?q=…`: where a search in one format is served (`html`: `/search`)."""
+    path = SEARCH_SLUG if extension == "html" else f"{SEARCH_SLUG}.{extension}"
+    return f"{clean_text(base_url)}{path}?{_search_query(parameters)}"
+
+
+def render_search_feed(
+    extension: str,
+    title: str,
+    items: Sequence[PublishedItem],
+    base_url: str,
+    parameters: Sequence[tuple[str, str]],
+) -> bytes:
+    """Search results as an Atom, RSS or JSON feed (subscribable: a reader polling it gets
+    new matches). The topic renderers make it; its self and page links then get the query,
+    which a topic's links never carry."""
+    topic = Topic(slug=SEARCH_SLUG, title=title, description="Stored stories, best match first")
+    self_url = search_url(base_url, extension, parameters)
+    page_url = search_url(base_url, "html", parameters)
+    if extension == "json":
+        feed = json.loads(render_json(topic, items, base_url))
+        feed["home_page_url"] = page_url
+        feed["feed_url"] = self_url
+        return (json.dumps(feed, ensure_ascii=False, indent=2) + "\n").encode("utf-8")
+    if extension == "atom":
+        root = etree.fromstring(render_atom(topic, items, base_url))
+        root.find(_atom("id")).text = self_url  # type: ignore[union-attr]
+        for link in root.findall(_atom("link")):
+            if link.get("rel") in ("self", "alternate"):
+                link.set("href", self_url if link.get("rel") == "self" else page_url)
+        return _xml_bytes(root)
+    if extension == "rss":
+        root = etree.fromstring(render_rss(topic, items, base_url))
+        channel = root.find("channel")
+        assert channel is not None
+        channel.find("link").text = page_url  # type: ignore[union-attr]
+        channel.find(f"{{{ATOM_NS}}}link").set("href", self_url)  # type: ignore[union-attr]
+        return _xml_bytes(root)
+    raise ValueError(f"no search feed format {extension!r}")
+
+
+def render_search_html(
+    title: str,
+    items: Sequence[PublishedItem],
+    topics: Sequence[Topic],
+    parameters: Sequence[tuple[str, str]],
+    error: str | None = None,
+) -> bytes:
+    """The search page: the form (filled with `parameters`), then the results, or `error`
+    (a bad query), or only the form when nothing was asked. Links are relative, as on the
+    topic pages; the feeds of this search are advertised when there is one to subscribe to."""
+    values = dict(parameters)
+    asked = bool(values.get("q")) and error is None
+    feeds = (
+        [
+            (kind, label, f"search.{ext}?{_search_query(parameters)}")
+            for ext, kind, label in (
+                ("atom", ATOM_TYPE, "Atom"),
+                ("rss", RSS_TYPE, "RSS"),
+                ("json", JSON_FEED_TYPE, "JSON Feed"),
+            )
+        ]
+        if asked
+        else []
+    )
+    root, body = _html_page(_line(title), [(k, f"{_line(title)} ({n})", h) for k, n, h in feeds])
+    header = _sub(body, "header")
+    _sub(header, "h1", _line(title))
+    form = _sub(header, "form", attrib={"action": "search", "method": "get", "role": "search"})
+    _sub(
+        form,
+        "input",
+        attrib={
+            "type": "search",
+            "name": "q",
+            "value": values.get("q", ""),
+            "aria-label": "Search",
+            "maxlength": "500",
+            "required": "required",
+        },
+    )
+    choice = _sub(form, "select", attrib={"name": "topic", "aria-label": "Topic"})
+    _sub(choice, "option", "All topics", {"value": ""})
+    for topic in topics:
+        option = _sub(choice, "option", _line(topic.title) or topic.slug, {"value": topic.slug})
+        if values.get("topic") == topic.slug:
+            option.set("selected", "selected")
+    _sub(
+        form,
+        "input",
+        attrib={
+            "name": "since",
+            "value": values.get("since", ""),
+            "placeholder": "since, e.g. 7d",
+            "size": "10",
+            "aria-label": "Published within",
+        },
+    )
+    _sub(form, "button", "Search", {"type": "submit"})
+    _sub(header, "p", SEARCH_HELP, {"class": "meta"})
+    if error is not None:
+        _sub(header, "p", error, {"class": "error", "role": "alert"})
+    if feeds:
+        nav = _sub(header, "nav", "Follow this search: ")
+        for index, (_, label, href) in enumerate(feeds):
+            _append_inline(nav, _anchor(label, href), " · " if index < len(feeds) - 1 else "")
+    main = _sub(body, "main")
+    if asked and not items:
+        _sub(main, "p", "No stories match.", {"class": "empty"})
+    reference = _last_change(items)  # times told as on the topic pages
+    for item in items:
+        _add_html_item(main, item, reference)
+    _sub(body, "p").append(_anchor("All topics", "index.html"))
+    _add_footer(body)
+    return _html_bytes(root)

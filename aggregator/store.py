@@ -89,6 +89,14 @@ MAX_TOMBSTONES = 5000
 PING_TIMEOUT = 1.0
 #: fetches kept per feed in its history (`status --feed`)
 HISTORY_LENGTH = 20
+#: bm25 weight of a story's title against its text (1.0) when searching
+TITLE_WEIGHT = 10.0
+#: a search narrowed by a topic's include/exclude terms looks at this many best matches
+SEARCH_SCAN = 2000
+#: a search that takes longer than this is stopped (SQLite's progress handler)
+SEARCH_SECONDS = 5.0
+#: a search that matches more stories than this ranks only the newest this many
+RANK_WINDOW = 10_000
 
 P = ParamSpec("P")
 T = TypeVar("T")
@@ -940,8 +948,90 @@ class Store:
             self.db.execute("UPDATE items SET fts_indexed = 1 WHERE fts_indexed = 0")
         return cursor.rowcount
 
+    def index_pending(self) -> int:
+        """`index_for_search`, only if some stored item waits for it: a read (one row of a
+        partial index) when none does, so a search takes the write lock only when needed."""
+        if self._one("SELECT 1 AS x FROM items WHERE fts_indexed = 0 LIMIT 1") is None:
+            return 0
+        return self.index_for_search()
+
+    def search_items(
+        self,
+        match: str,
+        *,
+        limit: int,
+        display_names: Mapping[str, str],
+        feed_urls: Sequence[str] | None = None,
+        since: datetime | None = None,
+        accept: Callable[[PublishedItem, str], bool] | None = None,
+        seconds: float = SEARCH_SECONDS,
+    ) -> list[tuple[PublishedItem, float]]:
+        """Indexed stories matching `match`, an FTS5 expression made by search.Query.match
+        (never a user's text), best first: (item, relevance), relevance being -bm25 with
+        the title weighted TITLE_WEIGHT times the text. Only stories carried by one of
+        `feed_urls` (when given), published at or after `since`, and that `accept(item,
+        text)`; of those at most `limit`. Only the newest RANK_WINDOW matches are ranked, and
+        with `accept` the best SEARCH_SCAN of them looked at. StoreError when it takes
+        longer than `seconds`."""
+        if limit <= 0 or (feed_urls is not None and not feed_urls):
+            return []
+        sql = (
+            "SELECT items.*, items_fts.rank AS score FROM items_fts"
+            " JOIN items ON items.rowid = items_fts.rowid"
+            " WHERE items_fts MATCH ? AND items_fts.rank MATCH ? AND items_fts.rowid >= ?"
+        )
+        params: list[Any] = [match, f"bm25({TITLE_WEIGHT}, 1.0)"]
+        if since is not None:
+            sql += " AND items.published >= ?"
+            params.append(to_iso(since))
+        if feed_urls is not None:
+            placeholders = ", ".join("?" for _ in feed_urls)
+            sql += (
+                " AND EXISTS (SELECT 1 FROM entries e WHERE e.item_id = items.id"
+                f" AND e.feed_url IN ({placeholders}))"
+            )
+            params.extend(feed_urls)
+        # ORDER BY rank: FTS5 ranks the matches itself (the rank MATCH above sets bm25's
+        # weights), cheaper than sorting on a bm25() call
+        sql += " ORDER BY items_fts.rank LIMIT ?"
+        params.append(limit if accept is None else max(limit, SEARCH_SCAN))
+        stop_at = time.monotonic() + seconds
+        conn = self.db.conn
+        # SQLite calls this every 10,000 virtual machine steps; non-zero aborts the query
+        conn.set_progress_handler(lambda: time.monotonic() > stop_at, 10_000)
+        found: list[tuple[PublishedItem, float]] = []
+        try:
+            # Ranking costs per matching story (bm25 over all of them, FTS5 has no top-k):
+            # a query that matches most of the archive ("the", "said") is ranked among its
+            # newest RANK_WINDOW matches. Rowids grow with storing, and FTS5 walks a rowid
+            # range without reading the rest, so the probe and the ranking stay bounded.
+            window = self._one(
+                "SELECT rowid FROM items_fts WHERE items_fts MATCH ?"
+                " ORDER BY rowid DESC LIMIT 1 OFFSET ?",
+                [match, RANK_WINDOW - 1],
+            )
+            params.insert(2, window["rowid"] if window else 0)
+            for row in self.db.query(sql, params):
+                item = self._published_item(row, display_names)
+                if accept is None or accept(item, row["text"]):
+                    found.append((item, -row["score"]))
+                    if len(found) >= limit:
+                        break
+                if time.monotonic() > stop_at:
+                    raise sqlite3.OperationalError("interrupted")
+        except sqlite3.OperationalError as e:
+            if "interrupted" in str(e):
+                raise StoreError(
+                    f"the search took longer than {seconds:g} s; narrow it down"
+                ) from e
+            raise StoreError(f"cannot search the database: {e}") from e
+        finally:
+            conn.set_progress_handler(None, 0)
+        return found
+
     def search(self, query: str, limit: int = 20) -> list[str]:
-        """Item ids matching an FTS5 query, best first."""
+        """Item ids matching an FTS5 query (raw FTS5 syntax: for tests and tools, not for
+        users' text, which goes through search.parse_query and search_items), best first."""
         self.index_for_search()
         return [
             r["id"]
