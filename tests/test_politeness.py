@@ -84,13 +84,15 @@ def test_forty_feeds_on_one_host_get_its_concurrency_and_spacing_and_no_more(
     # answers take longer than concurrency × spacing: the concurrency bound is reached,
     # and never passed
     assert peak == concurrency
-    # every start at least the spacing after the one before, as the server saw them (its
-    # handler threads note the time a little late or early: 30 ms of slack)
-    assert min(gaps) >= spacing - 0.03
+    # the starts are spaced: the typical gap is the spacing, and none is much shorter (the
+    # server's handler threads note the time a little late or early, more so on a loaded
+    # machine: without spacing, starts would be a few ms apart)
+    assert sorted(gaps)[len(gaps) // 2] >= spacing - 0.01
+    assert min(gaps) >= spacing / 2
     # the other server's feeds did not queue behind the newspaper's forty
     newspaper_done = max(ended[s.url] for s in newspaper)
     assert newspaper_done >= FEEDS_ON_ONE_HOST * answer_time / concurrency
-    assert max(ended[s.url] for s in blog) < 2.0
+    assert max(ended[s.url] for s in blog) < newspaper_done / 3
 
 
 def test_spacing_zero_turns_spacing_off(tmp_path: Path) -> None:
