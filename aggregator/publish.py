@@ -636,13 +636,17 @@ def make_app(
     async def app(scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "http" and scope["method"] in ("GET", "HEAD"):
             path = scope["path"].removeprefix("/") or "index.html"
-            found: Output | Response | None = None
-            if archive is not None:
-                found = await archive_page(path, scope.get("query_string", b""))
-            if isinstance(found, Response):
-                await found(scope, receive, send)
-                return
-            if found is None:
+            query = scope.get("query_string", b"")
+            # the cache first: the first pages are what feed readers ask for all day, and
+            # only a query (?before=) can make one of their names an archive page
+            found = None if query else outputs.get(path)
+            if found is None and archive is not None:
+                page = await archive_page(path, query)
+                if isinstance(page, Response):
+                    await page(scope, receive, send)
+                    return
+                found = page
+            if found is None and query:
                 found = outputs.get(path)
             if found is not None:
                 wanted: dict[bytes, str] = {}
