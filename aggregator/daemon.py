@@ -771,7 +771,7 @@ class Daemon:
             self._schedule(source.url, due)
             level = logging.WARNING if result.error is not None else logging.INFO
             log.log(level, "%s; next at %s", line, to_iso(due))
-        if result.changed_items:
+        if result.changed_outputs:
             self.publisher.request(publish.topics_of_feed(config, source.url), self._render)
         if self.subscriber is not None:
             self.subscriber.after_poll(source, state)
@@ -782,7 +782,7 @@ class Daemon:
         config = self.config
         if config is None or self.stop.is_set():
             return
-        if result.changed_items:
+        if result.changed_outputs:
             self.publisher.request(publish.topics_of_feed(config, source.url), self._render)
         if self.scheduler.get_job(f"poll:{source.url}") is not None:
             self._schedule(source.url, _due_after(result.state, source))

@@ -397,11 +397,19 @@ class PollResult:
     unchanged: bool = False
     #: the feed's state after the poll, as stored (None when skipped)
     state: FeedState | None = None
+    #: the poll changed what the outputs show of the feed itself: its title (the outlet's
+    #: name when the config gives none), site or icon
+    feed_changed: bool = False
 
     @property
     def changed_items(self) -> bool:
         """Whether the poll stored new, edited or merged items (its topics may change)."""
         return bool(self.new or self.updated or self.merged)
+
+    @property
+    def changed_outputs(self) -> bool:
+        """Whether the poll can have changed its topics' published outputs."""
+        return self.changed_items or self.feed_changed
 
 
 # --- store → render ----------------------------------------------------------------

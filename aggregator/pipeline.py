@@ -57,7 +57,7 @@ from aggregator.model import (
     PollResult,
     Settings,
 )
-from aggregator.publish import index_and_publish
+from aggregator.publish import index_and_publish, topics_of_feed
 from aggregator.store import FetchRecord, Store, StoreThread
 from aggregator.text import single_line
 from aggregator.timeutil import to_iso, utcnow
@@ -280,6 +280,7 @@ class Poller:
             warning=parsed.warning if parsed is not None else None,
             unchanged=isinstance(response, Fetched) and parsed is None,
             state=new_state,
+            feed_changed=_shown(new_state) != _shown(state),
         )
 
     async def ingest_pushed(
@@ -461,6 +462,11 @@ def _fetch_record(
     return FetchRecord(fetched_at=now, duration=duration, status=response.status, outcome=result)
 
 
+def _shown(state: FeedState) -> tuple[str | None, ...]:
+    """What the published outputs show of a feed's own state."""
+    return state.title, state.site_url, state.icon_url
+
+
 def _new_round_id() -> str:
     return uuid.uuid4().hex
 
@@ -488,7 +494,12 @@ async def poll_and_publish(
     try:
         results = await poller.poll_round(config.feeds, force=force, on_result=on_result)
         pruned = await poller.db.run(Store.prune, utcnow() - settings.retention)
-        _, changed = await poller.db.run(index_and_publish, config)
+        only = None
+        if not pruned:  # a prune can change any topic
+            only = set().union(
+                *(topics_of_feed(config, r.url) for r in results if r.changed_outputs)
+            )
+        _, changed = await poller.db.run(index_and_publish, config, only, True)
         if settings.websub_hub and changed:
             await _ping_hub(poller, settings, changed)
     finally:

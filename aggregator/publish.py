@@ -20,7 +20,7 @@ from email.utils import formatdate, parsedate_to_datetime
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from aggregator import paging, render, topics
+from aggregator import __version__, paging, render, topics
 from aggregator.errors import AggregatorError, PublishError
 from aggregator.model import Config, FeedState, PublishedItem, SourceRef, Topic
 from aggregator.render import media_type
@@ -260,24 +260,59 @@ def topics_of_feed(config: Config, feed_url: str) -> set[str]:
 
 
 def index_and_publish(
-    store: Store, config: Config, only: Collection[str] | None = None
+    store: Store, config: Config, only: Collection[str] | None = None, trust: bool = False
 ) -> tuple[dict[str, bytes], list[str]]:
     """After a round or a burst of polls: the new items join the search index in one
     batch, then `publish`."""
     store.index_for_search()
-    return publish(store, config, only)
+    return publish(store, config, only, trust)
 
 
 def publish(
-    store: Store, config: Config, only: Collection[str] | None = None
+    store: Store, config: Config, only: Collection[str] | None = None, trust: bool = False
 ) -> tuple[dict[str, bytes], list[str]]:
     """Render outputs (every topic, or those in `only`) and write the ones whose bytes
-    changed; returns what was rendered and the names written."""
+    changed; returns what was rendered and the names written.
+
+    With `trust`, `only` is what changed in the store since the last publish (a round's
+    changed topics), and the other topics' files are taken to be current, unless the
+    config they were rendered with (config_fingerprint, kept in the store) changed since
+    or a file is missing: then every topic is rendered. (The index and OPML always are:
+    they cost little.) A `poll --once` in which nothing changed renders no topic."""
+    if trust and only is not None and not _outputs_current(store, config):
+        only = None
     outputs = render_outputs(config, store, only)
     written = write_outputs(config.settings.output_dir, outputs)
     slugs = {t.slug for t in config.topics if only is None or t.slug in only}
     remove_stale_pages(config.settings.output_dir, slugs, outputs)
+    if only is None:
+        store.set_meta(PUBLISHED_CONFIG, config_fingerprint(config))
     return outputs, written
+
+
+#: meta row: the config_fingerprint every topic was last rendered with
+PUBLISHED_CONFIG = "published_config"
+
+
+def config_fingerprint(config: Config) -> str:
+    """Changes with anything of the config a rendered file depends on (and the version)."""
+    shown = (
+        __version__,
+        config.settings.base_url,
+        config.settings.max_items,
+        config.settings.websub_hub,
+        config.topics,
+        [(f.url, f.name, f.tags) for f in config.feeds],
+    )
+    return hashlib.sha256(repr(shown).encode()).hexdigest()
+
+
+def _outputs_current(store: Store, config: Config) -> bool:
+    """Whether every topic's files were rendered with this config and are all there."""
+    if store.get_meta(PUBLISHED_CONFIG) != config_fingerprint(config):
+        return False
+    output_dir = config.settings.output_dir
+    return all((output_dir / name).is_file() for name in output_names(config))
 
 
 # --- writing them -------------------------------------------------------------------------

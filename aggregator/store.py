@@ -26,7 +26,8 @@ checks this list against the database):
       feed that still lists one does not bring it back; kept TOMBSTONE_LIFE × retention
       and at most MAX_TOMBSTONES per feed
   meta(name, value)
-      the dedupe key scheme the item_keys were made with (dedupe.KEY_SCHEME)
+      the dedupe key scheme the item_keys were made with (dedupe.KEY_SCHEME); the config
+      every topic was last rendered with (publish.config_fingerprint)
   items_fts(title, text)
       FTS5 over items; new items are added in batches (index_for_search)
   fetches(id, feed_url, fetched_at, duration, status, outcome, error_kind, error, new,
@@ -789,6 +790,16 @@ class Store:
             "INSERT OR IGNORE INTO item_keys (key, item_id) VALUES (?, ?)",
             [(key, item_id) for key in _keys_of(item)],
         )
+
+    def get_meta(self, name: str) -> str | None:
+        row = self._one("SELECT value FROM meta WHERE name = ?", [name])
+        return row["value"] if row else None
+
+    def set_meta(self, name: str, value: str) -> None:
+        with _immediate(self.db):
+            self.db.execute(
+                "INSERT OR REPLACE INTO meta (name, value) VALUES (?, ?)", [name, value]
+            )
 
     def _index_current_scheme(self) -> None:
         """Re-index every stored story when dedupe.KEY_SCHEME changed since its keys were
