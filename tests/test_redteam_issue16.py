@@ -15,7 +15,7 @@ from typing import Any, cast
 
 import pytest
 
-from aggregator import publish, render, websub
+from aggregator import discover, publish, render, websub
 from aggregator.config import parse_config
 from aggregator.model import Subscription
 from aggregator.timeutil import utcnow
@@ -176,3 +176,17 @@ def test_search_answers_are_not_sniffed_and_pages_run_no_script(
         assert "script-src" not in render.PAGE_CSP and "default-src 'none'" in render.PAGE_CSP
     else:
         assert b"content-security-policy" not in headers
+
+
+def test_advertised_feeds_with_control_characters_are_not_candidates() -> None:
+    # `add` listed every candidate on the terminal as found: a page could send escape
+    # sequences (and such a URL can never be a feed's url: anyway)
+    page = (
+        b"<html><head>"
+        b'<link rel="alternate" type="application/rss+xml" href="/x\x1b[2J\x1b]0;owned\x07">'
+        b'<link rel="alternate" type="application/atom+xml" href="/ok.atom">'
+        b"</head></html>"
+    )
+    assert discover.feed_links(page, "https://site.example/") == [
+        discover.Candidate("https://site.example/ok.atom", "", "application/atom+xml")
+    ]
