@@ -15,6 +15,7 @@ from urllib.parse import urlsplit, urlunsplit
 
 from lxml import etree
 
+from aggregator.config import feed_url_problem
 from aggregator.text import single_line
 from aggregator.urls import canonical_url, http_url
 
@@ -64,7 +65,9 @@ def feed_links(html: bytes, page_url: str, encoding: str | None = None) -> list[
         if "alternate" not in rel or media_type not in FEED_TYPES or not href:
             continue
         url = http_url(href, base)
-        if url is None:
+        # one that could not be a feed's url: (control characters: a page's escape
+        # sequences must not reach `add`'s terminal either)
+        if url is None or feed_url_problem(url) is not None:
             continue
         key = canonical_url(url)
         if key in seen:

@@ -632,6 +632,11 @@ def make_app(
             return await not_found(request)
         answer = await search(extension, request.query_params)
         headers = dict(answer.headers)
+        # the query is echoed in every answer: never sniffed, and the page (results or
+        # error) gets the published pages' policy, no script
+        headers["X-Content-Type-Options"] = "nosniff"
+        if answer.media_type.startswith("text/html"):
+            headers["Content-Security-Policy"] = render.PAGE_CSP
         if answer.status == 200:
             etag = '"' + hashlib.sha256(answer.body).hexdigest()[:32] + '"'
             headers.update({"ETag": etag, "Cache-Control": "public, max-age=60"})

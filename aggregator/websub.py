@@ -114,10 +114,12 @@ def signature_ok(secret: str, body: bytes, header: str | None) -> bool:
         return False
     method, _, signature = header.strip().partition("=")
     digest = SIGNATURE_DIGESTS.get(method.strip().lower())
-    if digest is None or not signature:
+    signature = signature.strip().lower()
+    # compare_digest refuses non-ASCII str: a header of other bytes is simply wrong
+    if digest is None or not signature or not signature.isascii():
         return False
     expected = hmac.new(secret.encode(), body, digest).hexdigest()
-    return hmac.compare_digest(expected, signature.strip().lower())
+    return hmac.compare_digest(expected, signature)
 
 
 def renewal_due(subscription: Subscription, verified_at: datetime) -> datetime | None:
@@ -505,7 +507,9 @@ class Subscriber:
             self._forget(subscription)
         else:
             return PlainTextResponse("not found\n", status_code=404)
-        return PlainTextResponse(challenge, headers={"Cache-Control": "no-store"})
+        # echoed as given (§5.3): never sniffed as a page, whatever the hub sent
+        headers = {"Cache-Control": "no-store", "X-Content-Type-Options": "nosniff"}
+        return PlainTextResponse(challenge, headers=headers)
 
     def _verified(self, subscription: Subscription, lease_seconds: str | None) -> None:
         now = utcnow()
@@ -540,6 +544,8 @@ class Subscriber:
         """A push: 413 over max_feed_size, 503 when too many wait, 404 for a subscription
         not active; else 202, and the body is stored if its signature is right (§8: a
         wrong or missing one is acknowledged and ignored)."""
+        from starlette.requests import ClientDisconnect
+
         if subscription.state != "active":
             return 404
         limit = self.config.settings.max_feed_size
@@ -549,10 +555,13 @@ class Subscriber:
         if self._pushes >= MAX_PENDING_PUSHES:
             return 503
         body = bytearray()
-        async for chunk in request.stream():
-            body += chunk
-            if len(body) > limit:
-                return 413
+        try:
+            async for chunk in request.stream():
+                body += chunk
+                if len(body) > limit:
+                    return 413
+        except ClientDisconnect:  # gone (or timed out) before the whole body came
+            return 400
         name = self._name(subscription)
         if not signature_ok(
             subscription.secret, bytes(body), request.headers.get("x-hub-signature")
