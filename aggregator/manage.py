@@ -186,7 +186,7 @@ def add(
         for index, feed in enumerate(config.feeds):
             if feed.name == name:
                 raise NotChanged(f"the name {name!r} is taken by {_describe(config, index, feed)}")
-    settings = config.settings if config is not None else Settings()
+    settings = config.settings if config is not None else _settings_without_feeds(text, path)
 
     found = run_loop(find_feed(url, settings, pick=pick, say=say))
     for seen in (found.url, *found.seen):
@@ -203,6 +203,19 @@ def add(
     title = f" ({single_line(found.title)})" if found.title else ""
     created = " (created)" if text is None else ""
     return f"added {redact_url(found.url)}{title} to {path}{created}"
+
+
+def _settings_without_feeds(text: str | None, path: Path) -> Settings:
+    """The settings of a feeds.yaml that lists no feed yet (its limits apply to `add`'s
+    requests too): those of the same text with a placeholder feed; the defaults when
+    there is no file."""
+    if text is None:
+        return Settings()
+    placeholder = feedsfile.NewFeed("https://placeholder.invalid/feed", None, ())
+    try:
+        return parse_config(feedsfile.append_feeds(text, [placeholder]), path).settings
+    except (ConfigError, feedsfile.EditError):
+        return Settings()
 
 
 def _check_absent(

@@ -207,6 +207,21 @@ def test_add_a_feed_url(
     assert [r.path for r in feed_server.requests] == ["/atom"]
 
 
+@pytest.mark.parametrize("feeds", ["feeds: []\n", ""], ids=["empty-list", "no-feeds-key"])
+def test_add_keeps_the_configs_limits_before_it_has_any_feed(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path, feed_server: FeedServer, feeds: str
+) -> None:
+    """A file with settings but no feed yet: its max_feed_size bounds `add`'s requests."""
+    big = ATOM.replace(b"</feed>", b"<!--" + b"x" * 4096 + b"--></feed>")
+    feed_server.set("/atom", big, content_type="application/atom+xml")
+    text = "settings:\n  max_feed_size: 2KB\n" + feeds
+    path = config_file(tmp_path, text)
+    code, _, err = run(capsys, "-c", str(path), "add", feed_server.url("/atom"))
+    assert code == 1
+    assert "larger than 2 KB" in err
+    assert path.read_text(encoding="utf-8") == text
+
+
 def test_a_page_without_any_feed_changes_nothing(
     capsys: pytest.CaptureFixture[str], tmp_path: Path, feed_server: FeedServer
 ) -> None:
