@@ -53,6 +53,9 @@ _FEED_ROOT = re.compile(rb"<(?:[A-Za-z_][\w.-]*:)?(?:rss|feed|RDF)[\s>/]")
 
 Say = Callable[[str], None]
 
+#: of the feeds a page advertises, at most this many are listed (and the one picked)
+MAX_LISTED = 20
+
 
 # --- feeds.yaml ------------------------------------------------------------------------
 
@@ -313,9 +316,14 @@ class _Finder:
         chosen = candidates[(pick or 1) - 1]
         if len(candidates) > 1:
             say(f"{redact_url(self.typed)} advertises {len(candidates)} feeds:")
+            # a page may advertise thousands: the first ones and the picked one are listed
+            listed = set(range(1, MAX_LISTED + 1)) | {pick or 1}
             for number, candidate in enumerate(candidates, 1):
-                title = f" ({candidate.title})" if candidate.title else ""
-                say(f"  {number}. {redact_url(candidate.url)}{title}")
+                if number in listed:
+                    title = f" ({single_line(candidate.title)})" if candidate.title else ""
+                    say(f"  {number}. {redact_url(candidate.url)}{title}")
+            if len(candidates) > len(listed):
+                say(f"  … and {len(candidates) - len(listed)} more (--pick K takes any of them)")
             if pick is None:
                 say("taking 1, the first; choose another with --pick K")
         shown = redact_url(chosen.url)

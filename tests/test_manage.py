@@ -688,3 +688,18 @@ def test_a_file_saved_meanwhile_is_not_overwritten(tmp_path: Path) -> None:
     assert path.read_text().endswith("# saved in an editor meanwhile\n")
     write_text(path, path.read_text(), after)
     assert path.read_text() == after
+
+
+def test_a_page_advertising_thousands_of_feeds_lists_the_first_ones(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path, feed_server: FeedServer
+) -> None:
+    links = [("application/rss+xml", f"/feed{n}.rss", f"Feed {n}") for n in range(1, 2001)]
+    feed_server.set("/", page(*links), content_type=HTML)
+    feed_server.set("/feed1500.rss", RSS)
+    path = config_file(tmp_path)
+    code, out, _ = run(capsys, "-c", str(path), "add", feed_server.url("/"), "--pick", "1500")
+    assert code == 0, out
+    listed = [line for line in out.splitlines() if line.startswith("  ") and ". http" in line]
+    assert len(listed) == 21  # the first 20 and the one picked
+    assert "1500. " in out and "… and 1979 more (--pick K takes any of them)" in out
+    assert feeds_of(path)[-1][0] == feed_server.url("/feed1500.rss")
