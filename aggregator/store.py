@@ -804,8 +804,7 @@ class Store:
     def _index_current_scheme(self) -> None:
         """Re-index every stored story when dedupe.KEY_SCHEME changed since its keys were
         made: keys of an old scheme would never match new copies of old stories."""
-        row = self._one("SELECT value FROM meta WHERE name = 'dedupe_key_scheme'")
-        if row is not None and row["value"] == dedupe.KEY_SCHEME:
+        if self.get_meta("dedupe_key_scheme") == dedupe.KEY_SCHEME:
             return
         with _immediate(self.db):
             self.db.execute("DELETE FROM item_keys")
@@ -1367,9 +1366,10 @@ def _state_from_row(row: Mapping[str, Any]) -> FeedState:
         title=row["title"],
         site_url=row["site_url"],
         hint_seconds=row["hint_seconds"],
-        entries_per_day=row["entries_per_day"],
-        icon_url=row["icon_url"],
-        # .get: `status` reads a database it does not migrate
+        # .get for the columns added since 006: `status` reads a database it does not
+        # migrate (an older daemon's, or one on a read-only file system)
+        entries_per_day=row.get("entries_per_day"),
+        icon_url=row.get("icon_url"),
         websub_hub=row.get("websub_hub"),
         websub_topic=row.get("websub_topic"),
     )

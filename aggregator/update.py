@@ -217,7 +217,6 @@ _REASON_LABELS = (
     ("follows its rhythm", "rhythm"),
     ("the feed asks", "feed asks"),
     ("pushed", "pushed"),
-    ("pushed", "pushed"),
 )
 
 

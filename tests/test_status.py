@@ -12,6 +12,7 @@ import json
 import os
 import re
 import socket
+import sqlite3
 from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -22,6 +23,7 @@ import pytest
 
 from aggregator import status
 from aggregator.errors import ERROR_KINDS, error_kind
+from aggregator.store import Store
 from aggregator.timeutil import format_duration
 from tests.commands import aggregator
 from tests.feedserver import FeedServer, HostileServer
@@ -441,3 +443,30 @@ def test_the_summary_line() -> None:
     assert status.summary(rows) == "42 feeds: 40 ok, 1 error, 1 never polled; 1 disabled"
     assert status.summary([row("ok")]) == "1 feed: 1 ok"
     assert status.summary([]) == "no feeds configured"
+
+
+def test_status_reads_a_database_an_older_version_wrote(tmp_path: Path) -> None:
+    """`status` never migrates: a database without the columns and tables added since
+    (an older daemon's, one on read-only media) is still shown, not a traceback."""
+    config = tmp_path / "feeds.yaml"
+    config.write_text(
+        'settings:\n  database: agg.db\n  listen: ""\nfeeds:\n  - url: https://a.example/f\n'
+    )
+    with Store.open(tmp_path / "agg.db"):
+        pass
+    db = sqlite3.connect(tmp_path / "agg.db")
+    db.execute(
+        "INSERT INTO feeds (url, fetch_url, last_fetched, last_status)"
+        " VALUES ('https://a.example/f', 'https://a.example/f', '2026-12-01T00:00:00Z', 200)"
+    )
+    for column in ("entries_per_day", "icon_url", "websub_hub", "websub_topic"):
+        db.execute(f"ALTER TABLE feeds DROP COLUMN {column}")
+    db.execute("DROP TABLE fetches")
+    db.execute("DROP TABLE websub")
+    db.commit()
+    db.close()
+    for args in ((), ("--json",), ("--feed", "https://a.example/f")):
+        shown = aggregator(config, "status", *args)
+        assert shown.returncode == 0, shown.stderr
+        assert "Traceback" not in shown.stderr
+        assert "200" in shown.stdout
