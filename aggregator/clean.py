@@ -66,7 +66,9 @@ ALLOWED_ATTRIBUTES: dict[str, set[str]] = {
 #: the contract: every URL we publish is http(s) (a mailto: link keeps its text)
 URL_SCHEMES = frozenset({"http", "https"})
 _URL_ATTRIBUTES = frozenset({"href", "src", "cite"})
-_DIMENSION = re.compile(r"\s*(\d+)(?:px)?\s*$")
+#: an image's width or height: at most six digits (int() refuses over 4,300, and no image
+#: is a million pixels wide)
+_DIMENSION = re.compile(r"\s*(\d{1,6})(?:px)?\s*$")
 
 #: images and links that only count readers or advertise sharing
 PIXEL_URLS = re.compile(

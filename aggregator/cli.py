@@ -189,7 +189,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"aggregator: search: {single_line(redact_text(str(e)))}", file=sys.stderr)
         return EXIT_CONFIG
     except (StoreError, PublishError, NotChanged) as e:
-        print(f"aggregator: {redact_text(str(e))}", file=sys.stderr)
+        # one line: a server's reason phrase or a parser's message can be part of it
+        print(f"aggregator: {single_line(redact_text(str(e)))}", file=sys.stderr)
         return EXIT_FAILURE
     raise AssertionError(f"unhandled command {args.command}")
 
@@ -305,8 +306,8 @@ def cmd_search(config: Config, args: argparse.Namespace) -> int:
         if index:
             print()
         when = to_iso(datetime.fromisoformat(result["published"]))[:16].replace("T", " ")
-        print(result["title"])
-        print(f"  {result['source'] or 'unknown outlet'} · {when} UTC")
+        print(single_line(result["title"]))
+        print(f"  {single_line(result['source'] or 'unknown outlet')} · {when} UTC")
         print(f"  {result['url'] or '(no link)'}")
     return EXIT_OK
 
@@ -320,16 +321,16 @@ def cmd_prune(config: Config, store: Store, *, dry_run: bool) -> int:
 
     retention = config.settings.retention
     cutoff = utcnow() - retention
-    doomed = store.prunable(cutoff)
+    listed, count = store.prunable(cutoff, limit=PRUNE_LISTED)
     names = {source.url: source.name or redact_url(source.url) for source in config.feeds}
-    for story in doomed[:PRUNE_LISTED]:
+    for story in listed:
         outlets = ", ".join(names.get(url) or redact_url(url) for url in story.feed_urls)
-        print(f"  {to_iso(story.published)[:10]}  {single_line(story.title)}  ({outlets})")
-    if len(doomed) > PRUNE_LISTED:
-        print(f"  … and {len(doomed) - PRUNE_LISTED} more")
+        print(f"  {to_iso(story.published)[:10]}  {single_line(f'{story.title}  ({outlets})')}")
+    if count > len(listed):
+        print(f"  … and {count - len(listed)} more")
     limit = f"published before {to_iso(cutoff)} (retention {format_duration(retention)})"
     if dry_run:
-        print(f"would prune {len(doomed)} items {limit}; nothing changed (--dry-run)")
+        print(f"would prune {count} items {limit}; nothing changed (--dry-run)")
         return EXIT_OK
     removed = store.prune(cutoff)
     _, changed = publish.publish(store, config)
@@ -385,18 +386,6 @@ def feed_status(
     }
 
 
-def find_feed(config: Config, wanted: str) -> FeedSource | None:
-    """The configured feed `wanted` names: its name (any case) or URL (as configured, or as
-    status shows it, credentials hidden)."""
-    for source in config.feeds:
-        if wanted in (source.url, redact_url(source.url)):
-            return source
-    folded = wanted.casefold()
-    return next(
-        (s for s in config.feeds if s.name is not None and s.name.casefold() == folded), None
-    )
-
-
 def cmd_status(
     config: Config,
     store: Store | None,
@@ -419,13 +408,17 @@ def cmd_status(
         if s.state == "active" and s.lease_expires is not None and s.lease_expires > now
     }
     if feed is not None:
-        source = find_feed(config, feed)
-        if source is None:
+        from aggregator.config import feeds_named
+
+        matches = feeds_named(config, feed)
+        if len(matches) != 1:
+            what = "no feed" if not matches else f"{len(matches)} feeds"
             print(
-                f"aggregator: no feed named {single_line(redact_text(feed))!r} in {config.path}",
+                f"aggregator: {what} named {single_line(redact_text(feed))!r} in {config.path}",
                 file=sys.stderr,
             )
             return EXIT_FAILURE
+        source = config.feeds[matches[0]]
         row = feed_status(
             source, states.get(source.url), counts.get(source.url, 0), source.url in pushed
         )

@@ -33,7 +33,7 @@ from aggregator.errors import ConfigError
 from aggregator.model import Config, FeedAuth, FeedSource, Settings, Term, Topic
 from aggregator.timeutil import format_duration
 from aggregator.topics import compile_term, selects_feed
-from aggregator.urls import redact_text, redact_url
+from aggregator.urls import canonical_url, redact_text, redact_url
 
 DEFAULT_SETTINGS = Settings()
 #: the topic used when feeds.yaml configures none
@@ -868,3 +868,22 @@ def _topic_feeds(value: object, spot: _Spot, feeds: tuple[FeedSource, ...]) -> t
             item_spot.error(f"selects no feed: {name!r} is no feed name or tag")
         wanted.append(name)
     return tuple(wanted)
+
+
+def feeds_named(config: Config, target: str) -> list[int]:
+    """Indexes of the configured feeds `target` names, by the first rule any feed meets:
+    its URL as written, as shown (credentials hidden), in canonical form, its name exactly,
+    its name in any case. (`status --feed` and `remove` name feeds alike.)"""
+    target = target.strip()
+    folded = target.casefold()
+    rules: list[Callable[[FeedSource], bool]] = [
+        lambda feed: target in (feed.url, redact_url(feed.url)),
+        lambda feed: canonical_url(feed.url) == canonical_url(target),
+        lambda feed: feed.name == target,
+        lambda feed: feed.name is not None and feed.name.casefold() == folded,
+    ]
+    for rule in rules:
+        matches = [index for index, feed in enumerate(config.feeds) if rule(feed)]
+        if matches:
+            return matches
+    return []

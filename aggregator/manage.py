@@ -30,7 +30,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from aggregator import discover, feedsfile, opml
-from aggregator.config import feed_url_problem, parse_config
+from aggregator.config import feed_url_problem, feeds_named, parse_config
 from aggregator.errors import ConfigError, FeedError, NotChanged, ParseError
 from aggregator.fetch import Fetcher
 from aggregator.model import Config, FeedSource, FeedState, Fetched, ParsedFeed, Settings
@@ -39,7 +39,7 @@ from aggregator.pipeline import ParsePool, run_loop
 from aggregator.progress import Progress
 from aggregator.text import single_line
 from aggregator.timeutil import utcnow
-from aggregator.urls import canonical_url, redact_url
+from aggregator.urls import canonical_url, redact_text, redact_url
 
 #: the start of a feeds.yaml that `add` or `import` creates
 NEW_FILE_HEADER = (
@@ -55,6 +55,8 @@ Say = Callable[[str], None]
 
 #: of the feeds a page advertises, at most this many are listed (and the one picked)
 MAX_LISTED = 20
+#: a feed's name taken from an OPML outline is cut to this many characters
+MAX_NAME_CHARS = 200
 
 
 # --- feeds.yaml ------------------------------------------------------------------------
@@ -376,23 +378,14 @@ def remove(path: Path, target: str) -> list[str]:
 
 
 def _find(config: Config, target: str) -> int:
-    """The index of the feed `target` names: its URL exactly, its canonical URL, its name
-    exactly, or its name in any case."""
-    target = target.strip()
-    tests: list[Callable[[FeedSource], bool]] = [
-        lambda feed: feed.url == target,
-        lambda feed: canonical_url(feed.url) == canonical_url(target),
-        lambda feed: feed.name == target,
-        lambda feed: feed.name is not None and feed.name.casefold() == target.casefold(),
-    ]
-    for test in tests:
-        matches = [index for index, feed in enumerate(config.feeds) if test(feed)]
-        if len(matches) == 1:
-            return matches[0]
-        if len(matches) > 1:
-            listed = "; ".join(_describe(config, i, config.feeds[i]) for i in matches)
-            raise NotChanged(f"{target!r} matches {len(matches)} feeds: {listed}")
-    raise NotChanged(f"no feed with the URL or name {target!r} in {config.path}")
+    """The index of the one feed `target` names (config.feeds_named)."""
+    matches = feeds_named(config, target)
+    if len(matches) > 1:
+        listed = "; ".join(_describe(config, i, config.feeds[i]) for i in matches)
+        raise NotChanged(f"{target.strip()!r} matches {len(matches)} feeds: {listed}")
+    if not matches:
+        raise NotChanged(f"no feed with the URL or name {target.strip()!r} in {config.path}")
+    return matches[0]
 
 
 # --- import ----------------------------------------------------------------------------
@@ -438,11 +431,16 @@ def import_opml(
     new: dict[str, feedsfile.NewFeed] = {}
     dropped: dict[str, None] = {}
     progress = start_progress(len(outlines)) if start_progress is not None else None
-    tell = progress.print if progress is not None else say
+
+    def tell(line: str) -> None:
+        # what an OPML file says reaches the terminal as one line, credentials hidden, as
+        # through `say`
+        shown = single_line(redact_text(line))
+        (progress.print if progress is not None else say)(shown)
 
     def one(outline: opml.Outline) -> bool:
         """Whether it was invalid."""
-        label = outline.label or outline.url
+        label = outline.label or redact_url(outline.url)
         problem = feed_url_problem(outline.url)
         if problem:
             report.invalid += 1
@@ -460,7 +458,8 @@ def import_opml(
             new[key] = feedsfile.NewFeed(earlier.url, earlier.name, merged)
             report.skipped += 1
             return False
-        name: str | None = outline.label or None
+        # a name is for a person to read: an export's runaway title is cut
+        name: str | None = single_line(outline.label)[:MAX_NAME_CHARS] or None
         if name is not None and (name == outline.url or redact_url(outline.url) == name):
             name = None  # an export names an untitled feed by its URL
         if name is not None and name in names:

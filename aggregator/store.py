@@ -1104,19 +1104,23 @@ class Store:
 
     # --- maintenance ------------------------------------------------------------------
 
-    def prunable(self, older_than: datetime) -> list[PrunableItem]:
-        """The stories `prune(older_than)` would delete, oldest first."""
+    def prunable(self, older_than: datetime, limit: int) -> tuple[list[PrunableItem], int]:
+        """The first `limit` stories `prune(older_than)` would delete, oldest first, and how
+        many it would delete in all."""
+        cutoff = to_iso(older_than)
         rows = self.db.query(
             "SELECT i.title, i.published, group_concat(e.feed_url, char(10)) AS feeds"
             " FROM items i JOIN entries e ON e.item_id = i.id WHERE i.published < ?"
-            " GROUP BY i.id ORDER BY i.published, i.id",
-            [to_iso(older_than)],
+            " GROUP BY i.id ORDER BY i.published, i.id LIMIT ?",
+            [cutoff, limit],
         )
-        return [
+        listed = [
             PrunableItem(r["title"], published, tuple(r["feeds"].split("\n")))
             for r in rows
             if (published := from_iso(r["published"])) is not None
         ]
+        count = self._one("SELECT count(*) AS n FROM items WHERE published < ?", [cutoff])
+        return listed, count["n"] if count else 0
 
     def prune(self, older_than: datetime, now: datetime | None = None) -> int:
         """Delete items published before `older_than` with their copies and index keys,

@@ -150,6 +150,11 @@ _PLAIN_WEB_URL = re.compile(
 )
 
 
+#: a longer URL is no usable link (browsers and servers give up around 2–8 KB): a feed's
+#: megabyte-long image or icon URL would otherwise be repeated on every page it shows on
+MAX_URL_CHARS = 4096
+
+
 def http_url(value: str | None, base: str | None = None) -> str | None:
     """`value` as a browser reads it (trimmed, tabs and newlines removed, resolved against
     `base` when relative) if that is an http(s) URL with a host; else None.
@@ -157,7 +162,7 @@ def http_url(value: str | None, base: str | None = None) -> str | None:
     An absolute URL comes back as written. Backslashes before the query (which browsers
     read as "/", and Python does not) make a URL unusable rather than ambiguous.
     """
-    if not value:
+    if not value or len(value) > MAX_URL_CHARS:
         return None
     if _PLAIN_WEB_URL.match(value):
         return value  # most are: no trimming, no port, nothing urlsplit could object to

@@ -15,7 +15,9 @@ from hypothesis import strategies as st
 from aggregator.clean import (
     _may_hold_boilerplate,
     clean_entry,
+    clean_html,
     html_to_text,
+    lead_image,
     make_excerpt,
     sanitize_html,
     sanitized_html_to_text,
@@ -766,3 +768,12 @@ def test_a_cleaned_entry_carries_its_lead_image_outside_its_content_hash() -> No
     )
     assert thumbnail.image_url == "https://site.test/t.jpg"
     assert with_dedupe_keys(thumbnail).content_hash == with_dedupe_keys(item).content_hash
+
+
+def test_an_image_size_of_thousands_of_digits_is_dropped_not_an_error() -> None:
+    """int() refuses more than 4,300 digits: a hostile width must not fail the feed."""
+    huge = "9" * 5000
+    html_text = f'<p>Text.</p><img src="https://a.example/i.jpg" width="{huge}" height="{huge}">'
+    cleaned = clean_html(html_text, BASE)
+    assert huge not in cleaned and "https://a.example/i.jpg" in cleaned
+    assert lead_image(None, BASE, cleaned) == "https://a.example/i.jpg"

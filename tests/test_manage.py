@@ -447,6 +447,25 @@ def test_import_adds_feeds_with_their_folders_as_tags(
     assert path.read_bytes() == before
 
 
+def test_import_shows_an_outline_as_one_line_without_its_credentials(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    path = config_file(tmp_path)
+    (tmp_path / "x.opml").write_text(
+        '<opml version="2.0"><body>'
+        '<outline type="rss" xmlUrl="ftp://reader:s3cret@files.example/feed"/>'
+        '<outline type="rss" text="Line one&#10;&#x202e;line two" xmlUrl="gopher://g.example/"/>'
+        f'<outline type="rss" text="{"Long " * 100}" xmlUrl="https://long.example/feed"/>'
+        "</body></opml>"
+    )
+    code, out, err = run(capsys, "-c", str(path), "import", "x.opml")
+    assert code == 0, out + err
+    shown = out + err
+    assert "s3cret" not in shown and "ftp://***@files.example/feed" in shown
+    assert "\u202e" not in shown and "Line one line two" in shown
+    assert len(feeds_of(path)[-1][1] or "") <= 200
+
+
 @pytest.mark.parametrize(
     ("document", "problem"),
     [

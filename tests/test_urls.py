@@ -532,3 +532,10 @@ def test_the_plain_url_fast_path_agrees_with_the_full_reading(url: str) -> None:
     finally:
         urls._PLAIN_WEB_URL = original
     assert fast == slow
+
+
+def test_a_url_longer_than_any_usable_link_is_refused() -> None:
+    """A feed's megabyte-long image or icon URL would be repeated on every page."""
+    assert urls.http_url("https://a.example/" + "a" * 4000) is not None
+    assert urls.http_url("https://a.example/" + "a" * urls.MAX_URL_CHARS) is None
+    assert urls.publishable_url("https://a.example/?q=" + "a" * 100_000) is None
