@@ -38,7 +38,7 @@ from prometheus_client import (
 
 from aggregator import __version__, httpserver, pipeline, publish, render, search, update
 from aggregator.config import load_config
-from aggregator.errors import ConfigError, PublishError, QueryError, StoreError, kind_of
+from aggregator.errors import Busy, ConfigError, PublishError, QueryError, StoreError, kind_of
 from aggregator.logs import configure_logging
 from aggregator.model import Config, FeedSource, FeedState, PollResult, Settings
 from aggregator.notify import notify, watchdog_interval
@@ -76,10 +76,12 @@ RENDER_DELAY = 1.0
 WATCH_SECONDS = 0.5
 #: archive pages kept as rendered between two renders (Publisher.archive_page)
 ARCHIVE_PAGES_KEPT = 256
-#: a search (waiting for the store's thread included) gets this long, then 503
+#: a search or an archive page not rendered yet (waiting for the store's thread included)
+#: gets this long, then 503
 SEARCH_SECONDS = 5.0
-#: searches in flight at most; more are answered 503 at once (they queue on the store's
-#: thread with the polls, which must not wait behind a crowd of searches)
+#: searches and archive pages being rendered at most; more are answered 503 at once (they
+#: queue on the store's thread with the polls, which must not wait behind a crowd of
+#: readers or crawlers)
 SEARCH_CONCURRENCY = 2
 
 
@@ -572,11 +574,23 @@ class Daemon:
         stack.push_async_callback(stop_serving)
 
     async def _archive_page(self, page: ArchivePage) -> Output | None:
-        """A topic's archive page, rendered on the store's thread when asked for."""
+        """A topic's archive page, rendered on the store's thread when asked for: within
+        the same bounds as searches (SEARCH_CONCURRENCY, SEARCH_SECONDS), since any token
+        names a page to render; one already rendered costs nothing."""
         config, poller = self.config, self.poller
-        if config is None or poller is None:
+        if config is None or poller is None or all(t.slug != page.slug for t in config.topics):
             return None
-        return await self.publisher.archive_page(poller.db, config, page)
+        if page.name in self.publisher.pages:
+            return await self.publisher.archive_page(poller.db, config, page)
+        if self.searches.locked():
+            raise Busy("too many requests at once; try again")
+        async with self.searches:
+            try:
+                return await asyncio.wait_for(
+                    self.publisher.archive_page(poller.db, config, page), SEARCH_SECONDS
+                )
+            except TimeoutError as e:
+                raise Busy("the page took too long; try again") from e
 
     def _start_scheduler(self) -> None:
         self.scheduler.start()

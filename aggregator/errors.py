@@ -55,6 +55,10 @@ class PublishError(AggregatorError):
     """An output file cannot be written (disk full, permissions)."""
 
 
+class Busy(AggregatorError):
+    """Work a request asked for cannot start now (too much of it at once): a 503."""
+
+
 class NotChanged(AggregatorError):
     """`add`, `remove` or `import` did not change feeds.yaml; str() says why (exit 1)."""
 

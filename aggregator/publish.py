@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from aggregator import __version__, paging, render, topics
-from aggregator.errors import AggregatorError, PublishError
+from aggregator.errors import AggregatorError, Busy, PublishError
 from aggregator.model import Config, FeedState, PublishedItem, SourceRef, Topic
 from aggregator.render import media_type
 from aggregator.search import SearchRequest
@@ -668,6 +668,9 @@ def make_app(
             return None
         try:
             found = await archive(page)
+        except Busy as e:  # a crowd of requests: answered, not logged one by one
+            headers = {"Retry-After": "5"}
+            return PlainTextResponse(f"{e}\n", status_code=503, headers=headers)
         except AggregatorError as e:
             log.error("cannot render %s: %s", page.name, e)
             return PlainTextResponse("temporarily unavailable\n", status_code=503)

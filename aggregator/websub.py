@@ -31,12 +31,14 @@ import asyncio
 import hashlib
 import hmac
 import logging
+import re
 import secrets
 from collections.abc import Awaitable, Callable, Collection, Iterable, Mapping
 from dataclasses import replace
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
+from aggregator import paging
 from aggregator.errors import FeedError, StoreError
 from aggregator.model import Config, FeedSource, FeedState, PollResult, Subscription
 from aggregator.store import Store
@@ -86,6 +88,11 @@ SIGNATURE_DIGESTS: dict[str, Callable[..., Any]] = {
 }
 #: the published formats a hub is pinged for (the HTML page is no feed)
 PINGED_EXTENSIONS = (".atom", ".rss", ".json")
+#: a number a hub or client sends (lease seconds, a body's length): ASCII digits only
+#: ("²".isdigit() is true, and int() refuses it), and not beyond a hundred years
+_DIGITS = re.compile(r"[0-9]{1,11}")
+#: when a subscription never sent its request was "asked": long ago
+NEVER = datetime.min.replace(tzinfo=UTC)
 
 
 # --- pure helpers ---------------------------------------------------------------------
@@ -145,7 +152,12 @@ def wanted_subscriptions(
 
 def feed_urls(base_url: str, names: Iterable[str]) -> list[str]:
     """The published URLs among output `names` that a hub is pinged for."""
-    return sorted(f"{base_url}{name}" for name in names if name.endswith(PINGED_EXTENSIONS))
+    return sorted(
+        f"{base_url}{name}"
+        for name in names
+        # archive pages name no hub and change whenever the first page does
+        if name.endswith(PINGED_EXTENSIONS) and not paging.is_archive_name(name)
+    )
 
 
 def _hub_said(status: int, answer: str) -> str:
@@ -370,7 +382,9 @@ class Subscriber:
         never verified or were denied are made again after RETRY (DENIED_RETRY)."""
         now = utcnow()
         for subscription in list(self.by_id.values()):
-            asked = subscription.requested_at or now
+            # never asked (saved as pending, then the request failed or the daemon
+            # stopped): due at once, not never
+            asked = subscription.requested_at or NEVER
             if subscription.state == "unsubscribing":
                 if now - asked > RETRY:
                     self._forget(subscription)  # the hub never confirmed: its lease ends
@@ -514,7 +528,7 @@ class Subscriber:
     def _verified(self, subscription: Subscription, lease_seconds: str | None) -> None:
         now = utcnow()
         lease = LEASE
-        if lease_seconds and lease_seconds.strip().isdigit() and len(lease_seconds) < 12:
+        if lease_seconds and _DIGITS.fullmatch(lease_seconds.strip()):
             lease = min(timedelta(seconds=int(lease_seconds)), MAX_LEASE)
         active = replace(subscription, state="active", lease_expires=now + lease, error=None)
         if subscription.state != "active":
@@ -550,7 +564,7 @@ class Subscriber:
             return 404
         limit = self.config.settings.max_feed_size
         declared = request.headers.get("content-length", "")
-        if declared.strip().isdigit() and int(declared) > limit:
+        if _DIGITS.fullmatch(declared.strip()) and int(declared) > limit:
             return 413
         if self._pushes >= MAX_PENDING_PUSHES:
             return 503

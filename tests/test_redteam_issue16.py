@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Mapping
+from dataclasses import replace
 from datetime import timedelta
 from pathlib import Path
 from typing import Any, cast
@@ -190,3 +191,34 @@ def test_advertised_feeds_with_control_characters_are_not_candidates() -> None:
     assert discover.feed_links(page, "https://site.example/") == [
         discover.Candidate("https://site.example/ok.atom", "", "application/atom+xml")
     ]
+
+
+def test_archive_pages_are_not_pinged() -> None:
+    """They name no hub, and change (and go) whenever the first page does."""
+    names = ["nk.atom", "nk.rss", "nk.json", "nk.html", "nk.before-20261123T132145Z-u0.atom"]
+    assert websub.feed_urls("https://x.example/", names) == [
+        "https://x.example/nk.atom",
+        "https://x.example/nk.json",
+        "https://x.example/nk.rss",
+    ]
+
+
+def test_a_subscription_never_asked_for_is_asked_again() -> None:
+    """Saved as pending before its request went out (the daemon stopped, the request
+    raised): it used to count as asked just now, forever."""
+    found = subscriber()
+    found.by_id["cb"] = replace(found.by_id["cb"], state="pending", requested_at=None)
+    asked: list[tuple[str, str]] = []
+
+    async def request(subscription: Subscription, mode: str) -> None:
+        asked.append((subscription.id, mode))
+
+    found._request = request  # type: ignore[method-assign]
+    asyncio.run(found.check())
+    assert asked == [("cb", "subscribe")]
+
+
+@pytest.mark.parametrize("number", ["²", "١٢", "1" * 12, "-5", ""])
+def test_numbers_a_hub_or_client_sends_are_ascii_digits(number: str) -> None:
+    # "²".isdigit() is true and int("²") raises: a 500 from a query parameter
+    assert websub._DIGITS.fullmatch(number) is None
