@@ -519,12 +519,17 @@ def _text_starting_like_boilerplate(element: lxml.html.HtmlElement) -> str | Non
 
 def _is_share_row(element: lxml.html.HtmlElement) -> bool:
     """Two or more links to share the entry on social sites and no text but a label."""
-    hrefs = [link.get("href") or "" for link in element.iter("a")]
+    links = 0
+    for link in element.iter("a"):  # stops at the first other link: a wrapper of an
+        href = link.get("href") or ""  # article pays for one link, not all of them
+        # the marker as written: what the cheap test saw (the pattern then says which site)
+        if not any(marker in href for marker in _SHARE_LINK_MARKERS):
+            return False
+        if not SHARE_LINKS.match(href.strip()):
+            return False
+        links += 1
     return (
-        len(hrefs) >= 2
-        # as written: what the cheap test saw (the pattern then says which site)
-        and all(any(marker in href for marker in _SHARE_LINK_MARKERS) for href in hrefs)
-        and all(SHARE_LINKS.match(href.strip()) for href in hrefs)
+        links >= 2
         and _short_text_of(element) is not None
         and _is_label_or_nothing(_text_outside_links(element))
     )

@@ -322,7 +322,7 @@ def cmd_prune(config: Config, store: Store, *, dry_run: bool) -> int:
     retention = config.settings.retention
     cutoff = utcnow() - retention
     listed, count = store.prunable(cutoff, limit=PRUNE_LISTED)
-    names = {source.url: source.name or redact_url(source.url) for source in config.feeds}
+    names = {source.url: source.shown_name for source in config.feeds}
     for story in listed:
         outlets = ", ".join(names.get(url) or redact_url(url) for url in story.feed_urls)
         print(f"  {to_iso(story.published)[:10]}  {single_line(f'{story.title}  ({outlets})')}")

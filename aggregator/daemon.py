@@ -47,7 +47,7 @@ from aggregator.pipeline import Poller
 from aggregator.publish import Output, OutputCache, make_app
 from aggregator.store import Store, StoreThread, lock_problem
 from aggregator.timeutil import to_iso, utcnow
-from aggregator.urls import redact_text, redact_url
+from aggregator.urls import redact_text
 from aggregator.websub import Pinger, Subscriber
 
 if TYPE_CHECKING:
@@ -234,7 +234,7 @@ def feed_labels(feeds: Sequence[FeedSource]) -> dict[str, str]:
     labels: dict[str, str] = {}
     taken: set[str] = set()
     for source in feeds:
-        base = source.name or redact_url(source.url)
+        base = source.shown_name
         label, n = base, 1
         while label in taken:
             n += 1

@@ -439,10 +439,7 @@ def _covered(short: list[str], found: list[bool]) -> list[bool]:
 
 
 def _is_excerpt(short: list[str], long: list[str]) -> bool:
-    if len(short) < MIN_PREFIX_WORDS:
-        return False
-    last = len(short) - 1
-    return short[:last] == long[:last] and long[last].startswith(short[last])
+    return len(short) >= MIN_PREFIX_WORDS and _is_cut_short(short, long)
 
 
 def _is_contained(

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from aggregator.errors import FeedError
+from aggregator.urls import redact_url
 
 if TYPE_CHECKING:
     import regex
@@ -79,6 +80,12 @@ class FeedSource:
     max_items_per_round: int | None = None
     #: line in feeds.yaml, for messages
     line: int | None = None
+
+    @property
+    def shown_name(self) -> str:
+        """Its name in logs, `status` and metrics: the configured name, else its URL with
+        credentials hidden."""
+        return self.name or redact_url(self.url)
 
 
 @dataclass(frozen=True)

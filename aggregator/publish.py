@@ -130,8 +130,7 @@ def render_pages(
         if stem is None:
             break  # an archive page we cannot name (paging.MAX_ID_BYTES)
         links, older = _page_links(topic, stem, page, hubs)
-        for f in render.TOPIC_FORMATS:
-            outputs[f"{stem}.{f.extension}"] = f.render(topic, page.items, base_url, links)
+        outputs.update(render.render_topic(topic, page.items, base_url, links))
         stem = older
     return outputs
 
@@ -409,6 +408,11 @@ def _fsync_dir(directory: Path) -> None:
 # --- serving ------------------------------------------------------------------------------
 
 
+def entity_tag(body: bytes) -> str:
+    """A strong ETag: the same bytes, the same tag, across restarts and processes."""
+    return '"' + hashlib.sha256(body).hexdigest()[:32] + '"'
+
+
 @dataclass(frozen=True)
 class Output:
     """One published file as served: bytes, validators and a gzip copy made once."""
@@ -423,7 +427,7 @@ class Output:
 
     @classmethod
     def of(cls, name: str, body: bytes, modified_at: float) -> Output:
-        etag = '"' + hashlib.sha256(body).hexdigest()[:32] + '"'
+        etag = entity_tag(body)
         content_type = media_type(name)
         page_headers: tuple[tuple[bytes, bytes], ...] = ()
         if content_type.startswith("text/html"):
@@ -638,7 +642,7 @@ def make_app(
         if answer.media_type.startswith("text/html"):
             headers["Content-Security-Policy"] = render.PAGE_CSP
         if answer.status == 200:
-            etag = '"' + hashlib.sha256(answer.body).hexdigest()[:32] + '"'
+            etag = entity_tag(answer.body)
             headers.update({"ETag": etag, "Cache-Control": "public, max-age=60"})
             if is_not_modified(etag, 0, request.headers.get("if-none-match"), None):
                 return Response(status_code=304, headers=headers)

@@ -873,8 +873,10 @@ def media_type(name: str) -> str:
 def render_topic(
     topic: Topic, items: Sequence[PublishedItem], base_url: str, links: PageLinks = NO_LINKS
 ) -> dict[str, bytes]:
-    """Every format of one topic's page: file name → bytes."""
-    return {f.name(topic.slug): f.render(topic, items, base_url, links) for f in TOPIC_FORMATS}
+    """Every format of one page of a topic: file name → bytes, the first page as
+    `<slug>.<ext>`, an archive page by its own stem (`links.page`)."""
+    stem = links.page or topic.slug
+    return {f.name(stem): f.render(topic, items, base_url, links) for f in TOPIC_FORMATS}
 
 
 def output_names(topics: Sequence[Topic]) -> list[str]:

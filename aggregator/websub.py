@@ -488,7 +488,7 @@ class Subscriber:
 
     def _name(self, subscription: Subscription) -> str:
         source = next((f for f in self.config.feeds if f.url == subscription.feed_url), None)
-        return (source.name if source else None) or redact_url(subscription.feed_url)
+        return source.shown_name if source else redact_url(subscription.feed_url)
 
     # --- the callback ---------------------------------------------------------------------
 
@@ -594,7 +594,7 @@ class Subscriber:
             result = await self.poller.ingest_pushed(source, body, content_type)
         finally:
             self._pushes -= 1
-        name = source.name or redact_url(source.url)
+        name = source.shown_name
         if result.error is not None:
             log.warning("%s: WebSub content ignored: %s", name, result.error.message)
             return
