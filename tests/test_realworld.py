@@ -14,6 +14,7 @@ from pathlib import Path
 from urllib.parse import quote
 
 import feedparser
+import lxml.html
 import pytest
 from lxml import etree
 
@@ -105,6 +106,16 @@ def test_every_feed_feedparser_reads_is_accepted_and_nothing_crashes(tmp_path: P
     assert len(items) == 50
     for item in items:
         assert (item.findtext("title") or "").strip() or (item.findtext("description") or "")
+    # every published file, archive pages included, reads as what it says it is
+    for output in (tmp_path / "public").iterdir():
+        data = output.read_bytes()
+        if output.suffix in (".atom", ".rss"):
+            assert not feedparser.parse(data).bozo, output.name
+        elif output.suffix == ".json":
+            assert json.loads(data)["version"].startswith("https://jsonfeed.org/"), output.name
+        elif output.suffix in (".html", ".opml"):
+            parser = lxml.html.fromstring if output.suffix == ".html" else etree.fromstring
+            parser(data)
     # and no URL published anywhere has a scheme other than http(s) (the HTML pages also
     # link each other by relative names)
     for output in (tmp_path / "public").iterdir():
