@@ -568,26 +568,32 @@ class Subscriber:
             return 413
         if self._pushes >= MAX_PENDING_PUSHES:
             return 503
-        body = bytearray()
-        try:
-            async for chunk in request.stream():
-                body += chunk
-                if len(body) > limit:
-                    return 413
-        except ClientDisconnect:  # gone (or timed out) before the whole body came
-            return 400
-        name = self._name(subscription)
-        if not signature_ok(
-            subscription.secret, bytes(body), request.headers.get("x-hub-signature")
-        ):
-            log.warning("%s: WebSub content without a valid signature ignored", name)
-            return 202
-        source = next((f for f in self.config.feeds if f.url == subscription.feed_url), None)
-        if source is None or not source.enabled:
-            return 202
+        # counted from the first byte read: bodies being read are held in memory too
         self._pushes += 1
-        self._spawn(self._ingest(source, bytes(body), request.headers.get("content-type")))
-        return 202
+        handed_over = False
+        try:
+            body = bytearray()
+            try:
+                async for chunk in request.stream():
+                    body += chunk
+                    if len(body) > limit:
+                        return 413
+            except ClientDisconnect:  # gone (or timed out) before the whole body came
+                return 400
+            data = bytes(body)
+            if not signature_ok(subscription.secret, data, request.headers.get("x-hub-signature")):
+                name = self._name(subscription)
+                log.warning("%s: WebSub content without a valid signature ignored", name)
+                return 202
+            source = next((f for f in self.config.feeds if f.url == subscription.feed_url), None)
+            if source is None or not source.enabled:
+                return 202
+            self._spawn(self._ingest(source, data, request.headers.get("content-type")))
+            handed_over = True  # _ingest counts it down when stored
+            return 202
+        finally:
+            if not handed_over:
+                self._pushes -= 1
 
     async def _ingest(self, source: FeedSource, body: bytes, content_type: str | None) -> None:
         try:

@@ -222,3 +222,25 @@ def test_a_subscription_never_asked_for_is_asked_again() -> None:
 def test_numbers_a_hub_or_client_sends_are_ascii_digits(number: str) -> None:
     # "²".isdigit() is true and int("²") raises: a 500 from a query parameter
     assert websub._DIGITS.fullmatch(number) is None
+
+
+def test_pushes_are_counted_while_read_and_never_leak() -> None:
+    """Bodies being read count against MAX_PENDING_PUSHES; a push refused on the way (too
+    large, cut short, badly signed) gives its place back, or 16 of them would shut pushes
+    out for good."""
+    found = subscriber()
+    app = websub_app(found)
+    large = [{"type": "http.request", "body": b"x" * (2 << 20), "more_body": False}]
+    cut = [{"type": "http.request", "body": b"ab", "more_body": True}, {"type": "http.disconnect"}]
+    unsigned = [{"type": "http.request", "body": b"<rss/>", "more_body": False}]
+    for body in (large, cut, unsigned) * (websub.MAX_PENDING_PUSHES + 1):
+        status, _, _ = asyncio.run(
+            call_asgi(
+                app, "POST", "/websub/cb", headers=[(b"x-hub-signature", b"sha256=00")], body=body
+            )
+        )
+        assert status in (413, 400, 202)
+    assert found._pushes == 0
+    found._pushes = websub.MAX_PENDING_PUSHES
+    status, _, _ = asyncio.run(call_asgi(app, "POST", "/websub/cb", body=unsigned))
+    assert status == 503
