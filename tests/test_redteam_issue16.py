@@ -230,9 +230,16 @@ def test_pushes_are_counted_while_read_and_never_leak() -> None:
     out for good."""
     found = subscriber()
     app = websub_app(found)
-    large = [{"type": "http.request", "body": b"x" * (2 << 20), "more_body": False}]
-    cut = [{"type": "http.request", "body": b"ab", "more_body": True}, {"type": "http.disconnect"}]
-    unsigned = [{"type": "http.request", "body": b"<rss/>", "more_body": False}]
+    large: list[dict[str, Any]] = [
+        {"type": "http.request", "body": b"x" * (2 << 20), "more_body": False}
+    ]
+    cut: list[dict[str, Any]] = [
+        {"type": "http.request", "body": b"ab", "more_body": True},
+        {"type": "http.disconnect"},
+    ]
+    unsigned: list[dict[str, Any]] = [
+        {"type": "http.request", "body": b"<rss/>", "more_body": False}
+    ]
     for body in (large, cut, unsigned) * (websub.MAX_PENDING_PUSHES + 1):
         status, _, _ = asyncio.run(
             call_asgi(
