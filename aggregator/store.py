@@ -50,6 +50,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import queue
 import shutil
 import sqlite3
 import tempfile
@@ -58,7 +59,7 @@ import time
 import urllib.parse
 import uuid
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -1186,52 +1187,152 @@ class StoreThread:
 
         db = await StoreThread.open(path)
         state = await db.run(Store.feed_state, url)
+
+    Group commit: the per-poll calls (`_IN_BATCH`) that follow one another share one
+    transaction, each write in a savepoint of its own (`_immediate`), so a round writes a
+    changed index page once per batch rather than once per feed. The batch commits when
+    the thread has had nothing to do for `BATCH_LINGER` seconds, after `BATCH_SECONDS` or
+    `BATCH_CALLS`, and before any other call (a render, a prune) runs. A crash loses no
+    poll: a feed's new state and its items are in the same transaction, so a poll that
+    was not committed left the feed's stored state as it was, and the feed is fetched
+    again. A failed COMMIT fails the next call, so the round stops with the error.
     """
 
-    def __init__(self, executor: ThreadPoolExecutor, store: Store) -> None:
-        self._executor = executor
-        self._store = store
+    BATCH_LINGER = 0.05
+    BATCH_SECONDS = 0.5
+    BATCH_CALLS = 100
+
+    def __init__(self, path: Path | str) -> None:
+        self._path = path
+        self._queue: queue.SimpleQueue[_Call | None] = queue.SimpleQueue()
         #: monotonic submit time of each call not yet finished
         self._pending: dict[int, float] = {}
         self._lock = threading.Lock()
         self._serial = 0
+        self._closed = False
+        #: a batch's COMMIT failed: the next call raises it
+        self._failed: StoreError | None = None
+        self._store: Store | None = None
+        self._thread: threading.Thread | None = None
 
     @classmethod
     async def open(cls, path: Path | str) -> StoreThread:
-        executor = ThreadPoolExecutor(1, thread_name_prefix="store")
-        loop = asyncio.get_running_loop()
-        try:
-            store = await loop.run_in_executor(executor, Store.open, path)
-        except BaseException:
-            executor.shutdown(wait=False)
-            raise
-        return cls(executor, store)
+        db = cls(path)
+        opened: Future[Store] = Future()
+        # the connection is opened on the thread that uses it (sqlite3's rule)
+        db._thread = threading.Thread(target=db._serve, args=(opened,), name="store", daemon=True)
+        db._thread.start()
+        db._store = await asyncio.wrap_future(opened)
+        return db
 
     async def run(
         self, fn: Callable[Concatenate[Store, P], T], /, *args: P.args, **kwargs: P.kwargs
     ) -> T:
         """`fn(store, *args, **kwargs)` on the store's thread."""
         with self._lock:
+            if self._closed:
+                raise StoreError("the database is closed")
             self._serial += 1
             serial = self._serial
             self._pending[serial] = time.monotonic()
-
-        def call() -> T:
-            try:
-                return fn(self._store, *args, **kwargs)
-            finally:
-                with self._lock:
-                    self._pending.pop(serial, None)
-
-        future = self._executor.submit(call)
+        future: Future[T] = Future()
+        self._queue.put(_Call(fn, args, kwargs, future, serial))
         try:
             return await asyncio.wrap_future(future)
         except asyncio.CancelledError:
             # the call may be running (it cannot be stopped half-way) or still queued
             if future.cancel():
-                with self._lock:
-                    self._pending.pop(serial, None)
+                self._done(serial)
             raise
+
+    def _done(self, serial: int) -> None:
+        with self._lock:
+            self._pending.pop(serial, None)
+
+    def _serve(self, opened: Future[Store]) -> None:
+        try:
+            store = Store.open(self._path)
+        except BaseException as error:
+            opened.set_exception(error)
+            return
+        opened.set_result(store)
+        try:
+            self._serve_calls(store)
+        finally:
+            with suppress(sqlite3.Error):
+                store.db.close()
+            while True:  # calls queued behind the close: cancelled
+                try:
+                    call = self._queue.get_nowait()
+                except queue.Empty:
+                    break
+                if call is not None:
+                    call.future.cancel()
+                    self._done(call.serial)
+
+    def _serve_calls(self, store: Store) -> None:
+        in_batch = 0
+        started = 0.0
+        while True:
+            if in_batch:
+                try:
+                    call = self._queue.get(timeout=self.BATCH_LINGER)
+                except queue.Empty:
+                    self._commit(store)
+                    in_batch = 0
+                    continue
+            else:
+                call = self._queue.get()
+            if call is not None and call.fn in _IN_BATCH and self._failed is None:
+                if not in_batch:
+                    started = time.monotonic()
+                    self._begin(store)
+                in_batch += 1
+            elif in_batch:
+                self._commit(store)
+                in_batch = 0
+            if call is None:
+                return
+            self._call(store, call)
+            if in_batch >= self.BATCH_CALLS or (
+                in_batch and time.monotonic() - started > self.BATCH_SECONDS
+            ):
+                self._commit(store)
+                in_batch = 0
+
+    def _begin(self, store: Store) -> None:
+        try:
+            store.db.execute("BEGIN IMMEDIATE")
+        except sqlite3.Error as e:
+            self._failed = StoreError(f"database is busy or read-only: {e}")
+
+    def _commit(self, store: Store) -> None:
+        if not store.db.conn.in_transaction:
+            return
+        try:
+            store.db.execute("COMMIT")
+        except sqlite3.Error as e:
+            with suppress(sqlite3.Error):
+                store.db.rollback()
+            self._failed = StoreError(f"cannot write the database: {e}")
+
+    def _call(self, store: Store, call: _Call) -> None:
+        try:
+            if not call.future.set_running_or_notify_cancel():
+                return
+            if self._failed is not None:
+                error, self._failed = self._failed, None
+                call.future.set_exception(error)
+                return
+            try:
+                result = call.fn(store, *call.args, **call.kwargs)
+            except BaseException as error:
+                # in a batch, the call's savepoint is rolled back; the others' writes stand
+                call.future.set_exception(error)
+            else:
+                call.future.set_result(result)
+        finally:
+            self._done(call.serial)
 
     def stalled_for(self) -> float:
         """Seconds the oldest unfinished call has waited: 0 when the thread keeps up."""
@@ -1240,9 +1341,15 @@ class StoreThread:
         return 0.0 if oldest is None else time.monotonic() - oldest
 
     async def close(self, timeout: float) -> None:
-        """Close the database after the calls queued before; a call stuck on another
-        process's lock is interrupted once `timeout` has passed, so shutdown is bounded."""
-        closing = self._executor.submit(self._store.close)
+        """Close the database after the calls queued before (the open batch committed);
+        a call stuck on another process's lock is interrupted once `timeout` has passed,
+        so shutdown is bounded."""
+        with self._lock:
+            self._closed = True
+        closing: Future[None] = Future()
+        self._queue.put(_Call(Store.close, (), {}, closing, 0))
+        self._queue.put(None)
+        assert self._store is not None
         try:
             await asyncio.wait_for(asyncio.shield(asyncio.wrap_future(closing)), timeout)
         except TimeoutError:
@@ -1251,7 +1358,21 @@ class StoreThread:
                 await asyncio.wait_for(asyncio.wrap_future(closing), timeout)
         except (StoreError, sqlite3.Error):
             pass
-        self._executor.shutdown(wait=False, cancel_futures=True)
+        if self._thread is not None:
+            await asyncio.to_thread(self._thread.join, timeout)
+
+
+@dataclass(frozen=True)
+class _Call:
+    fn: Callable[..., Any]
+    args: tuple[Any, ...]
+    kwargs: dict[str, Any]
+    future: Future[Any]
+    serial: int
+
+
+#: the per-poll calls that share a group commit's transaction (StoreThread)
+_IN_BATCH = frozenset({Store.save, Store.known_entries, Store.feed_state})
 
 
 def lock_problem(error: BaseException) -> str:
@@ -1299,7 +1420,13 @@ def _readonly_fallback(path: Path, uri: str) -> sqlite3.Connection:
 @contextmanager
 def _immediate(db: Database) -> Iterator[None]:
     """A write transaction that takes the lock at BEGIN, so it waits (busy timeout)
-    rather than failing when another process writes (a deferred one cannot wait)."""
+    rather than failing when another process writes (a deferred one cannot wait).
+    Inside an open transaction (StoreThread's group commit) it is a savepoint: an error
+    undoes this block's writes and leaves the others to the outer COMMIT."""
+    if db.conn.in_transaction:
+        with _savepoint(db):
+            yield
+        return
     try:
         db.execute("BEGIN IMMEDIATE")
     except sqlite3.OperationalError as e:
@@ -1318,6 +1445,24 @@ def _immediate(db: Database) -> Iterator[None]:
         except sqlite3.Error as e:
             db.rollback()
             raise StoreError(f"cannot write the database: {e}") from e
+
+
+@contextmanager
+def _savepoint(db: Database) -> Iterator[None]:
+    db.execute("SAVEPOINT nested")
+    try:
+        yield
+    except BaseException as error:
+        try:
+            db.execute("ROLLBACK TO nested")
+            db.execute("RELEASE nested")
+        except sqlite3.Error as e:
+            raise StoreError(f"cannot write the database: {e}") from e
+        if isinstance(error, sqlite3.Error):
+            raise StoreError(f"cannot write the database: {error}") from error
+        raise
+    else:
+        db.execute("RELEASE nested")
 
 
 def _keys_of(item: Item) -> frozenset[int]:

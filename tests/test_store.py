@@ -375,3 +375,57 @@ def test_images_and_icons_reach_the_published_item(store: Store) -> None:
     [published] = all_items(store)
     assert published.image_url == "https://a.test/other.jpg"
     assert published.changed_at == NOW
+
+
+def test_polls_sharing_a_group_commit_keep_their_own_failures_and_reach_the_file(
+    tmp_path: Path,
+) -> None:
+    """StoreThread runs the polls that follow one another in one transaction: a poll that
+    fails half-way leaves nothing of itself, the others' writes are committed, and they
+    are in the file (another connection sees them) once the thread has gone quiet."""
+    import asyncio
+
+    from aggregator.store import StoreThread
+
+    class Broken(Exception):
+        pass
+
+    class BrokenItem:
+        """Fails the save after the good item before it was written."""
+
+        def __getattr__(self, name: str) -> object:
+            raise Broken(name)
+
+    path = tmp_path / "agg.db"
+    good = [make_item(f"https://f{n}.test/feed", f"k{n}") for n in range(30)]
+    broken_feed = "https://broken.test/feed"
+    half = make_item(broken_feed, "half")
+
+    async def poll_all() -> list[object]:
+        db = await StoreThread.open(path)
+
+        async def poll(item: Item, *more: object) -> object:
+            state = FeedState(url=item.feed_url, fetch_url=item.feed_url, etag='"new"')
+            pairs = [(item, None), *((extra, None) for extra in more)]
+            return await db.run(Store.save, FeedUpdate(state), pairs, now=NOW, round_id="r")
+
+        try:
+            polls = [poll(item) for item in good[:15]]
+            polls.append(poll(half, BrokenItem()))
+            polls += [poll(item) for item in good[15:]]
+            results = await asyncio.gather(*polls, return_exceptions=True)
+            await asyncio.sleep(StoreThread.BATCH_LINGER * 4)
+            with sqlite3.connect(path) as other:  # committed: seen from outside
+                seen = {url for (url,) in other.execute("SELECT feed_url FROM entries")}
+            assert seen == {item.feed_url for item in good}
+        finally:
+            await db.close(5)
+        return results
+
+    results = asyncio.run(poll_all())
+    assert isinstance(results[15], Broken)
+    assert all(not isinstance(result, BaseException) for i, result in enumerate(results) if i != 15)
+    with Store.open(path) as reopened:
+        assert reopened.feed_state(broken_feed).etag is None  # its state was not written
+        assert reopened.feed_state(good[0].feed_url).etag == '"new"'
+        assert len(all_items(reopened, [item.feed_url for item in good] + [broken_feed])) == 30
