@@ -229,6 +229,12 @@ def digest_lines(results: list[tuple[str, Any]]) -> Iterator[str]:
 
 def compare(old_path: Path, new_lines: list[str], show: int = 5) -> int:
     old_lines = old_path.read_text(encoding="utf-8").splitlines()
+    # with --limit, the files this run did not read are not compared
+    files = {json.loads(line)["file"] for line in new_lines}
+    kept = [line for line in old_lines if json.loads(line)["file"] in files]
+    if len(kept) < len(old_lines):
+        print(f"comparing the {len(files)} files of this run only")
+        old_lines = kept
     differing = 0
     for index in range(max(len(old_lines), len(new_lines))):
         old = old_lines[index] if index < len(old_lines) else None
