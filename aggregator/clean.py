@@ -11,6 +11,7 @@ computes neither.
 
 from __future__ import annotations
 
+import functools
 import html
 import re
 from dataclasses import replace
@@ -119,6 +120,17 @@ def sanitize_html(html_text: str, base_url: str) -> str:
 
 def _sanitize(html_text: str, base_url: str) -> str:
     """`sanitize_html` once `nesting.exceeds_limits` has been asked."""
+    cleaned = _cleaner(base_url).clean(html_text)
+    cleaned = _IMG_TAG.sub(_drop_useless_image, cleaned)
+    cleaned = _EMPTY_LINK.sub("", cleaned)
+    return _BARE_LINK.sub(r"\1", cleaned).strip()
+
+
+@functools.lru_cache(maxsize=64)
+def _cleaner(base_url: str) -> nh3.Cleaner:
+    """nh3 as `_sanitize` uses it, URLs made absolute against `base_url`. Made once per
+    base: setting nh3 up cost as much as cleaning a typical entry (nh3.clean does it on
+    every call), and a feed's entries share their base."""
 
     def resolve(tag: str, attribute: str, value: str) -> str | None:
         if attribute in ("width", "height"):
@@ -131,16 +143,18 @@ def _sanitize(html_text: str, base_url: str) -> str:
             return None  # not a URL (RFC 3986); browsers read it as "/", our checks would not
         if _is_plain_absolute(value):
             absolute = value  # most are: urljoin and urlsplit would cost more than nh3 itself
+        elif origin is not None and _is_plain_path(value):
+            absolute = origin + value  # what urljoin gives, its scheme allowed
         else:
             absolute = urljoin(base_url, value)
             if not _has_allowed_scheme(absolute):
                 return None
         return None if PIXEL_URLS.match(absolute) else absolute
 
+    origin = _http_origin(base_url)
     # link_rel=None: we drop target=, so rel=noopener is moot, and noreferrer would hide
     # from publishers the readers we send them; renderers add rel to their own pages.
-    cleaned = nh3.clean(
-        html_text,
+    return nh3.Cleaner(
         tags=set(ALLOWED_TAGS),
         clean_content_tags=set(REMOVED_WITH_CONTENT),
         attributes=ALLOWED_ATTRIBUTES,
@@ -149,9 +163,26 @@ def _sanitize(html_text: str, base_url: str) -> str:
         link_rel=None,
         strip_comments=True,
     )
-    cleaned = _IMG_TAG.sub(_drop_useless_image, cleaned)
-    cleaned = _EMPTY_LINK.sub("", cleaned)
-    return _BARE_LINK.sub(r"\1", cleaned).strip()
+
+
+def _http_origin(base_url: str) -> str | None:
+    """The "scheme://host" of an http(s) `base_url`, as urljoin joins a path to it (scheme
+    lower-cased, host as written); None for any other base."""
+    try:
+        parts = urlsplit(base_url)
+    except ValueError:
+        return None
+    return f"{parts.scheme}://{parts.netloc}" if parts.scheme in URL_SCHEMES else None
+
+
+#: a path that urljoin puts after the base's host unchanged: from the root, not "//" (a
+#: host), no query, fragment or parameters, nothing urlsplit strips, and (tested apart) no
+#: "." or ".." segment
+_PLAIN_PATH = re.compile(r"/[A-Za-z0-9_~%-][A-Za-z0-9_~%/.-]*")
+
+
+def _is_plain_path(value: str) -> bool:
+    return _PLAIN_PATH.fullmatch(value) is not None and "/." not in value
 
 
 def _text_only(html_text: str) -> str:
