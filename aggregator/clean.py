@@ -14,9 +14,10 @@ from __future__ import annotations
 import functools
 import html
 import re
+from collections.abc import Iterator
 from dataclasses import replace
 from datetime import datetime
-from typing import Any
+from typing import Any, cast
 from urllib.parse import urljoin, urlsplit
 
 import lxml.etree
@@ -485,7 +486,7 @@ def strip_boilerplate(html_text: str) -> str:
     if not _may_hold_boilerplate(html_text):
         return html_text
     try:
-        root = lxml.html.fragment_fromstring(html_text, create_parent="div")
+        root = _fragment(html_text)
     except (lxml.etree.ParserError, ValueError):
         return html_text
     changed = False
@@ -521,7 +522,51 @@ def strip_boilerplate(html_text: str) -> str:
     return serialized[len("<div>") : -len("</div>")].strip()
 
 
-def _descendant_count(element: lxml.html.HtmlElement) -> int:
+#: libxml2's HTML parser as lxml.html sets it up, but giving out lxml's plain elements:
+#: lxml.html finds each element its Python class by a Python call (a tenth of this pass),
+#: and the pass needs none of their methods (`_drop_tree`, `_text_content` are theirs)
+_HTML_PARSER = lxml.etree.HTMLParser()
+#: HtmlMixin.text_content
+_STRING_CONTENT = lxml.etree.XPath("string()", smart_strings=False)
+
+
+def _fragment(html_text: str) -> lxml.etree._Element:
+    """The tree `lxml.html.fragment_fromstring(html_text, create_parent="div")` gives,
+    built as it builds it, of plain elements. Raises what it raises."""
+    elements = lxml.html.fragments_fromstring(html_text, parser=_HTML_PARSER)
+    root = _HTML_PARSER.makeelement("div")
+    if elements:
+        if isinstance(elements[0], str):
+            root.text = elements[0]
+            del elements[0]
+        root.extend(elements)
+    return root
+
+
+def _text_content(element: lxml.etree._Element) -> str:
+    """lxml.html's `element.text_content()`."""
+    return str(_STRING_CONTENT(element))
+
+
+def _itertext(element: lxml.etree._Element) -> Iterator[str]:
+    """`element.itertext()`, typed: an HTML parser's text is str."""
+    return cast("Iterator[str]", element.itertext())
+
+
+def _drop_tree(element: lxml.etree._Element) -> None:
+    """lxml.html's `element.drop_tree()`: removes it, its tail joined to the text before."""
+    parent = element.getparent()
+    assert parent is not None
+    if element.tail:
+        previous = element.getprevious()
+        if previous is None:
+            parent.text = (parent.text or "") + element.tail
+        else:
+            previous.tail = (previous.tail or "") + element.tail
+    parent.remove(element)
+
+
+def _descendant_count(element: lxml.etree._Element) -> int:
     """How many nodes `root.iter()` gives inside `element` (comments included)."""
     return sum(1 for _ in element.iter()) - 1
 
@@ -539,7 +584,7 @@ def _may_hold_boilerplate(html_text: str) -> bool:
     )
 
 
-def _is_boilerplate_element(element: lxml.html.HtmlElement, share_links: bool) -> bool:
+def _is_boilerplate_element(element: lxml.etree._Element, share_links: bool) -> bool:
     """Whether `element` is boilerplate wherever it is; `share_links`: whether the markup
     holds a share link marker at all."""
     classes = element.get("class")
@@ -564,13 +609,13 @@ def _is_boilerplate_element(element: lxml.html.HtmlElement, share_links: bool) -
     return _LINK_ROW.match(_text_outside_links(element)) is not None and _has_links(element)
 
 
-def _text_starting_like_boilerplate(element: lxml.html.HtmlElement) -> str | None:
+def _text_starting_like_boilerplate(element: lxml.etree._Element) -> str | None:
     """The element's short text (`_short_text_of`) if it starts like boilerplate, else None."""
     # Most blocks are article paragraphs: their first text rules them out before the whole
     # text is gathered (the first piece may be short: "<p>The <em>post</em> …").
     first = element.text  # itertext's first piece, when it is not space
     if first is None or first.isspace():
-        first = next((piece for piece in element.itertext() if not piece.isspace()), "")
+        first = next((piece for piece in _itertext(element) if not piece.isspace()), "")
     head = " ".join(first[:64].split()).lower()  # a prefix of the collapsed whole text
     if not head.startswith(_BOILERPLATE_STARTS) and head not in _START_PREFIXES:
         return None
@@ -580,7 +625,7 @@ def _text_starting_like_boilerplate(element: lxml.html.HtmlElement) -> str | Non
     return text
 
 
-def _is_share_row(element: lxml.html.HtmlElement) -> bool:
+def _is_share_row(element: lxml.etree._Element) -> bool:
     """Two or more links to share the entry on social sites and no text but a label."""
     links = 0
     for link in element.iter("a"):  # stops at the first other link: a wrapper of an
@@ -602,7 +647,7 @@ def _is_label_or_nothing(text: str) -> bool:
     return _ONLY_SEPARATORS.match(text) is not None or _LINK_ROW.match(text) is not None
 
 
-def _link_list_after(element: lxml.html.HtmlElement) -> lxml.html.HtmlElement | None:
+def _link_list_after(element: lxml.etree._Element) -> lxml.etree._Element | None:
     """The list of links right after a "Related" heading that is `element`, if there is one."""
     if element.tag not in _TEXT_BLOCKS or (element.tail or "").strip():
         return None
@@ -617,7 +662,7 @@ def _link_list_after(element: lxml.html.HtmlElement) -> lxml.html.HtmlElement | 
     return after if text and _ONLY_SEPARATORS.match(outside) else None
 
 
-def _remove_edge_calls_to_action(root: lxml.html.HtmlElement) -> bool:
+def _remove_edge_calls_to_action(root: lxml.etree._Element) -> bool:
     """Removes the calls to action (EDGE_PARAGRAPHS) that are among an entry's first or
     last blocks, looking past empty blocks and images; never the entry's only text."""
     container = root
@@ -629,12 +674,12 @@ def _remove_edge_calls_to_action(root: lxml.html.HtmlElement) -> bool:
     ):
         container = container[0]
     blocks = [child for child in container if isinstance(child.tag, str)]
-    found: list[lxml.html.HtmlElement] = []
+    found: list[lxml.etree._Element] = []
     for run in (blocks, blocks[::-1]):
         for block in run:
             if block in found:
                 break
-            if not (block.text_content() or "").strip():
+            if not (_text_content(block) or "").strip():
                 continue  # an image, a rule: look past it
             if not _is_call_to_action(block):
                 break
@@ -642,7 +687,7 @@ def _remove_edge_calls_to_action(root: lxml.html.HtmlElement) -> bool:
     if not found:
         return False
     kept_text = (container.text or "").strip() or any(
-        (block.text_content() or "").strip() for block in blocks if block not in found
+        (_text_content(block) or "").strip() for block in blocks if block not in found
     )
     if not kept_text:
         return False  # the entry is the call (a post announcing a membership drive)
@@ -651,7 +696,7 @@ def _remove_edge_calls_to_action(root: lxml.html.HtmlElement) -> bool:
     return True
 
 
-def _is_call_to_action(block: lxml.html.HtmlElement) -> bool:
+def _is_call_to_action(block: lxml.etree._Element) -> bool:
     """A short block whose text, or whose first block's (a box: "<div><h3>Become a
     member</h3><p>…</p></div>"), is one of EDGE_PARAGRAPHS."""
     if block.tag not in _EDGE_BLOCKS or _text_starting_like_boilerplate(block) is None:
@@ -673,7 +718,7 @@ MAX_CALL_SENTENCES = 2
 _SENTENCE_END = re.compile(r"[.!?](?=\s|$)")
 
 
-def _text_outside_links(element: lxml.html.HtmlElement) -> str:
+def _text_outside_links(element: lxml.etree._Element) -> str:
     """The element's text but that of its links, whitespace collapsed."""
     parts = [element.text or ""] if isinstance(element.tag, str) else []
     for child in element:
@@ -683,21 +728,21 @@ def _text_outside_links(element: lxml.html.HtmlElement) -> str:
     return " ".join(" ".join(parts).split())
 
 
-def _has_links(element: lxml.html.HtmlElement) -> bool:
-    return any((link.text_content() or "").strip() for link in element.iter("a"))
+def _has_links(element: lxml.etree._Element) -> bool:
+    return any((_text_content(link) or "").strip() for link in element.iter("a"))
 
 
-def _remove(element: lxml.html.HtmlElement) -> None:
+def _remove(element: lxml.etree._Element) -> None:
     """Removes `element` but keeps its tail text; then its parent if nothing is left in it."""
     parent = element.getparent()
-    element.drop_tree()
+    _drop_tree(element)
     if parent is None or parent.getparent() is None:
         return
-    if len(parent) == 0 and _LEFTOVER.match(parent.text_content() or ""):
+    if len(parent) == 0 and _LEFTOVER.match(_text_content(parent) or ""):
         _remove(parent)
 
 
-def _drop_trailing_ellipsis(root: lxml.html.HtmlElement) -> bool:
+def _drop_trailing_ellipsis(root: lxml.etree._Element) -> bool:
     """'… the Korean War. […]' → '… the Korean War. …' (no link, no brackets)."""
     last = root
     while len(last) and not (last[-1].tail or "").strip():
@@ -715,14 +760,12 @@ def _drop_trailing_ellipsis(root: lxml.html.HtmlElement) -> bool:
     return after != before
 
 
-def _short_text_of(
-    element: lxml.html.HtmlElement, limit: int = _MAX_BOILERPLATE_CHARS
-) -> str | None:
+def _short_text_of(element: lxml.etree._Element, limit: int = _MAX_BOILERPLATE_CHARS) -> str | None:
     """The element's text with whitespace collapsed, or None when it is `limit` characters
     or longer. Stops reading early, so nested blocks don't cost their whole text each."""
     parts = []
     length = 0
-    for piece in element.itertext():
+    for piece in _itertext(element):
         length += len(piece)
         if length > 2 * limit:  # room for collapsible whitespace
             return None

@@ -13,6 +13,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from aggregator.clean import (
+    _fragment,
     _http_origin,
     _is_plain_path,
     _may_hold_boilerplate,
@@ -802,3 +803,27 @@ def test_root_paths_resolve_as_urljoin_resolves_them(base: str, path: str) -> No
     origin = _http_origin(base)
     if origin is not None and _is_plain_path(path):
         assert origin + path == urljoin(base, path)
+
+
+@settings(max_examples=300)
+@given(
+    st.lists(
+        st.sampled_from(
+            [" ", "text", "<p>", "</p>", "<div class='sharedaddy'>", "</div>", "<a href=x>"]
+            + ["</a>", "<!-- c -->", "<html>", "<body>", "<!doctype html>", "<head>", "&amp;"]
+            + ["<?xml version='1.0' encoding='utf-8'?>", "<title>t</title>", "\n"]
+        ),
+        max_size=12,
+    ).map("".join)
+)
+def test_the_boilerplate_pass_parses_as_lxml_html_does(markup: str) -> None:
+    """clean._fragment builds lxml.html.fragment_fromstring's tree, or fails as it does."""
+    try:
+        expected = lxml.html.tostring(
+            lxml.html.fragment_fromstring(markup, create_parent="div"), encoding="unicode"
+        )
+    except Exception as error:  # the same kind of failure, whatever it is
+        with pytest.raises(type(error)):
+            _fragment(markup)
+        return
+    assert lxml.html.tostring(_fragment(markup), encoding="unicode") == expected
