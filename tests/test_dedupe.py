@@ -651,3 +651,43 @@ def test_each_outlets_own_trailer_is_an_addition_but_a_figure_changed_in_place_i
         "Another",
         body + " The forecast gives a high of 23 degrees and a low of 14 degrees tonight.",
     )
+
+
+# --- stored values: the fast paths give what the reference code gives ----------------------
+
+
+def test_stored_keys_keep_their_values() -> None:
+    """Index keys and content hashes are stored: a new version must compute the very same
+    values, or an existing database sees its items as changed and misses its copies.
+    (The values of the version before the array-based index keys.)"""
+    assert sorted(index_keys("North Korea fires missile", WIRE_STORY)) == [
+        *(-9106473040612468238, -8218487668521798267, -8121612195513582815),
+        *(-7862266487410717745, -7405487934050930982, -7315039941246063509),
+        *(-7009347530166508669, -6898569438327621789, -6767879798303121114),
+        *(-6713322520488177657, -6559015906289662084, -6492653612323501759),
+        *(-6386189047965796588, -6357160107792236905, -6132145918444966020),
+        *(-5940046452428910638, -5552029532378635657, -5183408042683984185),
+        *(-5150809549568742664, -4316112689147820743, -4286066131683363436),
+        *(-4115784607386546613, -3963090046363841893, -3673702006937839387),
+        *(-3565371301290079711, -2191583842976982232),
+    ]
+    assert content_hash("North Korea fires missile", WIRE_STORY) == (
+        "6dcc194eed910c3294414199aca673d7"
+    )
+    assert sorted(index_keys("Seoul", "one two three")) == [
+        -3801983644821597236,
+        8381969265432540420,
+    ]
+
+
+@given(st.text(alphabet=st.characters(max_codepoint=127)))
+def test_words_of_ascii_text_are_the_patterns(text: str) -> None:
+    assert words(text) == dedupe._WORD.findall(dedupe._APOSTROPHES.sub("", text.lower()))
+
+
+@given(st.integers(0, 2**32), st.integers(0, 300))
+def test_index_keys_are_the_smallest_sample_and_the_winnowed_lead(seed: int, length: int) -> None:
+    text = random_text(seed, length)
+    sample = sorted(dedupe.sampled_shingles(text))[: dedupe.MAX_SAMPLED_KEYS]
+    lead = dedupe.winnowed_shingles(text[: dedupe.LEAD_KEY_WORDS])
+    assert index_keys("", " ".join(text)) == {*sample, *lead}

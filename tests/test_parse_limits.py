@@ -25,7 +25,7 @@ from typing import Any
 import feedparser
 import nh3
 import pytest
-from hypothesis import given, settings
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 from aggregator import clean, nesting, parse
@@ -676,3 +676,50 @@ def test_the_daemon_gives_up_on_a_slow_body_and_serves_and_polls_the_others(
     rows = status_rows(config, key="name")
     assert rows["slow"]["state"] == "error" and rows["good"]["state"] == "ok"
     assert "Traceback" not in daemon.log
+
+
+#: what the feed-level scans read: markup, comments, CDATA, PIs, spaces, "base"
+_XML_PIECES = st.lists(
+    st.sampled_from(
+        [
+            *(b"<", b">", b"/", b"=", b'"', b"'", b" ", b"\t", b"a", b"-", b"]", b"?", b"!"),
+            *(b"<!--", b"-->", b"--", b"<![CDATA[", b"]]>", b"<?", b"?>", b"<a", b"xml:"),
+            *(b"base", b" base=", b" xml:base =", b"\n", b"\x80"),
+        ]
+    ),
+    max_size=40,
+).map(b"".join)
+
+
+def _uncrowded(limit: int, lazy: bool) -> re.Pattern[bytes]:
+    """parse._UNCROWDED_ELEMENTS with another limit; `lazy`: as it was first written."""
+    pattern = parse._UNCROWDED_ELEMENTS.pattern
+    assert b"{0,256}" in pattern
+    pattern = pattern.replace(b"{0,256}", b"{0,%d}" % limit)
+    if lazy:
+        sections = [
+            (rb"<!--(?:[^-]++|-(?!->))*+(?:-->|\Z)", rb"<!--.*?(?:-->|\Z)"),
+            (rb"<!\[CDATA\[(?:[^\]]++|\](?!\]>))*+(?:\]\]>|\Z)", rb"<!\[CDATA\[.*?(?:\]\]>|\Z)"),
+            (rb"<\?(?:[^?]++|\?(?!>))*+(?:\?>|\Z)", rb"<\?.*?(?:\?>|\Z)"),
+        ]
+        for written_out, plain in sections:
+            assert written_out in pattern
+            pattern = pattern.replace(written_out, plain)
+    return re.compile(pattern, re.VERBOSE | re.DOTALL)
+
+
+@settings(max_examples=2000)
+@given(_XML_PIECES, st.integers(0, 5))
+# sections with near ends in them, then an element past the limit
+@example(b"<!-- -- - -> <a base=", 0)
+@example(b"<![CDATA[ ]] ] ]> <a base=", 0)
+@example(b"<? ? > <a base=", 0)
+@example(b" xml:base=", 0)
+def test_the_feed_scans_read_as_their_plain_patterns(body: bytes, limit: int) -> None:
+    """The written-out sections of _UNCROWDED_ELEMENTS end where `.*?` ended them, and
+    the search for xml:base finds what the pattern's own search finds."""
+    ours, plain = _uncrowded(limit, lazy=False), _uncrowded(limit, lazy=True)
+    assert ours.match(body).end() == plain.match(body).end()  # type: ignore[union-attr]
+    for start, end in ((0, len(body)), (1, len(body) - 1), (3, len(body) // 2)):
+        expected = parse._BASE_ATTRIBUTE.search(body, start, end) is not None
+        assert parse._has_base_attribute(body, start, end) == expected
