@@ -21,7 +21,9 @@ of it blocks the loop. Publishing what was stored is publish.py's.
 from __future__ import annotations
 
 import asyncio
+import collections
 import hashlib
+import heapq
 import logging
 import multiprocessing
 import os
@@ -164,20 +166,80 @@ class Poller:
         force: bool = False,
         on_result: Callable[[FeedSource, PollResult], None] | None = None,
     ) -> list[PollResult]:
-        """Poll `sources` concurrently as one round; results in their order."""
+        """Poll `sources` concurrently as one round; results in their order.
+
+        A feed's poll starts once its server has a free turn (max_per_host) and fewer
+        than max_connections polls are under way: in the order of `sources`, a server's
+        feeds waiting for its turns holding up no other server's. So the same feeds run
+        at once as when every poll waits on `poll`'s semaphores itself, without a task,
+        a coroutine and two semaphore waiters per feed for the whole round (3 MB at
+        2,000 feeds, 15 MB at 10,000). The first StoreError ends the round."""
         states = await self.db.run(Store.feed_states)  # one query, not one per feed
         round_id = _new_round_id()
         if not force:
             self.remember_holds(states.values(), utcnow())
-
-        async def one(source: FeedSource) -> PollResult:
+        results: list[PollResult | None] = [None] * len(sources)
+        # server → the indexes of its feeds not started yet, in order
+        waiting: dict[str, collections.deque[int]] = {}
+        for index, source in enumerate(sources):
             state = states.get(source.url)
-            result = await self.poll(source, state, force=force, round_id=round_id)
-            if on_result is not None:
-                on_result(source, result)
-            return result
+            server = server_key(state.fetch_url if state is not None else source.url)
+            waiting.setdefault(server, collections.deque()).append(index)
+        # (next index, server) of each server with a feed waiting and a turn free
+        ready = [(queue[0], server) for server, queue in waiting.items()]
+        heapq.heapify(ready)
+        busy: dict[str, int] = dict.fromkeys(waiting, 0)
+        running: set[asyncio.Task[None]] = set()
+        finished: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        left = len(sources)
+        per_host, most = self.limits.max_per_host, self.limits.max_connections
 
-        return list(await asyncio.gather(*(one(source) for source in sources)))
+        async def one(index: int, server: str, state: FeedState | None) -> None:
+            nonlocal left
+            source = sources[index]
+            try:
+                result = await self.poll(source, state, force=force, round_id=round_id)
+                if on_result is not None:
+                    on_result(source, result)
+            except Exception as error:  # a StoreError: the round cannot go on
+                if not finished.done():
+                    finished.set_exception(error)
+                return
+            results[index] = result
+            left -= 1
+            busy[server] -= 1
+            queue = waiting[server]
+            if queue and busy[server] == per_host - 1:  # its turns were all taken
+                heapq.heappush(ready, (queue[0], server))
+            running.discard(asyncio.current_task())
+            start()
+            if not left and not finished.done():
+                finished.set_result(None)
+
+        def start() -> None:
+            while ready and len(running) < most and not finished.done():
+                _, server = heapq.heappop(ready)
+                queue = waiting[server]
+                index = queue.popleft()
+                busy[server] += 1
+                if queue and busy[server] < per_host:
+                    heapq.heappush(ready, (queue[0], server))
+                # each poll takes its feed's stored state: none is kept past its poll
+                state = states.pop(sources[index].url, None)
+                task = asyncio.ensure_future(one(index, server, state))
+                running.add(task)
+                task.add_done_callback(running.discard)
+
+        start()
+        try:
+            if left:
+                await finished
+        finally:
+            if running:  # the round failed or was cancelled: so are the polls under way
+                for task in running:
+                    task.cancel()
+                await asyncio.gather(*running, return_exceptions=True)
+        return [result for result in results if result is not None]  # all, in order
 
     async def poll(
         self,

@@ -218,3 +218,49 @@ def test_a_disabled_feed_is_not_fetched_and_its_items_stay_published(tmp_path: P
         names = display_names(config, store.feed_states())
         [item] = topic_items(config, store, config.topics[0], names)
     assert item.title.startswith("Story kept")
+
+
+def test_a_round_starts_polls_as_turns_free_and_returns_results_in_order(tmp_path: Path) -> None:
+    """poll_round starts a feed's poll only when its server has a turn free and fewer than
+    max_connections polls are under way (no task waits per feed), in the order of the
+    config within each server, and returns the results in the order of the sources."""
+    from aggregator.model import FeedState, FetchLimits, PollResult
+
+    limits = FetchLimits(max_connections=5, max_per_host=2, per_host_spacing=0)
+    settings = Settings(database=tmp_path / "agg.db")
+    # 3 servers: a has 6 feeds, b 3, c 1, interleaved as a config might list them
+    hosts = ["a", "a", "a", "b", "a", "c", "b", "a", "b", "a"]
+    sources = [FeedSource(url=f"http://{h}.example/{i}") for i, h in enumerate(hosts)]
+    in_flight: dict[str, int] = {}
+    most: dict[str, int] = {}
+    started: list[str] = []
+
+    class Counting(Poller):
+        async def poll(
+            self,
+            source: FeedSource,
+            state: FeedState | None = None,
+            *,
+            force: bool = False,
+            round_id: str | None = None,
+        ) -> PollResult:
+            host = source.url.split("/")[2]
+            started.append(source.url)
+            in_flight[host] = in_flight.get(host, 0) + 1
+            total = sum(in_flight.values())
+            most[host] = max(most.get(host, 0), in_flight[host])
+            most["all"] = max(most.get("all", 0), total)
+            await asyncio.sleep(0.01 if host == "a.example" else 0.002)
+            in_flight[host] -= 1
+            return PollResult(url=source.url)
+
+    async def run() -> list[PollResult]:
+        async with await Counting.open(settings, limits=limits) as poller:
+            return await poller.poll_round(sources)
+
+    results = asyncio.run(run())
+    assert [r.url for r in results] == [s.url for s in sources]
+    assert most["all"] <= 5 and most["a.example"] == 2 and most["b.example"] <= 2
+    for host in ("a", "b"):
+        mine = [u for u in started if f"//{host}." in u]
+        assert mine == [s.url for s in sources if f"//{host}." in s.url]  # config order
