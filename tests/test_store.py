@@ -8,6 +8,7 @@ from collections.abc import Iterator
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -404,9 +405,10 @@ def test_polls_sharing_a_group_commit_keep_their_own_failures_and_reach_the_file
     async def poll_all() -> list[object]:
         db = await StoreThread.open(path)
 
-        async def poll(item: Item, *more: object) -> object:
+        async def poll(item: Item, *more: Any) -> object:
             state = FeedState(url=item.feed_url, fetch_url=item.feed_url, etag='"new"')
-            pairs = [(item, None), *((extra, None) for extra in more)]
+            pairs: list[tuple[Item, str | None]] = [(item, None)]
+            pairs += [(extra, None) for extra in more]
             return await db.run(Store.save, FeedUpdate(state), pairs, now=NOW, round_id="r")
 
         try:
