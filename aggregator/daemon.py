@@ -302,8 +302,10 @@ class Health:
         self.database_problem = None
         self.metrics.record(result)
         self.last_poll = utcnow()
-        self.failing[result.url] = result.error is not None
-        self.metrics.failing.set(sum(self.failing.values()))
+        failed = result.error is not None
+        if self.failing.get(result.url) != failed:  # a sum over every feed only on a change
+            self.failing[result.url] = failed
+            self.metrics.failing.set(sum(self.failing.values()))
 
     def config_read(self, error: str | None) -> None:
         self.config_error = error
@@ -737,7 +739,7 @@ class Daemon:
 
     def _source(self, url: str) -> FeedSource | None:
         config = self.config
-        return next((f for f in config.feeds if f.url == url), None) if config else None
+        return config.feed_by_url.get(url) if config else None
 
     async def _poll(self, url: str) -> None:
         task = asyncio.current_task()

@@ -8,6 +8,7 @@ store  ─ PublishedItem(SourceRef) ──► render ─ bytes
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
@@ -154,6 +155,27 @@ class Config:
     settings: Settings
     topics: tuple[Topic, ...]
     feeds: tuple[FeedSource, ...]
+
+    @functools.cached_property
+    def feed_by_url(self) -> Mapping[str, FeedSource]:
+        """The configured feed of each URL (the first, should a URL repeat): looked up on
+        every poll, so not a scan of 100,000 feeds."""
+        found: dict[str, FeedSource] = {}
+        for feed in self.feeds:
+            found.setdefault(feed.url, feed)
+        return found
+
+    @functools.cached_property
+    def topics_by_feed(self) -> Mapping[str, frozenset[str]]:
+        """Slugs of the topics that select each configured feed's URL."""
+        from aggregator.topics import selects_feed  # topics imports this module
+
+        found: dict[str, set[str]] = {}
+        for topic in self.topics:
+            for feed in self.feeds:
+                if selects_feed(topic, feed):
+                    found.setdefault(feed.url, set()).add(topic.slug)
+        return {url: frozenset(slugs) for url, slugs in found.items()}
 
 
 @dataclass(frozen=True)

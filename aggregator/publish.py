@@ -250,12 +250,7 @@ def output_names(config: Config) -> list[str]:
 
 def topics_of_feed(config: Config, feed_url: str) -> set[str]:
     """Slugs of the topics that select this feed: the ones a poll of it can change."""
-    return {
-        topic.slug
-        for topic in config.topics
-        for source in config.feeds
-        if source.url == feed_url and topics.selects_feed(topic, source)
-    }
+    return set(config.topics_by_feed.get(feed_url, ()))
 
 
 def index_and_publish(

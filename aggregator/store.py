@@ -870,8 +870,7 @@ class Store:
         only the items after it in that order: an archive page (paging.py)."""
         if not feed_urls or limit <= 0:
             return []
-        placeholders = ", ".join("?" for _ in feed_urls)
-        params: list[Any] = list(feed_urls)
+        params: list[Any] = [_json_list(feed_urls)]
         older = ""
         if before is not None:
             # published <= ? first, so that the items_published index bounds the scan
@@ -880,7 +879,7 @@ class Store:
             params += [moment, moment, before[1]]
         query = (
             "SELECT * FROM items WHERE EXISTS (SELECT 1 FROM entries e WHERE e.item_id = items.id"
-            f" AND e.feed_url IN ({placeholders})){older} ORDER BY published DESC, id"
+            f" AND e.feed_url IN {_JSON_LIST}){older} ORDER BY published DESC, id"
         )
         chosen: list[PublishedItem] = []
         for row in self.db.query(query, params):
@@ -996,12 +995,11 @@ class Store:
             sql += " AND items.published >= ?"
             params.append(to_iso(since))
         if feed_urls is not None:
-            placeholders = ", ".join("?" for _ in feed_urls)
             sql += (
                 " AND EXISTS (SELECT 1 FROM entries e WHERE e.item_id = items.id"
-                f" AND e.feed_url IN ({placeholders}))"
+                f" AND e.feed_url IN {_JSON_LIST})"
             )
-            params.extend(feed_urls)
+            params.append(_json_list(feed_urls))
         # ORDER BY rank: FTS5 ranks the matches itself (the rank MATCH above sets bm25's
         # weights), cheaper than sorting on a bm25() call
         sql += " ORDER BY items_fts.rank LIMIT ?"
@@ -1373,6 +1371,15 @@ class _Call:
 
 #: the per-poll calls that share a group commit's transaction (StoreThread)
 _IN_BATCH = frozenset({Store.save, Store.known_entries, Store.feed_state})
+
+
+#: a list of values bound as one JSON parameter (`_json_list`): one `?` per feed would
+#: stop at SQLite's limit on parameters (32,766 by default) in a topic of more feeds
+_JSON_LIST = "(SELECT value FROM json_each(?))"
+
+
+def _json_list(values: Sequence[str]) -> str:
+    return json.dumps(list(values))
 
 
 def lock_problem(error: BaseException) -> str:

@@ -431,3 +431,19 @@ def test_polls_sharing_a_group_commit_keep_their_own_failures_and_reach_the_file
         assert reopened.feed_state(broken_feed).etag is None  # its state was not written
         assert reopened.feed_state(good[0].feed_url).etag == '"new"'
         assert len(all_items(reopened, [item.feed_url for item in good] + [broken_feed])) == 30
+
+
+def test_a_topic_of_more_feeds_than_sqlite_takes_parameters_still_reads_and_searches(
+    store: Store,
+) -> None:
+    """One `?` per feed stopped at SQLite's parameter limit (32,766 by default, lower on
+    some builds): a topic of 100,000 feeds could not render. The limit is lowered here."""
+    store.db.conn.setlimit(sqlite3.SQLITE_LIMIT_VARIABLE_NUMBER, 50)
+    feeds = [f"https://f{n}.test/feed" for n in range(200)]
+    save(store, make_item(feeds[150], "late", title="Launch seen from Seoul"))
+    store.index_for_search()
+    assert [i.title for i in store.newest_items(feeds, 10, lambda i, t: True, {})] == [
+        "Launch seen from Seoul"
+    ]
+    found = store.search_items('"seen from Seoul"', limit=5, display_names={}, feed_urls=feeds)
+    assert [item.title for item, _ in found] == ["Launch seen from Seoul"]
