@@ -280,35 +280,34 @@ def index_keys(title: str, text: str) -> set[int]:
 def _text_keys(text_words: list[str]) -> set[int]:
     """The smallest `MAX_SAMPLED_KEYS` of `sampled_shingles(text_words)` and
     `winnowed_shingles(text_words[:LEAD_KEY_WORDS])`, for a text of `SHINGLE_SIZE` words
-    or more: the same keys (the same arithmetic modulo 2**64, on arrays), computed
-    together and 3-4× faster. Python's loops over words were an eighth of a worker's time."""
-    import numpy as np  # here, not at the top: the main process seldom needs it
-
-    uint = np.uint64
-    # the word hashes are kept signed (see _WordHashes); their bits are the same
-    hashes = np.fromiter(map(_word_hash, text_words), np.int64, len(text_words)).view(uint)
-    count = len(text_words) - SHINGLE_SIZE + 1
-    rolling = hashes[:count].copy()  # every shingle's rolling hash (_shingle_list), by Horner
-    for offset in range(1, SHINGLE_SIZE):
-        rolling *= uint(_MULTIPLIER)
-        rolling += hashes[offset : offset + count]
-    # _finish
-    rolling ^= rolling >> uint(31)
-    rolling *= uint(_MIX)
-    rolling ^= rolling >> uint(29)
-    shingle_hashes = rolling.view(np.int64)
-
-    at_anchors = shingle_hashes[hashes[:count] % uint(SAMPLE_MODULUS) == 0]
-    keys: set[int] = set(np.unique(at_anchors)[:MAX_SAMPLED_KEYS].tolist())
-    lead = shingle_hashes[: LEAD_KEY_WORDS - SHINGLE_SIZE + 1]
-    if len(lead) <= WINNOW_WINDOW:
-        keys.add(int(lead.min()))
+    or more: the same keys, computed together, each shingle's hash in one expression
+    (the rolling hash's polynomial written out) rather than a loop over its words. numpy
+    did this in a third of the time, but cost each parse worker 17 MB."""
+    hashes = list(map(_word_hash, text_words))
+    mask, modulus = _MASK64, SAMPLE_MODULUS
+    p4, p3, p2, p1 = _SHINGLE_POWERS
+    count = len(hashes) - SHINGLE_SIZE + 1
+    h = hashes
+    anchors = [i for i in range(count) if not h[i] % modulus]
+    sampled = _finished(
+        [
+            (h[i] * p4 + h[i + 1] * p3 + h[i + 2] * p2 + h[i + 3] * p1 + h[i + 4]) & mask
+            for i in anchors
+        ]
+    )
+    keys = set(sorted(set(sampled))[:MAX_SAMPLED_KEYS])
+    lead_count = min(count, LEAD_KEY_WORDS - SHINGLE_SIZE + 1)
+    lead = _finished(
+        [
+            (h[i] * p4 + h[i + 1] * p3 + h[i + 2] * p2 + h[i + 3] * p1 + h[i + 4]) & mask
+            for i in range(lead_count)
+        ]
+    )
+    if lead_count <= WINNOW_WINDOW:
+        keys.add(min(lead))
         return keys
-    windows = len(lead) - WINNOW_WINDOW + 1
-    minima = lead[:windows].copy()  # the smallest of each window of WINNOW_WINDOW shingles
-    for offset in range(1, WINNOW_WINDOW):
-        np.minimum(minima, lead[offset : offset + windows], out=minima)
-    keys.update(minima.tolist())
+    window = WINNOW_WINDOW
+    keys.update(min(lead[i : i + window]) for i in range(lead_count - window + 1))
     return keys
 
 
@@ -595,6 +594,9 @@ def _interior_uncovered_words(short: list[str], found: list[bool]) -> list[str]:
 _MASK64 = (1 << 64) - 1
 _MULTIPLIER = 0x100000001B3  # FNV-64 prime: odd, so the low bits of a shingle mix all words
 _MIX = 0x9E3779B97F4A7C15
+#: the weights of a shingle's words in its rolling hash, first word first (`_text_keys`)
+_SHINGLE_POWERS = tuple(pow(_MULTIPLIER, n, 1 << 64) for n in range(SHINGLE_SIZE - 1, 0, -1))
+assert SHINGLE_SIZE == 5, "_text_keys writes a shingle's polynomial out for 5 words"
 
 
 class _WordHashes(dict[str, int]):
@@ -632,10 +634,14 @@ def _shingle_list(words: Sequence[str], size: int = SHINGLE_SIZE) -> list[int]:
     for old, new in zip(hashes, hashes[size:], strict=False):
         rolling = ((rolling - old * leading) * multiplier + new) & mask
         windows.append(rolling)
-    # _finish, inline: a call per shingle was a third of this function's time
-    mix, sign, wrap = _MIX, 1 << 63, 1 << 64
+    return _finished(windows)
+
+
+def _finished(values: list[int]) -> list[int]:
+    """`_finish` of each value, inline: a call per shingle was a third of the time."""
+    mix, mask, sign, wrap = _MIX, _MASK64, 1 << 63, 1 << 64
     finished = []
-    for value in windows:
+    for value in values:
         value = ((value ^ (value >> 31)) * mix) & mask
         value ^= value >> 29
         finished.append(value - wrap if value >= sign else value)

@@ -28,10 +28,6 @@ from aggregator.dedupe import (
 )
 from aggregator.model import ParsedEntry
 
-# the first index_keys of a process imports numpy (0.1-0.3 s under load): done here, not
-# inside a hypothesis example with its 200 ms deadline
-index_keys("", "one two three four five six seven")
-
 WIRE_STORY = """\
 North Korea fired a ballistic missile into the sea off its east coast on Thursday, South
 Korea's military said, the third launch this month as Pyongyang protests joint drills by
