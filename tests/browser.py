@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import hashlib
 import shutil
+import time
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -121,8 +122,21 @@ def take_screenshots(browser: Any, files: Mapping[str, bytes], name: str, out: P
 
 def settle_images(page: Any) -> None:
     """Wait until every image in the viewport has loaded (lazy ones start when near it)."""
-    page.wait_for_function(
-        """() => [...document.images]
+    wait_until_true(
+        page,
+        """[...document.images]
             .filter(i => i.getBoundingClientRect().top < innerHeight)
-            .every(i => i.complete)"""
+            .every(i => i.complete)""",
     )
+
+
+def wait_until_true(page: Any, expression: str, timeout: float = 30.0) -> None:
+    """Poll `expression` until it is true. Not `page.wait_for_function`: when its first
+    check is false it polls with an eval inside the page, which our pages'
+    Content-Security-Policy (rightly) forbids; `page.evaluate` goes through the DevTools
+    protocol, which the policy does not govern."""
+    deadline = time.monotonic() + timeout
+    while not page.evaluate(expression):
+        if time.monotonic() > deadline:
+            raise AssertionError(f"still false after {timeout:.0f} s: {expression}")
+        time.sleep(0.05)

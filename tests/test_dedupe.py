@@ -12,7 +12,7 @@ from pathlib import Path
 from random import Random
 
 import pytest
-from hypothesis import assume, given
+from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
 from aggregator import dedupe
@@ -499,6 +499,9 @@ def test_same_story_is_symmetric(left, right, left_title, right_title, data) -> 
 
 
 @given(texts, st.integers(1, 30), st.integers(1, 30), st.integers(0, 2**32))
+# most drawn texts are too short once cut at both ends, or sample past the cap: the
+# filtering is the point, and hypothesis' health check failed the run when it was heavy
+@settings(suppress_health_check=[HealthCheck.filter_too_much])
 def test_contained_text_keeps_its_sampled_keys(text, head, tail, seed) -> None:
     # the sample is chosen by hash value, so the sample of a text cut at both ends (no shared
     # prefix keys) is inside the full text's sample

@@ -19,7 +19,15 @@ import pytest
 
 from aggregator.model import PublishedItem, SourceRef, Topic
 from aggregator.render import render_topic
-from tests.browser import SHOTS, SITE, launch, missing_browser, serve, take_screenshots
+from tests.browser import (
+    SHOTS,
+    SITE,
+    launch,
+    missing_browser,
+    serve,
+    take_screenshots,
+    wait_until_true,
+)
 
 NOW = datetime(2026, 12, 6, 12, 3, tzinfo=UTC)
 TOPIC = Topic(
@@ -155,7 +163,7 @@ def test_no_horizontal_scroll_and_nothing_to_complain_about(
     context, page, problems = open_page(browser, files, width, height)
     try:
         page.mouse.wheel(0, 20000)  # every lazy image comes into view and loads
-        page.wait_for_function("[...document.images].every(i => i.complete)")
+        wait_until_true(page, "[...document.images].every(i => i.complete)")
         scroll_width, client_width = page.evaluate(
             "[document.scrollingElement.scrollWidth, document.scrollingElement.clientWidth]"
         )
