@@ -1186,13 +1186,14 @@ class StoreThread:
         db = await StoreThread.open(path)
         state = await db.run(Store.feed_state, url)
 
-    Group commit: the per-poll calls (`_IN_BATCH`) that follow one another share one
-    transaction, each write in a savepoint of its own (`_immediate`), so a round writes a
-    changed index page once per batch rather than once per feed. The batch commits when
-    the thread has had nothing to do for `BATCH_LINGER` seconds, after `BATCH_SECONDS` or
-    `BATCH_CALLS`, and before any other call (a render, a prune) runs. A crash loses no
-    poll: a feed's new state and its items are in the same transaction, so a poll that
-    was not committed left the feed's stored state as it was, and the feed is fetched
+    Group commit: the per-poll calls (`_BATCHED_WRITES`, `_BATCHED_READS`) that follow one
+    another share one transaction, each write in a savepoint of its own (`_immediate`),
+    so a round writes a changed index page once per batch rather than once per feed. The
+    batch commits when the thread has had nothing to do for `BATCH_LINGER` seconds, after
+    `BATCH_SECONDS` or `BATCH_CALLS` writes, and before any other call (a render, a
+    prune) runs. A crash loses no poll: a feed's new state and its items are in the same
+    transaction, so a poll that was not committed left the feed's stored state as it
+    was, and the feed is fetched
     again. A failed COMMIT fails the next call, so the round stops with the error.
     """
 
@@ -1281,12 +1282,12 @@ class StoreThread:
                     continue
             else:
                 call = self._queue.get()
-            if call is not None and call.fn in _IN_BATCH and self._failed is None:
-                if not in_batch:
+            if call is not None and call.fn in _BATCHED_WRITES and self._failed is None:
+                if not in_batch:  # a write opens the batch: reads alone take no lock
                     started = time.monotonic()
                     self._begin(store)
                 in_batch += 1
-            elif in_batch:
+            elif in_batch and (call is None or call.fn not in _BATCHED_READS):
                 self._commit(store)
                 in_batch = 0
             if call is None:
@@ -1300,19 +1301,17 @@ class StoreThread:
 
     def _begin(self, store: Store) -> None:
         try:
-            store.db.execute("BEGIN IMMEDIATE")
-        except sqlite3.Error as e:
-            self._failed = StoreError(f"database is busy or read-only: {e}")
+            _begin_immediate(store.db)
+        except StoreError as e:
+            self._failed = e
 
     def _commit(self, store: Store) -> None:
         if not store.db.conn.in_transaction:
             return
         try:
-            store.db.execute("COMMIT")
-        except sqlite3.Error as e:
-            with suppress(sqlite3.Error):
-                store.db.rollback()
-            self._failed = StoreError(f"cannot write the database: {e}")
+            _commit_or_roll_back(store.db)
+        except StoreError as e:
+            self._failed = e
 
     def _call(self, store: Store, call: _Call) -> None:
         try:
@@ -1369,8 +1368,10 @@ class _Call:
     serial: int
 
 
-#: the per-poll calls that share a group commit's transaction (StoreThread)
-_IN_BATCH = frozenset({Store.save, Store.known_entries, Store.feed_state})
+#: the per-poll calls that share a group commit's transaction (StoreThread): a write
+#: opens one, and the reads a poll makes between two writes run inside it
+_BATCHED_WRITES = frozenset({Store.save})
+_BATCHED_READS = frozenset({Store.known_entries, Store.feed_state})
 
 
 #: a list of values bound as one JSON parameter (`_json_list`): one `?` per feed would
@@ -1434,10 +1435,7 @@ def _immediate(db: Database) -> Iterator[None]:
         with _savepoint(db):
             yield
         return
-    try:
-        db.execute("BEGIN IMMEDIATE")
-    except sqlite3.OperationalError as e:
-        raise StoreError(f"database is busy or read-only: {e}") from e
+    _begin_immediate(db)
     try:
         yield
     except sqlite3.Error as e:
@@ -1447,11 +1445,24 @@ def _immediate(db: Database) -> Iterator[None]:
         db.rollback()
         raise
     else:
-        try:
-            db.execute("COMMIT")
-        except sqlite3.Error as e:
+        _commit_or_roll_back(db)
+
+
+def _begin_immediate(db: Database) -> None:
+    try:
+        db.execute("BEGIN IMMEDIATE")
+    except sqlite3.OperationalError as e:
+        raise StoreError(f"database is busy or read-only: {e}") from e
+
+
+def _commit_or_roll_back(db: Database) -> None:
+    """COMMIT; on failure the transaction is rolled back and StoreError raised."""
+    try:
+        db.execute("COMMIT")
+    except sqlite3.Error as e:
+        with suppress(sqlite3.Error):
             db.rollback()
-            raise StoreError(f"cannot write the database: {e}") from e
+        raise StoreError(f"cannot write the database: {e}") from e
 
 
 @contextmanager
