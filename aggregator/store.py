@@ -1193,8 +1193,8 @@ class StoreThread:
     `BATCH_SECONDS` or `BATCH_CALLS` writes, and before any other call (a render, a
     prune) runs. A crash loses no poll: a feed's new state and its items are in the same
     transaction, so a poll that was not committed left the feed's stored state as it
-    was, and the feed is fetched
-    again. A failed COMMIT fails the next call, so the round stops with the error.
+    was, and the feed is fetched again. A failed COMMIT fails the next call, so the round
+    stops with the error.
     """
 
     BATCH_LINGER = 0.05
