@@ -23,6 +23,7 @@ from aggregator.errors import (
     StoreError,
     error_kind,
 )
+from aggregator.memory import one_malloc_arena
 from aggregator.model import Config, FeedSource, FeedState, PollResult
 from aggregator.text import single_line
 from aggregator.timeutil import format_duration, to_iso, utcnow
@@ -142,27 +143,6 @@ def _pick_argument(value: str) -> int:
 def config_path(args: argparse.Namespace) -> Path:
     explicit = getattr(args, "config", None) or os.environ.get("AGGREGATOR_CONFIG")
     return Path(explicit or "feeds.yaml")
-
-
-def one_malloc_arena() -> None:
-    """Have glibc's malloc serve every thread of this process from one arena.
-
-    By default each thread that allocates (the store's, the event loop's helpers) gets an
-    arena of its own, up to 8 per core, and memory freed in one is not reused by another:
-    the store thread's render at the end of a cold `poll --once` took 5-8 MB of fresh
-    pages while the round's freed ones sat in the main arena (600 feeds: peak 79 -> 74
-    MB). The threads allocate under the GIL mostly, so sharing one costs no waiting.
-    A MALLOC_ARENA_MAX in the environment is left to decide; elsewhere than glibc, nothing.
-    """
-    if "MALLOC_ARENA_MAX" in os.environ:
-        return
-    try:
-        import ctypes
-
-        mallopt = ctypes.CDLL(None).mallopt
-    except (ImportError, OSError, AttributeError):
-        return
-    mallopt(-8, 1)  # M_ARENA_MAX; before the process starts any thread
 
 
 def main(argv: Sequence[str] | None = None) -> int:

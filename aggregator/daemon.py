@@ -42,7 +42,7 @@ from aggregator.errors import Busy, ConfigError, PublishError, QueryError, Store
 from aggregator.logs import configure_logging
 from aggregator.model import Config, FeedSource, FeedState, PollResult, Settings
 from aggregator.notify import notify, watchdog_interval
-from aggregator.paging import ArchivePage, is_archive_name
+from aggregator.paging import ArchivePage
 from aggregator.pipeline import Poller
 from aggregator.publish import Output, OutputCache, make_app
 from aggregator.store import Store, StoreThread, lock_problem
@@ -447,8 +447,8 @@ class Publisher:
             log.error("publishing failed: %s", e)
             self.dirty |= only if only is not None else {t.slug for t in config.topics}
             return
-        # archive pages are served as rendered on request, not from the cache
-        self.outputs.update({n: b for n, b in outputs.items() if not is_archive_name(n)})
+        # (archive pages are not among them: they are served as rendered on request)
+        self.outputs.update(outputs)
         self.pages.clear()  # they may have changed with the first pages
         self.renders += 1
         self.outputs.retain(publish.output_names(config))

@@ -478,6 +478,9 @@ class Poller:
             )
         except FeedError as error:
             return update.Failed(error, response), (), ()
+        # Parsed, the body is not needed again: a poll waiting for the store (a cold round
+        # queues several) holds its items, not also the feed's bytes
+        response = replace(response, body=b"")
         items, left_out = _capped(processed.items, known.raw_hashes, source.max_items_per_round)
         rate = update.entry_rate([*known.recent_dates, *(item.published for item, _ in items)], now)
         answered = update.Answered(
@@ -561,7 +564,7 @@ async def poll_and_publish(
             only = set().union(
                 *(topics_of_feed(config, r.url) for r in results if r.changed_outputs)
             )
-        _, changed = await poller.db.run(index_and_publish, config, only, True)
+        _, changed = await poller.db.run(index_and_publish, config, only, True, False)
         if settings.websub_hub and changed:
             await _ping_hub(poller, settings, changed)
     finally:

@@ -13,7 +13,15 @@ import logging
 import os
 import tempfile
 import time
-from collections.abc import Awaitable, Callable, Collection, Iterable, Mapping, Sequence
+from collections.abc import (
+    Awaitable,
+    Callable,
+    Collection,
+    Iterable,
+    Iterator,
+    Mapping,
+    Sequence,
+)
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from email.utils import formatdate, parsedate_to_datetime
@@ -22,6 +30,7 @@ from typing import TYPE_CHECKING
 
 from aggregator import __version__, paging, render, topics
 from aggregator.errors import AggregatorError, Busy, PublishError
+from aggregator.memory import return_free_memory
 from aggregator.model import Config, FeedState, PublishedItem, SourceRef, Topic
 from aggregator.render import media_type
 from aggregator.search import SearchRequest
@@ -121,18 +130,16 @@ def topic_pages(
 
 def render_pages(
     topic: Topic, pages: Sequence[TopicPage], base_url: str, hubs: tuple[str, ...] = ()
-) -> dict[str, bytes]:
-    """Every format of the topic's first pages (topic_pages): file name → bytes, the
+) -> Iterator[tuple[str, bytes]]:
+    """Every format of the topic's first pages (topic_pages): (file name, bytes), the
     first page as `<slug>.<ext>`, the others as archive pages (paging.py)."""
-    outputs: dict[str, bytes] = {}
     stem: str | None = topic.slug
     for page in pages:
         if stem is None:
             break  # an archive page we cannot name (paging.MAX_ID_BYTES)
         links, older = _page_links(topic, stem, page, hubs)
-        outputs.update(render.render_topic(topic, page.items, base_url, links))
+        yield from render.render_topic(topic, page.items, base_url, links).items()
         stem = older
-    return outputs
 
 
 def _hubs(config: Config) -> tuple[str, ...]:
@@ -221,17 +228,24 @@ def render_outputs(
 ) -> dict[str, bytes]:
     """Published file name → bytes, for every topic or the slugs in `only`; the index and
     OPML always. Same database, same bytes."""
+    return dict(iter_outputs(config, store, only))
+
+
+def iter_outputs(
+    config: Config, store: Store, only: Collection[str] | None = None
+) -> Iterator[tuple[str, bytes]]:
+    """render_outputs as it goes, a page's formats at a time: written as they come, the
+    files of a topic's pages are never all in memory at once."""
     base_url = config.settings.base_url
     states = store.feed_states()
     names = display_names(config, states)
-    outputs: dict[str, bytes] = {}
     hubs = _hubs(config)
     for topic in config.topics:
         if only is not None and topic.slug not in only:
             continue
         pages = topic_pages(config, store, topic, names, pages=1 + ARCHIVE_FILES)
-        outputs.update(render_pages(topic, pages, base_url, hubs))
-    outputs["index.html"] = render.render_index(config.topics, base_url)
+        yield from render_pages(topic, pages, base_url, hubs)
+    yield "index.html", render.render_index(config.topics, base_url)
     sources = []
     for source in config.feeds:
         state = states.get(source.url)
@@ -239,8 +253,7 @@ def render_outputs(
         sources.append(
             SourceRef(title=names[source.url], url=site, feed_url=source.url, tags=source.tags)
         )
-    outputs["feeds.opml"] = render.render_opml("aggregator sources", sources)
-    return outputs
+    yield "feeds.opml", render.render_opml("aggregator sources", sources)
 
 
 def output_names(config: Config) -> list[str]:
@@ -254,19 +267,29 @@ def topics_of_feed(config: Config, feed_url: str) -> set[str]:
 
 
 def index_and_publish(
-    store: Store, config: Config, only: Collection[str] | None = None, trust: bool = False
+    store: Store,
+    config: Config,
+    only: Collection[str] | None = None,
+    trust: bool = False,
+    keep: bool = True,
 ) -> tuple[dict[str, bytes], list[str]]:
     """After a round or a burst of polls: the new items join the search index in one
     batch, then `publish`."""
     store.index_for_search()
-    return publish(store, config, only, trust)
+    return_free_memory(0)  # the round's and the index's leftovers, before the render's peak
+    return publish(store, config, only, trust, keep)
 
 
 def publish(
-    store: Store, config: Config, only: Collection[str] | None = None, trust: bool = False
+    store: Store,
+    config: Config,
+    only: Collection[str] | None = None,
+    trust: bool = False,
+    keep: bool = True,
 ) -> tuple[dict[str, bytes], list[str]]:
     """Render outputs (every topic, or those in `only`) and write the ones whose bytes
-    changed; returns what was rendered and the names written.
+    changed; returns the rendered files other than archive pages (none without `keep`),
+    and the names written.
 
     With `trust`, `only` is what changed in the store since the last publish (a round's
     changed topics), and the other topics' files are taken to be current, unless the
@@ -275,13 +298,22 @@ def publish(
     they cost little.) A `poll --once` in which nothing changed renders no topic."""
     if trust and only is not None and not _outputs_current(store, config):
         only = None
-    outputs = render_outputs(config, store, only)
-    written = write_outputs(config.settings.output_dir, outputs)
+    rendered: list[str] = []
+    kept: dict[str, bytes] = {}
+
+    def noted(outputs: Iterable[tuple[str, bytes]]) -> Iterator[tuple[str, bytes]]:
+        for name, data in outputs:
+            rendered.append(name)
+            if keep and not paging.is_archive_name(name):
+                kept[name] = data
+            yield name, data
+
+    written = write_outputs(config.settings.output_dir, noted(iter_outputs(config, store, only)))
     slugs = {t.slug for t in config.topics if only is None or t.slug in only}
-    remove_stale_pages(config.settings.output_dir, slugs, outputs)
+    remove_stale_pages(config.settings.output_dir, slugs, set(rendered))
     if only is None:
         store.set_meta(PUBLISHED_CONFIG, config_fingerprint(config))
-    return outputs, written
+    return kept, written
 
 
 #: meta row: the config_fingerprint every topic was last rendered with
@@ -312,9 +344,12 @@ def _outputs_current(store: Store, config: Config) -> bool:
 # --- writing them -------------------------------------------------------------------------
 
 
-def write_outputs(output_dir: Path, outputs: Mapping[str, bytes]) -> list[str]:
-    """Replace the files among `outputs` whose bytes changed, as one set; returns their
-    names (the others are not touched).
+def write_outputs(
+    output_dir: Path, outputs: Mapping[str, bytes] | Iterable[tuple[str, bytes]]
+) -> list[str]:
+    """Replace the files among `outputs` (a mapping, or name and bytes as they are
+    rendered) whose bytes changed, as one set; returns their names, sorted (the others
+    are not touched).
 
     Every new file is first written in full to a temporary file in the same directory
     and fsynced; only then are they all renamed over their targets. So a reader sees
@@ -325,7 +360,7 @@ def write_outputs(output_dir: Path, outputs: Mapping[str, bytes]) -> list[str]:
     staged: list[tuple[str, Path, str]] = []
     try:
         output_dir.mkdir(parents=True, exist_ok=True)
-        for name, data in sorted(outputs.items()):
+        for name, data in outputs.items() if isinstance(outputs, Mapping) else outputs:
             path = output_dir / name
             if _holds(path, data):
                 continue
@@ -333,15 +368,18 @@ def write_outputs(output_dir: Path, outputs: Mapping[str, bytes]) -> list[str]:
                 # os.replace would fail on it half-way through the renames
                 raise IsADirectoryError(errno.EISDIR, "a directory is in the way", str(path))
             staged.append((_write_temporary(path, data), path, name))
+        staged.sort(key=lambda staging: staging[2])
         for temporary, path, _ in staged:
             os.replace(temporary, path)
         if staged:
             _fsync_dir(output_dir)
-    except OSError as e:
+    except BaseException as e:  # a failed render as well: no temporary file stays behind
         for temporary, _, _ in staged:
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(temporary)
-        raise PublishError(f"cannot write outputs in {output_dir}: {e}") from e
+        if isinstance(e, OSError):
+            raise PublishError(f"cannot write outputs in {output_dir}: {e}") from e
+        raise
     return [name for _, _, name in staged]
 
 

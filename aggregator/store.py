@@ -71,6 +71,7 @@ from sqlite_utils.migrations import Migrations
 
 from aggregator import dedupe
 from aggregator.errors import StoreError
+from aggregator.memory import return_free_memory
 from aggregator.model import PRUNED, FeedState, Item, PublishedItem, SourceRef, Subscription
 from aggregator.timeutil import from_iso, to_iso, utcnow
 from aggregator.update import FeedUpdate
@@ -1298,6 +1299,7 @@ class StoreThread:
             ):
                 self._commit(store)
                 in_batch = 0
+            return_free_memory()  # what the call and the rows it read or wrote left free
 
     def _begin(self, store: Store) -> None:
         try:

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from aggregator.errors import PublishError
+from aggregator.errors import PublishError, StoreError
 from aggregator.publish import write_outputs
 from tests.commands import aggregator
 from tests.feedserver import FeedServer
@@ -143,4 +143,24 @@ def test_a_directory_in_the_way_of_one_output_leaves_the_set_whole(tmp_path: Pat
     with pytest.raises(PublishError, match="directory"):
         write_outputs(tmp_path, {name: b"round 2" for name in names})
     for name in ("all.atom", "all.html", "all.json"):
+        assert (tmp_path / name).read_bytes() == b"round 1"
+
+
+def test_a_render_failing_half_way_leaves_the_set_whole_and_no_temporary_file(
+    tmp_path: Path,
+) -> None:
+    """Outputs are written as they are rendered: a render that fails after some of them
+    (the database gone, a bug) must not leave those behind or change the published set."""
+    names = ["all.atom", "all.html", "all.json", "all.rss"]
+    write_outputs(tmp_path, {name: b"round 1" for name in names})
+
+    def rendering() -> Iterator[tuple[str, bytes]]:
+        yield "all.atom", b"round 2"
+        yield "all.html", b"round 2"
+        raise StoreError("the database went away")
+
+    with pytest.raises(StoreError):
+        write_outputs(tmp_path, rendering())
+    assert sorted(p.name for p in tmp_path.iterdir()) == names
+    for name in names:
         assert (tmp_path / name).read_bytes() == b"round 1"

@@ -4,7 +4,7 @@ feed's new title or a prune still bring every output up to date."""
 
 from __future__ import annotations
 
-from collections.abc import Collection
+from collections.abc import Collection, Iterator
 from pathlib import Path
 
 import pytest
@@ -49,15 +49,15 @@ def test_a_round_renders_only_the_topics_it_changed(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     rendered: list[object] = []
-    real = publish.render_outputs
+    real = publish.iter_outputs
 
     def counting(
         config: Config, store: Store, only: Collection[str] | None = None
-    ) -> dict[str, bytes]:
+    ) -> Iterator[tuple[str, bytes]]:
         rendered.append(None if only is None else set(only))
         return real(config, store, only)
 
-    monkeypatch.setattr(publish, "render_outputs", counting)
+    monkeypatch.setattr(publish, "iter_outputs", counting)
     with FeedServer() as server:
         server.set("/asia.rss", rss("Asia", [make_story("a1")]))
         server.set("/europe.rss", rss("Europe", [make_story("e1")]))
