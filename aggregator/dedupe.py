@@ -18,9 +18,11 @@ one of them (precision first).
 
 from __future__ import annotations
 
+import bisect
 import functools
 import hashlib
 import html
+import itertools
 import re
 import unicodedata
 from collections.abc import Iterable, Sequence
@@ -283,19 +285,10 @@ def _text_keys(text_words: list[str]) -> set[int]:
     or more: the same keys, computed together, each shingle's hash in one expression
     (the rolling hash's polynomial written out) rather than a loop over its words. numpy
     did this in a third of the time, but cost each parse worker 17 MB."""
-    hashes = list(map(_word_hash, text_words))
-    mask, modulus = _MASK64, SAMPLE_MODULUS
+    h = list(map(_word_hash, text_words))
+    mask = _MASK64
     p4, p3, p2, p1 = _SHINGLE_POWERS
-    count = len(hashes) - SHINGLE_SIZE + 1
-    h = hashes
-    anchors = [i for i in range(count) if not h[i] % modulus]
-    sampled = _finished(
-        [
-            (h[i] * p4 + h[i + 1] * p3 + h[i + 2] * p2 + h[i + 3] * p1 + h[i + 4]) & mask
-            for i in anchors
-        ]
-    )
-    keys = set(sorted(set(sampled))[:MAX_SAMPLED_KEYS])
+    count = len(h) - SHINGLE_SIZE + 1
     lead_count = min(count, LEAD_KEY_WORDS - SHINGLE_SIZE + 1)
     lead = _finished(
         [
@@ -303,6 +296,18 @@ def _text_keys(text_words: list[str]) -> set[int]:
             for i in range(lead_count)
         ]
     )
+    # anchors by the words' cached flags (no arithmetic per word); those in the lead
+    # take the lead's shingles rather than hashing them again
+    anchors = list(itertools.compress(range(count), map(_is_anchor_word, text_words)))
+    in_lead = bisect.bisect_left(anchors, lead_count)
+    sampled = [lead[i] for i in anchors[:in_lead]]
+    sampled += _finished(
+        [
+            (h[i] * p4 + h[i + 1] * p3 + h[i + 2] * p2 + h[i + 3] * p1 + h[i + 4]) & mask
+            for i in anchors[in_lead:]
+        ]
+    )
+    keys = set(sorted(set(sampled))[:MAX_SAMPLED_KEYS])
     if lead_count <= WINNOW_WINDOW:
         keys.add(min(lead))
         return keys
@@ -616,6 +621,21 @@ class _WordHashes(dict[str, int]):
 
 _MAX_WORD_HASHES = 1 << 16
 _word_hash = _WordHashes().__getitem__
+
+
+class _AnchorWords(dict[str, bool]):
+    """Word → whether shingles starting at it are sampled (its hash is 0 modulo
+    `SAMPLE_MODULUS`), computed on first use: `_text_keys` finds a text's anchors by C-level
+    lookups instead of an arithmetic test per word. Emptied when full."""
+
+    def __missing__(self, word: str) -> bool:
+        if len(self) >= _MAX_WORD_HASHES:
+            self.clear()
+        flag = self[word] = not _word_hash(word) % SAMPLE_MODULUS
+        return flag
+
+
+_is_anchor_word = _AnchorWords().__getitem__
 
 
 def _shingle_list(words: Sequence[str], size: int = SHINGLE_SIZE) -> list[int]:
