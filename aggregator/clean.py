@@ -490,7 +490,6 @@ def strip_boilerplate(html_text: str) -> str:
     except (lxml.etree.ParserError, ValueError):
         return html_text
     changed = False
-    share_links = any(marker in html_text for marker in _SHARE_LINK_MARKERS)
     # In document order, the root (index 0) left out. What is inside a removed element
     # comes right after it and is skipped: it is out of the tree, and removing more of it
     # would change nothing there (a third of the elements of the bench corpus's entries).
@@ -504,7 +503,7 @@ def strip_boilerplate(html_text: str) -> str:
         if element.getparent() is None:  # removed as the list after a "Related" heading
             index += _descendant_count(element)
             continue
-        if _is_boilerplate_element(element, share_links):
+        if _is_boilerplate_element(element, html_text):
             links = _link_list_after(element)
             _remove(element)
             index += _descendant_count(element)
@@ -548,6 +547,12 @@ def _text_content(element: lxml.etree._Element) -> str:
     return str(_STRING_CONTENT(element))
 
 
+def _has_text(element: lxml.etree._Element) -> bool:
+    """Whether the element's text (`_text_content`) is more than whitespace: read only as
+    far as its first such piece, without an XPath call."""
+    return any(not piece.isspace() for piece in _itertext(element) if piece)
+
+
 def _itertext(element: lxml.etree._Element) -> Iterator[str]:
     """`element.itertext()`, typed: an HTML parser's text is str."""
     return cast("Iterator[str]", element.itertext())
@@ -584,9 +589,8 @@ def _may_hold_boilerplate(html_text: str) -> bool:
     )
 
 
-def _is_boilerplate_element(element: lxml.etree._Element, share_links: bool) -> bool:
-    """Whether `element` is boilerplate wherever it is; `share_links`: whether the markup
-    holds a share link marker at all."""
+def _is_boilerplate_element(element: lxml.etree._Element, html_text: str) -> bool:
+    """Whether `element` of the tree of `html_text` is boilerplate wherever it is."""
     classes = element.get("class")
     if classes and not _BOILERPLATE_CLASS_NAMES.isdisjoint(classes.split()):
         return True
@@ -598,7 +602,9 @@ def _is_boilerplate_element(element: lxml.etree._Element, share_links: bool) -> 
         return text is not None and BOILERPLATE_LINKS.match(text) is not None
     if tag not in _LINK_BLOCKS:
         return False
-    if share_links and _is_share_row(element):
+    # the markup is asked only for a block that reads as a share row (few are): scanning
+    # every text for the markers cost more than the test of each block
+    if _is_share_row(element) and _has_share_marker(html_text):
         return True
     text = _text_starting_like_boilerplate(element)
     if text is None:
@@ -643,6 +649,11 @@ def _is_share_row(element: lxml.etree._Element) -> bool:
     )
 
 
+def _has_share_marker(html_text: str) -> bool:
+    """Whether the markup, as written, holds a share link marker at all."""
+    return any(marker in html_text for marker in _SHARE_LINK_MARKERS)
+
+
 def _is_label_or_nothing(text: str) -> bool:
     return _ONLY_SEPARATORS.match(text) is not None or _LINK_ROW.match(text) is not None
 
@@ -679,7 +690,7 @@ def _remove_edge_calls_to_action(root: lxml.etree._Element) -> bool:
         for block in run:
             if block in found:
                 break
-            if not (_text_content(block) or "").strip():
+            if not _has_text(block):
                 continue  # an image, a rule: look past it
             if not _is_call_to_action(block):
                 break
@@ -687,7 +698,7 @@ def _remove_edge_calls_to_action(root: lxml.etree._Element) -> bool:
     if not found:
         return False
     kept_text = (container.text or "").strip() or any(
-        (_text_content(block) or "").strip() for block in blocks if block not in found
+        _has_text(block) for block in blocks if block not in found
     )
     if not kept_text:
         return False  # the entry is the call (a post announcing a membership drive)
@@ -729,7 +740,7 @@ def _text_outside_links(element: lxml.etree._Element) -> str:
 
 
 def _has_links(element: lxml.etree._Element) -> bool:
-    return any((_text_content(link) or "").strip() for link in element.iter("a"))
+    return any(_has_text(link) for link in element.iter("a"))
 
 
 def _remove(element: lxml.etree._Element) -> None:
