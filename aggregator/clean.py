@@ -878,8 +878,9 @@ def clean_entry(
     """
     now = to_utc(now)
     entry = _without_unusable_characters(entry)
-    content_html = clean_html(entry.content_html, entry.base_url)
-    summary_html = clean_html(entry.summary_html, entry.base_url)
+    # the entry's texts are usable now: not scanned again
+    content_html = _clean_usable_html(entry.content_html, entry.base_url)
+    summary_html = _clean_usable_html(entry.summary_html, entry.base_url)
     content_text = sanitized_html_to_text(content_html)
     summary_text = sanitized_html_to_text(summary_html)
     text = content_text or summary_text
@@ -944,21 +945,40 @@ def lead_image(feed_image: str | None, base_url: str, sanitized_html: str) -> st
 
 def _without_unusable_characters(entry: ParsedEntry) -> ParsedEntry:
     fix = remove_unusable_characters
+    title = fix(entry.title)
+    content_html = fix(entry.content_html)
+    summary_html = fix(entry.summary_html)
+    link = fix(entry.link) if entry.link else entry.link
+    author = fix(entry.author) if entry.author else entry.author
+    categories = tuple(fix(category) for category in entry.categories)
+    if (title, link, content_html, summary_html, author, categories) == (
+        entry.title,
+        entry.link,
+        entry.content_html,
+        entry.summary_html,
+        entry.author,
+        entry.categories,
+    ):
+        return entry  # nearly always: nothing removed, so no copy
     return replace(
         entry,
-        title=fix(entry.title),
-        link=fix(entry.link) if entry.link else entry.link,
-        content_html=fix(entry.content_html),
-        summary_html=fix(entry.summary_html),
-        author=fix(entry.author) if entry.author else entry.author,
-        categories=tuple(fix(category) for category in entry.categories),
+        title=title,
+        link=link,
+        content_html=content_html,
+        summary_html=summary_html,
+        author=author,
+        categories=categories,
     )
 
 
 def clean_html(html_text: str, base_url: str) -> str:
     """Boilerplate stripped, then sanitized with absolute URLs (markup too costly to parse:
     its text only, before lxml sees it)."""
-    html_text = remove_unusable_characters(html_text)
+    return _clean_usable_html(remove_unusable_characters(html_text), base_url)
+
+
+def _clean_usable_html(html_text: str, base_url: str) -> str:
+    """`clean_html` of a text without unusable characters (`remove_unusable_characters`)."""
     if not html_text.strip():
         return ""
     if exceeds_limits(html_text):
