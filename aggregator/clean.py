@@ -490,6 +490,10 @@ def strip_boilerplate(html_text: str) -> str:
     except (lxml.etree.ParserError, ValueError):
         return html_text
     changed = False
+    # A share row has two links to share sites or more: the tree has two such links (the
+    # tree only loses elements) and the markup, as written, a marker. Most entries have no
+    # such link, and then no block is tested.
+    share_rows = _has_share_links(root) and _has_share_marker(html_text)
     # In document order, the root (index 0) left out. What is inside a removed element
     # comes right after it and is skipped: it is out of the tree, and removing more of it
     # would change nothing there (a third of the elements of the bench corpus's entries).
@@ -503,7 +507,7 @@ def strip_boilerplate(html_text: str) -> str:
         if element.getparent() is None:  # removed as the list after a "Related" heading
             index += _descendant_count(element)
             continue
-        if _is_boilerplate_element(element, html_text):
+        if _is_boilerplate_element(element, share_rows):
             links = _link_list_after(element)
             _remove(element)
             index += _descendant_count(element)
@@ -589,8 +593,9 @@ def _may_hold_boilerplate(html_text: str) -> bool:
     )
 
 
-def _is_boilerplate_element(element: lxml.etree._Element, html_text: str) -> bool:
-    """Whether `element` of the tree of `html_text` is boilerplate wherever it is."""
+def _is_boilerplate_element(element: lxml.etree._Element, share_rows: bool) -> bool:
+    """Whether `element` is boilerplate wherever it is; `share_rows`: whether the entry
+    may have a row of share links at all."""
     classes = element.get("class")
     if classes and not _BOILERPLATE_CLASS_NAMES.isdisjoint(classes.split()):
         return True
@@ -602,9 +607,7 @@ def _is_boilerplate_element(element: lxml.etree._Element, html_text: str) -> boo
         return text is not None and BOILERPLATE_LINKS.match(text) is not None
     if tag not in _LINK_BLOCKS:
         return False
-    # the markup is asked only for a block that reads as a share row (few are): scanning
-    # every text for the markers cost more than the test of each block
-    if _is_share_row(element) and _has_share_marker(html_text):
+    if share_rows and _is_share_row(element):
         return True
     text = _text_starting_like_boilerplate(element)
     if text is None:
@@ -647,6 +650,18 @@ def _is_share_row(element: lxml.etree._Element) -> bool:
         and _short_text_of(element) is not None
         and _is_label_or_nothing(_text_outside_links(element))
     )
+
+
+def _has_share_links(root: lxml.etree._Element) -> bool:
+    """Whether two links of the tree or more have a share link marker in their href."""
+    found = 0
+    for link in root.iter("a"):
+        href = link.get("href") or ""
+        if any(marker in href for marker in _SHARE_LINK_MARKERS):
+            found += 1
+            if found == 2:
+                return True
+    return False
 
 
 def _has_share_marker(html_text: str) -> bool:
