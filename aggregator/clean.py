@@ -490,7 +490,10 @@ def strip_boilerplate(html_text: str) -> str:
     except (lxml.etree.ParserError, ValueError):
         return html_text
     changed = False
-    share_links = any(marker in html_text for marker in _SHARE_LINK_MARKERS)
+    # A share row has two links to share sites or more: the tree has two such links (the
+    # tree only loses elements) and the markup, as written, a marker. Most entries have no
+    # such link, and then no block is tested.
+    share_rows = _has_share_links(root) and _has_share_marker(html_text)
     # In document order, the root (index 0) left out. What is inside a removed element
     # comes right after it and is skipped: it is out of the tree, and removing more of it
     # would change nothing there (a third of the elements of the bench corpus's entries).
@@ -504,7 +507,7 @@ def strip_boilerplate(html_text: str) -> str:
         if element.getparent() is None:  # removed as the list after a "Related" heading
             index += _descendant_count(element)
             continue
-        if _is_boilerplate_element(element, share_links):
+        if _is_boilerplate_element(element, share_rows):
             links = _link_list_after(element)
             _remove(element)
             index += _descendant_count(element)
@@ -548,6 +551,12 @@ def _text_content(element: lxml.etree._Element) -> str:
     return str(_STRING_CONTENT(element))
 
 
+def _has_text(element: lxml.etree._Element) -> bool:
+    """Whether the element's text (`_text_content`) is more than whitespace: read only as
+    far as its first such piece, without an XPath call."""
+    return any(not piece.isspace() for piece in _itertext(element) if piece)
+
+
 def _itertext(element: lxml.etree._Element) -> Iterator[str]:
     """`element.itertext()`, typed: an HTML parser's text is str."""
     return cast("Iterator[str]", element.itertext())
@@ -584,9 +593,9 @@ def _may_hold_boilerplate(html_text: str) -> bool:
     )
 
 
-def _is_boilerplate_element(element: lxml.etree._Element, share_links: bool) -> bool:
-    """Whether `element` is boilerplate wherever it is; `share_links`: whether the markup
-    holds a share link marker at all."""
+def _is_boilerplate_element(element: lxml.etree._Element, share_rows: bool) -> bool:
+    """Whether `element` is boilerplate wherever it is; `share_rows`: whether the entry
+    may have a row of share links at all."""
     classes = element.get("class")
     if classes and not _BOILERPLATE_CLASS_NAMES.isdisjoint(classes.split()):
         return True
@@ -598,7 +607,7 @@ def _is_boilerplate_element(element: lxml.etree._Element, share_links: bool) -> 
         return text is not None and BOILERPLATE_LINKS.match(text) is not None
     if tag not in _LINK_BLOCKS:
         return False
-    if share_links and _is_share_row(element):
+    if share_rows and _is_share_row(element):
         return True
     text = _text_starting_like_boilerplate(element)
     if text is None:
@@ -643,6 +652,23 @@ def _is_share_row(element: lxml.etree._Element) -> bool:
     )
 
 
+def _has_share_links(root: lxml.etree._Element) -> bool:
+    """Whether two links of the tree or more have a share link marker in their href."""
+    found = 0
+    for link in root.iter("a"):
+        href = link.get("href") or ""
+        if any(marker in href for marker in _SHARE_LINK_MARKERS):
+            found += 1
+            if found == 2:
+                return True
+    return False
+
+
+def _has_share_marker(html_text: str) -> bool:
+    """Whether the markup, as written, holds a share link marker at all."""
+    return any(marker in html_text for marker in _SHARE_LINK_MARKERS)
+
+
 def _is_label_or_nothing(text: str) -> bool:
     return _ONLY_SEPARATORS.match(text) is not None or _LINK_ROW.match(text) is not None
 
@@ -679,7 +705,7 @@ def _remove_edge_calls_to_action(root: lxml.etree._Element) -> bool:
         for block in run:
             if block in found:
                 break
-            if not (_text_content(block) or "").strip():
+            if not _has_text(block):
                 continue  # an image, a rule: look past it
             if not _is_call_to_action(block):
                 break
@@ -687,7 +713,7 @@ def _remove_edge_calls_to_action(root: lxml.etree._Element) -> bool:
     if not found:
         return False
     kept_text = (container.text or "").strip() or any(
-        (_text_content(block) or "").strip() for block in blocks if block not in found
+        _has_text(block) for block in blocks if block not in found
     )
     if not kept_text:
         return False  # the entry is the call (a post announcing a membership drive)
@@ -729,7 +755,7 @@ def _text_outside_links(element: lxml.etree._Element) -> str:
 
 
 def _has_links(element: lxml.etree._Element) -> bool:
-    return any((_text_content(link) or "").strip() for link in element.iter("a"))
+    return any(_has_text(link) for link in element.iter("a"))
 
 
 def _remove(element: lxml.etree._Element) -> None:
@@ -867,8 +893,9 @@ def clean_entry(
     """
     now = to_utc(now)
     entry = _without_unusable_characters(entry)
-    content_html = clean_html(entry.content_html, entry.base_url)
-    summary_html = clean_html(entry.summary_html, entry.base_url)
+    # the entry's texts are usable now: not scanned again
+    content_html = _clean_usable_html(entry.content_html, entry.base_url)
+    summary_html = _clean_usable_html(entry.summary_html, entry.base_url)
     content_text = sanitized_html_to_text(content_html)
     summary_text = sanitized_html_to_text(summary_html)
     text = content_text or summary_text
@@ -933,21 +960,40 @@ def lead_image(feed_image: str | None, base_url: str, sanitized_html: str) -> st
 
 def _without_unusable_characters(entry: ParsedEntry) -> ParsedEntry:
     fix = remove_unusable_characters
+    title = fix(entry.title)
+    content_html = fix(entry.content_html)
+    summary_html = fix(entry.summary_html)
+    link = fix(entry.link) if entry.link else entry.link
+    author = fix(entry.author) if entry.author else entry.author
+    categories = tuple(fix(category) for category in entry.categories)
+    if (title, link, content_html, summary_html, author, categories) == (
+        entry.title,
+        entry.link,
+        entry.content_html,
+        entry.summary_html,
+        entry.author,
+        entry.categories,
+    ):
+        return entry  # nearly always: nothing removed, so no copy
     return replace(
         entry,
-        title=fix(entry.title),
-        link=fix(entry.link) if entry.link else entry.link,
-        content_html=fix(entry.content_html),
-        summary_html=fix(entry.summary_html),
-        author=fix(entry.author) if entry.author else entry.author,
-        categories=tuple(fix(category) for category in entry.categories),
+        title=title,
+        link=link,
+        content_html=content_html,
+        summary_html=summary_html,
+        author=author,
+        categories=categories,
     )
 
 
 def clean_html(html_text: str, base_url: str) -> str:
     """Boilerplate stripped, then sanitized with absolute URLs (markup too costly to parse:
     its text only, before lxml sees it)."""
-    html_text = remove_unusable_characters(html_text)
+    return _clean_usable_html(remove_unusable_characters(html_text), base_url)
+
+
+def _clean_usable_html(html_text: str, base_url: str) -> str:
+    """`clean_html` of a text without unusable characters (`remove_unusable_characters`)."""
     if not html_text.strip():
         return ""
     if exceeds_limits(html_text):
