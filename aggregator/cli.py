@@ -271,7 +271,7 @@ def cmd_manage(args: argparse.Namespace, path: Path) -> int:
 def cmd_build(config: Config, store: Store) -> int:
     from aggregator import publish
 
-    _, changed = publish.publish(store, config)
+    _, changed = publish.publish(store, config, keep=False)
     print(f"{len(changed)} output files changed in {config.settings.output_dir}")
     return EXIT_OK
 
@@ -335,7 +335,7 @@ def cmd_prune(config: Config, store: Store, *, dry_run: bool) -> int:
         print(f"would prune {count} items {limit}; nothing changed (--dry-run)")
         return EXIT_OK
     removed = store.prune(cutoff)
-    _, changed = publish.publish(store, config)
+    _, changed = publish.publish(store, config, keep=False)
     print(
         f"pruned {removed} items {limit}; they stay pruned while their feeds still list"
         f" them; {len(changed)} output files changed in {config.settings.output_dir}"

@@ -11,6 +11,7 @@ import gzip
 import hashlib
 import logging
 import os
+import stat as _stat
 import tempfile
 import time
 from collections.abc import (
@@ -383,10 +384,16 @@ def write_outputs(
     return [name for _, _, name in staged]
 
 
+#: a temporary output file this old is a leftover of a process killed while it published
+#: (a render takes seconds), not one another process is writing
+STALE_TEMPORARY_SECONDS = 3600
+
+
 def remove_stale_pages(output_dir: Path, slugs: Collection[str], keep: Collection[str]) -> None:
     """Delete the archive page files of these topics that are not in `keep`: the pages
     that moved beyond the ARCHIVE_FILES first ones. Called once the new set is in place,
-    so a reader of the new first page finds every page it links to."""
+    so a reader of the new first page finds every page it links to. Temporary files that
+    a killed process left (`_write_temporary`) go too, once STALE_TEMPORARY_SECONDS old."""
     removed = False
     try:
         names = os.listdir(output_dir)
@@ -394,17 +401,28 @@ def remove_stale_pages(output_dir: Path, slugs: Collection[str], keep: Collectio
         log.warning("cannot list %s for old archive pages: %s", output_dir, e)
         return
     for name in names:
-        if paging.archive_slug(name) in slugs and name not in keep:
+        stale = paging.archive_slug(name) in slugs and name not in keep
+        if stale or _is_left_over_temporary(output_dir / name):
             try:
                 os.unlink(output_dir / name)
                 removed = True
             except FileNotFoundError:
                 pass
             except OSError as e:
-                log.warning("cannot remove the old archive page %s: %s", name, e)
+                log.warning("cannot remove the old file %s: %s", name, e)
     if removed:
         with contextlib.suppress(OSError):
             _fsync_dir(output_dir)
+
+
+def _is_left_over_temporary(path: Path) -> bool:
+    if not (path.name.startswith(".") and path.name.endswith(".tmp")):
+        return False
+    try:
+        stat = path.lstat()
+    except OSError:
+        return False
+    return _stat.S_ISREG(stat.st_mode) and time.time() - stat.st_mtime > STALE_TEMPORARY_SECONDS
 
 
 def _holds(path: Path, data: bytes) -> bool:

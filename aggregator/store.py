@@ -1299,7 +1299,8 @@ class StoreThread:
             ):
                 self._commit(store)
                 in_batch = 0
-            return_free_memory()  # what the call and the rows it read or wrote left free
+            if not in_batch:  # not while holding the write lock: a trim takes milliseconds
+                return_free_memory()  # what the calls and their rows left free
 
     def _begin(self, store: Store) -> None:
         try:

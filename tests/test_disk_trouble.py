@@ -11,6 +11,7 @@ import os
 import shutil
 import sqlite3
 import subprocess
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -18,7 +19,7 @@ from pathlib import Path
 import pytest
 
 from aggregator.errors import PublishError, StoreError
-from aggregator.publish import write_outputs
+from aggregator.publish import STALE_TEMPORARY_SECONDS, remove_stale_pages, write_outputs
 from tests.commands import aggregator
 from tests.feedserver import FeedServer
 
@@ -164,3 +165,17 @@ def test_a_render_failing_half_way_leaves_the_set_whole_and_no_temporary_file(
     assert sorted(p.name for p in tmp_path.iterdir()) == names
     for name in names:
         assert (tmp_path / name).read_bytes() == b"round 1"
+
+
+def test_temporary_files_a_killed_publish_left_are_removed_once_old(tmp_path: Path) -> None:
+    """kill -9 while outputs are being written leaves `.<name>.<random>.tmp` files; the
+    next publish removes those an hour old, never one another process may be writing."""
+    write_outputs(tmp_path, {"all.atom": b"round 1"})
+    old = tmp_path / ".all.atom.k1ll3d.tmp"
+    fresh = tmp_path / ".all.rss.wr1t1n.tmp"
+    for left in (old, fresh):
+        left.write_bytes(b"half")
+    an_hour_ago = time.time() - STALE_TEMPORARY_SECONDS - 60
+    os.utime(old, (an_hour_ago, an_hour_ago))
+    remove_stale_pages(tmp_path, {"all"}, {"all.atom"})
+    assert sorted(p.name for p in tmp_path.iterdir()) == [fresh.name, "all.atom"]
