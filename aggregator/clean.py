@@ -960,30 +960,17 @@ def lead_image(feed_image: str | None, base_url: str, sanitized_html: str) -> st
 
 def _without_unusable_characters(entry: ParsedEntry) -> ParsedEntry:
     fix = remove_unusable_characters
-    title = fix(entry.title)
-    content_html = fix(entry.content_html)
-    summary_html = fix(entry.summary_html)
-    link = fix(entry.link) if entry.link else entry.link
-    author = fix(entry.author) if entry.author else entry.author
-    categories = tuple(fix(category) for category in entry.categories)
-    if (title, link, content_html, summary_html, author, categories) == (
-        entry.title,
-        entry.link,
-        entry.content_html,
-        entry.summary_html,
-        entry.author,
-        entry.categories,
-    ):
+    fixed: dict[str, Any] = {
+        "title": fix(entry.title),
+        "link": fix(entry.link) if entry.link else entry.link,
+        "content_html": fix(entry.content_html),
+        "summary_html": fix(entry.summary_html),
+        "author": fix(entry.author) if entry.author else entry.author,
+        "categories": tuple(fix(category) for category in entry.categories),
+    }
+    if all(getattr(entry, name) == value for name, value in fixed.items()):
         return entry  # nearly always: nothing removed, so no copy
-    return replace(
-        entry,
-        title=title,
-        link=link,
-        content_html=content_html,
-        summary_html=summary_html,
-        author=author,
-        categories=categories,
-    )
+    return replace(entry, **fixed)
 
 
 def clean_html(html_text: str, base_url: str) -> str:

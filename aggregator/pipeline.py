@@ -564,7 +564,7 @@ async def poll_and_publish(
             only = set().union(
                 *(topics_of_feed(config, r.url) for r in results if r.changed_outputs)
             )
-        _, changed = await poller.db.run(index_and_publish, config, only, True, False)
+        _, changed = await poller.db.run(index_and_publish, config, only, trust=True, keep=False)
         if settings.websub_hub and changed:
             await _ping_hub(poller, settings, changed)
     finally:

@@ -11,7 +11,7 @@ import gzip
 import hashlib
 import logging
 import os
-import stat as _stat
+import stat
 import tempfile
 import time
 from collections.abc import (
@@ -416,13 +416,13 @@ def remove_stale_pages(output_dir: Path, slugs: Collection[str], keep: Collectio
 
 
 def _is_left_over_temporary(path: Path) -> bool:
-    if not (path.name.startswith(".") and path.name.endswith(".tmp")):
+    if not (path.name.startswith(".") and path.name.endswith(_TEMPORARY_SUFFIX)):
         return False
     try:
-        stat = path.lstat()
+        info = path.lstat()
     except OSError:
         return False
-    return _stat.S_ISREG(stat.st_mode) and time.time() - stat.st_mtime > STALE_TEMPORARY_SECONDS
+    return stat.S_ISREG(info.st_mode) and time.time() - info.st_mtime > STALE_TEMPORARY_SECONDS
 
 
 def _holds(path: Path, data: bytes) -> bool:
@@ -432,9 +432,13 @@ def _holds(path: Path, data: bytes) -> bool:
         return False
 
 
+#: a temporary output file is ".<name>.<random><suffix>"
+_TEMPORARY_SUFFIX = ".tmp"
+
+
 def _write_temporary(path: Path, data: bytes) -> str:
     """`data` in a new temporary file beside `path`, fsynced; its name."""
-    fd, name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    fd, name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=_TEMPORARY_SUFFIX, dir=path.parent)
     try:
         with os.fdopen(fd, "wb") as tmp:
             tmp.write(data)

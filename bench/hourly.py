@@ -67,6 +67,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from email.utils import format_datetime
 from pathlib import Path
+from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
@@ -502,17 +503,11 @@ def config_text(layout: Layout) -> str:
     return "\n".join(lines) + "\n"
 
 
-def _process(job: tuple[int, int, str, str]) -> tuple[int, bytes, dict[str, str], object]:
-    """In a worker: the feed's version-0 body and what aggregator's parse workers make of it."""
-    from aggregator.ingest import process_body
+def _fetched(url: str, body: bytes, headers: dict[str, str]) -> Any:
+    """A 200 of `body` as aggregator's fetcher gives it."""
     from aggregator.model import Fetched
 
-    seed, index, url, ref_text = job
-    ref = datetime.fromisoformat(ref_text)
-    content = Content(feed_spec(seed, index), ref)
-    body = content.body(seed, url)
-    headers = response_headers(content)
-    fetched = Fetched(
+    return Fetched(
         url=url,
         status=200,
         body=body,
@@ -520,6 +515,18 @@ def _process(job: tuple[int, int, str, str]) -> tuple[int, bytes, dict[str, str]
         etag=headers.get("etag"),
         last_modified=headers.get("last-modified"),
     )
+
+
+def _process(job: tuple[int, int, str, str]) -> tuple[int, bytes, dict[str, str], object]:
+    """In a worker: the feed's version-0 body and what aggregator's parse workers make of it."""
+    from aggregator.ingest import process_body
+
+    seed, index, url, ref_text = job
+    ref = datetime.fromisoformat(ref_text)
+    content = Content(feed_spec(seed, index), ref)
+    body = content.body(seed, url)
+    headers = response_headers(content)
+    fetched = _fetched(url, body, headers)
     processed = process_body(fetched, url, {}, ref, ref - timedelta(days=365), None)
     return index, body, headers, processed
 
@@ -528,7 +535,7 @@ def build_base(layout: Layout, workers: int) -> dict[str, object]:
     """The steady-state database (see the module docstring); returns its manifest."""
     from aggregator import update
     from aggregator.config import load_config
-    from aggregator.model import FeedState, Fetched
+    from aggregator.model import FeedState
     from aggregator.store import FetchRecord, Store
     from aggregator.timeutil import to_iso
 
@@ -560,14 +567,7 @@ def build_base(layout: Layout, workers: int) -> dict[str, object]:
             pool.imap_unordered(_process, jobs, chunksize=4), 1
         ):
             url = urls[index]
-            fetched = Fetched(
-                url=url,
-                status=200,
-                body=body,
-                headers=headers,
-                etag=headers.get("etag"),
-                last_modified=headers.get("last-modified"),
-            )
+            fetched = _fetched(url, body, headers)
             items = processed.items  # type: ignore[attr-defined]
             answered = update.Answered(
                 fetched,
