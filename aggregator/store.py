@@ -1187,6 +1187,11 @@ class StoreThread:
         db = await StoreThread.open(path)
         state = await db.run(Store.feed_state, url)
 
+    Hand-over in bulk: the calls made in one turn of the event loop go to the thread as
+    one message, and their results come back as one. Each message crossing between the
+    threads costs a wake-up and a turn of the GIL on each side, and a round of 2,000 304s
+    spent more wall time on those (1.3 s) than on its SQL (30 ms).
+
     Group commit: the per-poll calls (`_BATCHED_WRITES`, `_BATCHED_READS`) that follow one
     another share one transaction, each write in a savepoint of its own (`_immediate`),
     so a round writes a changed index page once per batch rather than once per feed. The
@@ -1201,10 +1206,15 @@ class StoreThread:
     BATCH_LINGER = 0.05
     BATCH_SECONDS = 0.5
     BATCH_CALLS = 100
+    #: a message's finished calls get their results before its next call runs once the
+    #: first has waited this long (seconds), and always before a call that is not a poll's
+    DELIVERY_DELAY = 0.01
 
     def __init__(self, path: Path | str) -> None:
         self._path = path
-        self._queue: queue.SimpleQueue[_Call | None] = queue.SimpleQueue()
+        self._queue: queue.SimpleQueue[list[_Call] | None] = queue.SimpleQueue()
+        #: calls made since the event loop last sent a message (`_send_outbox`)
+        self._outbox: list[_Call] = []
         #: monotonic submit time of each call not yet finished
         self._pending: dict[int, float] = {}
         self._lock = threading.Lock()
@@ -1214,6 +1224,9 @@ class StoreThread:
         self._failed: StoreError | None = None
         self._store: Store | None = None
         self._thread: threading.Thread | None = None
+        # the group commit's state, touched by the store's thread only
+        self._in_batch = 0
+        self._batch_started = 0.0
 
     @classmethod
     async def open(cls, path: Path | str) -> StoreThread:
@@ -1229,21 +1242,31 @@ class StoreThread:
         self, fn: Callable[Concatenate[Store, P], T], /, *args: P.args, **kwargs: P.kwargs
     ) -> T:
         """`fn(store, *args, **kwargs)` on the store's thread."""
+        loop = asyncio.get_running_loop()
+        waiter: asyncio.Future[T] = loop.create_future()
+        future: Future[T] = Future()
         with self._lock:
             if self._closed:
                 raise StoreError("the database is closed")
             self._serial += 1
             serial = self._serial
             self._pending[serial] = time.monotonic()
-        future: Future[T] = Future()
-        self._queue.put(_Call(fn, args, kwargs, future, serial))
+            self._outbox.append(_Call(fn, args, kwargs, future, serial, waiter))
+            if len(self._outbox) == 1:
+                loop.call_soon(self._send_outbox)
         try:
-            return await asyncio.wrap_future(future)
+            return await waiter
         except asyncio.CancelledError:
             # the call may be running (it cannot be stopped half-way) or still queued
             if future.cancel():
                 self._done(serial)
             raise
+
+    def _send_outbox(self) -> None:
+        with self._lock:
+            calls, self._outbox = self._outbox, []
+        if calls:
+            self._queue.put(calls)
 
     def _done(self, serial: int) -> None:
         with self._lock:
@@ -1263,44 +1286,58 @@ class StoreThread:
                 store.db.close()
             while True:  # calls queued behind the close: cancelled
                 try:
-                    call = self._queue.get_nowait()
+                    calls = self._queue.get_nowait()
                 except queue.Empty:
                     break
-                if call is not None:
+                for call in calls or ():
                     call.future.cancel()
                     self._done(call.serial)
+                _deliver(calls or [])
 
     def _serve_calls(self, store: Store) -> None:
-        in_batch = 0
-        started = 0.0
         while True:
-            if in_batch:
+            if self._in_batch:
                 try:
-                    call = self._queue.get(timeout=self.BATCH_LINGER)
+                    calls = self._queue.get(timeout=self.BATCH_LINGER)
                 except queue.Empty:
                     self._commit(store)
-                    in_batch = 0
                     continue
             else:
-                call = self._queue.get()
-            if call is not None and call.fn in _BATCHED_WRITES and self._failed is None:
-                if not in_batch:  # a write opens the batch: reads alone take no lock
-                    started = time.monotonic()
-                    self._begin(store)
-                in_batch += 1
-            elif in_batch and (call is None or call.fn not in _BATCHED_READS):
-                self._commit(store)
-                in_batch = 0
-            if call is None:
+                calls = self._queue.get()
+            if calls is None:
+                if self._in_batch:
+                    self._commit(store)
                 return
-            self._call(store, call)
-            if in_batch >= self.BATCH_CALLS or (
-                in_batch and time.monotonic() - started > self.BATCH_SECONDS
-            ):
-                self._commit(store)
-                in_batch = 0
-            if not in_batch:  # not while holding the write lock: a trim takes milliseconds
+            undelivered = 0  # calls[undelivered:index] are finished, their results not sent
+            first_done = 0.0  # when calls[undelivered] finished
+            for index, call in enumerate(calls):
+                if index > undelivered and (
+                    call.fn not in _PER_POLL or time.monotonic() - first_done > self.DELIVERY_DELAY
+                ):
+                    # the finished calls' callers do not wait for a render or a slow save
+                    _deliver(calls[undelivered:index])
+                    undelivered = index
+                self._run_in_batch(store, call)
+                if index == undelivered:
+                    first_done = time.monotonic()
+            _deliver(calls[undelivered:])
+            if not self._in_batch:  # not while holding the write lock: a trim takes milliseconds
                 return_free_memory()  # what the calls and their rows left free
+
+    def _run_in_batch(self, store: Store, call: _Call) -> None:
+        """Run `call`, opening, joining or committing the group commit's batch."""
+        if call.fn in _BATCHED_WRITES and self._failed is None:
+            if not self._in_batch:  # a write opens the batch: reads alone take no lock
+                self._batch_started = time.monotonic()
+                self._begin(store)
+            self._in_batch += 1
+        elif self._in_batch and call.fn not in _BATCHED_READS:
+            self._commit(store)
+        self._call(store, call)
+        if self._in_batch >= self.BATCH_CALLS or (
+            self._in_batch and time.monotonic() - self._batch_started > self.BATCH_SECONDS
+        ):
+            self._commit(store)
 
     def _begin(self, store: Store) -> None:
         try:
@@ -1309,6 +1346,7 @@ class StoreThread:
             self._failed = e
 
     def _commit(self, store: Store) -> None:
+        self._in_batch = 0
         if not store.db.conn.in_transaction:
             return
         try:
@@ -1346,8 +1384,9 @@ class StoreThread:
         so shutdown is bounded."""
         with self._lock:
             self._closed = True
+        self._send_outbox()  # the calls made before the close go first
         closing: Future[None] = Future()
-        self._queue.put(_Call(Store.close, (), {}, closing, 0))
+        self._queue.put([_Call(Store.close, (), {}, closing, 0)])
         self._queue.put(None)
         assert self._store is not None
         try:
@@ -1369,12 +1408,42 @@ class _Call:
     kwargs: dict[str, Any]
     future: Future[Any]
     serial: int
+    #: where the caller awaits the result, on its event loop (none for `close`'s call,
+    #: which is awaited through `future`)
+    waiter: asyncio.Future[Any] | None = None
+
+
+def _deliver(calls: Sequence[_Call]) -> None:
+    """From the store's thread: hand the finished `calls`' results to their callers, one
+    wake-up of each caller's event loop for all of them."""
+    by_loop: dict[asyncio.AbstractEventLoop, list[_Call]] = {}
+    for call in calls:
+        if call.waiter is not None:
+            by_loop.setdefault(call.waiter.get_loop(), []).append(call)
+    for loop, waiting in by_loop.items():
+        with suppress(RuntimeError):  # the loop is closed: nobody waits any more
+            loop.call_soon_threadsafe(_settle, waiting)
+
+
+def _settle(calls: Sequence[_Call]) -> None:
+    """On the caller's event loop: each call's outcome to its waiter."""
+    for call in calls:
+        waiter, future = call.waiter, call.future
+        if waiter is None or waiter.done():  # the caller gave up (cancelled)
+            continue
+        if future.cancelled():
+            waiter.cancel()
+        elif (error := future.exception()) is not None:
+            waiter.set_exception(error)
+        else:
+            waiter.set_result(future.result())
 
 
 #: the per-poll calls that share a group commit's transaction (StoreThread): a write
 #: opens one, and the reads a poll makes between two writes run inside it
 _BATCHED_WRITES = frozenset({Store.save})
 _BATCHED_READS = frozenset({Store.known_entries, Store.feed_state})
+_PER_POLL = _BATCHED_WRITES | _BATCHED_READS
 
 
 #: a list of values bound as one JSON parameter (`_json_list`): one `?` per feed would

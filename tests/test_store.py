@@ -433,6 +433,59 @@ def test_polls_sharing_a_group_commit_keep_their_own_failures_and_reach_the_file
         assert len(all_items(reopened, [item.feed_url for item in good] + [broken_feed])) == 30
 
 
+def test_store_calls_handed_over_together_come_back_in_time_and_a_cancelled_one_never_runs(
+    tmp_path: Path,
+) -> None:
+    """Calls made in one turn of the event loop reach the store's thread as one message.
+    A save queued ahead of a slow call (a render) still gets its result before the slow
+    call ends, and a call whose caller gave up before its turn is not run at all."""
+    import asyncio
+    import time
+
+    from aggregator.store import StoreThread
+
+    ran: list[str] = []
+
+    def slow(store: Store, seconds: float) -> str:
+        time.sleep(seconds)
+        ran.append("slow")
+        return "rendered"
+
+    def note(store: Store, name: str) -> str:
+        ran.append(name)
+        return name
+
+    item = make_item("https://f.test/feed", "k")
+    update = FeedUpdate(FeedState(url=item.feed_url, fetch_url=item.feed_url))
+
+    async def scenario() -> tuple[float, float, list[object]]:
+        db = await StoreThread.open(tmp_path / "agg.db")
+        loop = asyncio.get_running_loop()
+        try:
+            started = loop.time()
+            saved = asyncio.ensure_future(
+                db.run(Store.save, update, [(item, None)], now=NOW, round_id="r")
+            )
+            rendered = asyncio.ensure_future(db.run(slow, 1.0))
+            given_up = asyncio.ensure_future(db.run(note, "given up"))
+            after = asyncio.ensure_future(db.run(note, "after"))
+            outcome = await saved
+            save_back = loop.time() - started
+            given_up.cancel()
+            results = await asyncio.gather(rendered, given_up, after, return_exceptions=True)
+            return save_back, loop.time() - started, [outcome.new, *results]
+        finally:
+            await db.close(5)
+
+    save_back, all_back, results = asyncio.run(scenario())
+    assert save_back < 0.5 < 1.0 <= all_back  # the save did not wait for the render
+    assert results[0] == 1
+    assert results[1] == "rendered"
+    assert isinstance(results[2], asyncio.CancelledError)
+    assert results[3] == "after"
+    assert ran == ["slow", "after"]  # the cancelled call never ran
+
+
 def test_a_topic_of_more_feeds_than_sqlite_takes_parameters_still_reads_and_searches(
     store: Store,
 ) -> None:
