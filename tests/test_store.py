@@ -265,12 +265,52 @@ def test_reopening_recomputes_dedupe_keys_stored_by_an_older_scheme(tmp_path: Pa
         save(store, make_item("https://a.test/feed", "1", title="Missile launch", text=STORY))
         # as a database whose keys were made by another scheme of dedupe.index_keys
         store.db.execute("DELETE FROM item_keys")
-        store.db.execute("INSERT INTO item_keys (key, item_id) SELECT 1, id FROM items")
+        store.db.execute("INSERT INTO item_keys (key, item) SELECT 1, rowid FROM items")
         store.db.execute("UPDATE meta SET value = 'older' WHERE name = 'dedupe_key_scheme'")
         store.db.conn.commit()
     with Store.open(path) as store:
         copy = make_item("https://b.test/feed", "2", title="Launch", text="By Staff. " + STORY)
         assert save(store, copy).merged == 1
+
+
+def test_a_database_whose_keys_name_items_by_id_keeps_matching_after_the_upgrade(
+    tmp_path: Path,
+) -> None:
+    """Migration 011 turns key rows that named their story by id into rows that name it by
+    rowid: a copy arriving after the upgrade still joins its story, and the keys of a
+    pruned story go with it."""
+    path = tmp_path / "agg.db"
+    with Store.open(path) as store:
+        save(store, make_item("https://a.test/feed", "1", title="Missile launch", text=STORY))
+        other = "Flooding closed the river port for a week. " * 12
+        save(store, make_item("https://a.test/feed", "2", title="Port closed", text=other))
+        keys_before = store.db.execute("SELECT count(*) FROM item_keys").fetchone()[0]
+        # the layout before 011, with its rows made from the rowid ones
+        store.db.executescript(
+            """
+            CREATE TABLE old_keys (
+                key INTEGER NOT NULL,
+                item_id TEXT NOT NULL REFERENCES items (id) ON DELETE CASCADE,
+                PRIMARY KEY (key, item_id)
+            ) WITHOUT ROWID;
+            INSERT INTO old_keys SELECT k.key, i.id FROM item_keys k JOIN items i
+                ON i.rowid = k.item;
+            DROP TRIGGER items_keys_delete;
+            DROP TABLE item_keys;
+            ALTER TABLE old_keys RENAME TO item_keys;
+            CREATE INDEX item_keys_item ON item_keys (item_id);
+            DELETE FROM _sqlite_migrations WHERE name = '011_item_keys_by_rowid';
+            """
+        )
+    with Store.open(path) as store:
+        columns = [c.name for c in store.db.table("item_keys").columns]
+        assert columns == ["key", "item"]
+        assert store.db.execute("SELECT count(*) FROM item_keys").fetchone()[0] == keys_before
+        copy = make_item("https://b.test/feed", "3", title="Launch", text="By Staff. " + STORY)
+        assert save(store, copy).merged == 1
+        store.prune(NOW + timedelta(days=3650))
+        assert store.db.execute("SELECT count(*) FROM items").fetchone()[0] == 0
+        assert store.db.execute("SELECT count(*) FROM item_keys").fetchone()[0] == 0
 
 
 def test_gone_fingerprints_are_read_back_whatever_their_first_character(tmp_path) -> None:
