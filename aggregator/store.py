@@ -21,7 +21,9 @@ checks this list against the database):
       into another outlet's story keeps its own title and text, for matching
   item_keys(key, item)
       near-duplicate index: dedupe.index_keys of the story's text and its copies' → the
-      item's rowid (a trigger drops an item's keys with it)
+      item's rowid (a trigger drops an item's keys with it). Like items_fts, it relies on
+      items' rowids staying put: a dump reloaded elsewhere must keep them (sqlite3's
+      `.dump --preserve-rowids`)
   pruned(feed_url, entry_key, pruned_at)
       entries whose story was pruned (or that a feed's max_items_per_round left out): a
       feed that still lists one does not bring it back; kept TOMBSTONE_LIFE × retention
@@ -51,6 +53,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import queue
 import shutil
 import sqlite3
@@ -104,6 +107,7 @@ RANK_WINDOW = 10_000
 
 P = ParamSpec("P")
 T = TypeVar("T")
+log = logging.getLogger("aggregator")
 
 migrations = Migrations("aggregator")
 
@@ -327,25 +331,26 @@ def _item_keys_by_rowid(db: Database) -> None:
     # places of the key index and of the item index beside it, made the two the largest
     # B-trees after items (158 MB at N = 2,000) and most of a cold round's page writes
     # (strace: 2.7 of 3.3 million pwrites at 600 feeds). The item's rowid, which the
-    # search index already names it by, makes a row 3x smaller.
-    db.executescript(
-        """
-        CREATE TABLE item_keys_by_rowid (
+    # search index already names it by, makes a row 3x smaller. One statement at a time,
+    # not executescript (which commits first): the migration's transaction holds them
+    # all, so a crash half-way leaves the old table as it was.
+    for statement in (
+        """CREATE TABLE item_keys_by_rowid (
             key INTEGER NOT NULL,
             item INTEGER NOT NULL,
             PRIMARY KEY (key, item)
-        ) WITHOUT ROWID;
-        INSERT INTO item_keys_by_rowid (key, item)
+        ) WITHOUT ROWID""",
+        """INSERT INTO item_keys_by_rowid (key, item)
             SELECT k.key, i.rowid FROM item_keys k JOIN items i ON i.id = k.item_id
-            ORDER BY 1, 2;
-        DROP TABLE item_keys;
-        ALTER TABLE item_keys_by_rowid RENAME TO item_keys;
-        CREATE INDEX item_keys_item ON item_keys (item);
-        CREATE TRIGGER items_keys_delete AFTER DELETE ON items BEGIN
+            ORDER BY 1, 2""",
+        "DROP TABLE item_keys",
+        "ALTER TABLE item_keys_by_rowid RENAME TO item_keys",
+        "CREATE INDEX item_keys_item ON item_keys (item)",
+        """CREATE TRIGGER items_keys_delete AFTER DELETE ON items BEGIN
             DELETE FROM item_keys WHERE item = old.rowid;
-        END;
-        """
-    )
+        END""",
+    ):
+        db.execute(statement)
 
 
 @dataclass(frozen=True)
@@ -1244,19 +1249,23 @@ class StoreThread:
     BATCH_SECONDS = 0.5
     BATCH_CALLS = 100
     #: a message's finished calls get their results before its next call runs once the
-    #: first has waited this long (seconds), and always before a call that is not a poll's
+    #: first has waited this long (seconds); and always before anything that may take
+    #: long: a call that is not a poll's (a render), a BEGIN that may wait on another
+    #: process's lock, a COMMIT
     DELIVERY_DELAY = 0.01
 
     def __init__(self, path: Path | str) -> None:
         self._path = path
         self._queue: queue.SimpleQueue[list[_Call] | None] = queue.SimpleQueue()
-        #: calls made since the event loop last sent a message (`_send_outbox`)
-        self._outbox: list[_Call] = []
+        #: each event loop's calls made since it last sent a message (`_send_outbox`)
+        self._outboxes: dict[asyncio.AbstractEventLoop, list[_Call]] = {}
         #: monotonic submit time of each call not yet finished
         self._pending: dict[int, float] = {}
         self._lock = threading.Lock()
         self._serial = 0
         self._closed = False
+        #: the thread has stopped serving (closed, or failed outside any call)
+        self._stopped = False
         #: a batch's COMMIT failed: the next call raises it
         self._failed: StoreError | None = None
         self._store: Store | None = None
@@ -1288,9 +1297,10 @@ class StoreThread:
             self._serial += 1
             serial = self._serial
             self._pending[serial] = time.monotonic()
-            self._outbox.append(_Call(fn, args, kwargs, future, serial, waiter))
-            if len(self._outbox) == 1:
-                loop.call_soon(self._send_outbox)
+            outbox = self._outboxes.setdefault(loop, [])
+            outbox.append(_Call(fn, args, kwargs, future, serial, waiter))
+            if len(outbox) == 1:
+                loop.call_soon(self._send_outbox, loop)
         try:
             return await waiter
         except asyncio.CancelledError:
@@ -1299,11 +1309,25 @@ class StoreThread:
                 self._done(serial)
             raise
 
-    def _send_outbox(self) -> None:
+    def _send_outbox(self, loop: asyncio.AbstractEventLoop) -> None:
         with self._lock:
-            calls, self._outbox = self._outbox, []
-        if calls:
-            self._queue.put(calls)
+            calls = self._outboxes.pop(loop, [])
+            if not calls:
+                return
+            if not self._stopped:
+                self._queue.put(calls)
+                return
+        self._fail_unrun(calls, StoreError("the database is closed"))  # nobody would run them
+
+    def _fail_unrun(self, calls: Sequence[_Call], error: StoreError) -> None:
+        """Fail those of `calls` that have not run (none of them will now) and hand every
+        result back."""
+        for call in calls:
+            future = call.future
+            if not future.done() and (future.running() or future.set_running_or_notify_cancel()):
+                future.set_exception(error)
+            self._done(call.serial)
+        _deliver(calls)
 
     def _done(self, serial: int) -> None:
         with self._lock:
@@ -1318,18 +1342,19 @@ class StoreThread:
         opened.set_result(store)
         try:
             self._serve_calls(store)
+        except Exception:  # a bug outside any call: said once, and the thread stops
+            log.exception("the database's thread failed; the database is closed")
         finally:
+            with self._lock:  # no call is queued from now on (`run`, `_send_outbox`)
+                self._stopped = self._closed = True
             with suppress(sqlite3.Error):
                 store.db.close()
-            while True:  # calls queued behind the close: cancelled
+            while True:  # calls queued behind the close
                 try:
                     calls = self._queue.get_nowait()
                 except queue.Empty:
                     break
-                for call in calls or ():
-                    call.future.cancel()
-                    self._done(call.serial)
-                _deliver(calls or [])
+                self._fail_unrun(calls or [], StoreError("the database is closed"))
 
     def _serve_calls(self, store: Store) -> None:
         while True:
@@ -1345,35 +1370,55 @@ class StoreThread:
                 if self._in_batch:
                     self._commit(store)
                 return
-            undelivered = 0  # calls[undelivered:index] are finished, their results not sent
-            first_done = 0.0  # when calls[undelivered] finished
-            for index, call in enumerate(calls):
-                if index > undelivered and (
-                    call.fn not in _PER_POLL or time.monotonic() - first_done > self.DELIVERY_DELAY
-                ):
-                    # the finished calls' callers do not wait for a render or a slow save
-                    _deliver(calls[undelivered:index])
-                    undelivered = index
-                self._run_in_batch(store, call)
-                if index == undelivered:
-                    first_done = time.monotonic()
-            _deliver(calls[undelivered:])
+            try:
+                self._serve_message(store, calls)
+            except BaseException:
+                # not a call's own error (a bug here): its callers are answered, not left
+                # waiting, and the thread stops (`_serve`), so later calls fail at once
+                self._fail_unrun(calls, StoreError("the database's thread failed"))
+                raise
             if not self._in_batch:  # not while holding the write lock: a trim takes milliseconds
                 return_free_memory()  # what the calls and their rows left free
 
-    def _run_in_batch(self, store: Store, call: _Call) -> None:
-        """Run `call`, opening, joining or committing the group commit's batch."""
+    def _serve_message(self, store: Store, calls: list[_Call]) -> None:
+        """Run a message's calls in order, each result sent once it is not worth holding."""
+        undelivered = 0  # calls[undelivered:index] are finished, their results not sent
+        first_done = 0.0  # when calls[undelivered] finished
+        for index, call in enumerate(calls):
+            if index > undelivered and (
+                call.fn not in _PER_POLL
+                or self._begins_or_commits(call)
+                or time.monotonic() - first_done > self.DELIVERY_DELAY
+            ):
+                _deliver(calls[undelivered:index])
+                undelivered = index
+            self._enter_batch(store, call)
+            self._call(store, call)
+            if index == undelivered:
+                first_done = time.monotonic()
+            if self._in_batch >= self.BATCH_CALLS or (
+                self._in_batch and time.monotonic() - self._batch_started > self.BATCH_SECONDS
+            ):
+                _deliver(calls[undelivered : index + 1])
+                undelivered = index + 1
+                self._commit(store)
+        _deliver(calls[undelivered:])
+
+    def _begins_or_commits(self, call: _Call) -> bool:
+        """Whether `_enter_batch(call)` will BEGIN (and may wait on another process's
+        lock) or COMMIT."""
+        if call.fn in _BATCHED_WRITES and self._failed is None:
+            return not self._in_batch
+        return bool(self._in_batch) and call.fn not in _BATCHED_READS
+
+    def _enter_batch(self, store: Store, call: _Call) -> None:
+        """Open, join or commit the group commit's batch, as `call` needs."""
         if call.fn in _BATCHED_WRITES and self._failed is None:
             if not self._in_batch:  # a write opens the batch: reads alone take no lock
                 self._batch_started = time.monotonic()
                 self._begin(store)
             self._in_batch += 1
         elif self._in_batch and call.fn not in _BATCHED_READS:
-            self._commit(store)
-        self._call(store, call)
-        if self._in_batch >= self.BATCH_CALLS or (
-            self._in_batch and time.monotonic() - self._batch_started > self.BATCH_SECONDS
-        ):
             self._commit(store)
 
     def _begin(self, store: Store) -> None:
@@ -1421,7 +1466,13 @@ class StoreThread:
         so shutdown is bounded."""
         with self._lock:
             self._closed = True
-        self._send_outbox()  # the calls made before the close go first
+            loops = list(self._outboxes)
+        for loop in loops:  # the calls made before the close go first
+            self._send_outbox(loop)
+        if self._stopped:  # the thread failed and closed the database already
+            if self._thread is not None:
+                await asyncio.to_thread(self._thread.join, timeout)
+            return
         closing: Future[None] = Future()
         self._queue.put([_Call(Store.close, (), {}, closing, 0)])
         self._queue.put(None)
