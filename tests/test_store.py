@@ -274,6 +274,27 @@ def test_reopening_recomputes_dedupe_keys_stored_by_an_older_scheme(tmp_path: Pa
         assert save(store, copy).merged == 1
 
 
+def _keys_as_before_011(store: Store) -> None:
+    """Turn the database's key rows back into the layout before migration 011 (the item
+    named by its id), with the migration pending again."""
+    store.db.executescript(
+        """
+        CREATE TABLE old_keys (
+            key INTEGER NOT NULL,
+            item_id TEXT NOT NULL REFERENCES items (id) ON DELETE CASCADE,
+            PRIMARY KEY (key, item_id)
+        ) WITHOUT ROWID;
+        INSERT INTO old_keys SELECT k.key, i.id FROM item_keys k JOIN items i
+            ON i.rowid = k.item;
+        DROP TRIGGER items_keys_delete;
+        DROP TABLE item_keys;
+        ALTER TABLE old_keys RENAME TO item_keys;
+        CREATE INDEX item_keys_item ON item_keys (item_id);
+        DELETE FROM _sqlite_migrations WHERE name = '011_item_keys_by_rowid';
+        """
+    )
+
+
 def test_a_database_whose_keys_name_items_by_id_keeps_matching_after_the_upgrade(
     tmp_path: Path,
 ) -> None:
@@ -286,23 +307,7 @@ def test_a_database_whose_keys_name_items_by_id_keeps_matching_after_the_upgrade
         other = "Flooding closed the river port for a week. " * 12
         save(store, make_item("https://a.test/feed", "2", title="Port closed", text=other))
         keys_before = store.db.execute("SELECT count(*) FROM item_keys").fetchone()[0]
-        # the layout before 011, with its rows made from the rowid ones
-        store.db.executescript(
-            """
-            CREATE TABLE old_keys (
-                key INTEGER NOT NULL,
-                item_id TEXT NOT NULL REFERENCES items (id) ON DELETE CASCADE,
-                PRIMARY KEY (key, item_id)
-            ) WITHOUT ROWID;
-            INSERT INTO old_keys SELECT k.key, i.id FROM item_keys k JOIN items i
-                ON i.rowid = k.item;
-            DROP TRIGGER items_keys_delete;
-            DROP TABLE item_keys;
-            ALTER TABLE old_keys RENAME TO item_keys;
-            CREATE INDEX item_keys_item ON item_keys (item_id);
-            DELETE FROM _sqlite_migrations WHERE name = '011_item_keys_by_rowid';
-            """
-        )
+        _keys_as_before_011(store)
     with Store.open(path) as store:
         columns = [c.name for c in store.db.table("item_keys").columns]
         assert columns == ["key", "item"]
@@ -611,19 +616,7 @@ def test_a_migration_that_fails_half_way_leaves_the_old_keys_to_migrate_next_tim
     with Store.open(path) as store:
         save(store, make_item("https://a.test/feed", "1", title="Missile launch", text=STORY))
         keys = store.db.execute("SELECT count(*) FROM item_keys").fetchone()[0]
-        store.db.executescript(
-            """
-            CREATE TABLE old_keys (key INTEGER NOT NULL, item_id TEXT NOT NULL,
-                PRIMARY KEY (key, item_id)) WITHOUT ROWID;
-            INSERT INTO old_keys SELECT k.key, i.id FROM item_keys k JOIN items i
-                ON i.rowid = k.item;
-            DROP TRIGGER items_keys_delete;
-            DROP TABLE item_keys;
-            ALTER TABLE old_keys RENAME TO item_keys;
-            CREATE INDEX item_keys_item ON item_keys (item_id);
-            DELETE FROM _sqlite_migrations WHERE name = '011_item_keys_by_rowid';
-            """
-        )
+        _keys_as_before_011(store)
     real_execute = Database.execute
 
     def failing(self: Database, sql: str, *args: Any) -> Any:
