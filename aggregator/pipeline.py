@@ -165,8 +165,12 @@ class Poller:
         *,
         force: bool = False,
         on_result: Callable[[FeedSource, PollResult], None] | None = None,
+        keep_states: bool = True,
     ) -> list[PollResult]:
-        """Poll `sources` concurrently as one round; results in their order.
+        """Poll `sources` concurrently as one round; results in their order. Without
+        `keep_states`, the results kept for the return leave out the feeds' new states
+        (`on_result` still sees them): 7.5 MB at 10,000 feeds that a caller needing only
+        the counts would hold through its render.
 
         A feed's poll starts once its server has a free turn (max_per_host) and fewer
         than max_connections polls are under way: in the order of `sources`, a server's
@@ -205,7 +209,7 @@ class Poller:
                 if not finished.done():
                     finished.set_exception(error)
                 return
-            results[index] = result
+            results[index] = result if keep_states else replace(result, state=None)
             left -= 1
             busy[server] -= 1
             queue = waiting[server]
@@ -557,7 +561,9 @@ async def poll_and_publish(
     settings = config.settings
     poller = await Poller.open(settings)
     try:
-        results = await poller.poll_round(config.feeds, force=force, on_result=on_result)
+        results = await poller.poll_round(
+            config.feeds, force=force, on_result=on_result, keep_states=False
+        )
         pruned = await poller.db.run(Store.prune, utcnow() - settings.retention)
         only = None
         if not pruned:  # a prune can change any topic
