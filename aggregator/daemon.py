@@ -71,6 +71,12 @@ STORE_RETRY = timedelta(minutes=1)
 STALLED_SECONDS = 5.0
 #: a burst of polls within this many seconds leads to one render
 RENDER_DELAY = 1.0
+#: opening the database takes longer than this (a migration or a re-index of a large
+#: one, another process's lock): systemd is told every STARTING_EXTEND / 3 seconds that
+#: the start goes on, so its start timeout (90 s by default) does not kill the daemon
+#: and roll the migration back at every restart
+STARTING_PATIENCE = 5.0
+STARTING_EXTEND = 60.0
 #: how often feeds.yaml is checked for changes (a change is read once it has settled
 #: for one period, so an edit is applied 0.5–1 s after the save)
 WATCH_SECONDS = 0.5
@@ -87,6 +93,17 @@ SEARCH_CONCURRENCY = 2
 
 #: buckets of the poll duration histograms, seconds
 DURATION_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60)
+
+
+async def _tell_systemd_still_starting() -> None:
+    """Once opening the database has taken STARTING_PATIENCE seconds, say so in the log and
+    keep extending systemd's start timeout (EXTEND_TIMEOUT_USEC) until cancelled."""
+    await asyncio.sleep(STARTING_PATIENCE)
+    log.info("opening the database is taking long (a migration, or another process's lock)")
+    while True:
+        notify(f"EXTEND_TIMEOUT_USEC={int(STARTING_EXTEND * 1_000_000)}")
+        notify("STATUS=opening the database")
+        await asyncio.sleep(STARTING_EXTEND / 3)
 
 
 class Metrics:
@@ -631,7 +648,11 @@ class Daemon:
             await self.publisher.pinger.close(timeout=SERVER_STOP_SECONDS)
 
     async def _open(self, config: Config) -> None:
-        self.poller = await Poller.open(config.settings)
+        still_starting = asyncio.ensure_future(_tell_systemd_still_starting())
+        try:
+            self.poller = await Poller.open(config.settings)
+        finally:
+            still_starting.cancel()
         self.health.db = self.poller.db
         self.config = config
         self.watcher.has_config = True

@@ -9,6 +9,7 @@ Intervals are seconds long and every wait is a poll with a deadline.
 
 from __future__ import annotations
 
+import contextlib
 import gzip
 import http.client
 import json
@@ -745,6 +746,47 @@ def test_notify_protocol_ready_status_watchdog_and_stopping(
     assert statuses and "1 feeds" in statuses[0], messages
     assert messages.index("READY=1") < messages.index("WATCHDOG=1") < messages.index("STOPPING=1")
     print(f"READY after {ready:.2f} s; 3 watchdog pings in {pings:.2f} s; {len(messages)} messages")
+
+
+def test_a_slow_database_open_extends_systemd_s_start_timeout_until_ready(
+    site: Site, launch: Callable[..., DaemonProcess]
+) -> None:
+    """Opening the database can take minutes (a migration of a large one, another
+    process's lock): the daemon tells systemd the start goes on (EXTEND_TIMEOUT_USEC), so
+    TimeoutStartSec does not kill it and roll the migration back at every restart; it
+    says READY=1 once the database is open."""
+    from aggregator.daemon import STARTING_PATIENCE
+    from aggregator.store import Store
+
+    a = site.feed("alpha", [make_story("a1")])
+    write_config(site.config, site.port, [a])
+    Store.open(site.root / "agg.db").close()
+    holder = sqlite3.connect(site.root / "agg.db", isolation_level=None)
+    holder.execute("BEGIN IMMEDIATE")  # another process's write lock
+    try:
+        with notify_socket(site.root) as (path, sock):
+            daemon = launch(site.config, site.port, {"NOTIFY_SOCKET": path})
+            messages: list[str] = []
+            started = time.monotonic()
+            while not any(m.startswith("EXTEND_TIMEOUT_USEC=") for m in messages):
+                assert time.monotonic() - started < STARTING_PATIENCE + 10, messages
+                with contextlib.suppress(TimeoutError):  # quiet until the patience is out
+                    messages.extend(receive(sock).splitlines())
+            extended = time.monotonic() - started
+            assert "READY=1" not in messages  # still starting
+            holder.execute("COMMIT")
+            while "READY=1" not in messages:
+                assert time.monotonic() - started < STARTING_PATIENCE + 20, messages
+                with contextlib.suppress(TimeoutError):
+                    messages.extend(receive(sock).splitlines())
+            code, _ = daemon.stop()
+    finally:
+        holder.close()
+    assert code == 0
+    usec = next(m for m in messages if m.startswith("EXTEND_TIMEOUT_USEC="))
+    assert int(usec.partition("=")[2]) >= 30_000_000
+    assert "opening the database is taking long" in daemon.log
+    print(f"EXTEND_TIMEOUT_USEC after {extended:.1f} s, READY after the lock went")
 
 
 # --- crash safety, and commands run by hand next to the daemon -----------------------------
