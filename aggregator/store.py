@@ -68,7 +68,7 @@ from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from pathlib import Path
-from typing import Any, Concatenate, ParamSpec, TypeVar
+from typing import Any, Concatenate, Literal, ParamSpec, TypeVar
 
 from sqlite_utils import Database
 from sqlite_utils.migrations import Migrations
@@ -1385,14 +1385,21 @@ class StoreThread:
         undelivered = 0  # calls[undelivered:index] are finished, their results not sent
         first_done = 0.0  # when calls[undelivered] finished
         for index, call in enumerate(calls):
+            step = self._batch_step(call)
             if index > undelivered and (
                 call.fn not in _PER_POLL
-                or self._begins_or_commits(call)
+                or step in ("begin", "commit")  # may wait on another process's lock
                 or time.monotonic() - first_done > self.DELIVERY_DELAY
             ):
                 _deliver(calls[undelivered:index])
                 undelivered = index
-            self._enter_batch(store, call)
+            if step == "begin":
+                self._batch_started = time.monotonic()
+                self._begin(store)
+            elif step == "commit":
+                self._commit(store)
+            if step in ("begin", "join"):
+                self._in_batch += 1
             self._call(store, call)
             if index == undelivered:
                 first_done = time.monotonic()
@@ -1404,22 +1411,14 @@ class StoreThread:
                 self._commit(store)
         _deliver(calls[undelivered:])
 
-    def _begins_or_commits(self, call: _Call) -> bool:
-        """Whether `_enter_batch(call)` will BEGIN (and may wait on another process's
-        lock) or COMMIT."""
+    def _batch_step(self, call: _Call) -> Literal["begin", "join", "commit", "none"]:
+        """What `call` does to the group commit's batch: a write opens one (reads alone
+        take no lock) or joins it; any call but a poll's read commits it first."""
         if call.fn in _BATCHED_WRITES and self._failed is None:
-            return not self._in_batch
-        return bool(self._in_batch) and call.fn not in _BATCHED_READS
-
-    def _enter_batch(self, store: Store, call: _Call) -> None:
-        """Open, join or commit the group commit's batch, as `call` needs."""
-        if call.fn in _BATCHED_WRITES and self._failed is None:
-            if not self._in_batch:  # a write opens the batch: reads alone take no lock
-                self._batch_started = time.monotonic()
-                self._begin(store)
-            self._in_batch += 1
-        elif self._in_batch and call.fn not in _BATCHED_READS:
-            self._commit(store)
+            return "join" if self._in_batch else "begin"
+        if self._in_batch and call.fn not in _BATCHED_READS:
+            return "commit"
+        return "none"
 
     def _begin(self, store: Store) -> None:
         try:

@@ -573,17 +573,17 @@ def test_a_read_is_not_held_behind_a_save_waiting_for_another_process_s_lock(
 def test_a_failure_of_the_store_s_thread_fails_its_callers_instead_of_hanging_them(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """A bug outside any call (here, opening the group commit's batch) stops the thread:
+    """A bug outside any call (here, in the group commit's bookkeeping) stops the thread:
     the calls handed over with it and every later call fail with StoreError, none waits
     forever, and closing still returns."""
     import asyncio
 
     from aggregator.store import StoreThread
 
-    def broken(self: StoreThread, store: Store, call: object) -> None:
+    def broken(self: StoreThread, call: object) -> str:
         raise RuntimeError("a bug")
 
-    monkeypatch.setattr(StoreThread, "_enter_batch", broken)
+    monkeypatch.setattr(StoreThread, "_batch_step", broken)
     update = FeedUpdate(FeedState(url="https://f.test/feed", fetch_url="https://f.test/feed"))
 
     async def scenario() -> list[object]:
