@@ -62,7 +62,7 @@ import threading
 import time
 import urllib.parse
 import uuid
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from concurrent.futures import Future
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass
@@ -489,7 +489,7 @@ class Store:
         return _state_from_row(row) if row else FeedState(url=url, fetch_url=url)
 
     def feed_states(self) -> dict[str, FeedState]:
-        return {row["url"]: _state_from_row(row) for row in self.db.query("SELECT * FROM feeds")}
+        return {row["url"]: _state_from_row(row) for row in self._rows("SELECT * FROM feeds")}
 
     def known_entries(self, feed_url: str) -> KnownEntries:
         """What the feed's last polls stored of its entries: read once a changed body is to
@@ -585,7 +585,7 @@ class Store:
         the history was kept (`status` reads without migrating)."""
         try:
             rows = list(
-                self.db.query(
+                self._rows(
                     "SELECT * FROM fetches WHERE feed_url = ? ORDER BY id DESC LIMIT ?",
                     [feed_url, limit],
                 )
@@ -722,7 +722,7 @@ class Store:
             )
             if row is not None:
                 yield dedupe.Candidate(str(row["item_id"]), same_link=True)
-        keys = sorted(_keys_of(item))
+        keys = _keys_of(item)
         if not keys:
             return
         # A copy the matcher accepts shares a run of text at least 34 words long near its
@@ -730,13 +730,12 @@ class Store:
         # two keys in common are an outlet's trailer or byline on all its items: no
         # candidate, and no comparison of whole texts.
         title_key = dedupe.title_key(item.title)
-        placeholders = ", ".join("?" for _ in keys)
         found = self.db.execute(
             "SELECT i.rowid, i.id FROM (SELECT item, count(*) AS shared, max(key = ?) AS"
-            f" same_title FROM item_keys WHERE key IN ({placeholders}) GROUP BY item"
-            " HAVING shared >= ? OR same_title) AS c JOIN items i ON i.rowid = c.item"
-            " ORDER BY c.shared DESC, i.id LIMIT ?",
-            [title_key, *keys, min(MIN_SHARED_KEYS, len(keys)), MAX_CANDIDATES],
+            f" same_title FROM item_keys WHERE key IN {_JSON_LIST}"
+            " GROUP BY item HAVING shared >= ? OR same_title) AS c"
+            " JOIN items i ON i.rowid = c.item ORDER BY c.shared DESC, i.id LIMIT ?",
+            [title_key, _json_list(keys), min(MIN_SHARED_KEYS, len(keys)), MAX_CANDIDATES],
         ).fetchall()
         for rowid, item_id in found:
             row = self._one("SELECT title, text FROM items WHERE rowid = ?", [rowid])
@@ -829,9 +828,9 @@ class Store:
             if row is None:
                 return
             rowid = row["ref"]
-        self.db.conn.executemany(
-            "INSERT OR IGNORE INTO item_keys (key, item) VALUES (?, ?)",
-            [(key, rowid) for key in _keys_of(item)],
+        self.db.execute(
+            "INSERT OR IGNORE INTO item_keys (key, item) SELECT value, ? FROM json_each(?)",
+            [rowid, _json_list(_keys_of(item))],
         )
 
     def get_meta(self, name: str) -> str | None:
@@ -925,7 +924,7 @@ class Store:
             f" AND e.feed_url IN {_JSON_LIST}){older} ORDER BY published DESC, id"
         )
         chosen: list[PublishedItem] = []
-        for row in self.db.query(query, params):
+        for row in self._rows(query, params):
             item = self._published_item(row, display_names)
             if accept(item, row["text"]):
                 chosen.append(item)
@@ -972,7 +971,7 @@ class Store:
             StoredSource(
                 r["feed_url"], r["link"], r["title"], r["site_url"], r["icon_url"], r["seen_at"]
             )
-            for r in self.db.query(
+            for r in self._rows(
                 "SELECT e.feed_url, e.link, e.seen_at, f.title, f.site_url, f.icon_url,"
                 " (e.feed_url = i.first_feed_url) AS first"
                 " FROM entries e JOIN items i ON i.id = e.item_id"
@@ -986,7 +985,7 @@ class Store:
         """Stored items per feed URL."""
         return {
             r["feed_url"]: r["n"]
-            for r in self.db.query(
+            for r in self._rows(
                 "SELECT feed_url, count(DISTINCT item_id) AS n FROM entries GROUP BY feed_url"
             )
         }
@@ -1063,7 +1062,7 @@ class Store:
                 [match, RANK_WINDOW - 1],
             )
             params.insert(2, window["rowid"] if window else 0)
-            for row in self.db.query(sql, params):
+            for row in self._rows(sql, params):
                 item = self._published_item(row, display_names)
                 if accept is None or accept(item, row["text"]):
                     found.append((item, -row["score"]))
@@ -1087,7 +1086,7 @@ class Store:
         self.index_for_search()
         return [
             r["id"]
-            for r in self.db.query(
+            for r in self._rows(
                 "SELECT items.id FROM items_fts JOIN items ON items.rowid = items_fts.rowid"
                 " WHERE items_fts MATCH ? ORDER BY rank LIMIT ?",
                 [query, limit],
@@ -1099,7 +1098,7 @@ class Store:
     def subscriptions(self) -> list[Subscription]:
         """Every WebSub subscription; none in a database made before them (`status`)."""
         try:
-            rows = list(self.db.query("SELECT * FROM websub ORDER BY feed_url"))
+            rows = list(self._rows("SELECT * FROM websub ORDER BY feed_url"))
         except sqlite3.OperationalError:  # no such table: an older database
             return []
         return [
@@ -1150,7 +1149,7 @@ class Store:
         """The first `limit` stories `prune(older_than)` would delete, oldest first, and how
         many it would delete in all."""
         cutoff = to_iso(older_than)
-        rows = self.db.query(
+        rows = self._rows(
             "SELECT i.title, i.published, group_concat(e.feed_url, char(10)) AS feeds"
             " FROM items i JOIN entries e ON e.item_id = i.id WHERE i.published < ?"
             " GROUP BY i.id ORDER BY i.published, i.id LIMIT ?",
@@ -1218,7 +1217,15 @@ class Store:
     # --- helpers ----------------------------------------------------------------------
 
     def _one(self, sql: str, params: Sequence[Any] = ()) -> dict[str, Any] | None:
-        return next(self.db.query(sql, params), None)
+        return next(self._rows(sql, params), None)
+
+    def _rows(self, sql: str, params: Sequence[Any] = ()) -> Iterator[dict[str, Any]]:
+        """A read's rows as dicts. Not sqlite-utils' `query`, which guards each statement
+        with a savepoint in case it writes: three statements and three hand-overs of the
+        GIL for every read, where ours only read."""
+        cursor = self.db.conn.execute(sql, params)
+        names = [column[0] for column in cursor.description]
+        return (dict(zip(names, row, strict=True)) for row in cursor)
 
 
 class StoreThread:
@@ -1538,7 +1545,10 @@ _PER_POLL = _BATCHED_WRITES | _BATCHED_READS
 _JSON_LIST = "(SELECT value FROM json_each(?))"
 
 
-def _json_list(values: Sequence[str]) -> str:
+def _json_list(values: Iterable[str] | Iterable[int]) -> str:
+    """`values` as one JSON array for json_each (`_JSON_LIST`): one statement of fixed
+    text for any number of them, so one prepared statement, and one step where a row
+    each would take one each (a story's ~28 keys)."""
     return json.dumps(list(values))
 
 
