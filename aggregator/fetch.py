@@ -9,9 +9,11 @@ ours each do something the Client's do not:
   (loops, the count, whether every hop was permanent, which makes the feed's new URL; and
   whether credentials were withheld, which a 401 or 403 message then explains).
 - The private-network check is made again where the connection is opened, by a network
-  backend (`_PublicOnlyBackend`) put into the pool httpx's transport builds (httpx takes
+  backend (`_PublicOnlyBackend`) put into each pool httpx's transport builds (httpx takes
   no backend). Proxies follow from using the transport: the environment's proxies, which
   the Client would read, are read here (`environment_proxies`, `_transport_for`).
+- Direct connections go through a transport per server (`_ServerPools`), so that kept-alive
+  connections to many servers do not make every request check all of them.
 - Content decoding is ours (`_read_body`): the size limit holds while decompressing, each
   decoder call's output capped at the room left, so a gzip or brotli bomb is stopped
   before it is in memory; httpx's decoders inflate each chunk whole.
@@ -56,6 +58,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import contextvars
 import errno
 import functools
@@ -64,10 +67,11 @@ import ipaddress
 import re
 import socket
 import ssl
+import time
 import urllib.parse
 import urllib.request
 import zlib
-from collections.abc import Iterable, Mapping
+from collections.abc import AsyncIterator, Callable, Iterable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from email.utils import parsedate_to_datetime
@@ -122,6 +126,10 @@ _CHUNK = 64 * 1024
 MAX_ANSWER_BYTES = 1024
 
 DEFAULT_LIMITS = FetchLimits()
+#: servers whose idle connections are kept open at once (`_ServerPools`)
+IDLE_SERVERS_KEPT = 64
+#: seconds an idle server's connections are kept: httpx's keep-alive expiry
+KEEPALIVE_SECONDS = 5.0
 
 
 @dataclass(frozen=True)
@@ -520,6 +528,68 @@ def _causes(exc: BaseException) -> list[BaseException]:
     return chain
 
 
+class _ServerPools:
+    """Direct connections, one httpx transport (and connection pool) per server.
+
+    httpcore's pool checks every idle connection it holds, with a poll() each, on every
+    request it is given. One pool shared by all servers, holding a kept-alive connection
+    to each of many, made each request pay for all of them; a pool per server pays for
+    that server's own (at most max_per_host). So a server's connection can be kept and
+    reused: a round of 304s from few servers opens few connections, which over TLS is a
+    handshake saved per feed.
+
+    The pools of at most `keep` idle servers stay open, each until it has been idle for
+    `idle_for` seconds (httpx's own keep-alive expiry); the rest are closed as others go
+    idle."""
+
+    def __init__(
+        self, make: Callable[[], httpx.AsyncHTTPTransport], keep: int, idle_for: float
+    ) -> None:
+        self._make = make
+        self._keep = keep
+        self._idle_for = idle_for
+        self._pools: dict[tuple[str, str, int | None], httpx.AsyncHTTPTransport] = {}
+        #: requests under way through each server's pool
+        self._in_use: dict[tuple[str, str, int | None], int] = {}
+        #: server → loop time it went idle, least recently used first
+        self._idle: dict[tuple[str, str, int | None], float] = {}
+
+    @contextlib.asynccontextmanager
+    async def transport(self, url: httpx.URL) -> AsyncIterator[httpx.AsyncHTTPTransport]:
+        """The transport for `url`'s server, kept open until the caller is done with it
+        (the response read and closed)."""
+        server = (url.scheme, url.host, url.port)
+        pool = self._pools.get(server)
+        if pool is None:
+            pool = self._pools[server] = self._make()
+        self._idle.pop(server, None)
+        self._in_use[server] = self._in_use.get(server, 0) + 1
+        try:
+            yield pool
+        finally:
+            self._in_use[server] -= 1
+            if not self._in_use[server]:
+                del self._in_use[server]
+                self._idle[server] = time.monotonic()
+            await self._close_surplus()
+
+    async def _close_surplus(self) -> None:
+        now = time.monotonic()
+        while self._idle:
+            server, since = next(iter(self._idle.items()))
+            if len(self._idle) <= self._keep and now - since < self._idle_for:
+                return
+            del self._idle[server]
+            await self._pools.pop(server).aclose()
+
+    async def aclose(self) -> None:
+        pools, self._pools = self._pools, {}
+        self._in_use.clear()
+        self._idle.clear()
+        for pool in pools.values():
+            await pool.aclose()
+
+
 def _describe_transport_error(exc: httpx.TransportError) -> str:
     """One short line for a network failure, from the OS-level cause where there is one."""
     for cause in _causes(exc):
@@ -565,7 +635,7 @@ class Fetcher:
     def __init__(self, limits: FetchLimits = DEFAULT_LIMITS, user_agent: str = USER_AGENT) -> None:
         self.limits = limits
         self.user_agent = user_agent
-        self._transport: httpx.AsyncHTTPTransport | None = None
+        self._direct: _ServerPools | None = None
         self._proxied: dict[str, httpx.AsyncHTTPTransport] = {}
         self._timeouts: dict[str, float | None] = {}
         self._all_hosts = asyncio.Semaphore(limits.max_connections)
@@ -582,14 +652,12 @@ class Fetcher:
         # of 304s)
 
         def transport(proxy: str | None = None) -> httpx.AsyncHTTPTransport:
+            # the semaphores are the real bound; the pool never gets in their way
+            most = limits.max_connections if proxy else limits.max_per_host
             made = httpx.AsyncHTTPTransport(
                 verify=_ssl_context(),
                 proxy=proxy,
-                # the semaphores are the real bound; the pool never gets in their way
-                limits=httpx.Limits(
-                    max_connections=limits.max_connections,
-                    max_keepalive_connections=limits.max_connections,
-                ),
+                limits=httpx.Limits(max_connections=most, max_keepalive_connections=most),
             )
             if proxy is None:
                 # httpx takes no network backend, so it goes into the pool it made (before
@@ -600,7 +668,7 @@ class Fetcher:
                 pool._network_backend = _PublicOnlyBackend()
             return made
 
-        self._transport = transport()
+        self._direct = _ServerPools(transport, IDLE_SERVERS_KEPT, KEEPALIVE_SECONDS)
         # HTTP_PROXY, HTTPS_PROXY, ALL_PROXY and NO_PROXY, as httpx's Client honours them
         self._proxied = {scheme: transport(url) for scheme, url in environment_proxies().items()}
         self._timeouts = httpx.Timeout(
@@ -620,16 +688,21 @@ class Fetcher:
         for proxied in self._proxied.values():
             await proxied.aclose()
         self._proxied = {}
-        if self._transport is not None:
-            await self._transport.aclose()
-            self._transport = None
+        if self._direct is not None:
+            await self._direct.aclose()
+            self._direct = None
 
-    def _transport_for(self, url: httpx.URL) -> httpx.AsyncHTTPTransport:
-        assert self._transport is not None
+    @contextlib.asynccontextmanager
+    async def _transport_for(self, url: httpx.URL) -> AsyncIterator[httpx.AsyncHTTPTransport]:
+        """The transport to send a request for `url` through, until its response is
+        closed: the proxy's for its scheme, else the server's own pool."""
+        assert self._direct is not None
         proxied = self._proxied.get(url.scheme)
-        if proxied is None or urllib.request.proxy_bypass(url.host):
-            return self._transport
-        return proxied
+        if proxied is not None and not urllib.request.proxy_bypass(url.host):
+            yield proxied
+            return
+        async with self._direct.transport(url) as transport:
+            yield transport
 
     def _host_semaphore(self, host: str) -> asyncio.Semaphore:
         if host not in self._per_host:
@@ -668,7 +741,7 @@ class Fetcher:
         API key or a cookie) are secrets too and go where credentials go; `user_agent`
         replaces ours on every hop.
         """
-        if self._transport is None:
+        if self._direct is None:
             raise RuntimeError("Fetcher used outside `async with`")
         total = self.limits.total_timeout
         credentials = credentials or _userinfo_credentials(state.url)
@@ -792,7 +865,7 @@ class Fetcher:
         fetch deadline). `public_only`: the hub must be on the public internet, checked
         as for a feed's redirect, again where the connection is opened. Raises FetchError
         (FeedError.url is `url`)."""
-        if self._transport is None:
+        if self._direct is None:
             raise RuntimeError("Fetcher used outside `async with`")
         target = self._checked_url(url, url)
         body = urllib.parse.urlencode(list(fields)).encode()
@@ -811,8 +884,12 @@ class Fetcher:
             async with asyncio.timeout(seconds):
                 if public_only:
                     await self._refuse_non_public(url, target)
-                async with self._host_semaphore(host), self._all_hosts:
-                    response = await self._transport_for(target).handle_async_request(request)
+                async with (
+                    self._host_semaphore(host),
+                    self._all_hosts,
+                    self._transport_for(target) as transport,
+                ):
+                    response = await transport.handle_async_request(request)
                     try:
                         answer = bytearray()
                         async for chunk in response.aiter_raw():
@@ -907,44 +984,47 @@ class Fetcher:
         auth_use: _AuthUse = "none",
     ) -> _Redirect | Fetched | NotModified:
         """One GET, no redirects followed; the body is read only for a 2xx."""
-        assert self._transport is not None
         limits = self.limits
         request = httpx.Request("GET", url, headers=headers, extensions={"timeout": self._timeouts})
         public_only_token = _PUBLIC_ONLY.set(public_only)
         try:
-            response = await self._transport_for(url).handle_async_request(request)
-            try:
-                status = response.status_code
-                response_headers = dict(response.headers.items())  # keys come lower-cased
-                etag = response.headers.get("etag")
-                last_modified = response.headers.get("last-modified")
-                if status in _REDIRECT_STATUSES:
-                    location = response.headers.get("location")
-                    if not location:
-                        raise HTTPStatusError(
-                            state.url, status, f"HTTP {status} redirect without a Location"
+            async with self._transport_for(url) as transport:
+                response = await transport.handle_async_request(request)
+                try:
+                    status = response.status_code
+                    response_headers = dict(response.headers.items())  # keys come lower-cased
+                    etag = response.headers.get("etag")
+                    last_modified = response.headers.get("last-modified")
+                    if status in _REDIRECT_STATUSES:
+                        location = response.headers.get("location")
+                        if not location:
+                            raise HTTPStatusError(
+                                state.url, status, f"HTTP {status} redirect without a Location"
+                            )
+                        return _Redirect(status, location)
+                    if status == 304:
+                        # read to its end (a 304 has no body), so that its connection goes
+                        # back to the server's pool instead of being closed
+                        await response.aread()
+                        return NotModified(
+                            url=str(url),
+                            etag=etag,
+                            last_modified=last_modified,
+                            headers=response_headers,
                         )
-                    return _Redirect(status, location)
-                if status == 304:
-                    return NotModified(
+                    if not 200 <= status < 300:
+                        raise _status_error(state.url, response, now, auth_use, url)
+                    body = await _read_body(state.url, response, limits.max_body_bytes)
+                    return Fetched(
                         url=str(url),
+                        status=status,
+                        body=body,
+                        headers=response_headers,
                         etag=etag,
                         last_modified=last_modified,
-                        headers=response_headers,
                     )
-                if not 200 <= status < 300:
-                    raise _status_error(state.url, response, now, auth_use, url)
-                body = await _read_body(state.url, response, limits.max_body_bytes)
-                return Fetched(
-                    url=str(url),
-                    status=status,
-                    body=body,
-                    headers=response_headers,
-                    etag=etag,
-                    last_modified=last_modified,
-                )
-            finally:
-                await response.aclose()  # back to the pool, or closed when the body was cut
+                finally:
+                    await response.aclose()  # back to the pool, or closed when the body was cut
         except _NonPublicAddress as e:
             raise FetchError(state.url, str(e)) from e
         except httpx.TimeoutException as e:

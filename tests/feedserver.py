@@ -66,6 +66,8 @@ class RecordedRequest:
     headers: Mapping[str, str]
     #: time.monotonic() when the request's head was read
     at: float = 0.0
+    #: the client's end of the connection, "host:port": one per connection it opened
+    client: str = ""
 
 
 @dataclass
@@ -305,6 +307,14 @@ class FeedServer(_ServerBase):
         with self._lock:
             return self._max_in_flight
 
+    @property
+    def open_connections(self) -> int:
+        """Client connections this server has open now (kept alive, or in use)."""
+        if self._httpd is None:
+            return 0
+        with self._httpd.sockets_lock:
+            return len(self._httpd.open_sockets)
+
     def clear(self) -> None:
         """Forget recorded requests and the concurrency peak (content stays)."""
         with self._lock:
@@ -315,7 +325,8 @@ class FeedServer(_ServerBase):
 
     def _handle(self, handler: _Handler, head_only: bool) -> None:
         headers = {k.lower(): v for k, v in handler.headers.items()}
-        recorded = RecordedRequest(handler.command, handler.path, headers, time.monotonic())
+        client = ":".join(str(part) for part in handler.client_address[:2])
+        recorded = RecordedRequest(handler.command, handler.path, headers, time.monotonic(), client)
         with self._lock:
             self._requests.append(recorded)
             resource = self._resources.get(urlsplit(handler.path).path)

@@ -384,6 +384,91 @@ def test_404_is_a_plain_status_error(feed_server: FeedServer) -> None:
     assert str(caught.value) == "HTTP 404 Not Found"
 
 
+# --- kept-alive connections ---------------------------------------------------------------
+
+
+def test_a_servers_feeds_share_one_kept_alive_connection(feed_server: FeedServer) -> None:
+    """Feeds of one server polled one after another, fetched (200) and then unchanged
+    (304), all go over one connection: no new TCP (or TLS) handshake per feed."""
+    paths = [f"/{n}.xml" for n in range(6)]
+    for path in paths:
+        feed_server.set(path, RSS)
+
+    async def two_rounds() -> tuple[list[Fetched | NotModified], list[Fetched | NotModified]]:
+        async with Fetcher(LIMITS) as fetcher:
+            first = [await fetcher.fetch(state_for(feed_server.url(p)), NOW) for p in paths]
+            etags = [result.etag for result in first]
+            second = [
+                await fetcher.fetch(state_for(feed_server.url(p), etag=etag), NOW)
+                for p, etag in zip(paths, etags, strict=True)
+            ]
+        return first, second
+
+    first, second = asyncio.run(two_rounds())
+    assert all(isinstance(result, Fetched) for result in first)
+    assert all(isinstance(result, NotModified) for result in second)
+    assert len(feed_server.requests) == 12
+    assert len({request.client for request in feed_server.requests}) == 1
+
+
+def wait_for(condition: Any, seconds: float = 3.0) -> bool:
+    deadline = time.monotonic() + seconds
+    while not condition():
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.02)
+    return True
+
+
+def test_idle_connections_are_kept_to_a_few_servers_only(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """With connections kept to at most two idle servers, fetching from four closes the
+    first two servers' connections and keeps the last two."""
+    monkeypatch.setattr(aggregator.fetch, "IDLE_SERVERS_KEPT", 2)
+    servers = [FeedServer() for _ in range(4)]
+    for server in servers:
+        server.start()
+        server.set("/feed.xml", RSS)
+    try:
+
+        async def poll_each() -> None:
+            async with Fetcher(LIMITS) as fetcher:
+                for server in servers:
+                    await fetcher.fetch(state_for(server.url("/feed.xml")), NOW)
+                # checked while the fetcher is open: closing it closes everything
+                await asyncio.to_thread(check_open, [0, 0, 1, 1])
+
+        def check_open(expected: list[int]) -> None:
+            ok = wait_for(lambda: [s.open_connections for s in servers] == expected)
+            assert ok, [s.open_connections for s in servers]
+
+        asyncio.run(poll_each())
+        check_open([0, 0, 0, 0])
+    finally:
+        for server in servers:
+            server.stop()
+
+
+def test_a_server_idle_past_the_keep_alive_expiry_has_its_connection_closed(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(aggregator.fetch, "KEEPALIVE_SECONDS", 0.2)
+    with FeedServer() as early, FeedServer() as late:
+        early.set("/feed.xml", RSS)
+        late.set("/feed.xml", RSS)
+
+        async def poll_apart() -> tuple[int, int]:
+            async with Fetcher(LIMITS) as fetcher:
+                await fetcher.fetch(state_for(early.url("/feed.xml")), NOW)
+                await asyncio.sleep(0.4)
+                await fetcher.fetch(state_for(late.url("/feed.xml")), NOW)
+                await asyncio.to_thread(wait_for, lambda: early.open_connections == 0)
+                return early.open_connections, late.open_connections
+
+        assert asyncio.run(poll_apart()) == (0, 1)
+
+
 # --- concurrency ------------------------------------------------------------------------
 
 
