@@ -78,6 +78,19 @@ class FeedError(AggregatorError):
     def __str__(self) -> str:
         return self.message
 
+    def without_tracebacks(self) -> FeedError:
+        """This error, and those it was raised from, without their tracebacks: the
+        message and causes stay. A poll's result outlives the poll (`poll --once` keeps a
+        round's), and a traceback keeps every frame of the failed fetch alive: a round of
+        2,000 feeds whose servers all refused peaked at 107 MB instead of 66."""
+        seen: set[int] = set()
+        error: BaseException | None = self
+        while error is not None and id(error) not in seen:
+            seen.add(id(error))
+            error.__traceback__ = None
+            error = error.__cause__ or error.__context__
+        return self
+
 
 class FetchError(FeedError):
     """The feed could not be fetched (network, TLS, malformed HTTP)."""

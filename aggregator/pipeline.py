@@ -340,7 +340,9 @@ class Poller:
             new=saved.new,
             updated=saved.updated,
             merged=saved.merged,
-            error=outcome.error if isinstance(outcome, update.Failed) else None,
+            error=outcome.error.without_tracebacks()
+            if isinstance(outcome, update.Failed)
+            else None,
             moved_to=response.moved_to if response is not None else None,
             duration=time.monotonic() - started,
             warning=parsed.warning if parsed is not None else None,
@@ -370,7 +372,7 @@ class Poller:
             except Exception as error:
                 outcome, items, left_out = _internal_error(source, error), (), ()
         if isinstance(outcome, update.Failed):
-            return PollResult(url=source.url, error=outcome.error, state=state)
+            return PollResult(url=source.url, error=outcome.error.without_tracebacks(), state=state)
         feed_update = update.decide(
             source, state, outcome, now, self._rng.uniform(-1, 1), pushed=True
         )

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from aggregator.model import FeedSource, Settings
+from aggregator.model import FeedSource, PollResult, Settings
 from aggregator.pipeline import Poller
 from tests.commands import aggregator
 from tests.feedserver import FeedServer
@@ -264,3 +264,30 @@ def test_a_round_starts_polls_as_turns_free_and_returns_results_in_order(tmp_pat
     for host in ("a", "b"):
         mine = [u for u in started if f"//{host}." in u]
         assert mine == [s.url for s in sources if f"//{host}." in s.url]  # config order
+
+
+def test_a_rounds_failed_polls_keep_their_messages_but_not_their_tracebacks(
+    tmp_path: Path,
+) -> None:
+    """A round's results outlive its polls (`poll --once` keeps them all). A failure's
+    traceback would keep every frame of its fetch alive with it: a round of 2,000 feeds
+    whose servers all refused peaked at 107 MB in the main process, 66 MB without."""
+    port = free_port()  # nothing listens there: every fetch is refused
+    sources = [FeedSource(url=f"http://127.0.0.1:{port}/{n}.xml") for n in range(3)]
+    settings = Settings(database=tmp_path / "agg.db", **SETTINGS)  # type: ignore[arg-type]
+
+    async def poll() -> list[PollResult]:
+        async with await Poller.open(settings, parsers=ThreadPoolExecutor(1)) as poller:
+            return await poller.poll_round(sources)
+
+    results = asyncio.run(poll())
+    assert len(results) == 3
+    for result in results:
+        assert result.error is not None and "refused" in result.error.message
+        chain: list[BaseException] = []
+        error: BaseException | None = result.error
+        while error is not None:
+            chain.append(error)
+            error = error.__cause__ or error.__context__
+        assert len(chain) >= 2  # the transport's error is still there, as the cause
+        assert [e.__traceback__ for e in chain] == [None] * len(chain)
