@@ -130,6 +130,8 @@ DEFAULT_LIMITS = FetchLimits()
 IDLE_SERVERS_KEPT = 64
 #: seconds an idle server's connections are kept: httpx's keep-alive expiry
 KEEPALIVE_SECONDS = 5.0
+#: connections a server's pool keeps once they are idle
+IDLE_PER_SERVER = 2
 
 
 @dataclass(frozen=True)
@@ -528,6 +530,10 @@ def _causes(exc: BaseException) -> list[BaseException]:
     return chain
 
 
+#: a server's pool: (scheme, host, port, whether its connections were checked public)
+_Server = tuple[str, str, int | None, bool]
+
+
 class _ServerPools:
     """Direct connections, one httpx transport (and connection pool) per server.
 
@@ -538,9 +544,17 @@ class _ServerPools:
     reused: a round of 304s from few servers opens few connections, which over TLS is a
     handshake saved per feed.
 
+    A request that must reach only the public internet (`_PUBLIC_ONLY`) goes through a
+    pool of its own for the server: `_PublicOnlyBackend` checks an address when it opens
+    a connection, so such a request never reuses one opened without that check (a name
+    that pointed at a private address then).
+
     The pools of at most `keep` idle servers stay open, each until it has been idle for
-    `idle_for` seconds (httpx's own keep-alive expiry); the rest are closed as others go
-    idle."""
+    `idle_for` seconds (httpx's own keep-alive expiry), checked on every request and by a
+    timer while any is idle; the rest are closed as others go idle. Pools are closed in
+    tasks of their own, never inside a request, so a request's deadline or cancellation
+    cannot cut a close half-way (leaving its sockets to the garbage collector) or turn a
+    finished fetch into a failure."""
 
     def __init__(
         self, make: Callable[[], httpx.AsyncHTTPTransport], keep: int, idle_for: float
@@ -548,17 +562,19 @@ class _ServerPools:
         self._make = make
         self._keep = keep
         self._idle_for = idle_for
-        self._pools: dict[tuple[str, str, int | None], httpx.AsyncHTTPTransport] = {}
+        self._pools: dict[_Server, httpx.AsyncHTTPTransport] = {}
         #: requests under way through each server's pool
-        self._in_use: dict[tuple[str, str, int | None], int] = {}
+        self._in_use: dict[_Server, int] = {}
         #: server → loop time it went idle, least recently used first
-        self._idle: dict[tuple[str, str, int | None], float] = {}
+        self._idle: dict[_Server, float] = {}
+        self._closing: set[asyncio.Task[None]] = set()
+        self._timer: asyncio.TimerHandle | None = None
 
     @contextlib.asynccontextmanager
     async def transport(self, url: httpx.URL) -> AsyncIterator[httpx.AsyncHTTPTransport]:
         """The transport for `url`'s server, kept open until the caller is done with it
         (the response read and closed)."""
-        server = (url.scheme, url.host, url.port)
+        server = (url.scheme, url.host, url.port, _PUBLIC_ONLY.get())
         pool = self._pools.get(server)
         if pool is None:
             pool = self._pools[server] = self._make()
@@ -567,27 +583,58 @@ class _ServerPools:
         try:
             yield pool
         finally:
-            self._in_use[server] -= 1
-            if not self._in_use[server]:
-                del self._in_use[server]
-                self._idle[server] = time.monotonic()
-            await self._close_surplus()
+            self._release(server)
 
-    async def _close_surplus(self) -> None:
+    def _release(self, server: _Server) -> None:
+        left = self._in_use.get(server, 0) - 1
+        if left > 0:
+            self._in_use[server] = left
+            return
+        self._in_use.pop(server, None)
+        if server in self._pools:  # not closed under the request (`aclose`)
+            self._idle[server] = time.monotonic()
+        self._close_surplus()
+
+    def _close_surplus(self) -> None:
         now = time.monotonic()
         while self._idle:
             server, since = next(iter(self._idle.items()))
             if len(self._idle) <= self._keep and now - since < self._idle_for:
-                return
+                break
             del self._idle[server]
-            await self._pools.pop(server).aclose()
+            self._close(self._pools.pop(server))
+        if self._idle and self._timer is None:  # for when the oldest idle pool expires
+            due = next(iter(self._idle.values())) + self._idle_for - now
+            self._timer = asyncio.get_running_loop().call_later(max(due, 0.0), self._expire)
+
+    def _expire(self) -> None:
+        self._timer = None
+        self._close_surplus()
+
+    def _close(self, pool: httpx.AsyncHTTPTransport) -> None:
+        task = asyncio.ensure_future(pool.aclose())
+        self._closing.add(task)
+        task.add_done_callback(self._closing.discard)
 
     async def aclose(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
         pools, self._pools = self._pools, {}
         self._in_use.clear()
         self._idle.clear()
         for pool in pools.values():
-            await pool.aclose()
+            self._close(pool)
+        if self._closing:
+            await asyncio.gather(*self._closing, return_exceptions=True)
+
+
+def _declares_no_body(response: httpx.Response) -> bool:
+    """Whether a 304 says it has no body. HTTP gives a 304 none, so a server that sends
+    one anyway (a Content-Length, a chunked body) leaves bytes that the next response on
+    the connection would be read from: such a connection is closed, not reused."""
+    length = response.headers.get("content-length", "0").strip()
+    return length in ("", "0") and "transfer-encoding" not in response.headers
 
 
 def _describe_transport_error(exc: httpx.TransportError) -> str:
@@ -652,12 +699,14 @@ class Fetcher:
         # of 304s)
 
         def transport(proxy: str | None = None) -> httpx.AsyncHTTPTransport:
-            # the semaphores are the real bound; the pool never gets in their way
+            # the semaphores are the real bound; the pool never gets in their way. A
+            # server's pool keeps at most IDLE_PER_SERVER of its connections once idle
             most = limits.max_connections if proxy else limits.max_per_host
+            kept = limits.max_connections if proxy else min(most, IDLE_PER_SERVER)
             made = httpx.AsyncHTTPTransport(
                 verify=_ssl_context(),
                 proxy=proxy,
-                limits=httpx.Limits(max_connections=most, max_keepalive_connections=most),
+                limits=httpx.Limits(max_connections=most, max_keepalive_connections=kept),
             )
             if proxy is None:
                 # httpx takes no network backend, so it goes into the pool it made (before
@@ -1003,9 +1052,10 @@ class Fetcher:
                             )
                         return _Redirect(status, location)
                     if status == 304:
-                        # read to its end (a 304 has no body), so that its connection goes
-                        # back to the server's pool instead of being closed
-                        await response.aread()
+                        if _declares_no_body(response):
+                            # read to its end (a 304 has no body), so that its connection
+                            # goes back to the server's pool instead of being closed
+                            await response.aread()
                         return NotModified(
                             url=str(url),
                             etag=etag,

@@ -24,6 +24,7 @@ import pytest
 import aggregator.fetch
 from aggregator import USER_AGENT, __version__
 from aggregator.errors import (
+    FeedError,
     FetchError,
     FetchTimeout,
     Gone,
@@ -467,6 +468,118 @@ def test_a_server_idle_past_the_keep_alive_expiry_has_its_connection_closed(
                 return early.open_connections, late.open_connections
 
         assert asyncio.run(poll_apart()) == (0, 1)
+
+
+class _BodyAfter304Server:
+    """Raw HTTP/1.1 server: /a.xml answers 304 with a Content-Length and bytes after its
+    head (a body HTTP does not give a 304), every other path 200 with RSS."""
+
+    def __init__(self, extra: bytes) -> None:
+        self.extra = extra
+        self.listener = socket.create_server(("127.0.0.1", 0))
+        self.port = self.listener.getsockname()[1]
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self) -> None:
+        while True:
+            try:
+                conn, _ = self.listener.accept()
+            except OSError:
+                return
+            threading.Thread(target=self._serve, args=(conn,), daemon=True).start()
+
+    def _serve(self, conn: socket.socket) -> None:
+        pending = b""
+        with conn:
+            while True:
+                while b"\r\n\r\n" not in pending:
+                    data = conn.recv(65536)
+                    if not data:
+                        return
+                    pending += data
+                head, pending = pending.split(b"\r\n\r\n", 1)
+                if head.split(b" ")[1] == b"/a.xml":
+                    length = b"Content-Length: %d\r\n" % len(self.extra)
+                    conn.sendall(b'HTTP/1.1 304 Not Modified\r\nETag: "a"\r\n' + length)
+                    conn.sendall(b"\r\n" + self.extra)
+                else:
+                    length = b"Content-Length: %d\r\n" % len(RSS)
+                    conn.sendall(b"HTTP/1.1 200 OK\r\n" + length + b"\r\n" + RSS)
+
+    def url(self, path: str) -> str:
+        return f"http://127.0.0.1:{self.port}{path}"
+
+
+SMUGGLED = b"<rss><channel><title>Not feed B</title></channel></rss>"
+
+
+@pytest.mark.parametrize(
+    "extra",
+    [
+        b"<html>not modified</html>",
+        b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n" % len(SMUGGLED) + SMUGGLED,
+    ],
+)
+def test_a_304_that_declares_a_body_does_not_leave_it_for_the_next_feed(extra: bytes) -> None:
+    """Its connection is closed rather than kept: what followed the 304 is never read as
+    the answer to the server's next feed."""
+    server = _BodyAfter304Server(extra)
+
+    async def a_then_b() -> Fetched | NotModified:
+        async with Fetcher(LIMITS) as fetcher:
+            first = await fetcher.fetch(state_for(server.url("/a.xml"), etag='"a"'), NOW)
+            assert isinstance(first, NotModified)
+            return await fetcher.fetch(state_for(server.url("/b.xml")), NOW)
+
+    try:
+        second = asyncio.run(a_then_b())
+    finally:
+        server.listener.close()
+    assert isinstance(second, Fetched) and second.body == RSS
+
+
+def test_a_servers_pool_keeps_two_idle_connections_and_closes_them_after_the_expiry(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Four feeds of one server fetched at once leave two connections open, and no request
+    is needed for them to be closed once the keep-alive expiry has passed."""
+    monkeypatch.setattr(aggregator.fetch, "KEEPALIVE_SECONDS", 0.3)
+    with FeedServer() as server:
+        for n in range(4):
+            server.set(f"/{n}.xml", RSS, delay=0.1)
+
+        async def at_once() -> tuple[bool, bool]:
+            async with Fetcher(LIMITS) as fetcher:
+                urls = [server.url(f"/{n}.xml") for n in range(4)]
+                await asyncio.gather(*(fetcher.fetch(state_for(url), NOW) for url in urls))
+                two = await asyncio.to_thread(wait_for, lambda: server.open_connections == 2)
+                await asyncio.sleep(0.5)  # the loop runs; no request is made
+                none = await asyncio.to_thread(wait_for, lambda: server.open_connections == 0)
+                return two, none
+
+        assert asyncio.run(at_once()) == (True, True)
+        assert server.max_concurrent == 4
+
+
+def test_closing_the_fetcher_under_a_fetch_fails_that_fetch_as_a_feed_error() -> None:
+    """As at shutdown, when a task still fetching is left behind: the fetch ends with the
+    feed's error, not with an error of the fetcher's own bookkeeping."""
+    with FeedServer() as server:
+        server.set("/slow.xml", RSS, delay=1.0)
+
+        async def close_under() -> BaseException | None:
+            fetcher = await Fetcher(LIMITS).__aenter__()
+            fetch = asyncio.ensure_future(fetcher.fetch(state_for(server.url("/slow.xml")), NOW))
+            await asyncio.sleep(0.3)
+            await fetcher.__aexit__(None, None, None)
+            try:
+                await fetch
+            except BaseException as error:
+                return error
+            return None
+
+        error = asyncio.run(close_under())
+    assert isinstance(error, FeedError), repr(error)
 
 
 # --- concurrency ------------------------------------------------------------------------

@@ -365,3 +365,46 @@ def test_poll_fetches_a_private_feed_with_userinfo_and_publishes_no_credentials(
     assert [entry.link for entry in atom.entries] == [feed_server.url("/minutes/1")]
     html = (tmp_path / "public" / "all.html").read_text()
     assert feed_server.url("/minutes/1") in html
+
+
+@pytest.mark.parametrize("first_answer", [304, 200])
+def test_a_public_only_request_never_reuses_a_connection_opened_without_the_check(
+    monkeypatch: pytest.MonkeyPatch, first_answer: int
+) -> None:
+    """DNS rebinding through a kept-alive connection. "localhost" stands for a name whose
+    answers change: a feed configured on it is fetched without the private-network
+    check, and its connection kept. Another feed's stored URL (a permanent redirect from
+    a public site) is on the same name, so its request must reach the public internet
+    only: the name's next answers are a public address (the check before the request)
+    and then the private one again (the check where the connection is opened). It must
+    open a checked connection of its own, and be refused, rather than reuse the kept one."""
+    answers = [[PUBLIC], ["127.0.0.1"]]
+    real_resolve = aggregator.fetch._resolve
+
+    async def resolve(host: str, port: int) -> list[str]:
+        if host != "localhost":
+            return await real_resolve(host, port)
+        return answers.pop(0) if len(answers) > 1 else answers[0]
+
+    monkeypatch.setattr(aggregator.fetch, "_resolve", resolve)
+    with FeedServer() as internal:
+        internal.set("/feed.xml", PUBLIC_FEED)
+        internal.set("/internal-admin", INTERNAL_ADMIN)
+        configured = internal.url("/feed.xml").replace("127.0.0.1", "localhost")
+        etag = internal._resources["/feed.xml"].etag if first_answer == 304 else None
+        moved = FeedState(
+            url="http://news.test/feed",
+            fetch_url=internal.url("/internal-admin").replace("127.0.0.1", "localhost"),
+        )
+
+        async def both() -> Fetched | NotModified:
+            async with Fetcher(LIMITS) as fetcher:
+                first = await fetcher.fetch(
+                    FeedState(url=configured, fetch_url=configured, etag=etag), NOW
+                )
+                assert isinstance(first, NotModified if first_answer == 304 else Fetched)
+                return await fetcher.fetch(moved, NOW)
+
+        with pytest.raises(FetchError, match="non-public address"):
+            asyncio.run(both())
+        assert [r.path for r in internal.requests] == ["/feed.xml"]
