@@ -11,7 +11,7 @@ ours each do something the Client's do not:
 - The private-network check is made again where the connection is opened, by a network
   backend (`_PublicOnlyBackend`) put into each pool httpx's transport builds (httpx takes
   no backend). Proxies follow from using the transport: the environment's proxies, which
-  the Client would read, are read here (`environment_proxies`, `_transport_for`).
+  the Client would read, are read here (`environment_proxies`, `Fetcher._exchange`).
 - Direct connections go through a transport per server (`_ServerPools`), so that kept-alive
   connections to many servers do not make every request check all of them.
 - Content decoding is ours (`_read_body`): the size limit holds while decompressing, each
@@ -70,12 +70,12 @@ import time
 import urllib.parse
 import urllib.request
 import zlib
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from email.utils import parsedate_to_datetime
 from types import TracebackType
-from typing import Any, Literal, Protocol
+from typing import Any, Literal, Protocol, TypeVar
 
 import httpcore
 import httpx
@@ -125,6 +125,7 @@ _CHUNK = 64 * 1024
 MAX_ANSWER_BYTES = 1024
 
 DEFAULT_LIMITS = FetchLimits()
+T = TypeVar("T")
 #: servers whose idle connections are kept open at once (`_ServerPools`)
 IDLE_SERVERS_KEPT = 64
 #: seconds an idle server's connections are kept: httpx's keep-alive expiry
@@ -626,6 +627,16 @@ class _ServerPools:
             await asyncio.gather(*self._closing, return_exceptions=True)
 
 
+async def _hub_answer(response: httpx.Response) -> tuple[int, str]:
+    """A WebSub hub's status and the start of its answer (MAX_ANSWER_BYTES at most)."""
+    answer = bytearray()
+    async for chunk in response.aiter_raw():
+        answer += chunk[: MAX_ANSWER_BYTES - len(answer)]
+        if len(answer) >= MAX_ANSWER_BYTES:
+            break
+    return response.status_code, answer.decode("utf-8", "replace")
+
+
 def _declares_no_body(response: httpx.Response) -> bool:
     """Whether a 304 says it has no body. HTTP gives a 304 none, so a server that sends
     one anyway (a Content-Length, a chunked body) leaves bytes that the next response on
@@ -742,19 +753,30 @@ class Fetcher:
             await self._direct.aclose()
             self._direct = None
 
-    def _transport_for(self, url: httpx.URL) -> tuple[httpx.AsyncHTTPTransport, _Server | None]:
-        """The transport to send a request for `url` through: the proxy's for its scheme,
-        else the server's own pool, whose server goes to `_done_with` once the response
-        is closed."""
+    async def _exchange(
+        self,
+        url: httpx.URL,
+        request: httpx.Request,
+        read: Callable[[httpx.Response], Awaitable[T]],
+    ) -> T:
+        """`request` sent through the transport for `url` (the proxy's for its scheme,
+        else the server's own pool), what `read` makes of the response, and the response
+        closed: its connection back to the pool when read to its end, else closed."""
         assert self._direct is not None
         proxied = self._proxied.get(url.scheme)
         if proxied is not None and not urllib.request.proxy_bypass(url.host):
-            return proxied, None
-        return self._direct.take(url)
-
-    def _done_with(self, server: _Server | None) -> None:
-        if server is not None and self._direct is not None:
-            self._direct.give_back(server)
+            transport, server = proxied, None
+        else:
+            transport, server = self._direct.take(url)
+        try:
+            response = await transport.handle_async_request(request)
+            try:
+                return await read(response)
+            finally:
+                await response.aclose()
+        finally:
+            if server is not None and self._direct is not None:
+                self._direct.give_back(server)
 
     def _host_semaphore(self, host: str) -> asyncio.Semaphore:
         if host not in self._per_host:
@@ -937,19 +959,7 @@ class Fetcher:
                 if public_only:
                     await self._refuse_non_public(url, target)
                 async with self._host_semaphore(host), self._all_hosts:
-                    transport, server = self._transport_for(target)
-                    try:
-                        response = await transport.handle_async_request(request)
-                        try:
-                            answer = bytearray()
-                            async for chunk in response.aiter_raw():
-                                answer += chunk[: MAX_ANSWER_BYTES - len(answer)]
-                                if len(answer) >= MAX_ANSWER_BYTES:
-                                    break
-                        finally:
-                            await response.aclose()
-                    finally:
-                        self._done_with(server)
+                    status, answer = await self._exchange(target, request, _hub_answer)
         except TimeoutError as e:
             raise FetchTimeout(url, f"timed out after {_format_seconds(seconds)}") from e
         except _NonPublicAddress as e:
@@ -960,7 +970,52 @@ class Fetcher:
             raise FetchError(url, redact_text(f"HTTP error: {e}")) from e
         finally:
             _PUBLIC_ONLY.reset(token)
-        return response.status_code, answer.decode("utf-8", "replace")
+        return status, answer
+
+    async def _answer(
+        self,
+        state: FeedState,
+        url: httpx.URL,
+        response: httpx.Response,
+        now: datetime,
+        auth_use: _AuthUse,
+    ) -> _Redirect | Fetched | NotModified:
+        """What a GET's response says; the body is read only for a 2xx."""
+        status = response.status_code
+        response_headers = dict(response.headers.items())  # keys come lower-cased
+        etag = response.headers.get("etag")
+        last_modified = response.headers.get("last-modified")
+        if status in _REDIRECT_STATUSES:
+            location = response.headers.get("location")
+            if not location:
+                raise HTTPStatusError(
+                    state.url, status, f"HTTP {status} redirect without a Location"
+                )
+            return _Redirect(status, location)
+        if status == 304:
+            if _declares_no_body(response):
+                # read to its end (a 304 has no body), so that its connection
+                # goes back to the server's pool instead of being closed; raw,
+                # past httpx's decoders, which have nothing to do
+                async for _ in response.aiter_raw():
+                    pass
+            return NotModified(
+                url=str(url),
+                etag=etag,
+                last_modified=last_modified,
+                headers=response_headers,
+            )
+        if not 200 <= status < 300:
+            raise _status_error(state.url, response, now, auth_use, url)
+        body = await _read_body(state.url, response, self.limits.max_body_bytes)
+        return Fetched(
+            url=str(url),
+            status=status,
+            body=body,
+            headers=response_headers,
+            etag=etag,
+            last_modified=last_modified,
+        )
 
     @staticmethod
     def _checked_url(feed_url: str, location: str, base: httpx.URL | None = None) -> httpx.URL:
@@ -1039,50 +1094,12 @@ class Fetcher:
         limits = self.limits
         request = httpx.Request("GET", url, headers=headers, extensions={"timeout": self._timeouts})
         public_only_token = _PUBLIC_ONLY.set(public_only)
+
+        async def read(response: httpx.Response) -> _Redirect | Fetched | NotModified:
+            return await self._answer(state, url, response, now, auth_use)
+
         try:
-            transport, server = self._transport_for(url)
-            try:
-                response = await transport.handle_async_request(request)
-                try:
-                    status = response.status_code
-                    response_headers = dict(response.headers.items())  # keys come lower-cased
-                    etag = response.headers.get("etag")
-                    last_modified = response.headers.get("last-modified")
-                    if status in _REDIRECT_STATUSES:
-                        location = response.headers.get("location")
-                        if not location:
-                            raise HTTPStatusError(
-                                state.url, status, f"HTTP {status} redirect without a Location"
-                            )
-                        return _Redirect(status, location)
-                    if status == 304:
-                        if _declares_no_body(response):
-                            # read to its end (a 304 has no body), so that its connection
-                            # goes back to the server's pool instead of being closed; raw,
-                            # past httpx's decoders, which have nothing to do
-                            async for _ in response.aiter_raw():
-                                pass
-                        return NotModified(
-                            url=str(url),
-                            etag=etag,
-                            last_modified=last_modified,
-                            headers=response_headers,
-                        )
-                    if not 200 <= status < 300:
-                        raise _status_error(state.url, response, now, auth_use, url)
-                    body = await _read_body(state.url, response, limits.max_body_bytes)
-                    return Fetched(
-                        url=str(url),
-                        status=status,
-                        body=body,
-                        headers=response_headers,
-                        etag=etag,
-                        last_modified=last_modified,
-                    )
-                finally:
-                    await response.aclose()  # back to the pool, or closed when the body was cut
-            finally:
-                self._done_with(server)
+            return await self._exchange(url, request, read)
         except _NonPublicAddress as e:
             raise FetchError(state.url, str(e)) from e
         except httpx.TimeoutException as e:
