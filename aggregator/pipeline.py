@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import contextlib
 import hashlib
 import heapq
 import logging
@@ -598,41 +599,144 @@ async def _ping_hub(poller: Poller, settings: Settings, changed: Sequence[str]) 
 _WORKER_NICENESS = 10
 
 
+class _Worker:
+    """One worker process of a ParsePool: a pebble pool of one, so that the ParsePool can
+    start its workers one at a time. `busy`: a call holds it."""
+
+    def __init__(self, pool: pebble.ProcessPool, now: float) -> None:
+        self.pool = pool
+        self.busy = False
+        self.restarted(now)
+
+    def restarted(self, now: float) -> None:
+        """Its process (re)started: pebble replaces one past a deadline, or dead."""
+        #: when its start-up ends: when it finishes its first call, at the latest
+        #: STARTUP_SECONDS after it started (its first body may be a slow one)
+        self.ready_at = now + ParsePool.STARTUP_SECONDS
+        self.warm = False
+
+    def finished_a_call(self, now: float) -> None:
+        if not self.warm:
+            self.warm = True
+            self.ready_at = min(self.ready_at, now)
+
+
 class ParsePool(Executor):
-    """Worker processes for parsing and cleaning, started on first use: a round in which
-    every feed answers 304 never pays for them. Parsing is CPU-bound pure Python, so
-    processes, not threads, are what uses more than one core.
+    """Worker processes for parsing and cleaning, started as they are needed: a round in
+    which every feed answers 304 never pays for one, and a second starts only when bodies
+    wait for the first. Parsing is CPU-bound pure Python, so processes, not threads, are
+    what uses more than one core.
+
+    A free worker takes the body that has waited longest. Another worker (up to
+    `workers`) is started when a body has waited GROW_AFTER seconds counted from the end
+    of the last start-up (a worker's first finished body): the bodies that queue while
+    the first worker starts are not a reason for a second. A few changed feeds then cost
+    one start-up, an interpreter and its imports, CPU the event loop wants (mutated bench
+    round: 3.29, 3.39 and 3.75 s with two workers started, 3.13–3.18 s with one).
 
     `run` gives each body a deadline (`timeout` seconds of work, not counting its wait for
     a free worker): a worker still busy past it is killed and replaced, and only that
-    body's feed fails. The pool is pebble's: the standard ProcessPoolExecutor cannot stop
-    one worker, only break the whole pool and every body queued in it."""
+    body's feed fails. The workers are pebble's: the standard ProcessPoolExecutor cannot
+    stop one worker, only break the whole pool and every body queued in it."""
+
+    #: seconds a body waits for a free worker, past the last start-up, before another is
+    #: started
+    GROW_AFTER = 0.25
+    #: seconds after which a worker that has not finished a body counts as started anyway
+    STARTUP_SECONDS = 1.0
 
     def __init__(self, workers: int | None = None, *, timeout: float | None = None) -> None:
         self.workers = workers or max(1, len(os.sched_getaffinity(0)))
         #: seconds `run` lets one call work; None: no deadline
         self.timeout = timeout
-        self._pool: pebble.ProcessPool | None = None
+        self._started: list[_Worker] = []
+        #: callers waiting for a free worker, oldest first: a freed worker is handed to
+        #: the first, or None when they are to look again (a worker went)
+        self._waiting: collections.deque[asyncio.Future[_Worker | None]] = collections.deque()
 
-    def _started(self) -> pebble.ProcessPool:
+    def _start(self) -> _Worker:
         import pebble  # with the first body to parse: a round of 304s never needs it
 
-        if self._pool is None:
-            # spawn: fresh interpreters, never a fork of this process with its event loop
-            # and threads; and no forkserver process kept alive beside them (40 MB)
-            context = multiprocessing.get_context("spawn")
-            # Workers at a lower priority: the event loop (fetch timeouts, the HTTP server)
-            # stays responsive, and with a core per worker the main process, which fetches
-            # and stores for all of them, is not made to wait for its turn. The workers still
-            # get every cycle it leaves (mutated bench round 7.9 → 7.1 s, five pairs).
-            self._pool = pebble.ProcessPool(
-                self.workers, initializer=os.nice, initargs=(_WORKER_NICENESS,), context=context
-            )
-        return self._pool
+        # spawn: fresh interpreters, never a fork of this process with its event loop and
+        # threads; and no forkserver process kept alive beside them (40 MB). At a lower
+        # priority: the event loop (fetch timeouts, the HTTP server) stays responsive, and
+        # with a core per worker the main process, which fetches and stores for all of
+        # them, is not made to wait for its turn. The workers still get every cycle it
+        # leaves (mutated bench round 7.9 → 7.1 s, five pairs).
+        pool = pebble.ProcessPool(
+            1,
+            initializer=os.nice,
+            initargs=(_WORKER_NICENESS,),
+            context=multiprocessing.get_context("spawn"),
+        )
+        worker = _Worker(pool, time.monotonic())
+        self._started.append(worker)
+        return worker
 
     def submit(self, fn: Callable[..., Any], /, *args: Any, **kwargs: Any) -> Future[Any]:
-        """`fn(*args, **kwargs)` in a worker, without a deadline."""
-        return self._started().schedule(fn, args=args, kwargs=kwargs)
+        """`fn(*args, **kwargs)` in the first worker, without a deadline, queued behind
+        what it has to do (`run` is how bodies are parsed)."""
+        worker = self._started[0] if self._started else self._start()
+        return worker.pool.schedule(fn, args=args, kwargs=kwargs)
+
+    def _grow_at(self, waiting_since: float) -> float | None:
+        """When a body waiting since `waiting_since` starts another worker; None: never."""
+        if len(self._started) >= self.workers:
+            return None
+        return max(waiting_since, *(w.ready_at for w in self._started)) + self.GROW_AFTER
+
+    async def _take(self) -> _Worker:
+        """A free worker, marked busy; another started if the wait is long (see the class)."""
+        loop = asyncio.get_running_loop()
+        while True:
+            free = next((w for w in self._started if not w.busy), None)
+            if free is None and not self._started:
+                free = self._start()
+            if free is not None:
+                free.busy = True
+                return free
+            waiter: asyncio.Future[_Worker | None] = loop.create_future()
+            self._waiting.append(waiter)
+            waiting_since = time.monotonic()
+            try:
+                while not waiter.done():
+                    grow_at = self._grow_at(waiting_since)
+                    timeout = None if grow_at is None else max(0.01, grow_at - time.monotonic())
+                    await asyncio.wait([waiter], timeout=timeout)
+                    grow_at = self._grow_at(waiting_since)
+                    if not waiter.done() and grow_at is not None and time.monotonic() >= grow_at:
+                        waiter.cancel()
+                        started = self._start()
+                        started.busy = True
+                        return started
+            except BaseException:
+                if waiter.done() and not waiter.cancelled() and (given := waiter.result()):
+                    self._give_back(given)  # handed over as this caller was cancelled
+                raise
+            finally:
+                with contextlib.suppress(ValueError):
+                    self._waiting.remove(waiter)
+            given = waiter.result()
+            if given is not None:
+                return given  # handed over still busy: never free for another to take
+
+    def _give_back(self, worker: _Worker) -> None:
+        if worker not in self._started:  # discarded, or the pool was shut down
+            self._wake_all()
+            return
+        while self._waiting:
+            waiter = self._waiting.popleft()
+            if not waiter.done():
+                waiter.set_result(worker)
+                return
+        worker.busy = False
+
+    def _wake_all(self) -> None:
+        """Every waiting caller looks again (a worker went)."""
+        while self._waiting:
+            waiter = self._waiting.popleft()
+            if not waiter.done():
+                waiter.set_result(None)
 
     async def run(
         self, fn: Callable[..., T], *args: Any, url: str, timeout: float | None = None
@@ -640,48 +744,56 @@ class ParsePool(Executor):
         """`fn(*args)` in a worker, for at most `timeout` seconds (default: the pool's).
 
         Raises ParseTimeout(url) past the deadline, after the worker doing it was killed.
-        A call whose worker died under it (killed by the OOM killer, say) or whose pool
-        broke is run once more in a fresh one: the cause may be another body's."""
+        A call whose worker died under it (killed by the OOM killer, say) or broke is run
+        once more: the cause may be another body's."""
         import pebble
 
         seconds = self.timeout if timeout is None else timeout
         for attempt in range(2):
-            pool = self._started()
+            worker = await self._take()
             try:
-                future = pool.schedule(fn, args=args, timeout=seconds)
-                return await asyncio.wrap_future(future)
+                future = worker.pool.schedule(fn, args=args, timeout=seconds)
+                result = await asyncio.wrap_future(future)
+                worker.finished_a_call(time.monotonic())
+                return result
             except TimeoutError as error:
+                worker.restarted(time.monotonic())
                 if error.__cause__ is not None:
                     raise  # raised by `fn` itself (pebble chains the worker's traceback)
                 message = f"parsing took longer than {seconds:g} s; gave up"
                 raise ParseTimeout(url, message) from error
             except pebble.ProcessExpired as error:
+                worker.restarted(time.monotonic())
                 if attempt:
                     message = f"the parsing process died (exit status {error.exitcode})"
                     raise ParseError(url, message) from error
             except (BrokenProcessPool, RuntimeError):
-                # every worker gone at once (pebble's "Unexpected error within the Pool")
-                if attempt or pool.active:
+                # the worker's pool broke (pebble's "Unexpected error within the Pool")
+                if attempt or worker.pool.active:
                     raise
-                await self._discard(pool)
+                await self._discard(worker)
+            finally:
+                self._give_back(worker)
         raise AssertionError("unreachable")
 
-    async def _discard(self, pool: pebble.ProcessPool) -> None:
-        """Stops a broken pool; the next call starts a fresh one."""
-        if self._pool is pool:
-            self._pool = None
-            pool.stop()
-            await asyncio.to_thread(_join, pool)
+    async def _discard(self, worker: _Worker) -> None:
+        """Stops a broken worker; a call that needs one starts a fresh one."""
+        if worker in self._started:
+            self._started.remove(worker)
+            worker.pool.stop()
+            await asyncio.to_thread(_join, worker.pool)
 
     def shutdown(self, wait: bool = True, *, cancel_futures: bool = False) -> None:
-        if self._pool is not None:
-            pool, self._pool = self._pool, None
+        started, self._started = self._started, []
+        for worker in started:
             if cancel_futures:
-                pool.stop()  # kills what is running, drops what is queued
+                worker.pool.stop()  # kills what is running, drops what is queued
             else:
-                pool.close()  # what is queued still runs
-            if wait:
-                _join(pool)
+                worker.pool.close()  # what is queued still runs
+        if wait:
+            for worker in started:
+                _join(worker.pool)
+        self._wake_all()
 
 
 def _join(pool: pebble.ProcessPool) -> None:

@@ -495,6 +495,45 @@ def test_a_call_whose_worker_died_under_it_is_run_again(tmp_path: Path) -> None:
     assert "parsing process died" in always.message
 
 
+def pid_after(seconds: float) -> int:
+    time.sleep(seconds)
+    return os.getpid()
+
+
+def test_quick_bodies_are_parsed_by_one_worker_and_a_backlog_starts_another() -> None:
+    async def main() -> tuple[set[int], set[int]]:
+        with ParsePool(2, timeout=30) as pool:
+            # bodies queued while the first worker starts are no reason for a second
+            quick = await asyncio.gather(
+                *(pool.run(pid_after, 0.001, url=f"https://q{n}.example/") for n in range(30))
+            )
+            # a backlog that outlasts the first worker's start-up is
+            slow = await asyncio.gather(
+                *(pool.run(pid_after, 0.2, url=f"https://s{n}.example/") for n in range(12))
+            )
+            return set(quick), set(slow)
+
+    quick, slow = asyncio.run(main())
+    assert len(quick) == 1
+    assert len(slow) == 2 and quick < slow
+
+
+def test_a_caller_cancelled_while_waiting_for_a_worker_leaves_none_taken() -> None:
+    async def main() -> list[int]:
+        with ParsePool(1, timeout=30) as pool:
+            busy = asyncio.ensure_future(pool.run(pid_after, 0.5, url="https://busy.example/"))
+            waiting = asyncio.ensure_future(pool.run(pid_after, 0, url="https://gone.example/"))
+            await asyncio.sleep(0.1)
+            waiting.cancel()
+            first = await busy
+            # the worker was handed on to no one: the next call gets it
+            after = await asyncio.wait_for(pool.run(pid_after, 0, url="https://b.example/"), 20)
+            return [first, after]
+
+    first, after = asyncio.run(main())
+    assert first == after
+
+
 # --- end to end ---------------------------------------------------------------------
 
 
