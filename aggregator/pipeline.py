@@ -29,6 +29,7 @@ import logging
 import multiprocessing
 import os
 import random
+import threading
 import time
 import uuid
 from collections.abc import Callable, Coroutine, Iterable, Mapping, Sequence
@@ -599,6 +600,10 @@ async def _ping_hub(poller: Poller, settings: Settings, changed: Sequence[str]) 
 _WORKER_NICENESS = 10
 
 
+class _PoolClosed(Exception):
+    """Internal: the ParsePool was shut down."""
+
+
 class _Worker:
     """One worker process of a ParsePool: a pebble pool of one, so that the ParsePool can
     start its workers one at a time. `busy`: a call holds it."""
@@ -609,7 +614,8 @@ class _Worker:
         self.restarted(now)
 
     def restarted(self, now: float) -> None:
-        """Its process (re)started: pebble replaces one past a deadline, or dead."""
+        """Its process (re)started: pebble replaces one past a deadline, dead or whose
+        call was cancelled."""
         #: when its start-up ends: when it finishes its first call, at the latest
         #: STARTUP_SECONDS after it started (its first body may be a slow one)
         self.ready_at = now + ParsePool.STARTUP_SECONDS
@@ -637,7 +643,10 @@ class ParsePool(Executor):
     `run` gives each body a deadline (`timeout` seconds of work, not counting its wait for
     a free worker): a worker still busy past it is killed and replaced, and only that
     body's feed fails. The workers are pebble's: the standard ProcessPoolExecutor cannot
-    stop one worker, only break the whole pool and every body queued in it."""
+    stop one worker, only break the whole pool and every body queued in it.
+
+    `run` and the waiting are the event loop's; `shutdown` may be called from another
+    thread. Bodies still waiting for a worker then fail (ParseError)."""
 
     #: seconds a body waits for a free worker, past the last start-up, before another is
     #: started
@@ -649,46 +658,62 @@ class ParsePool(Executor):
         self.workers = workers or max(1, len(os.sched_getaffinity(0)))
         #: seconds `run` lets one call work; None: no deadline
         self.timeout = timeout
+        #: guards `_started` and `_closed` against `shutdown` from another thread
+        self._lock = threading.Lock()
         self._started: list[_Worker] = []
+        self._closed = False
         #: callers waiting for a free worker, oldest first: a freed worker is handed to
-        #: the first, or None when they are to look again (a worker went)
+        #: the first, or None when they are to look again (a worker went, or all did)
         self._waiting: collections.deque[asyncio.Future[_Worker | None]] = collections.deque()
+        self._loop: asyncio.AbstractEventLoop | None = None
 
     def _start(self) -> _Worker:
         import pebble  # with the first body to parse: a round of 304s never needs it
 
-        # spawn: fresh interpreters, never a fork of this process with its event loop and
-        # threads; and no forkserver process kept alive beside them (40 MB). At a lower
-        # priority: the event loop (fetch timeouts, the HTTP server) stays responsive, and
-        # with a core per worker the main process, which fetches and stores for all of
-        # them, is not made to wait for its turn. The workers still get every cycle it
-        # leaves (mutated bench round 7.9 → 7.1 s, five pairs).
-        pool = pebble.ProcessPool(
-            1,
-            initializer=os.nice,
-            initargs=(_WORKER_NICENESS,),
-            context=multiprocessing.get_context("spawn"),
-        )
-        worker = _Worker(pool, time.monotonic())
-        self._started.append(worker)
-        return worker
+        with self._lock:
+            if self._closed:
+                raise _PoolClosed
+            # spawn: fresh interpreters, never a fork of this process with its event loop
+            # and threads; and no forkserver process kept alive beside them (40 MB). At a
+            # lower priority: the event loop (fetch timeouts, the HTTP server) stays
+            # responsive, and with a core per worker the main process, which fetches and
+            # stores for all of them, is not made to wait for its turn. The workers still
+            # get every cycle it leaves (mutated bench round 7.9 → 7.1 s, five pairs).
+            pool = pebble.ProcessPool(
+                1,
+                initializer=os.nice,
+                initargs=(_WORKER_NICENESS,),
+                context=multiprocessing.get_context("spawn"),
+            )
+            worker = _Worker(pool, time.monotonic())
+            self._started = [*self._started, worker]
+            return worker
 
     def submit(self, fn: Callable[..., Any], /, *args: Any, **kwargs: Any) -> Future[Any]:
         """`fn(*args, **kwargs)` in the first worker, without a deadline, queued behind
         what it has to do (`run` is how bodies are parsed)."""
-        worker = self._started[0] if self._started else self._start()
+        try:
+            worker = self._started[0] if self._started else self._start()
+        except _PoolClosed:
+            raise RuntimeError("cannot schedule new futures after shutdown") from None
         return worker.pool.schedule(fn, args=args, kwargs=kwargs)
 
     def _grow_at(self, waiting_since: float) -> float | None:
         """When a body waiting since `waiting_since` starts another worker; None: never."""
-        if len(self._started) >= self.workers:
+        started = self._started
+        if len(started) >= self.workers:
             return None
-        return max(waiting_since, *(w.ready_at for w in self._started)) + self.GROW_AFTER
+        if not started:  # the last one was discarded (broken): start one now
+            return waiting_since
+        return max(waiting_since, *(w.ready_at for w in started)) + self.GROW_AFTER
 
     async def _take(self) -> _Worker:
-        """A free worker, marked busy; another started if the wait is long (see the class)."""
-        loop = asyncio.get_running_loop()
+        """A free worker, marked busy; another started if the wait is long (see the class).
+        Raises _PoolClosed once the pool was shut down."""
+        loop = self._loop = asyncio.get_running_loop()
         while True:
+            if self._closed:
+                raise _PoolClosed
             free = next((w for w in self._started if not w.busy), None)
             if free is None and not self._started:
                 free = self._start()
@@ -732,7 +757,7 @@ class ParsePool(Executor):
         worker.busy = False
 
     def _wake_all(self) -> None:
-        """Every waiting caller looks again (a worker went)."""
+        """Every waiting caller looks again (a worker went, or all did). On the loop."""
         while self._waiting:
             waiter = self._waiting.popleft()
             if not waiter.done():
@@ -744,56 +769,76 @@ class ParsePool(Executor):
         """`fn(*args)` in a worker, for at most `timeout` seconds (default: the pool's).
 
         Raises ParseTimeout(url) past the deadline, after the worker doing it was killed.
-        A call whose worker died under it (killed by the OOM killer, say) or broke is run
-        once more: the cause may be another body's."""
+        A call whose worker died under it (killed by the OOM killer, say) is run once more:
+        the cause may be another body's. A worker found broken (its process died while
+        idle) is replaced and the call goes to another."""
         import pebble
 
         seconds = self.timeout if timeout is None else timeout
-        for attempt in range(2):
-            worker = await self._take()
+        died = broken = 0
+        while True:
+            try:
+                worker = await self._take()
+            except _PoolClosed:
+                raise ParseError(url, "the parse workers were stopped") from None
+            restarted = False
             try:
                 future = worker.pool.schedule(fn, args=args, timeout=seconds)
-                result = await asyncio.wrap_future(future)
-                worker.finished_a_call(time.monotonic())
-                return result
+                return await asyncio.wrap_future(future)
             except TimeoutError as error:
-                worker.restarted(time.monotonic())
                 if error.__cause__ is not None:
                     raise  # raised by `fn` itself (pebble chains the worker's traceback)
+                restarted = True
                 message = f"parsing took longer than {seconds:g} s; gave up"
                 raise ParseTimeout(url, message) from error
             except pebble.ProcessExpired as error:
-                worker.restarted(time.monotonic())
-                if attempt:
+                restarted = True
+                died += 1
+                if died > 1:
                     message = f"the parsing process died (exit status {error.exitcode})"
                     raise ParseError(url, message) from error
             except (BrokenProcessPool, RuntimeError):
-                # the worker's pool broke (pebble's "Unexpected error within the Pool")
-                if attempt or worker.pool.active:
+                # the worker's pool broke (pebble's "Unexpected error within the Pool"):
+                # each broken one is replaced; a bound, should every new one break too
+                broken += 1
+                if worker.pool.active or broken > self.workers:
                     raise
                 await self._discard(worker)
+            except asyncio.CancelledError:
+                restarted = True  # pebble stops the process of a call cancelled under way
+                raise
             finally:
+                if restarted:
+                    worker.restarted(time.monotonic())
+                else:
+                    worker.finished_a_call(time.monotonic())
                 self._give_back(worker)
-        raise AssertionError("unreachable")
 
     async def _discard(self, worker: _Worker) -> None:
         """Stops a broken worker; a call that needs one starts a fresh one."""
-        if worker in self._started:
-            self._started.remove(worker)
-            worker.pool.stop()
-            await asyncio.to_thread(_join, worker.pool)
+        with self._lock:
+            if worker not in self._started:
+                return
+            self._started = [w for w in self._started if w is not worker]
+        worker.pool.stop()
+        await asyncio.to_thread(_join, worker.pool)
 
     def shutdown(self, wait: bool = True, *, cancel_futures: bool = False) -> None:
-        started, self._started = self._started, []
+        with self._lock:
+            self._closed = True
+            started, self._started = self._started, []
         for worker in started:
             if cancel_futures:
-                worker.pool.stop()  # kills what is running, drops what is queued
+                worker.pool.stop()  # kills what is running
             else:
-                worker.pool.close()  # what is queued still runs
+                worker.pool.close()  # what is running finishes
+        # callers waiting for a worker fail (`run`); told on their loop's thread
+        if self._loop is not None and not self._loop.is_closed():
+            with contextlib.suppress(RuntimeError):  # the loop closed meanwhile
+                self._loop.call_soon_threadsafe(self._wake_all)
         if wait:
             for worker in started:
                 _join(worker.pool)
-        self._wake_all()
 
 
 def _join(pool: pebble.ProcessPool) -> None:

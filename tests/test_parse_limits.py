@@ -503,6 +503,7 @@ def pid_after(seconds: float) -> int:
 def test_quick_bodies_are_parsed_by_one_worker_and_a_backlog_starts_another() -> None:
     async def main() -> tuple[set[int], set[int]]:
         with ParsePool(2, timeout=30) as pool:
+            pool.GROW_AFTER = 1.0  # room for a loaded machine; the rule is what is tested
             # bodies queued while the first worker starts are no reason for a second
             quick = await asyncio.gather(
                 *(pool.run(pid_after, 0.001, url=f"https://q{n}.example/") for n in range(30))
@@ -532,6 +533,45 @@ def test_a_caller_cancelled_while_waiting_for_a_worker_leaves_none_taken() -> No
 
     first, after = asyncio.run(main())
     assert first == after
+
+
+def test_workers_killed_while_idle_are_replaced() -> None:
+    async def main() -> tuple[int, int]:
+        with ParsePool(2, timeout=30) as pool:
+            pool.GROW_AFTER = 0.05
+            pids = set(
+                await asyncio.gather(
+                    *(pool.run(pid_after, 0.3, url=f"https://{n}.example/") for n in range(8))
+                )
+            )
+            for pid in pids:  # the OOM killer, say
+                os.kill(pid, signal.SIGKILL)
+            await asyncio.sleep(0.5)
+            after = await asyncio.wait_for(pool.run(pid_after, 0, url="https://b.example/"), 20)
+            return len(pids), after
+
+    killed, after = asyncio.run(main())
+    assert killed == 2
+    assert after > 0
+
+
+def test_a_body_waiting_for_a_worker_when_the_pool_stops_fails_with_a_parse_error() -> None:
+    async def main() -> list[Any]:
+        pool = ParsePool(1, timeout=30)
+        busy = asyncio.ensure_future(pool.run(pid_after, 0.5, url="https://busy.example/"))
+        await asyncio.sleep(0.05)
+        waiting = asyncio.ensure_future(pool.run(pid_after, 0, url="https://wait.example/"))
+        await asyncio.sleep(0.05)
+        await asyncio.to_thread(pool.shutdown, False)  # as Poller.close calls it
+        return list(
+            await asyncio.wait_for(asyncio.gather(busy, waiting, return_exceptions=True), 20)
+        )
+
+    busy, waiting = asyncio.run(main())
+    assert isinstance(busy, int)  # what was running finished
+    assert isinstance(waiting, ParseError)
+    assert waiting.url == "https://wait.example/"
+    assert waiting.message == "the parse workers were stopped"
 
 
 # --- end to end ---------------------------------------------------------------------
