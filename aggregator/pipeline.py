@@ -649,8 +649,10 @@ class ParsePool(Executor):
     thread. Bodies still waiting for a worker then fail (ParseError)."""
 
     #: seconds a body waits for a free worker, past the last start-up, before another is
-    #: started
-    GROW_AFTER = 0.25
+    #: started. The backlog a mutated bench round builds while its first worker starts
+    #: peaked at 18 bodies and took over a second to drain on a busy machine; with 0.25 s
+    #: a second worker was started for it in one of two runs
+    GROW_AFTER = 1.0
     #: seconds after which a worker that has not finished a body counts as started anyway
     STARTUP_SECONDS = 1.0
 
