@@ -570,11 +570,15 @@ async def poll_and_publish(
         )
         pruned = await poller.db.run(Store.prune, utcnow() - settings.retention)
         only = None
+        site = True  # the index and the OPML: unless nothing at all changed
         if not pruned:  # a prune can change any topic
             only = set().union(
                 *(topics_of_feed(config, r.url) for r in results if r.changed_outputs)
             )
-        _, changed = await poller.db.run(index_and_publish, config, only, trust=True, keep=False)
+            site = bool(only) or any(r.feed_changed for r in results)
+        _, changed = await poller.db.run(
+            index_and_publish, config, only, trust=True, keep=False, site=site
+        )
         if settings.websub_hub and changed:
             await _ping_hub(poller, settings, changed)
     finally:

@@ -233,11 +233,14 @@ def render_outputs(
 
 
 def iter_outputs(
-    config: Config, store: Store, only: Collection[str] | None = None
+    config: Config, store: Store, only: Collection[str] | None = None, site_files: bool = True
 ) -> Iterator[tuple[str, bytes]]:
     """render_outputs as it goes, a page's formats at a time: written as they come, the
-    files of a topic's pages are never all in memory at once."""
+    files of a topic's pages are never all in memory at once. Without `site_files`, the
+    index and feeds.opml are left out."""
     base_url = config.settings.base_url
+    if not site_files and only is not None and not only:
+        return  # nothing to render: not even every feed's state is read
     states = store.feed_states()
     names = display_names(config, states)
     hubs = _hubs(config)
@@ -246,6 +249,8 @@ def iter_outputs(
             continue
         pages = topic_pages(config, store, topic, names, pages=1 + ARCHIVE_FILES)
         yield from render_pages(topic, pages, base_url, hubs)
+    if not site_files:
+        return
     yield "index.html", render.render_index(config.topics, base_url)
     sources = []
     for source in config.feeds:
@@ -273,12 +278,13 @@ def index_and_publish(
     only: Collection[str] | None = None,
     trust: bool = False,
     keep: bool = True,
+    site: bool = True,
 ) -> tuple[dict[str, bytes], list[str]]:
     """After a round or a burst of polls: the new items join the search index in one
     batch, then `publish`."""
     store.index_for_search()
     return_free_memory(0)  # the round's and the index's leftovers, before the render's peak
-    return publish(store, config, only, trust, keep)
+    return publish(store, config, only, trust, keep, site)
 
 
 def publish(
@@ -287,6 +293,7 @@ def publish(
     only: Collection[str] | None = None,
     trust: bool = False,
     keep: bool = True,
+    site: bool = True,
 ) -> tuple[dict[str, bytes], list[str]]:
     """Render outputs (every topic, or those in `only`) and write the ones whose bytes
     changed; returns the rendered files other than archive pages (none without `keep`),
@@ -295,10 +302,12 @@ def publish(
     With `trust`, `only` is what changed in the store since the last publish (a round's
     changed topics), and the other topics' files are taken to be current, unless the
     config they were rendered with (config_fingerprint, kept in the store) changed since
-    or a file is missing: then every topic is rendered. (The index and OPML always are:
-    they cost little.) A `poll --once` in which nothing changed renders no topic."""
+    or a file is missing: then every topic is rendered. The index and the OPML are
+    rendered too (they cost little) unless `site` is False: the caller knows that
+    neither the config nor any feed's name or site changed. So a `poll --once` in which
+    nothing changed renders nothing, and reads no feed's state."""
     if trust and only is not None and not _outputs_current(store, config):
-        only = None
+        only, site = None, True
     rendered: list[str] = []
     kept: dict[str, bytes] = {}
 
@@ -309,7 +318,8 @@ def publish(
                 kept[name] = data
             yield name, data
 
-    written = write_outputs(config.settings.output_dir, noted(iter_outputs(config, store, only)))
+    outputs = iter_outputs(config, store, only, site)
+    written = write_outputs(config.settings.output_dir, noted(outputs))
     slugs = {t.slug for t in config.topics if only is None or t.slug in only}
     remove_stale_pages(config.settings.output_dir, slugs, set(rendered))
     if only is None:

@@ -52,10 +52,11 @@ def test_a_round_renders_only_the_topics_it_changed(
     real = publish.iter_outputs
 
     def counting(
-        config: Config, store: Store, only: Collection[str] | None = None
+        config: Config, store: Store, only: Collection[str] | None = None, site: bool = True
     ) -> Iterator[tuple[str, bytes]]:
-        rendered.append(None if only is None else set(only))
-        return real(config, store, only)
+        outputs = list(real(config, store, only, site))
+        rendered.append((None if only is None else set(only), [n for n, _ in outputs][-2:]))
+        return iter(outputs)
 
     monkeypatch.setattr(publish, "iter_outputs", counting)
     with FeedServer() as server:
@@ -66,9 +67,11 @@ def test_a_round_renders_only_the_topics_it_changed(
         pipeline.run_loop(pipeline.poll_and_publish(config))  # nothing changed
         server.set("/europe.rss", rss("Europe", [make_story("e2"), make_story("e1")]))
         pipeline.run_loop(pipeline.poll_and_publish(config))
-    # the first round renders everything (no outputs yet), the second no topic, the third
-    # the one topic whose feed brought a story
-    assert rendered == [None, set(), {"europe"}]
+    # the first round renders everything (no outputs yet), the second nothing, not even
+    # the index and the OPML, the third the one topic whose feed brought a story, and
+    # those two
+    site = ["index.html", "feeds.opml"]
+    assert rendered == [(None, site), (set(), []), ({"europe"}, site)]
     assert make_story("e2").title in (tmp_path / "public" / "europe.atom").read_text()
 
 
@@ -94,3 +97,22 @@ def test_what_a_round_did_not_change_is_still_brought_up_to_date(tmp_path: Path)
         server.set("/asia.rss", rss("Asiatica", [make_story("a1")]))
         poll(config)
         assert "Asiatica" in (public / "asia.html").read_text()
+
+
+def test_a_feed_in_no_topic_that_renames_itself_is_renamed_in_the_opml(
+    tmp_path: Path,
+) -> None:
+    with FeedServer() as server:
+        server.set("/asia.rss", rss("Asia", [make_story("a1")]))
+        server.set("/europe.rss", rss("Europe", [make_story("e1")]))
+        server.set("/loose.rss", rss("Loose Ends", [make_story("l1")]))
+        config = write(tmp_path, server)
+        with config.open("a") as file:  # tagged for no topic
+            file.write(f"  - url: {server.url('/loose.rss')}\n")
+        poll(config)
+        opml = tmp_path / "public" / "feeds.opml"
+        assert "Loose Ends" in opml.read_text()
+
+        server.set("/loose.rss", rss("Tied Ends", [make_story("l1")]))
+        poll(config)
+        assert "Tied Ends" in opml.read_text()
