@@ -35,8 +35,8 @@ checks this list against the database):
       FTS5 over items; new items are added in batches (index_for_search)
   fetches(id, feed_url, fetched_at, duration, status, outcome, error_kind, error, new,
           updated)
-      each feed's last HISTORY_LENGTH fetches, for `status --feed`: written (and trimmed)
-      by `save` in the poll's transaction
+      each feed's last HISTORY_LENGTH fetches, for `status --feed`: written by `save` in
+      the poll's transaction, trimmed by a trigger (fetches_trim)
   websub(id, feed_url, hub, topic, secret, state, lease_expires, requested_at, error)
       the daemon's WebSub subscriptions, one per feed (model.Subscription): `id` names the
       callback, `secret` signs what the hub pushes (never shown)
@@ -353,6 +353,23 @@ def _item_keys_by_rowid(db: Database) -> None:
         db.execute(statement)
 
 
+@migrations(name="012_fetches_trimmed_by_trigger")
+def _fetches_trimmed_by_trigger(db: Database) -> None:
+    # A feed's history is trimmed to HISTORY_LENGTH inside SQLite as each row goes in,
+    # not by a DELETE of its own: one statement fewer on every poll's path, and the
+    # sqlite3 module gives up and takes back the GIL around each one, from an event
+    # loop that is busy. (The length is written into the trigger: changing
+    # HISTORY_LENGTH takes a migration that makes it again.)
+    db.execute(
+        f"""CREATE TRIGGER fetches_trim AFTER INSERT ON fetches BEGIN
+            DELETE FROM fetches WHERE feed_url = new.feed_url AND id <= (
+                SELECT id FROM fetches WHERE feed_url = new.feed_url
+                ORDER BY id DESC LIMIT 1 OFFSET {int(HISTORY_LENGTH)}
+            );
+        END"""
+    )
+
+
 @dataclass(frozen=True)
 class FetchRecord:
     """One fetch of a feed as its history keeps it: `Store.save` writes it with the poll,
@@ -556,9 +573,9 @@ class Store:
         return SaveOutcome(new=new, updated=updated, merged=merged)
 
     def _record_fetch(self, feed_url: str, fetch: FetchRecord, new: int, updated: int) -> None:
-        """The fetch's row in the feed's history, and the row that falls out of it: on
-        every poll's path, so one INSERT and one DELETE walking at most HISTORY_LENGTH + 1
-        index entries."""
+        """The fetch's row in the feed's history; the row that falls out of it goes in the
+        same statement (the fetches_trim trigger, walking at most HISTORY_LENGTH + 1
+        index entries): on every poll's path."""
         self.db.execute(
             "INSERT INTO fetches (feed_url, fetched_at, duration, status, outcome, error_kind,"
             " error, new, updated) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
@@ -573,11 +590,6 @@ class Store:
                 new,
                 updated,
             ],
-        )
-        self.db.execute(
-            "DELETE FROM fetches WHERE feed_url = ? AND id <= (SELECT id FROM fetches"
-            " WHERE feed_url = ? ORDER BY id DESC LIMIT 1 OFFSET ?)",
-            [feed_url, feed_url, HISTORY_LENGTH],
         )
 
     def fetch_history(self, feed_url: str, limit: int = HISTORY_LENGTH) -> list[FetchRecord]:
