@@ -555,6 +555,19 @@ class Store:
         poll's round (pipeline.Poller), which dedupe.merge asks. `left_out` are keys of new
         entries not to store, now or later (max_items_per_round)."""
         new = updated = merged = 0
+        if not items and not left_out and self.db.conn.in_transaction:
+            # A poll that brought no entries (a 304, an error) in a group commit: two
+            # writes, and no savepoint around them (two statements fewer, each a GIL
+            # hand-over with a busy event loop). The history's row goes first: if the
+            # feed's row then fails, the poll is as if not stored (it is fetched again)
+            # and the history keeps a fetch that did happen.
+            try:
+                if fetch is not None:
+                    self._record_fetch(update.state.url, fetch, 0, 0)
+                self._write_state(update)
+            except sqlite3.Error as e:
+                raise StoreError(f"cannot write the database: {e}") from e
+            return SaveOutcome(new=0, updated=0, merged=0)
         with _immediate(self.db):
             self._write_state(update)
             if left_out:
@@ -1254,14 +1267,15 @@ class StoreThread:
     spent more wall time on those (1.3 s) than on its SQL (30 ms).
 
     Group commit: the per-poll calls (`_BATCHED_WRITES`, `_BATCHED_READS`) that follow one
-    another share one transaction, each write in a savepoint of its own (`_immediate`),
-    so a round writes a changed index page once per batch rather than once per feed. The
-    batch commits when the thread has had nothing to do for `BATCH_LINGER` seconds, after
-    `BATCH_SECONDS` or `BATCH_CALLS` writes, and before any other call (a render, a
-    prune) runs. A crash loses no poll: a feed's new state and its items are in the same
-    transaction, so a poll that was not committed left the feed's stored state as it
-    was, and the feed is fetched again. A failed COMMIT fails the next call, so the round
-    stops with the error.
+    another share one transaction, each write with entries in a savepoint of its own
+    (`_immediate`; one without, a 304 say, writes its history row and then the feed's
+    row, see `Store.save`), so a round writes a changed index page once per batch rather
+    than once per feed. The batch commits when the thread has had nothing to do for
+    `BATCH_LINGER` seconds, after `BATCH_SECONDS` or `BATCH_CALLS` writes, and before any
+    other call (a render, a prune) runs. A crash loses no poll: a feed's new state and
+    its items are in the same transaction, so a poll that was not committed left the
+    feed's stored state as it was, and the feed is fetched again. A failed COMMIT fails
+    the next call, so the round stops with the error.
     """
 
     BATCH_LINGER = 0.05

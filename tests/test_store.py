@@ -649,3 +649,31 @@ def test_a_topic_of_more_feeds_than_sqlite_takes_parameters_still_reads_and_sear
     ]
     found = store.search_items('"seen from Seoul"', limit=5, display_names={}, feed_urls=feeds)
     assert [item.title for item, _ in found] == ["Launch seen from Seoul"]
+
+
+def test_a_poll_without_entries_whose_feed_row_fails_in_a_group_commit_is_not_stored(
+    store: Store,
+) -> None:
+    """Inside a group commit a poll that brought no entries is written without a
+    savepoint, its history row first: if the feed's row then fails, the caller gets
+    StoreError, the feed's state stays as it was (so it is fetched again) and the
+    history keeps the fetch, which did happen."""
+    from aggregator.store import FetchRecord
+
+    url = "https://a.test/feed"
+    store.save(FeedUpdate(FeedState(url=url, fetch_url=url, etag='"1"')), now=NOW, round_id="r")
+    store.db.execute(
+        "CREATE TRIGGER refuse BEFORE UPDATE ON feeds BEGIN SELECT RAISE(ABORT, 'full'); END"
+    )
+    fetch = FetchRecord(fetched_at=NOW, duration=0.1, status=304, outcome="not_modified")
+    store.db.execute("BEGIN IMMEDIATE")  # as StoreThread's batch does
+    with pytest.raises(StoreError, match="cannot write the database: full"):
+        store.save(
+            FeedUpdate(FeedState(url=url, fetch_url=url, etag='"2"')),
+            now=NOW,
+            round_id="r",
+            fetch=fetch,
+        )
+    store.db.execute("COMMIT")
+    assert store.feed_state(url).etag == '"1"'
+    assert [h.status for h in store.fetch_history(url)] == [304]
