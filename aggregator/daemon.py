@@ -790,7 +790,8 @@ class Daemon:
         try:
             result = await poller.poll(source)
         except StoreError as e:
-            # Nothing of this poll was stored: it is retried soon, and fetches again.
+            # Nothing of this poll was stored (or, for one without entries, only the feed's
+            # new state, without its line of history): it is retried soon, and fetches again.
             self.health.database_problem = lock_problem(e)
             retry = utcnow() + min(source.interval, STORE_RETRY)
             log.error("%s: %s; retrying at %s", source.name or source.url, e, to_iso(retry))

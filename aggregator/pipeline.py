@@ -61,7 +61,7 @@ from aggregator.model import (
     PollResult,
     Settings,
 )
-from aggregator.publish import index_and_publish, topics_of_feed
+from aggregator.publish import SITE_OWED, index_and_publish, topics_of_feed
 from aggregator.store import FetchRecord, Store, StoreThread
 from aggregator.text import single_line
 from aggregator.timeutil import to_iso, utcnow
@@ -565,6 +565,11 @@ async def poll_and_publish(
     settings = config.settings
     poller = await Poller.open(settings)
     try:
+        # owed until this round's publish is done: a round killed, or whose publish
+        # failed, after it stored a feed's new name leaves the next round to render the
+        # index and the OPML even if nothing changes in it
+        site_owed = await poller.db.run(Store.get_meta, SITE_OWED) == "1"
+        await poller.db.run(Store.set_meta, SITE_OWED, "1")
         results = await poller.poll_round(
             config.feeds, force=force, on_result=on_result, keep_states=False
         )
@@ -575,10 +580,11 @@ async def poll_and_publish(
             only = set().union(
                 *(topics_of_feed(config, r.url) for r in results if r.changed_outputs)
             )
-            site = bool(only) or any(r.feed_changed for r in results)
+            site = site_owed or bool(only) or any(r.feed_changed for r in results)
         _, changed = await poller.db.run(
             index_and_publish, config, only, trust=True, keep=False, site=site
         )
+        await poller.db.run(Store.set_meta, SITE_OWED, "0")
         if settings.websub_hub and changed:
             await _ping_hub(poller, settings, changed)
     finally:

@@ -329,6 +329,9 @@ def publish(
 
 #: meta row: the config_fingerprint every topic was last rendered with
 PUBLISHED_CONFIG = "published_config"
+#: meta row: "1" from the start of a `poll --once` round until its publish has written
+#: the index and the OPML; a round that finds it set renders them (poll_and_publish)
+SITE_OWED = "site_owed"
 
 
 def config_fingerprint(config: Config) -> str:

@@ -558,13 +558,13 @@ class Store:
         if not items and not left_out and self.db.conn.in_transaction:
             # A poll that brought no entries (a 304, an error) in a group commit: two
             # writes, and no savepoint around them (two statements fewer, each a GIL
-            # hand-over with a busy event loop). The history's row goes first: if the
-            # feed's row then fails, the poll is as if not stored (it is fetched again)
-            # and the history keeps a fetch that did happen.
+            # hand-over with a busy event loop). The feed's row goes first: if it fails,
+            # for whatever reason, nothing of the poll is written; if the history's row
+            # then fails, the feed's new state stands without its line of history.
             try:
+                self._write_state(update)
                 if fetch is not None:
                     self._record_fetch(update.state.url, fetch, 0, 0)
-                self._write_state(update)
             except sqlite3.Error as e:
                 raise StoreError(f"cannot write the database: {e}") from e
             return SaveOutcome(new=0, updated=0, merged=0)
@@ -1268,7 +1268,7 @@ class StoreThread:
 
     Group commit: the per-poll calls (`_BATCHED_WRITES`, `_BATCHED_READS`) that follow one
     another share one transaction, each write with entries in a savepoint of its own
-    (`_immediate`; one without, a 304 say, writes its history row and then the feed's
+    (`_immediate`; one without, a 304 say, writes the feed's row and then its history
     row, see `Store.save`), so a round writes a changed index page once per batch rather
     than once per feed. The batch commits when the thread has had nothing to do for
     `BATCH_LINGER` seconds, after `BATCH_SECONDS` or `BATCH_CALLS` writes, and before any

@@ -11,6 +11,7 @@ import pytest
 
 from aggregator import pipeline, publish
 from aggregator.config import load_config
+from aggregator.errors import PublishError
 from aggregator.model import Config
 from aggregator.store import Store
 from tests.commands import aggregator
@@ -115,4 +116,35 @@ def test_a_feed_in_no_topic_that_renames_itself_is_renamed_in_the_opml(
 
         server.set("/loose.rss", rss("Tied Ends", [make_story("l1")]))
         poll(config)
+        assert "Tied Ends" in opml.read_text()
+
+
+def test_a_rename_whose_render_failed_reaches_the_opml_in_the_next_quiet_round(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    with FeedServer() as server:
+        server.set("/asia.rss", rss("Asia", [make_story("a1")]))
+        server.set("/europe.rss", rss("Europe", [make_story("e1")]))
+        server.set("/loose.rss", rss("Loose Ends", [make_story("l1")]))
+        config_path = write(tmp_path, server)
+        with config_path.open("a") as file:  # tagged for no topic
+            file.write(f"  - url: {server.url('/loose.rss')}\n")
+        config = load_config(config_path)
+        pipeline.run_loop(pipeline.poll_and_publish(config))
+
+        # the feed renames itself in a round whose render fails (a full disk, say)
+        server.set("/loose.rss", rss("Tied Ends", [make_story("l1")]))
+
+        def failing(*args: object, **kwargs: object) -> None:
+            raise PublishError("cannot write outputs: disk full")
+
+        with monkeypatch.context() as patched:
+            patched.setattr(pipeline, "index_and_publish", failing)
+            with pytest.raises(PublishError):
+                pipeline.run_loop(pipeline.poll_and_publish(config, force=True))
+        opml = tmp_path / "public" / "feeds.opml"
+        assert "Tied Ends" not in opml.read_text()
+
+        # the next round changes nothing, and still brings the OPML up to date
+        pipeline.run_loop(pipeline.poll_and_publish(config, force=True))
         assert "Tied Ends" in opml.read_text()
