@@ -100,16 +100,22 @@ def test_what_a_round_did_not_change_is_still_brought_up_to_date(tmp_path: Path)
         assert "Asiatica" in (public / "asia.html").read_text()
 
 
+def write_with_a_loose_feed(tmp_path: Path, server: FeedServer) -> Path:
+    """`write`'s config and feeds, and "Loose Ends", a feed tagged for no topic."""
+    server.set("/asia.rss", rss("Asia", [make_story("a1")]))
+    server.set("/europe.rss", rss("Europe", [make_story("e1")]))
+    server.set("/loose.rss", rss("Loose Ends", [make_story("l1")]))
+    config = write(tmp_path, server)
+    with config.open("a") as file:
+        file.write(f"  - url: {server.url('/loose.rss')}\n")
+    return config
+
+
 def test_a_feed_in_no_topic_that_renames_itself_is_renamed_in_the_opml(
     tmp_path: Path,
 ) -> None:
     with FeedServer() as server:
-        server.set("/asia.rss", rss("Asia", [make_story("a1")]))
-        server.set("/europe.rss", rss("Europe", [make_story("e1")]))
-        server.set("/loose.rss", rss("Loose Ends", [make_story("l1")]))
-        config = write(tmp_path, server)
-        with config.open("a") as file:  # tagged for no topic
-            file.write(f"  - url: {server.url('/loose.rss')}\n")
+        config = write_with_a_loose_feed(tmp_path, server)
         poll(config)
         opml = tmp_path / "public" / "feeds.opml"
         assert "Loose Ends" in opml.read_text()
@@ -123,13 +129,7 @@ def test_a_rename_whose_render_failed_reaches_the_opml_in_the_next_quiet_round(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     with FeedServer() as server:
-        server.set("/asia.rss", rss("Asia", [make_story("a1")]))
-        server.set("/europe.rss", rss("Europe", [make_story("e1")]))
-        server.set("/loose.rss", rss("Loose Ends", [make_story("l1")]))
-        config_path = write(tmp_path, server)
-        with config_path.open("a") as file:  # tagged for no topic
-            file.write(f"  - url: {server.url('/loose.rss')}\n")
-        config = load_config(config_path)
+        config = load_config(write_with_a_loose_feed(tmp_path, server))
         pipeline.run_loop(pipeline.poll_and_publish(config))
 
         # the feed renames itself in a round whose render fails (a full disk, say)
