@@ -30,6 +30,7 @@ MAX_ERROR_CHARS = 500
 MAX_BACKOFF = timedelta(hours=24)
 #: a feed's own hint (RSS ttl, Cache-Control max-age) may lengthen its interval up to this
 MAX_HINT = timedelta(hours=24)
+_MAX_HINT_SECONDS = int(MAX_HINT.total_seconds())
 #: due times after a success are spread by up to this fraction of the interval, so feeds
 #: added together do not stay in lockstep
 JITTER = 0.1
@@ -203,7 +204,7 @@ def _interval_and_reason(
     if pushed and low is not None and interval < PUSHED_INTERVAL:
         interval, reason = PUSHED_INTERVAL, "pushed by its WebSub hub: polled as a fallback"
     if hint_seconds:
-        hinted = min(timedelta(seconds=hint_seconds), MAX_HINT)
+        hinted = timedelta(seconds=min(hint_seconds, _MAX_HINT_SECONDS))
         if hinted > interval:
             return hinted, "the feed asks for it (ttl or Cache-Control)"
     return interval, reason
@@ -238,9 +239,12 @@ def hold(old: FeedState, until: datetime) -> FeedUpdate:
 
 
 def poll_hint(headers: Mapping[str, str], ttl_minutes: int | None) -> int | None:
-    """Seconds the feed itself asks us to wait between polls, if it says."""
+    """Seconds the feed itself asks us to wait between polls, if it says: at most
+    MAX_HINT, which is all that is ever honoured. A server's number is unbounded
+    (`max-age=99999999999999999999`), and neither timedelta nor SQLite takes one that
+    large: kept as it came, it failed the poll (and with it a `poll --once` round)."""
     hints = [h for h in (cache_max_age(headers), ttl_minutes and ttl_minutes * 60) if h]
-    return max(hints) if hints else None
+    return min(max(hints), _MAX_HINT_SECONDS) if hints else None
 
 
 def decide(

@@ -213,3 +213,29 @@ def gzip_of_spaces(size: int) -> bytes:
     parts = [compressor.compress(b"<rss>")]
     parts += [compressor.compress(chunk) for _ in range(size // len(chunk))]
     return b"".join(parts) + compressor.flush()
+
+
+def test_a_poll_interval_hint_too_large_for_any_clock_fails_no_feed(tmp_path: Path) -> None:
+    """A server's Cache-Control max-age and a feed's <ttl> are numbers of any size; one
+    past what a timedelta or SQLite holds used to fail its poll and end the round."""
+    item = "<item><title>One</title><link>https://a.example/1</link></item>"
+    huge_ttl = (
+        '<?xml version="1.0"?><rss version="2.0"><channel><title>Ttl</title>'
+        f"<link>https://t.example/</link><ttl>{'9' * 30}</ttl>{item}</channel></rss>"
+    ).encode()
+    with FeedServer() as server:
+        server.set("/max-age.rss", GOOD, headers={"Cache-Control": f"max-age={'9' * 30}"})
+        server.set("/ttl.rss", huge_ttl)
+        config = tmp_path / "feeds.yaml"
+        config.write_text(
+            "settings:\n  per_host_spacing: 0\n  database: agg.db\n  output_dir: public\n"
+            '  listen: ""\ntopics:\n  all:\n    title: All\n'
+            f"feeds:\n  - url: {server.url('/max-age.rss')}\n  - url: {server.url('/ttl.rss')}\n"
+        )
+        result = aggregator(config, "poll", "--once")
+        assert result.returncode == 0, result.stderr
+        assert "polled 2 of 2 feeds: 0 failed" in result.stdout + result.stderr
+        status = json.loads(aggregator(config, "status", "--json").stdout)
+    feeds = status["feeds"] if isinstance(status, dict) else status
+    # each feed is due again within the day the hints are honoured up to
+    assert all(feed["state"] == "ok" for feed in feeds), feeds
