@@ -851,7 +851,15 @@ def _json_authors(container: Mapping[str, Any]) -> str | None:
 
 
 def _json_string(value: object) -> str | None:
-    return value.strip() or None if isinstance(value, str) else None
+    if not isinstance(value, str):
+        return None
+    try:
+        value.encode()
+    except UnicodeEncodeError:
+        # a lone surrogate ("\ud800" is valid JSON): nothing can store or show it, and a
+        # feed title holding one failed every poll of the feed
+        value = value.encode(errors="ignore").decode()
+    return value.strip() or None
 
 
 def _rfc3339(value: object) -> datetime | None:

@@ -399,6 +399,13 @@ def test_a_json_feed_with_a_bare_version_number_is_read():
     assert [e.entry_id for e in feed.entries] == ["1"]
 
 
+def test_a_json_feed_title_with_a_lone_surrogate_loses_it():
+    # valid JSON, but no database or page can take it: it failed every poll of the feed
+    body = b'{"version": "1.1", "title": "Bad \\ud800 title", "items": []}'
+    feed = parse_feed(body, {"content-type": "application/feed+json"}, "https://j.test/feed.json")
+    assert feed.title == "Bad  title"
+
+
 # --- the feed's own link, authors as plain text ---------------------------------------------
 
 
