@@ -629,12 +629,9 @@ class _Worker:
         #: when its start-up ends: when it finishes its first call, at the latest
         #: STARTUP_SECONDS after it started (its first body may be a slow one)
         self.ready_at = now + ParsePool.STARTUP_SECONDS
-        self.warm = False
 
     def finished_a_call(self, now: float) -> None:
-        if not self.warm:
-            self.warm = True
-            self.ready_at = min(self.ready_at, now)
+        self.ready_at = min(self.ready_at, now)  # later calls leave it as the first set it
 
 
 class ParsePool(Executor):
