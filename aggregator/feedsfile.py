@@ -56,6 +56,18 @@ class Removed:
 # --- scalars -----------------------------------------------------------------------
 
 
+# Outside YAML's printable set (its reader refuses them: U+FFFE, C1 controls, surrogates), or
+# read as a line break or a byte-order mark, so a title from an OPML file or a feed could
+# otherwise make a feeds.yaml that does not load.
+_YAML_UNREADABLE = re.compile(
+    "[^\t\n\r\x20-\x7e\xa0-\u2027\u202a-\ud7ff\ue000-\ufefe\uff00-\ufffd\U00010000-\U0010ffff]"
+)
+
+
+def _escaped(match: re.Match[str]) -> str:
+    return f"\\u{ord(match.group()):04x}"
+
+
 def yaml_scalar(value: str) -> str:
     """`value` as a YAML scalar that reads back as exactly this string: plain when that is
     unambiguous (`https://example.org/feed`, `Daily NK`), else double-quoted."""
@@ -66,8 +78,8 @@ def yaml_scalar(value: str) -> str:
             loaded = None
         if loaded == {"k": value}:
             return value
-    # a JSON string is a YAML double-quoted scalar
-    return json.dumps(value, ensure_ascii=False)
+    # a JSON string is a YAML double-quoted scalar, once what YAML will not read raw is escaped
+    return _YAML_UNREADABLE.sub(_escaped, json.dumps(value, ensure_ascii=False))
 
 
 def entry_lines(feed: NewFeed, dash_column: int = 2, key_column: int = 4) -> list[str]:
