@@ -287,8 +287,9 @@ def _load_yaml(text: str, file: str) -> Any:
         raise ConfigError(file, line, "yaml", what) from error
 
 
-_DIRECTIVE = re.compile(r"^%", re.MULTILINE)
-_YAML_DIRECTIVE = re.compile(r"^%YAML\b", re.MULTILINE)
+# a byte-order mark may come first (YAML allows one before each document)
+_DIRECTIVE = re.compile(r"^\ufeff?%", re.MULTILINE)
+_YAML_DIRECTIVE = re.compile(r"^\ufeff?%YAML\b", re.MULTILINE)
 
 
 def _compose_fast(text: str) -> Node | None:

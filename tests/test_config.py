@@ -616,6 +616,10 @@ def test_errors_are_the_same_with_and_without_the_fast_path(
 def test_a_yaml_version_directive_is_refused_with_its_line() -> None:
     message = error_of("# feeds\n%YAML 1.1\n---\n" + FEED)
     assert message.startswith("feeds.yaml:2: yaml: a %YAML directive is not supported")
+    # after a byte-order mark too (an editor on Windows writes one): it was read as 1.2 here
+    # and as 1.1 (max_items 8) without libyaml
+    message = error_of("\ufeff%YAML 1.1\n---\n" + FEED + "settings:\n  max_items: 010\n")
+    assert message.startswith("feeds.yaml:1: yaml: a %YAML directive is not supported")
 
 
 # --- auth: passwords kept outside feeds.yaml -------------------------------------
