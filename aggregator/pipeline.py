@@ -409,6 +409,7 @@ class Poller:
             warning=parsed.warning if parsed is not None else None,
             unchanged=parsed is None,
             state=kept,
+            feed_changed=_shown(kept) != _shown(state),
         )
 
     async def fetcher(self) -> Fetcher:

@@ -291,3 +291,32 @@ def test_a_rounds_failed_polls_keep_their_messages_but_not_their_tracebacks(
             error = error.__cause__ or error.__context__
         assert len(chain) >= 2  # the transport's error is still there, as the cause
         assert [e.__traceback__ for e in chain] == [None] * len(chain)
+
+
+def test_a_poll_or_a_push_that_only_renames_the_feed_changes_its_outputs(tmp_path: Path) -> None:
+    """The outputs show a feed's name: a body whose only change is its title must get the
+    feed's topics rendered again, whether it was polled or pushed (WebSub)."""
+    story = make_story("s1")
+    with FeedServer() as server:
+        server.set("/a.rss", rss("Old name", [story]))
+        source = FeedSource(url=server.url("/a.rss"))
+        settings = Settings(database=tmp_path / "agg.db", **SETTINGS)  # type: ignore[arg-type]
+        seen: dict[str, PollResult] = {}
+
+        async def poll() -> None:
+            async with await Poller.open(settings, parsers=ThreadPoolExecutor(1)) as poller:
+                seen["first"] = await poller.poll(source)
+                server.set("/a.rss", rss("Polled name", [story]))
+                seen["polled"] = await poller.poll(source)
+                body = rss("Pushed name", [story])
+                seen["pushed"] = await poller.ingest_pushed(source, body, "application/rss+xml")
+                seen["same"] = await poller.ingest_pushed(source, body, "application/rss+xml")
+
+        asyncio.run(poll())
+    assert seen["first"].new == 1
+    for name, title in (("polled", "Polled name"), ("pushed", "Pushed name")):
+        result = seen[name]
+        assert not result.changed_items and result.state is not None
+        assert result.state.title == title
+        assert result.feed_changed and result.changed_outputs, name
+    assert not seen["same"].changed_outputs
