@@ -435,6 +435,9 @@ class Publisher:
         self.outputs = OutputCache()
         #: slugs of topics a poll changed since the last render
         self.dirty: set[str] = set()
+        #: a render was asked for and has not yet been done: a poll that renamed a feed
+        #: in no topic asks for one (the index and the OPML) with no topic dirty
+        self.owed = False
         #: archive pages rendered on request since the last render, oldest first
         self.pages: OrderedDict[str, Output] = OrderedDict()
         #: renders so far: a page rendered across one is not kept
@@ -444,6 +447,7 @@ class Publisher:
 
     def request(self, slugs: set[str], render: Callable[[], Awaitable[None]]) -> None:
         self.dirty |= slugs
+        self.owed = True
         if self.scheduler.get_job("render") is None:
             self.scheduler.add_job(
                 render,
@@ -456,6 +460,7 @@ class Publisher:
     async def render(self, db: StoreThread, config: Config, everything: bool = False) -> None:
         only = None if everything else set(self.dirty)
         self.dirty.clear()
+        self.owed = False
         try:
             # on the store's thread: reading the items and rendering them never hold up
             # the loop that serves the outputs
@@ -463,6 +468,7 @@ class Publisher:
         except (StoreError, PublishError) as e:
             log.error("publishing failed: %s", e)
             self.dirty |= only if only is not None else {t.slug for t in config.topics}
+            self.owed = True
             return
         # (archive pages are not among them: they are served as rendered on request)
         self.outputs.update(outputs)
@@ -640,7 +646,7 @@ class Daemon:
         self.scheduler.shutdown(wait=False)
         if self.subscriber is not None:
             await self.subscriber.close(timeout=SERVER_STOP_SECONDS)
-        if self.publisher.dirty and self.config is not None and self.poller is not None:
+        if self.publisher.owed and self.config is not None and self.poller is not None:
             # bounded: a database another process holds must not hold up the exit
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._render(), timeout=FINAL_RENDER_SECONDS)

@@ -218,3 +218,34 @@ def test_metrics_series_only_for_configured_feeds_and_gone_with_a_rename() -> No
     assert set(feed_series(body)["aggregator_feed_last_success_timestamp_seconds"]) == {
         ("Renamed",)
     }
+
+
+def test_a_rename_polled_just_before_the_stop_reaches_the_opml(tmp_path: Path) -> None:
+    """A poll that renames a feed in no topic asks for the index and the OPML, with no
+    topic to render. When the stop comes before that render, the stop does it."""
+    config_path = tmp_path / "feeds.yaml"
+    opml = tmp_path / "public" / "feeds.opml"
+    port = free_port()
+    with FeedServer() as server:
+        server.set("/a.rss", rss("Old name", [make_story("a")]))
+        feed = server.url("/a.rss")
+        # the topic takes the other feed only
+        server.set("/b.rss", rss("B", [make_story("b")]))
+        topics = "  news:\n    title: News\n    feeds: [news]\n"
+        write_config(config_path, port, [feed], interval="1s", topics=topics)
+        with config_path.open("a") as config:
+            config.write(f"  - url: {server.url('/b.rss')}\n    tags: [news]\n")
+        daemon = Daemon(config_path)
+
+        async def drive() -> None:
+            await wait_for(lambda: opml.exists() and "Old name" in opml.read_text())
+            await wait_for(lambda: not daemon.publisher.dirty and not daemon.in_flight)
+            server.set("/a.rss", rss("New name", [make_story("a")]))
+            polls = len(server.requests_to("/a.rss"))
+            await wait_for(lambda: len(server.requests_to("/a.rss")) > polls)
+            # stopped now, before the render it asks for (RENDER_DELAY); the stop waits
+            # for the poll in flight, then renders what is owed
+
+        assert run_driven(daemon, drive) == 0
+
+    assert 'text="New name"' in opml.read_text(encoding="utf-8")
