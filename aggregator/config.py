@@ -263,7 +263,7 @@ def _load_yaml(text: str, file: str) -> Any:
     # Composed once, then checked and constructed from the same node tree. Our own
     # duplicate check comes first: it names both lines, ruamel names only the second.
     try:
-        node = _compose_fast(text)
+        node = compose_fast(text)
         if node is not None:
             constructor, _ = yaml.get_constructor_parser("")
         else:
@@ -292,7 +292,7 @@ _DIRECTIVE = re.compile(r"^\ufeff?%", re.MULTILINE)
 _YAML_DIRECTIVE = re.compile(r"^\ufeff?%YAML\b", re.MULTILINE)
 
 
-def _compose_fast(text: str) -> Node | None:
+def compose_fast(text: str) -> Node | None:
     """The node tree from libyaml (ruamel.yaml.clib), ten times faster than ruamel's
     Python composer on a long feed list; None when the C extension is missing, the
     document is empty, or libyaml rejects the text, so ruamel's own composer decides and

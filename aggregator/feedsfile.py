@@ -1,13 +1,14 @@
 """feeds.yaml edited as text: feed entries appended to or removed from `feeds:`, every
 other byte of the file kept as it was. No I/O.
 
-Decision: a text edit guided by the positions ruamel.yaml's composer gives each node, not
-a round trip through ruamel's loader and dumper. A round trip keeps comments, but not the
-file byte for byte: it re-indents sequences, re-wraps long lines, drops redundant quotes
-and moves comments that sit between keys. Here the new entry's lines go right after the
-last line of the last entry (indented as that entry is, separated by a blank line when the
-entries are), and a removed entry's lines are cut out; nothing else changes. The caller
-validates the result with the config loader before writing it.
+Decision: a text edit guided by the positions the config loader's composer (libyaml, else
+ruamel.yaml's own) gives each node, not a round trip through ruamel's loader and dumper. A
+round trip keeps comments, but not the file byte for byte: it re-indents sequences,
+re-wraps long lines, drops redundant quotes and moves comments that sit between keys.
+Here the new entry's lines go right after the last line of the last entry (indented as
+that entry is, separated by a blank line when the entries are), and a removed entry's
+lines are cut out; nothing else changes. The caller validates the result with the config
+loader before writing it.
 
 Comments and removal: the comments on an entry's own lines (at the end of a line, or
 between its keys) go with it. Comment lines above an entry stay: a note about this feed
@@ -26,9 +27,13 @@ from ruamel.yaml import YAML
 from ruamel.yaml.error import YAMLError
 from ruamel.yaml.nodes import MappingNode, Node, ScalarNode, SequenceNode
 
+from aggregator.config import compose_fast
+
 #: what a YAML reader of a plain scalar could take for something else than a string
 _PLAIN_SAFE = re.compile(r"[\w./][^\s#,\[\]{}'\"]*(?: [^\s#,\[\]{}'\"]+)*")
 _NULL_TAG = "tag:yaml.org,2002:null"
+#: a `...` line: the end of the YAML document
+_DOCUMENT_END = re.compile(r"\.\.\.(?:\s|$)")
 
 
 class EditError(Exception):
@@ -99,6 +104,9 @@ def entry_lines(feed: NewFeed, dash_column: int = 2, key_column: int = 4) -> lis
 
 @dataclass(frozen=True)
 class _Layout:
+    #: a byte-order mark the file starts with ("" when none): kept, but not in `lines`, as
+    #: the composer's columns on the first line do not count it
+    bom: str
     lines: list[str]
     #: the line ending the file uses
     newline: str
@@ -109,10 +117,17 @@ class _Layout:
 
 
 def _layout(text: str) -> _Layout:
+    bom = "\ufeff" if text.startswith("\ufeff") else ""
+    text = text[len(bom) :]
     lines = text.splitlines(keepends=True)
     newline = "\r\n" if "\r\n" in text else "\n"
     try:
-        root = YAML(typ="rt").compose(text)
+        # composed as the config loader composes it (libyaml, else ruamel's own composer):
+        # ruamel's own refuses what libyaml and so `check` accept, such as a tab before a
+        # comment
+        root = compose_fast(text)
+        if root is None:
+            root = YAML(typ="rt").compose(text)
     except YAMLError as error:
         raise EditError(f"cannot be read as YAML: {error}") from error
     key = value = None
@@ -122,7 +137,7 @@ def _layout(text: str) -> _Layout:
         for key_node, value_node in root.value:
             if isinstance(key_node, ScalarNode) and key_node.value == "feeds":
                 key, value = key_node, value_node
-    return _Layout(lines, newline, root, key, value)
+    return _Layout(bom, lines, newline, root, key, value)
 
 
 def _is_empty_null(node: Node) -> bool:
@@ -205,10 +220,18 @@ def append_feeds(text: str, feeds: Sequence[NewFeed]) -> str:
     value = layout.value
 
     if layout.key is None or value is None:
-        # no `feeds:` yet: a new list at the end of the file
-        new = ["feeds:"] + [line for feed in feeds for line in entry_lines(feed)]
-        _ensure_newline(lines, len(lines) - 1, newline)
-        return "".join(lines) + "".join(line + newline for line in new)
+        # no `feeds:` yet: a new list at the end of the document (before a `...` that ends
+        # it), indented as the other top-level keys
+        end, column = len(lines), 0
+        if layout.root is not None:
+            column = layout.root.start_mark.column
+            after_root = range(_last_line(layout.root, lines) + 1, len(lines))
+            end = next((i for i in after_root if _DOCUMENT_END.match(lines[i])), end)
+        new = [" " * column + "feeds:"]
+        new += [line for feed in feeds for line in entry_lines(feed, column + 2, column + 4)]
+        _ensure_newline(lines, end - 1, newline)
+        lines[end:end] = [line + newline for line in new]
+        return layout.bom + "".join(lines)
 
     if isinstance(value, SequenceNode) and not value.flow_style and value.value:
         items = value.value
@@ -232,7 +255,7 @@ def append_feeds(text: str, feeds: Sequence[NewFeed]) -> str:
             new += entry_lines(feed, dash_column, key_column)
         _ensure_newline(lines, after, newline)
         lines[after + 1 : after + 1] = [line + newline for line in new]
-        return "".join(lines)
+        return layout.bom + "".join(lines)
 
     empty_flow = isinstance(value, SequenceNode) and value.flow_style and not value.value
     if (
@@ -252,7 +275,7 @@ def append_feeds(text: str, feeds: Sequence[NewFeed]) -> str:
         new = [line for feed in feeds for line in entry_lines(feed, dash_column, dash_column + 2)]
         _ensure_newline(lines, key_line, newline)
         lines[key_line + 1 : key_line + 1] = [line + newline for line in new]
-        return "".join(lines)
+        return layout.bom + "".join(lines)
 
     if isinstance(value, SequenceNode) and value.flow_style:
         raise EditError(
@@ -279,4 +302,4 @@ def remove_feed(text: str, index: int) -> Removed:
         kept.append(above + 1)
         above -= 1
     del lines[first : last + 1]
-    return Removed("".join(lines), tuple(sorted(kept)))
+    return Removed(layout.bom + "".join(lines), tuple(sorted(kept)))

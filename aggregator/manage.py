@@ -66,13 +66,20 @@ def read_text(path: Path) -> str | None:
     """feeds.yaml's text; None when there is no such file. ConfigError when it cannot
     be read."""
     try:
-        return path.read_text(encoding="utf-8")
+        return _read(path)
     except FileNotFoundError:
         return None
     except UnicodeDecodeError as error:
         raise ConfigError(str(path), None, "", f"not UTF-8 text: {error.reason}") from error
     except OSError as error:
         raise ConfigError(str(path), None, "", f"cannot read: {error.strerror}") from error
+
+
+def _read(path: Path) -> str:
+    """A file's text with its line endings as they are: read_text() would turn CRLF into
+    LF, and the edit written back would change every line of the file."""
+    with path.open(encoding="utf-8", newline="") as file:
+        return file.read()
 
 
 def current_config(text: str | None, path: Path, *, feeds_optional: bool) -> Config | None:
@@ -98,7 +105,7 @@ def write_text(path: Path, before: str | None, after: str) -> None:
         raise NotChanged(f"{path} not changed: the result would be invalid: {error}") from error
     target = Path(os.path.realpath(path))
     try:
-        now = target.read_text(encoding="utf-8") if target.exists() else None
+        now = _read(target) if target.exists() else None
     except (OSError, UnicodeError) as error:
         raise NotChanged(f"{path} not changed: cannot read it again: {error}") from error
     if now != before:
@@ -458,8 +465,9 @@ def import_opml(
             new[key] = feedsfile.NewFeed(earlier.url, earlier.name, merged)
             report.skipped += 1
             return False
-        # a name is for a person to read: an export's runaway title is cut
-        name: str | None = single_line(outline.label)[:MAX_NAME_CHARS] or None
+        # a name is for a person to read: an export's runaway title is cut (and the cut
+        # stripped, as the config loader strips every name: else two could differ here only)
+        name: str | None = single_line(outline.label)[:MAX_NAME_CHARS].rstrip() or None
         if name is not None and (name == outline.url or redact_url(outline.url) == name):
             name = None  # an export names an untitled feed by its URL
         if name is not None and name in names:

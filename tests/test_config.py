@@ -582,9 +582,9 @@ def test_the_libyaml_fast_path_reads_a_config_exactly_as_ruamels_own_composer(
 
     text = path.read_text() if path else TRICKY
     where = path or Path("feeds.yaml")
-    assert config_module._compose_fast(text) is not None  # the C extension is installed
+    assert config_module.compose_fast(text) is not None  # the C extension is installed
     fast = parse_config(text, where)
-    monkeypatch.setattr(config_module, "_compose_fast", lambda text: None)
+    monkeypatch.setattr(config_module, "compose_fast", lambda text: None)
     assert parse_config(text, where) == fast
 
 
@@ -608,7 +608,7 @@ def test_errors_are_the_same_with_and_without_the_fast_path(
     import aggregator.config as config_module
 
     fast = error_of(snippet)
-    monkeypatch.setattr(config_module, "_compose_fast", lambda text: None)
+    monkeypatch.setattr(config_module, "compose_fast", lambda text: None)
     assert error_of(snippet) == fast
     assert re.match(r"feeds\.yaml:\d+: ", fast)
 

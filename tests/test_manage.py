@@ -7,7 +7,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from hypothesis import given
+from hypothesis import given, settings
 from hypothesis import strategies as st
 from ruamel.yaml import YAML
 
@@ -395,6 +395,72 @@ def test_remove_what_is_not_there_or_must_stay(
     assert code == 2 and "none.yaml: cannot read" in err
 
 
+def test_edits_keep_the_files_crlf_line_endings(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    """A feeds.yaml saved on Windows: every line keeps its CRLF, the new ones get one."""
+    text = (
+        "# saved on Windows\r\n"
+        "feeds:\r\n"
+        "  - url: https://a.example/f\r\n"
+        "  - url: https://b.example/f  # b\r\n"
+        "    name: B\r\n"
+        "settings:\r\n"
+        "  listen: ''\r\n"
+    )
+    path = tmp_path / "feeds.yaml"
+    path.write_bytes(text.encode())
+    code, _, err = run(capsys, "-c", str(path), "remove", "B")
+    assert code == 0, err
+    removed = text.replace("  - url: https://b.example/f  # b\r\n    name: B\r\n", "")
+    assert path.read_bytes() == removed.encode()
+
+    (tmp_path / "x.opml").write_text(
+        '<opml version="2.0"><body><outline text="N" xmlUrl="https://n.example/f"/></body></opml>'
+    )
+    code, _, err = run(capsys, "-c", str(path), "import", "x.opml")
+    assert code == 0, err
+    added = removed.replace(
+        "/a.example/f\r\n", "/a.example/f\r\n  - url: https://n.example/f\r\n    name: N\r\n"
+    )
+    assert path.read_bytes() == added.encode()
+
+
+def test_edits_take_a_file_with_tabs_before_its_comments(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    """Comments lined up with tabs: `check` accepts the file, so `remove` and `import` edit
+    it too."""
+    text = (
+        "settings:\n"
+        "  listen: ''\t\t# no server\n"
+        "feeds:\t# all of them\n"
+        "  - url: https://a.example/f\t# a\n"
+        "  - url: https://b.example/f\n"
+        "    name: B\t\t# b\n"
+    )
+    path = config_file(tmp_path, text)
+    code, _, err = run(capsys, "-c", str(path), "check")
+    assert code == 0, err
+    code, _, err = run(capsys, "-c", str(path), "remove", "B")
+    assert code == 0, err
+    removed = without(text, ["  - url: https://b.example/f", "    name: B\t\t# b"])
+    assert path.read_text() == removed
+    (tmp_path / "x.opml").write_text(
+        '<opml version="2.0"><body><outline text="N" xmlUrl="https://n.example/f"/></body></opml>'
+    )
+    code, _, err = run(capsys, "-c", str(path), "import", "x.opml")
+    assert code == 0, err
+    assert inserted(removed, path.read_text()) == [
+        "  - url: https://n.example/f\n",
+        "    name: N\n",
+    ]
+    assert feeds_of(path) == [
+        ("https://a.example/f", None, ()),
+        ("https://n.example/f", "N", ()),
+    ]
+
+
 # --- import ----------------------------------------------------------------------------
 
 OPML = """<?xml version="1.0" encoding="UTF-8"?>
@@ -553,6 +619,45 @@ def test_export_then_import_gives_the_same_feeds(
     assert feeds_of(imported) == feeds_of(source)
 
 
+def test_import_into_a_file_with_a_byte_order_mark_and_an_empty_list(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    """Notepad starts a UTF-8 file with a byte-order mark: `feeds: []` on its first line
+    becomes the list, the mark kept."""
+    text = "\ufefffeeds: []  # none yet\nsettings:\n  listen: ''\n"
+    path = config_file(tmp_path, text)
+    (tmp_path / "x.opml").write_text(
+        '<opml version="2.0"><body><outline text="N" xmlUrl="https://n.example/f"/></body></opml>'
+    )
+    code, out, err = run(capsys, "-c", str(path), "import", "x.opml")
+    assert code == 0, err
+    assert out.splitlines()[-1] == "added 1, skipped 0 (already present), invalid 0"
+    assert path.read_text(encoding="utf-8") == (
+        "\ufefffeeds:  # none yet\n  - url: https://n.example/f\n    name: N\n"
+        "settings:\n  listen: ''\n"
+    )
+
+
+def test_import_strips_a_name_cut_before_a_space(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    """A title cut at 200 characters just before a space is the name the config loader
+    reads (stripped), so it is known as taken for the next title, not added twice."""
+    long = "x" * 199
+    path = config_file(tmp_path)
+    (tmp_path / "x.opml").write_text(
+        f'<opml version="2.0"><body><outline text="{long} y" xmlUrl="https://n.example/f"/>'
+        f'<outline text="{long}" xmlUrl="https://m.example/f"/></body></opml>'
+    )
+    code, out, err = run(capsys, "-c", str(path), "import", "x.opml")
+    assert code == 0, err
+    assert f"note: the name '{long}' is taken; https://m.example/f added unnamed" in err
+    assert feeds_of(path)[-2:] == [
+        ("https://n.example/f", long, ()),
+        ("https://m.example/f", None, ()),
+    ]
+
+
 # --- feeds.yaml as text ------------------------------------------------------------------
 
 
@@ -595,6 +700,37 @@ def test_append_refuses_a_flow_list() -> None:
         append_feeds("feeds: [{url: https://a.example/f}]\n", [NewFeed("https://n.example/f")])
 
 
+@pytest.mark.parametrize(
+    ("before", "after"),
+    [
+        ("\ufefffeeds: []\n", "\ufefffeeds:\n  - url: https://n.example/f\n"),
+        ("\ufefffeeds: null  # x\r\n", "\ufefffeeds:  # x\r\n  - url: https://n.example/f\r\n"),
+        ("\ufeff", "\ufefffeeds:\n  - url: https://n.example/f\n"),
+        (
+            "---\nsettings: {}\n... # end\n",
+            "---\nsettings: {}\nfeeds:\n  - url: https://n.example/f\n... # end\n",
+        ),
+        (
+            "settings: {}\r\n...\r\n",
+            "settings: {}\r\nfeeds:\r\n  - url: https://n.example/f\r\n...\r\n",
+        ),
+        (
+            "  settings:\n    listen: ''\n",
+            "  settings:\n    listen: ''\n  feeds:\n    - url: https://n.example/f\n",
+        ),
+    ],
+    ids=["bom-empty-list", "bom-null", "bom-only", "document-end", "crlf", "indented-top-level"],
+)
+def test_append_where_the_composers_marks_need_care(before: str, after: str) -> None:
+    """A byte-order mark the composer's columns do not count; a new `feeds:` inside the
+    document (before its `...`) and at the top level's own indentation."""
+    result = append_feeds(before, [NewFeed("https://n.example/f")])
+    assert result == after
+    assert [feed.url for feed in parse_config(result, Path("feeds.yaml")).feeds] == [
+        "https://n.example/f"
+    ]
+
+
 def test_remove_takes_the_entry_with_its_own_comments() -> None:
     text = (
         "feeds:\n"
@@ -616,6 +752,76 @@ def test_remove_takes_the_entry_with_its_own_comments() -> None:
 def test_yaml_scalar_reads_back_as_the_same_string(value: str) -> None:
     loaded = YAML(typ="rt").load(f"key: {yaml_scalar(value)}\n")
     assert loaded["key"] == value
+
+
+_NAMES = st.one_of(
+    st.none(),
+    st.sampled_from(["A", "yes", "~", "a: b", "#1", "- x", "😀 Ünï", "שלום", "'q'", "x #y", "&a"]),
+)
+
+
+@st.composite
+def feeds_yaml_layouts(draw: st.DrawFn) -> str:
+    """A hand-written feeds.yaml: line endings, a byte-order mark, `---`/`...`, the list's
+    indentation and dash style, names and tags, comments, blank lines, key order."""
+    nl = draw(st.sampled_from(["\n", "\r\n"]))
+    dash = draw(st.sampled_from([0, 1, 2, 4]))
+    gap = draw(st.sampled_from([1, 3, None]))  # None: the dash alone on its line
+    spaced = draw(st.booleans())
+    body = ["feeds:" + draw(st.sampled_from(["", "  # the list"]))]
+    for i in range(draw(st.integers(1, 3))):
+        fields = [f"url: https://f{i}.example/x"]
+        name = draw(_NAMES)
+        if name is not None:
+            fields.append(f"name: {yaml_scalar(f'{name} {i}')}")
+        if draw(st.booleans()):
+            fields.append("tags: [t, u]")
+        if draw(st.booleans()):
+            fields[draw(st.integers(0, len(fields) - 1))] += "  # note"
+        if gap is None:
+            lines = [" " * dash + "-"] + [" " * (dash + 2) + field for field in fields]
+        else:
+            lines = [" " * dash + "-" + " " * gap + fields[0]]
+            lines += [" " * (dash + 1 + gap) + field for field in fields[1:]]
+        if draw(st.booleans()):
+            lines.insert(0, " " * dash + f"# about {i}")
+        body += [""] * (spaced and i > 0) + lines
+    if draw(st.booleans()):
+        body.append(" " * dash + "# end of the list")
+    other = ["settings:", "  listen: ''"]
+    document = other + body if draw(st.booleans()) else body + other
+    text = draw(st.sampled_from(["", "\ufeff"])) + draw(st.sampled_from(["", "---" + nl]))
+    text += nl.join(document)
+    if draw(st.booleans()):
+        text += nl + draw(st.sampled_from(["", "..." + nl]))
+    return text
+
+
+@settings(max_examples=60, deadline=None)
+@given(feeds_yaml_layouts(), _NAMES, st.lists(st.sampled_from(["a", "1", "yes"]), unique=True))
+def test_edits_of_any_layout_keep_the_file_and_the_other_feeds(
+    text: str, name: str | None, tags: list[str]
+) -> None:
+    path = Path("feeds.yaml")
+
+    def feeds(text: str) -> list[tuple[str, str | None, tuple[str, ...]]]:
+        return [(feed.url, feed.name, feed.tags) for feed in parse_config(text, path).feeds]
+
+    def content(text: str) -> list[str]:
+        return [line for line in text.splitlines() if line.strip()]
+
+    before = feeds(text)
+    new = NewFeed("https://new.example/f", name, tuple(tags))
+    added = append_feeds(text, [new])
+    assert feeds(added) == [*before, (new.url, name, new.tags)]
+    rest = iter(added.splitlines(keepends=True))
+    assert all(
+        line.rstrip("\r\n") in (x.rstrip("\r\n") for x in rest) for line in text.splitlines()
+    )
+    assert content(remove_feed(added, len(before)).text) == content(text)
+    for index in range(len(before) if len(before) > 1 else 0):
+        removed = remove_feed(text, index).text
+        assert feeds(removed) == before[:index] + before[index + 1 :]
 
 
 def test_yaml_scalar_is_plain_when_it_can_be() -> None:
