@@ -26,6 +26,7 @@ from dataclasses import dataclass
 from ruamel.yaml import YAML
 from ruamel.yaml.error import YAMLError
 from ruamel.yaml.nodes import MappingNode, Node, ScalarNode, SequenceNode
+from ruamel.yaml.resolver import VersionedResolver
 
 from aggregator.config import compose_fast
 
@@ -73,16 +74,24 @@ def _escaped(match: re.Match[str]) -> str:
     return f"\\u{ord(match.group()):04x}"
 
 
+#: how the config loader (YAML 1.2) types a plain scalar
+_RESOLVER = VersionedResolver()
+_STR_TAG = "tag:yaml.org,2002:str"
+
+
 def yaml_scalar(value: str) -> str:
     """`value` as a YAML scalar that reads back as exactly this string: plain when that is
     unambiguous (`https://example.org/feed`, `Daily NK`), else double-quoted."""
-    if _PLAIN_SAFE.fullmatch(value) and ": " not in value and not value.endswith(":"):
-        try:
-            loaded = YAML(typ="safe", pure=True).load(f"k: {value}\n")
-        except YAMLError:
-            loaded = None
-        if loaded == {"k": value}:
-            return value
+    if (
+        _PLAIN_SAFE.fullmatch(value)
+        and ": " not in value
+        and not value.endswith(":")
+        and not _YAML_UNREADABLE.search(value)
+        # not a null, bool, number or date: a YAML load per value made an import of
+        # 20,000 feeds take 17 s
+        and _RESOLVER.resolve(ScalarNode, value, (True, False)) == _STR_TAG
+    ):
+        return value
     # a JSON string is a YAML double-quoted scalar, once what YAML will not read raw is escaped
     return _YAML_UNREADABLE.sub(_escaped, json.dumps(value, ensure_ascii=False))
 

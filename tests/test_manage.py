@@ -11,7 +11,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from ruamel.yaml import YAML
 
-from aggregator import cli
+from aggregator import cli, feedsfile
 from aggregator.config import parse_config, tag_from_label
 from aggregator.discover import Candidate, feed_links, usual_urls
 from aggregator.feedsfile import EditError, NewFeed, append_feeds, remove_feed, yaml_scalar
@@ -822,6 +822,16 @@ def test_edits_of_any_layout_keep_the_file_and_the_other_feeds(
     for index in range(len(before) if len(before) > 1 else 0):
         removed = remove_feed(text, index).text
         assert feeds(removed) == before[:index] + before[index + 1 :]
+
+
+@given(st.from_regex(feedsfile._PLAIN_SAFE, fullmatch=True))
+def test_a_scalar_written_plain_reads_back_as_the_same_string(value: str) -> None:
+    # the values the plain-scalar test is asked about, with the loader's own types
+    written = yaml_scalar(value)
+    assert YAML(typ="rt").load(f"key: {written}\n")["key"] == value
+    if written == value:  # and read by the config loader as this string, not a number
+        text = f"feeds:\n  - url: https://a.example/\n    name: {written}\n"
+        assert parse_config(text, Path("feeds.yaml")).feeds[0].name == value
 
 
 def test_yaml_scalar_is_plain_when_it_can_be() -> None:
