@@ -448,7 +448,7 @@ def import_opml(
     def one(outline: opml.Outline) -> bool:
         """Whether it was invalid."""
         label = outline.label or redact_url(outline.url)
-        problem = feed_url_problem(outline.url)
+        problem = feed_url_problem(outline.url) if outline.url else "no xmlUrl (its address)"
         if problem:
             report.invalid += 1
             tell(f"invalid: {single_line(label)!r}: {problem}")

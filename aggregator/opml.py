@@ -1,13 +1,14 @@
 """OPML subscription lists (http://opml.org/spec2.opml) → the feeds they hold. No I/O.
 
 Read with lxml, safely: no entity is expanded and no DTD or network resource loaded, and a
-document with an internal DTD subset (where "billion laughs" bombs and external entities
-are declared) is refused outright: no subscription list needs one.
+document whose DOCTYPE declares entities or elements (where "billion laughs" bombs and
+external entities are declared) is refused outright: no subscription list needs one.
 
-Each `<outline>` with an `xmlUrl` is a feed; an outline without one that holds others is a
-folder, and its label (`title`, else `text`) becomes a tag of every feed inside it, as do
-the entries of a feed's own `category` attribute ("/news,/world"; what render_opml
-writes). Miniflux and FreshRSS export their categories as such folders.
+Each `<outline>` with an `xmlUrl` is a feed (one of type "rss" without it, an invalid
+feed); an outline without one that holds others is a folder, and its label (`title`, else
+`text`) becomes a tag of every feed inside it, as do the entries of a feed's own
+`category` attribute ("/news,/world"; what render_opml writes). Miniflux and FreshRSS
+export their categories as such folders.
 """
 
 from __future__ import annotations
@@ -64,8 +65,9 @@ def read_opml(data: bytes) -> list[Outline]:
         raise OPMLError(f"not XML: {error}") from error
     if root is None:
         raise OPMLError("empty document")
-    docinfo = root.getroottree().docinfo
-    if docinfo.internalDTD is not None:
+    # a bare <!DOCTYPE opml> (some exporters write one) declares nothing, and is read
+    dtd = root.getroottree().docinfo.internalDTD
+    if dtd is not None and (any(dtd.iterentities()) or any(dtd.iterelements())):
         raise OPMLError("has a DOCTYPE with declarations (entities); OPML needs none")
     if etree.QName(root).localname != "opml":
         raise OPMLError(f"the root element is <{etree.QName(root).localname}>, not <opml>")
@@ -108,6 +110,13 @@ def _collect(
             folder_tags, folder_dropped = list(tags), list(dropped)
             _add_tag(_label(element), folder_tags, folder_dropped)
             _collect(element, tuple(folder_tags), tuple(folder_dropped), into)
+        elif (element.get("type") or "").strip().lower() in _FEED_TYPES:
+            # a feed whose address the export lost: counted as invalid, not passed over
+            into.append(Outline("", _label(element), tags, dropped))
+
+
+#: the outline types that say "this is a feed" (OPML 2.0 names "rss"; some write "atom")
+_FEED_TYPES = frozenset({"rss", "atom"})
 
 
 def _add_tag(label: str, tags: list[str], dropped: list[str]) -> None:

@@ -485,6 +485,7 @@ OPML = """<?xml version="1.0" encoding="UTF-8"?>
     <outline type="rss" text="Two" xmlUrl="https://another.example/feed"/>
     <outline type="rss" text="https://plain.example/atom" xmlUrl="https://plain.example/atom"/>
     <outline text="empty folder"/>
+    <outline type="rss" text="Lost"/>
   </body>
 </opml>
 """
@@ -497,8 +498,9 @@ def test_import_adds_feeds_with_their_folders_as_tags(
     (tmp_path / "export.opml").write_text(OPML, encoding="utf-8")
     code, out, err = run(capsys, "-c", str(path), "import", "export.opml", "--tag", "imported")
     assert code == 0, err
-    assert out.splitlines()[-1] == "added 6, skipped 2 (already present), invalid 1"
+    assert out.splitlines()[-1] == "added 6, skipped 2 (already present), invalid 2"
     assert "invalid: 'Gopher': not an http(s) URL: 'gopher://old.example/feed'" in err
+    assert "invalid: 'Lost': no xmlUrl (its address)" in err
     assert "note: the name 'Two' is taken; https://another.example/feed added unnamed" in err
     assert "note: the folder or category '日本' gives no tag" in out
     assert feeds_of(path) == [
@@ -527,7 +529,7 @@ def test_import_adds_feeds_with_their_folders_as_tags(
     before = path.read_bytes()
     code, out, _ = run(capsys, "-c", str(path), "import", "export.opml")
     assert code == 0
-    assert out.splitlines()[-1] == "added 0, skipped 8 (already present), invalid 1"
+    assert out.splitlines()[-1] == "added 0, skipped 8 (already present), invalid 2"
     assert path.read_bytes() == before
 
 
@@ -583,13 +585,23 @@ def test_malformed_opml_changes_nothing(
     assert path.read_text() == COMMENTED
 
 
+@pytest.mark.parametrize(
+    "doctype", ["<!DOCTYPE opml>", '<!DOCTYPE opml SYSTEM "http://example.org/opml.dtd">']
+)
+def test_a_doctype_that_declares_nothing_is_read(doctype: str) -> None:
+    document = f"<?xml version='1.0'?>{doctype}<opml><body>"
+    document += "<outline text='A' xmlUrl='https://a.example/f'/></body></opml>"
+    [outline] = read_opml(document.encode())
+    assert (outline.url, outline.label) == ("https://a.example/f", "A")
+
+
 def test_import_into_no_feeds_yaml_creates_it(
     capsys: pytest.CaptureFixture[str], tmp_path: Path
 ) -> None:
     (tmp_path / "export.opml").write_text(OPML, encoding="utf-8")
     code, out, _ = run(capsys, "import", "export.opml")  # ./feeds.yaml, the default
     assert code == 0
-    assert out.splitlines()[-1] == "added 7, skipped 1 (already present), invalid 1"
+    assert out.splitlines()[-1] == "added 7, skipped 1 (already present), invalid 2"
     assert len(feeds_of(tmp_path / "feeds.yaml")) == 7
     code, out, _ = run(capsys, "check")
     assert code == 0 and "ok: 7 feeds" in out
