@@ -14,6 +14,7 @@ export their categories as such folders.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 from lxml import etree
 
@@ -66,7 +67,7 @@ def read_opml(data: bytes) -> list[Outline]:
     if root is None:
         raise OPMLError("empty document")
     # a bare <!DOCTYPE opml> (some exporters write one) declares nothing, and is read
-    dtd = root.getroottree().docinfo.internalDTD
+    dtd: Any = root.getroottree().docinfo.internalDTD  # lxml-stubs lack its iterators
     if dtd is not None and (any(dtd.iterentities()) or any(dtd.iterelements())):
         raise OPMLError("has a DOCTYPE with declarations (entities); OPML needs none")
     if etree.QName(root).localname != "opml":
