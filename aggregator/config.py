@@ -706,10 +706,14 @@ def _check_unique(
 
 
 def _url_key(url: str) -> str:
-    """A feed URL as compared for duplicates: scheme and host lower-cased, no trailing slash."""
+    """A feed URL as compared for duplicates: scheme and host lower-cased, no trailing slash.
+    The user name and password keep their case: two accounts' private feeds are two feeds."""
     parts = urlsplit(url)
+    userinfo, at, host = parts.netloc.rpartition("@")
     return parts._replace(
-        scheme=parts.scheme.lower(), netloc=parts.netloc.lower(), path=parts.path.rstrip("/")
+        scheme=parts.scheme.lower(),
+        netloc=userinfo + at + host.lower(),
+        path=parts.path.rstrip("/"),
     ).geturl()
 
 

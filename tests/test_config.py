@@ -503,8 +503,13 @@ def test_distinct_urls_are_not_duplicates():
     text = (
         "feeds:\n  - url: https://a.example/feed\n  - url: https://a.example/feed?page=2\n"
         "  - url: http://a.example/Feed\n"
+        # two accounts: user names and passwords are case-sensitive
+        "  - url: https://Reader:Secret@private.example/feed\n"
+        "  - url: https://reader:secret@private.example/feed\n"
     )
-    assert len(parse_config(text, Path("feeds.yaml")).feeds) == 3
+    assert len(parse_config(text, Path("feeds.yaml")).feeds) == 5
+    same_host = "feeds:\n  - url: https://u:p@A.example/f\n  - url: https://u:p@a.example/f/\n"
+    assert "the same URL as" in error_of(same_host)
 
 
 # --- load_config -----------------------------------------------------------------
