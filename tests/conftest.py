@@ -3,12 +3,21 @@
 from __future__ import annotations
 
 import logging
+import os
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from hypothesis import settings
 
 from tests.feedserver import FeedServer, HostileServer
+
+# Property tests draw the same examples on every run, so a rare input met by chance fails
+# no CI run of a change that did not touch it. HYPOTHESIS_PROFILE=deep draws 3,000 random
+# examples a test, to look for such inputs on purpose.
+settings.register_profile("repeatable", derandomize=True)
+settings.register_profile("deep", max_examples=3000, deadline=None)
+settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "repeatable"))
 
 
 @pytest.fixture
