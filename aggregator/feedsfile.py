@@ -311,4 +311,6 @@ def remove_feed(text: str, index: int) -> Removed:
         kept.append(above + 1)
         above -= 1
     del lines[first : last + 1]
+    if 0 < first < len(lines) and not lines[first - 1].strip() and not lines[first].strip():
+        del lines[first]  # entries apart by a blank line: one blank line stays between
     return Removed(layout.bom + "".join(lines), tuple(sorted(kept)))

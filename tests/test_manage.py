@@ -760,6 +760,17 @@ def test_remove_takes_the_entry_with_its_own_comments() -> None:
     assert removed.kept_comment_lines == (3,)
 
 
+def test_remove_from_a_list_apart_by_blank_lines_keeps_one_blank_line_between() -> None:
+    text = "feeds:\n  - url: https://a.example/f\n\n  - url: https://b.example/f\n\n"
+    text += "  - url: https://c.example/f\n\n# end\n"
+    assert remove_feed(text, 1).text == (
+        "feeds:\n  - url: https://a.example/f\n\n  - url: https://c.example/f\n\n# end\n"
+    )
+    assert remove_feed(text, 2).text == (
+        "feeds:\n  - url: https://a.example/f\n\n  - url: https://b.example/f\n\n# end\n"
+    )
+
+
 @given(st.text(min_size=1, max_size=30))
 def test_yaml_scalar_reads_back_as_the_same_string(value: str) -> None:
     loaded = YAML(typ="rt").load(f"key: {yaml_scalar(value)}\n")
