@@ -144,7 +144,13 @@ def _sanitize(html_text: str, base_url: str) -> str:
 def _cleaner(base_url: str) -> nh3.Cleaner:
     """nh3 as `_sanitize` uses it, URLs made absolute against `base_url`. Made once per
     base: setting nh3 up cost as much as cleaning a typical entry (nh3.clean does it on
-    every call), and a feed's entries share their base."""
+    every call), and a feed's entries share their base.
+
+    The base is the feed's URL (or an xml:base) and may carry the feed's credentials: a
+    "#section" or "" reference resolved against it would publish them. So the base
+    itself is taken as published (`urls.publishable_url`: no userinfo, no secret-looking
+    parameters; not http(s): nothing relative resolves)."""
+    base_url = publishable_url(base_url) or ""
 
     def resolve(tag: str, attribute: str, value: str) -> str | None:
         if attribute in ("width", "height"):

@@ -29,6 +29,7 @@ import feedparser
 import feedparser.mixin
 import feedparser.urls
 
+from aggregator.clean import html_to_text
 from aggregator.errors import ParseError
 from aggregator.model import ParsedEntry, ParsedFeed
 from aggregator.urls import http_url, publishable_url
@@ -76,7 +77,6 @@ _HTML_START = re.compile(rb"<(!doctype\s+html|html[\s>]|head[\s>]|body[\s>])", r
 _FEED_ROOT = re.compile(rb"<(\w+:)?(rss|feed|RDF|channel)[\s>]")
 #: the spec's version URL; a bare "1.0"/"1.1" (seen in the wild, read by other readers) too
 _JSON_FEED_VERSION = re.compile(r"^(https?://jsonfeed\.org/version/)?1(\.\d+)?/?$")
-_TAG = re.compile(r"<[^>]*>")
 _HAS_ENTITY = re.compile(r"&(#\d+|#x[0-9a-fA-F]+|[A-Za-z]\w*);")
 _SPACE = re.compile(r"\s+")
 _BLANK_LINE = re.compile(r"\n\s*\n")
@@ -653,11 +653,13 @@ def text_to_html(text: str) -> str:
 
 
 def _plain_title(element: Any) -> str:
-    """A title as plain text whatever markup the feed put in it."""
+    """A title as plain text whatever markup the feed put in it: an HTML or XHTML title
+    reads as a browser shows it (a script's or style's text is none of it, an inline tag
+    is no word break: `AT<b>&amp;</b>T` is "AT&T")."""
     detail = dict.get(element, "title_detail")
     value = str(detail.get("value") or "") if detail else str(dict.get(element, "title") or "")
     if detail and detail.get("type") in ("text/html", "application/xhtml+xml"):
-        return _clean_text(html.unescape(_TAG.sub(" ", value))) or ""
+        return html_to_text(value)
     # RSS titles are often escaped twice ("AT&amp;T"); a text title with entities left
     # in it is one of those.
     if _HAS_ENTITY.search(value):

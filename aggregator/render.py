@@ -150,10 +150,24 @@ def _line(text: str | None) -> str:
 
 def published_url(url: str | None, base: str | None = None) -> str | None:
     """`url` as it may be published, resolved against `base` when relative: http(s) only,
-    without userinfo or secret-looking parameters (`urls.publishable_url`); None means
-    leave it out. Every URL that comes from a feed, and every configured feed URL, passes
-    here (our own links, made from `base_url` and slugs, do not need to)."""
-    return publishable_url(clean_text(url), clean_text(base) or None)
+    without userinfo or secret-looking parameters (`urls.publishable_url`), and a valid
+    IRI (`_as_iri`); None means leave it out. Every URL that comes from a feed, and every
+    configured feed URL, passes here (our own links, made from `base_url` and slugs, do
+    not need to)."""
+    url = publishable_url(clean_text(url), clean_text(base) or None)
+    return _as_iri(url) if url else None
+
+
+#: what no IRI may hold (RFC 3987 section 2.2 and 4.1) and browsers percent-encode: space
+#: and the other characters outside the URI and IRI grammars, controls, and bidirectional
+#: formatting characters (U+202E in a link would show "gpj.exe" as "exe.jpg")
+_NOT_IRI_CHAR = re.compile(r'[\x00-\x20"<>\\^`{|}\x7f-\x9f\u200e\u200f\u202a-\u202e\u2066-\u2069]')
+
+
+def _as_iri(url: str) -> str:
+    """`url` with every character no IRI may hold percent-encoded (UTF-8), as a browser
+    sends it: the Atom href (an IRI), RSS link (a URL) and JSON Feed url stay valid."""
+    return _NOT_IRI_CHAR.sub(lambda m: "".join(f"%{b:02X}" for b in m[0].encode()), url)
 
 
 def format_rfc3339(moment: datetime) -> str:
@@ -731,12 +745,17 @@ def _add_html_item(parent: etree._Element, item: PublishedItem, now: datetime) -
     if image:
         width, height = THUMB_SIZE
         _sub(article, "img", attrib=_image_attributes(image, "thumb", width, height))
-    heading = _sub(article, "h3")
+    # Feed text may be right-to-left: each piece of it takes its own direction from its
+    # first strong character (dir="auto", which also isolates it), so an Arabic title ends
+    # with its "?" on the left and a Hebrew outlet's name does not pull the time or the
+    # separators around it into its order.
+    heading = _sub(article, "h3", attrib={"dir": "auto"})
     heading.append(_anchor(_title(item), _link(item), rel="noopener"))
     meta = _sub(article, "p", attrib={"class": "meta"})
     if item.sources:
         first = item.sources[0]
         outlet = _anchor(_source_title(first), _source_url(first))
+        outlet.set("dir", "auto")
         icon = published_url(first.icon_url) if first.icon_url else None
         if icon:
             mark = etree.Element("img", _image_attributes(icon, "icon", ICON_SIZE, ICON_SIZE))
@@ -749,17 +768,19 @@ def _add_html_item(parent: etree._Element, item: PublishedItem, now: datetime) -
     when.set("title", format_human(item.published))
     author = _author(item)
     if author:
-        when.tail = f" · by {author}"
+        when.tail = " · by "
+        _sub(meta, "bdi", author)
     # An override or isolate left open would reorder the rest of the page.
     excerpt = without_bidi_embeddings(clean_text(item.excerpt))
     if excerpt:
-        _sub(article, "p", excerpt, {"class": "excerpt"})
+        _sub(article, "p", excerpt, {"class": "excerpt", "dir": "auto"})
     if len(item.sources) > 1:
         also = _sub(article, "p", "also in: ", {"class": "also"})
         further = item.sources[1:]
         for index, source in enumerate(further):
             separator = ", " if index < len(further) - 1 else ""
             anchor = _anchor(_source_title(source), _source_url(source))
+            anchor.set("dir", "auto")
             _append_inline(also, anchor, separator)
 
 

@@ -487,7 +487,7 @@ def test_an_escaped_author_reads_as_a_name_on_every_published_page():
     )
     topic = Topic(slug="all", title="All")
     page = render_html(topic, [item], "https://n.test/")
-    assert b"by Bob &amp; Alice</p>" in page
+    assert b"by <bdi>Bob &amp; Alice</bdi></p>" in page
     assert b"&amp;lt;" not in page and b"&lt;b" not in page and b"onclick" not in page
     meta = str(lxml.html.document_fromstring(page).xpath("string(//p[@class='meta'])"))
     assert meta.endswith("by Bob & Alice")

@@ -4,7 +4,8 @@ Two feeds served from 127.0.0.1: one fetched with a password in its URL (userinf
 test server answers whatever the credentials) whose channel and items link to
 `javascript:`, `vbscript:` and `data:` URLs, some padded so that a browser would trim them
 into live ones; the other fetched with an `?api_key=` and echoing that key in its own
-links, with no title of its own (so it is named by its URL). Every URL in every
+links and with links in its text relative to the feed's own URL ("#notes", ""), with
+no title of its own (so it is named by its URL). Every URL in every
 published file must be http(s), and neither the password nor the key may appear in any
 of them; the items themselves stay, with their ids and text.
 """
@@ -79,7 +80,8 @@ KEYED_RSS = """<?xml version="1.0" encoding="utf-8"?>
 <description>A feed behind an API key, with no title</description>
 <item><guid isPermaLink="false">k1</guid><title>Keyed story</title>
   <link>{base}/story?id=9&amp;api_key={token}</link>
-  <description>A story from the keyed feed about a summit.</description>
+  <description>A story from the keyed feed about a summit. &lt;a href="#notes"&gt;Notes&lt;/a&gt;
+  and &lt;a href=""&gt;the feed itself&lt;/a&gt;.</description>
   <pubDate>Mon, 02 Mar 2026 03:00:00 GMT</pubDate></item>
 </channel></rss>
 """
@@ -218,6 +220,10 @@ def test_items_without_a_usable_link_keep_their_id_and_text(
     # relative links resolve against the feed, without its credentials
     assert by_title["Invoice gpj.exe"]["url"] == f"{base}/articles/ok?id=6"
     assert by_title["Keyed story"]["url"] == f"{base}/story?id=9"
+    # links in the text relative to the feed's URL resolve to it without its key
+    keyed_html = by_title["Keyed story"]["content_html"]
+    assert f'<a href="{base}/keyed.xml#notes">Notes</a>' in keyed_html
+    assert f'<a href="{base}/keyed.xml">the feed itself</a>' in keyed_html
     # the feed without a title is named by its URL, minus the key
     assert by_title["Keyed story"]["_aggregator"]["sources"][0]["title"] == f"{base}/keyed.xml"
 
