@@ -188,7 +188,7 @@ def parse_retry_after(value: str, now: datetime) -> datetime | None:
             return None
     try:
         when = parsedate_to_datetime(value)
-    except (TypeError, ValueError, IndexError):
+    except (TypeError, ValueError, IndexError, OverflowError):  # Overflow: a huge zone offset
         return None
     if when is None:
         return None

@@ -462,18 +462,38 @@ class LimitedHttpToolsProtocol(HttpToolsProtocol):
     def _feed(self, data: bytes | memoryview) -> None:
         # HttpToolsProtocol.data_received, with our refusals in place of its 400
         self._unset_keepalive_if_required()
-        try:
-            self.parser.feed_data(data)
-        except httptools.HttpParserUpgrade:
-            # no WebSockets here: answered as a plain request, as uvicorn does (its warning,
-            # two lines a request, is left out)
-            self.shared.warnings.warn("an Upgrade request, answered as a plain request")
-        except httptools.HttpParserError as e:
-            cause = e.__context__
-            if isinstance(cause, _Refused):
-                self._refuse(cause.status, cause.reason)
-            else:
-                self._refuse(400, "invalid HTTP request")
+        while True:
+            try:
+                self.parser.feed_data(data)
+            except httptools.HttpParserUpgrade as e:
+                # no WebSockets here: answered as a plain request, as uvicorn does (its
+                # warning, two lines a request, is left out). The parser stops at the end
+                # of the upgrade request's head (its offset in `data`) and reads on as HTTP
+                # only from the next feed: what follows here, pipelined requests, is fed on
+                # (uvicorn dropped it, leaving them unanswered). A body it leaves unread,
+                # to be taken for requests of its own: refused instead
+                if self._declares_body():
+                    self._refuse(400, "an Upgrade request with a body")
+                    return
+                self.shared.warnings.warn("an Upgrade request, answered as a plain request")
+                offset = e.args[0]
+                data = data[offset:]
+                if offset > 0 and data and not self.transport.is_closing():
+                    continue
+            except httptools.HttpParserError as e:
+                cause = e.__context__
+                if isinstance(cause, _Refused):
+                    self._refuse(cause.status, cause.reason)
+                else:
+                    self._refuse(400, "invalid HTTP request")
+            return
+
+    def _declares_body(self) -> bool:
+        """Whether the request whose head was parsed last says a body follows."""
+        return any(
+            name == b"transfer-encoding" or (name == b"content-length" and value.strip() != b"0")
+            for name, value in self.headers
+        )
 
     def _refuse(self, status: int, reason: str) -> None:
         """Answer `status` and close; only close if an answer is already on its way."""
@@ -533,6 +553,18 @@ class LimitedHttpToolsProtocol(HttpToolsProtocol):
         self._wait_for_request()
 
     def on_response_complete(self) -> None:
+        latest = self.cycle
+        if (
+            self.expect_100_continue
+            and not self.in_head
+            and latest is not None
+            and latest.response_complete
+            and not self.transport.is_closing()
+        ):
+            # the last request read was answered before its body came, which its client
+            # holds back until a 100 Continue: it may never send it, and its next request
+            # would be read as that body (and go unanswered until the request timeout)
+            self.transport.close()
         super().on_response_complete()
         if self.transport.is_closing():
             self._linger()  # Connection: close with the answer not all sent

@@ -633,7 +633,11 @@ def is_not_modified(
 ) -> bool:
     """Whether a conditional request may be answered 304 (`modified_at`: POSIX seconds).
 
-    RFC 9110 §13.2.2: If-None-Match, when sent, decides alone; else If-Modified-Since.
+    RFC 9110 §13.2.2: If-None-Match, when sent, decides alone; else If-Modified-Since,
+    unless it is not a date (a zone offset too large for Python, OverflowError, included)
+    or a date later than now: we never sent it as Last-Modified, so the client's clock
+    or cache is wrong, and a 304 would keep its copy until the file changes after that
+    date (RFC 2616 §14.25 called such a date invalid; Apache ignores it too).
     """
     if if_none_match is not None:
         tags = {tag.strip().removeprefix("W/") for tag in if_none_match.split(",")}
@@ -641,11 +645,12 @@ def is_not_modified(
     if if_modified_since:
         try:
             since = parsedate_to_datetime(if_modified_since)
-        except (TypeError, ValueError, IndexError):
+        except (TypeError, ValueError, IndexError, OverflowError):
             return False
         if since.tzinfo is None:  # HTTP-dates are GMT
             since = since.replace(tzinfo=UTC)
-        return int(modified_at) <= since.timestamp()
+        moment = since.timestamp()
+        return int(modified_at) <= moment <= time.time()
     return False
 
 
