@@ -10,18 +10,16 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import socket
-import threading
 import time
 from collections.abc import Iterator, MutableMapping
 from email.utils import formatdate
 from typing import Any
 
 import pytest
-import uvicorn
 
-from aggregator import pipeline
-from aggregator.httpserver import Limits, make_config
+from aggregator.httpserver import Limits
 from aggregator.publish import OutputCache, make_app
+from tests.test_server_limits import serving
 
 # --- conditional requests -----------------------------------------------------------------
 
@@ -107,23 +105,8 @@ def echo_server() -> Iterator[int]:
         await send({"type": "http.response.start", "status": 200, "headers": headers})
         await send({"type": "http.response.body", "body": body})
 
-    listener = socket.socket()
-    listener.bind(("127.0.0.1", 0))
-    server = uvicorn.Server(make_config(app, Limits()))
-    thread = threading.Thread(
-        target=pipeline.run_loop, args=(server.serve(sockets=[listener]),), daemon=True
-    )
-    thread.start()
-    deadline = time.monotonic() + 10
-    while not server.started:
-        assert time.monotonic() < deadline, "the server did not start"
-        time.sleep(0.01)
-    try:
-        yield listener.getsockname()[1]
-    finally:
-        server.should_exit = True
-        thread.join(10)
-        listener.close()
+    with serving(app, Limits()) as port:
+        yield port
 
 
 def read_all(sock: socket.socket, timeout: float = 5) -> bytes:

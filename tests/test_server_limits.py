@@ -10,6 +10,7 @@ and the daemon's memory must stay flat.
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import http.client
 import os
@@ -465,9 +466,17 @@ def big_answers() -> Iterator[int]:
         await send({"type": "http.response.start", "status": 200, "headers": headers})
         await send({"type": "http.response.body", "body": b"x" * BIG})
 
+    with serving(app, Limits(send_timeout=1.0)) as port:
+        yield port
+
+
+@contextlib.contextmanager
+def serving(app: Any, limits: Limits) -> Iterator[int]:
+    """Our server (uvicorn with our protocol and `limits`) running `app` on a thread of
+    this process; its port."""
     listener = socket.socket()
     listener.bind(("127.0.0.1", 0))
-    server = uvicorn.Server(make_config(app, Limits(send_timeout=1.0)))
+    server = uvicorn.Server(make_config(app, limits))
     thread = threading.Thread(
         target=pipeline.run_loop, args=(server.serve(sockets=[listener]),), daemon=True
     )
