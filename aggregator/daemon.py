@@ -442,6 +442,8 @@ class Publisher:
         self.pages: OrderedDict[str, Output] = OrderedDict()
         #: renders so far: a page rendered across one is not kept
         self.renders = 0
+        #: when the last render ended (at first, the start): an archive page is not older
+        self.rendered_at = time.time()
         #: pings settings.websub_hub after a render that changed feeds
         self.pinger: Pinger | None = None
 
@@ -474,6 +476,7 @@ class Publisher:
         self.outputs.update(outputs)
         self.pages.clear()  # they may have changed with the first pages
         self.renders += 1
+        self.rendered_at = time.time()
         self.outputs.retain(publish.output_names(config))
         if changed:
             log.info("published %s", ", ".join(changed))
@@ -490,7 +493,7 @@ class Publisher:
         found = self.pages.get(page.name)
         if found is None:
             renders = self.renders
-            found = await db.run(publish.render_archive_page, config, page)
+            found = await db.run(publish.render_archive_page, config, page, self.rendered_at)
             if found is None or renders != self.renders:
                 return found
             self.pages[page.name] = found

@@ -165,9 +165,12 @@ def _page_links(
     return links, older
 
 
-def render_archive_page(store: Store, config: Config, page: paging.ArchivePage) -> Output | None:
+def render_archive_page(
+    store: Store, config: Config, page: paging.ArchivePage, changed_at: float = 0.0
+) -> Output | None:
     """An archive page as served: rendered from the store now (no file needed); None when
-    no topic has that slug."""
+    no topic has that slug. `changed_at`: when the store last changed in a way the page
+    may show (the caller's last render)."""
     topic = next((t for t in config.topics if t.slug == page.slug), None)
     if topic is None:
         return None
@@ -179,9 +182,12 @@ def render_archive_page(store: Store, config: Config, page: paging.ArchivePage) 
     links, _ = _page_links(topic, stem, found)
     formats = {f.extension: f for f in render.TOPIC_FORMATS}
     body = formats[page.extension].render(topic, found.items, config.settings.base_url, links)
-    # stable while the page's items are: the latest change among them
-    modified = max((item.updated.timestamp() for item in found.items), default=0.0)
-    return Output.of(page.name, body, modified)
+    # The latest change among its items, or the store's last change if later: a page
+    # also changes when an item joins it late, leaves it (pruned) or a feed is renamed,
+    # none of which moves an item's `updated`, and a client sending only
+    # If-Modified-Since must not be told its copy of such a page is current.
+    latest = max((item.updated.timestamp() for item in found.items), default=0.0)
+    return Output.of(page.name, body, max(latest, changed_at))
 
 
 def search_items(

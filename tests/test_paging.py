@@ -8,6 +8,7 @@ import json
 from collections.abc import Callable, Sequence
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
+from email.utils import formatdate
 from pathlib import Path
 from urllib.parse import urlsplit
 
@@ -22,7 +23,13 @@ from aggregator.config import parse_config
 from aggregator.daemon import Daemon
 from aggregator.model import Config
 from aggregator.paging import ArchivePage, BadCursor, Cursor
-from aggregator.publish import display_names, publish, topic_pages
+from aggregator.publish import (
+    display_names,
+    is_not_modified,
+    publish,
+    render_archive_page,
+    topic_pages,
+)
 from aggregator.render import PageLinks, render_atom, render_json, render_rss
 from aggregator.store import Store
 from tests.feedserver import FeedServer
@@ -245,6 +252,41 @@ def test_new_items_do_not_shift_an_older_page(tmp_path: Path) -> None:
         assert [i.title for i in after[0].items] == [i.title for i in second.items]
         new_first = topic_pages(config, store, topic, names)[0]
         assert [i.title for i in new_first.items][:4] == [f"Title new{n}" for n in (3, 2, 1, 0)]
+
+
+def test_an_archive_page_a_late_item_joined_is_not_modified_since_its_old_date(
+    tmp_path: Path,
+) -> None:
+    """A late item (published inside an older page's span, updated no later than the
+    page's items) changes the page without moving its items' latest `updated`: the page's
+    Last-Modified must still move, or a client sending only If-Modified-Since keeps its
+    stale copy."""
+    config = paged_config(tmp_path, max_items=5)
+    [topic] = config.topics
+    with Store.open(":memory:") as store:
+        fill(store, 17)
+        names = display_names(config, store.feed_states())
+        first = topic_pages(config, store, topic, names)[0]
+        assert first.older is not None
+        page = ArchivePage("all", "atom", first.older)
+        before = render_archive_page(store, config, page)
+        assert before is not None
+        oldest = min(
+            i.published
+            for i in topic_pages(config, store, topic, names, before=first.older)[0].items
+        )
+        late = oldest + timedelta(seconds=1)
+        save(store, make_item(FEED_B, "late", published=late, updated=late))
+        changed_at = before.modified_at + 60  # the render after the late item was stored
+        after = render_archive_page(store, config, page, changed_at)
+        assert after is not None and after.body != before.body and b"Title late" in after.body
+        # by its items alone, the page would not have moved
+        by_items = render_archive_page(store, config, page)
+        assert by_items is not None and by_items.modified_at == before.modified_at
+    since = formatdate(before.modified_at, usegmt=True)
+    assert after.modified_at == changed_at
+    assert not is_not_modified(after.etag, after.modified_at, None, since)
+    assert is_not_modified(after.etag, after.modified_at, None, formatdate(changed_at, usegmt=True))
 
 
 # --- files ---------------------------------------------------------------------------------
