@@ -230,9 +230,14 @@ def redact_url(url: str) -> str:
 
 
 #: a URL in free text: a scheme, "://", then anything up to whitespace, a quote or a bracket
-_URL_IN_TEXT = re.compile(r"""[A-Za-z][A-Za-z0-9+.-]*://[^\s"'`<>()\[\]{}]+""")
+#: (a URL in prose does not end with the punctuation after it: "…?key=K: HTTP 200")
+_URL_IN_TEXT = re.compile(
+    r"""[A-Za-z][A-Za-z0-9+.-]*://[^\s"'`<>()\[\]{}]*[^\s"'`<>()\[\]{}:,.;!?]"""
+)
 #: a query parameter outside a full URL ("Location: /feed?token=…")
-_PARAM_IN_TEXT = re.compile(r"""(?<=[?&;])[^\s"'`<>()\[\]{}?&;#=]+=[^\s"'`<>()\[\]{}&;#]*""")
+_PARAM_IN_TEXT = re.compile(
+    r"""(?<=[?&;])[^\s"'`<>()\[\]{}?&;#=]+=(?:[^\s"'`<>()\[\]{}&;#]*[^\s"'`<>()\[\]{}&;#:,.!?])?"""
+)
 
 
 def redact_text(text: str) -> str:

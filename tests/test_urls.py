@@ -450,6 +450,13 @@ def test_redact_text_redacts_every_url_in_a_message() -> None:
         " then (Location: /login?session=***&next=/x)"
     )
     assert redact_text("connection refused") == "connection refused"
+    # the punctuation after a URL in prose is the prose's, kept
+    assert redact_text("http://127.0.0.1:1/f.json?api_key=K: HTTP 200") == (
+        "http://127.0.0.1:1/f.json?api_key=***: HTTP 200"
+    )
+    assert redact_text("see https://a.example/x?token=abc, then /f?key=x. Done") == (
+        "see https://a.example/x?token=***, then /f?key=***. Done"
+    )
 
 
 secret_value = st.text(alphabet="DEFGHJKLMNPQRSTUVWXYZ", min_size=12, max_size=20)
