@@ -547,8 +547,13 @@ class OutputCache:
         fresh = dict(self._outputs)
         for name, body in outputs.items():
             known = fresh.get(name)
-            if known is None or known.body != body:
+            if known is None:
                 fresh[name] = Output.of(name, body, moment)
+            elif known.body != body:
+                # Last-Modified has whole seconds: a change within the second of the last
+                # one must still be a later date, or a client sending only
+                # If-Modified-Since would be told its copy is current
+                fresh[name] = Output.of(name, body, max(moment, known.modified_at + 1))
         self._outputs = fresh  # one assignment: requests see the old set or the new one
 
     def retain(self, names: Iterable[str]) -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import gzip
 import os
+from email.utils import formatdate
 from pathlib import Path
 
 import pytest
@@ -80,6 +81,17 @@ def test_the_cache_keeps_validators_of_unchanged_outputs_and_gzips_on_request() 
     assert (status, body) == (304, b"")
     cache.retain([])
     assert cache.get("a.atom") is None
+
+
+def test_a_change_within_the_second_of_the_last_gets_a_later_last_modified() -> None:
+    cache = OutputCache()
+    cache.update({"a.atom": b"<feed>1</feed>"}, now=MODIFIED + 0.2)
+    first = served(cache, "a.atom")
+    cache.update({"a.atom": b"<feed>2</feed>"}, now=MODIFIED + 0.7)
+    second = served(cache, "a.atom")
+    assert second.modified_at > first.modified_at
+    since = formatdate(first.modified_at, usegmt=True)  # what the first client got
+    assert not is_not_modified(second.etag, second.modified_at, None, since)
 
 
 def test_outputs_are_written_only_when_their_bytes_change(tmp_path: Path) -> None:
