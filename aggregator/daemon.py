@@ -80,6 +80,8 @@ STARTING_EXTEND = 60.0
 #: how often feeds.yaml is checked for changes (a change is read once it has settled
 #: for one period, so an edit is applied 0.5–1 s after the save)
 WATCH_SECONDS = 0.5
+#: feeds named in the one line that says which polls the stop cut off
+CANCELLED_SHOWN = 5
 #: archive pages kept as rendered between two renders (Publisher.archive_page)
 ARCHIVE_PAGES_KEPT = 256
 #: a search or an archive page not rendered yet (waiting for the store's thread included)
@@ -528,6 +530,8 @@ class Daemon:
         self.stop = asyncio.Event()
         self.hup = asyncio.Event()
         self.in_flight: set[asyncio.Task[Any]] = set()
+        #: the feeds whose polls the stop cut off
+        self.cancelled: list[str] = []
         #: the WebSub subscriptions, when the daemon serves HTTP (websub.py)
         self.subscriber: Subscriber | None = None
         self.searches = asyncio.Semaphore(SEARCH_CONCURRENCY)
@@ -646,6 +650,18 @@ class Daemon:
             for task in pending:
                 task.cancel()
             await asyncio.gather(*pending, return_exceptions=True)
+            if self.cancelled:
+                # one line, not one a feed: a backlog of thousands of polls waiting for a
+                # connection is cut off at once
+                shown = ", ".join(self.cancelled[:CANCELLED_SHOWN])
+                more = len(self.cancelled) - CANCELLED_SHOWN
+                log.warning(
+                    "stopping: %d poll%s cut off, nothing of them stored: %s%s",
+                    len(self.cancelled),
+                    "" if len(self.cancelled) == 1 else "s",
+                    shown,
+                    f" and {more} more" if more > 0 else "",
+                )
         self.scheduler.shutdown(wait=False)
         if self.subscriber is not None:
             await self.subscriber.close(timeout=SERVER_STOP_SECONDS)
@@ -780,8 +796,8 @@ class Daemon:
             if source is not None and not self.stop.is_set():
                 await self._poll_feed(source)
         except asyncio.CancelledError:
-            # cut off at the end of the drain: nothing of it was stored
-            log.warning("%s: poll cancelled at shutdown", (source and source.name) or url)
+            # cut off at the end of the drain: nothing of it was stored (_drain tells)
+            self.cancelled.append(source.shown_name if source else redact_text(url))
         except Exception:
             # A bug, not the feed's fault. The date job is used up, so without a new one
             # this feed would silently never be polled again.
@@ -842,8 +858,22 @@ class Daemon:
         return await self.subscriber.endpoint(request)
 
     async def _render(self, everything: bool = False) -> None:
-        if self.config is not None and self.poller is not None:
+        if self.config is None or self.poller is None:
+            return
+        # a render is waited for at the stop as a poll is: APScheduler's shutdown would
+        # cancel it (a CancelledError traceback in the log)
+        task = asyncio.current_task()
+        if task is not None:
+            self.in_flight.add(task)
+        try:
             await self.publisher.render(self.poller.db, self.config, everything)
+        except asyncio.CancelledError:
+            # cut off at the end of the drain; the store's thread finishes what it began,
+            # and the render at the stop queues behind it
+            self.publisher.owed = True
+        finally:
+            if task is not None:
+                self.in_flight.discard(task)
 
     # --- search ----------------------------------------------------------------------------
 

@@ -13,6 +13,8 @@ import signal
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 
+import pytest
+
 from aggregator.daemon import Daemon
 from aggregator.pipeline import run_loop
 from tests.feedserver import FeedServer
@@ -249,3 +251,44 @@ def test_a_rename_polled_just_before_the_stop_reaches_the_opml(tmp_path: Path) -
         assert run_driven(daemon, drive) == 0
 
     assert 'text="New name"' in opml.read_text(encoding="utf-8")
+
+
+def test_a_render_running_at_the_stop_is_waited_for_not_cancelled(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """APScheduler's shutdown cancels the jobs it runs: a render cut off that way logged
+    a CancelledError traceback. The stop waits for it as for a poll."""
+    import threading
+    import time
+
+    from aggregator import publish
+
+    config_path = tmp_path / "feeds.yaml"
+    atom = tmp_path / "public" / "all.atom"
+    port = free_port()
+    changed, rendering = threading.Event(), threading.Event()
+    original = publish.index_and_publish
+
+    def slow_render(*args: object, **kwargs: object) -> object:
+        if changed.is_set():
+            rendering.set()
+            time.sleep(1.5)  # on the store's thread, while the stop comes
+        return original(*args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(publish, "index_and_publish", slow_render)
+    with FeedServer() as server:
+        server.set("/a.rss", rss("A", [make_story("a")]))
+        topics = TOPIC.format(title="All")
+        write_config(config_path, port, [server.url("/a.rss")], interval="1s", topics=topics)
+        daemon = Daemon(config_path)
+
+        async def drive() -> None:
+            await wait_for(lambda: atom.exists() and b"Story a" in atom.read_bytes())
+            server.set("/a.rss", rss("A", [make_story("b"), make_story("a")]))
+            changed.set()
+            await wait_for(rendering.is_set)  # the render of the new story has begun
+
+        assert run_driven(daemon, drive) == 0
+
+    assert "raised an exception" not in caplog.text and "Traceback" not in caplog.text
+    assert b"Story b" in atom.read_bytes()
