@@ -48,6 +48,7 @@ __all__ = [
     "match",
     "merge",
     "index_keys",
+    "is_page_of_several",
     "is_same_story",
     "normalize_text",
     "sampled_shingles",
@@ -397,7 +398,9 @@ def titles_agree(a_title: str, b_title: str) -> bool:
     return f" {' '.join(shorter)} " in f" {' '.join(longer)} "
 
 
-def is_same_story(a_title: str, a_text: str, b_title: str, b_text: str) -> bool:
+def is_same_story(
+    a_title: str, a_text: str, b_title: str, b_text: str, *, same_feed: bool = False
+) -> bool:
     """Whether two items are copies of one story (CONTRACT.md "Same story"). Symmetric.
 
     By text alone: the shorter text (in words) is an excerpt of the longer one (a prefix of
@@ -410,6 +413,11 @@ def is_same_story(a_title: str, a_text: str, b_title: str, b_text: str) -> bool:
     `SAME_TITLE_CONTAINMENT` of the shorter text's shingles in the longer, "similar" ones
     `SIMILAR_TITLE_CONTAINMENT`, wherever they are, and no number substituted between
     agreeing text. An empty text matches nothing.
+
+    `same_feed`: both come from one feed, under different entry keys. One outlet puts the
+    same byline, dateline and trailer on all its items, so texts that each have their own
+    words at the same edge are not one story with two outlets' additions but two stories
+    sharing the feed's standfirst or footer (a podcast's episodes, a newsletter's issues).
     """
     a, b = _compared_text(a_text), _compared_text(b_text)
     if not a.words or not b.words:
@@ -424,7 +432,7 @@ def is_same_story(a_title: str, a_text: str, b_title: str, b_text: str) -> bool:
     short_shingles = short_text.shingles()
     long_positions = long_text.positions()
     found = [key in long_positions for key in short_shingles]
-    if _is_contained(short, long, short_shingles, found, long_positions):
+    if _is_contained(short, long, short_shingles, found, long_positions, same_feed):
         return True
     relation = title_relation(a_title, b_title)
     if relation is None or len(short) < SHORT_TEXT_WORDS:
@@ -554,6 +562,7 @@ def _is_contained(
     short_shingles: list[int],
     found: list[bool],
     long_positions: dict[int, int],
+    same_feed: bool = False,
 ) -> bool:
     if not any(found) or _containment(short_shingles, found) < MIN_CONTAINMENT:
         return False
@@ -565,6 +574,11 @@ def _is_contained(
         return False
     if len(short) < SHINGLE_SIZE:  # one shingle, and it was found
         return True
+    if same_feed and (
+        (first > 0 and long_first > 0)
+        or (last + SHINGLE_SIZE < len(short) and long_last + SHINGLE_SIZE < len(long))
+    ):
+        return False  # each has its own words at one edge: one feed's two items
     # Words before and after the common part: an addition (byline, dateline, trailer) when
     # the other text has nothing there, else a replacement, which must not change a number.
     if _changes_a_number(short[:first], long[:long_first]) or _changes_a_number(
@@ -725,6 +739,8 @@ class Candidate:
     text: str = ""
     #: found by the item's `lookup_link`: the same article, whatever the texts say
     same_link: bool = False
+    #: the feed this version of the story came from ("" when unknown)
+    feed_url: str = ""
 
 
 @dataclass(frozen=True)
@@ -760,6 +776,16 @@ def lookup_link(item: Item) -> str | None:
     return None
 
 
+def is_page_of_several(item: Item, same_feed_titles: Iterable[str]) -> bool:
+    """Whether `item`'s link names a page that holds several of its feed's entries rather
+    than one article: the titles of the feed's other entries (other entry keys) with the
+    same canonical link, and one of them is another headline (`titles_agree`). A podcast
+    linking every episode to the show's page, a live blog each of whose updates links to
+    a fragment of it, a section's landing page: the link is then no evidence, and the
+    texts decide. The same headline under the same link is the entry given a new id."""
+    return any(not titles_agree(item.title, title) for title in same_feed_titles)
+
+
 def match(item: Item, candidates: Iterable[Candidate]) -> list[str]:
     """The ids of the stored stories that are `item`'s story, best first: it joins the
     first, and the others are the same story stored apart (copies that did not match
@@ -771,7 +797,11 @@ def match(item: Item, candidates: Iterable[Candidate]) -> list[str]:
         if candidate.id in matched:
             continue
         if candidate.same_link or is_same_story(
-            item.title, item.text, candidate.title, candidate.text
+            item.title,
+            item.text,
+            candidate.title,
+            candidate.text,
+            same_feed=candidate.feed_url == item.feed_url,
         ):
             matched.append(candidate.id)
     return matched

@@ -745,7 +745,20 @@ class Store:
                 " LIMIT 1",
                 [link],
             )
-            if row is not None:
+            # asked only when some entry has the link (most new items have none): the
+            # titles of the item's own feed's other entries with it
+            if row is not None and not dedupe.is_page_of_several(
+                item,
+                (
+                    str(same["title"])
+                    for same in self._rows(
+                        "SELECT coalesce(e.title, i.title) AS title FROM entries e"
+                        " JOIN items i ON i.id = e.item_id WHERE e.canonical_link = ?"
+                        " AND e.canonical_link != '' AND e.feed_url = ?",
+                        [link, item.feed_url],
+                    )
+                ),
+            ):
                 yield dedupe.Candidate(str(row["item_id"]), same_link=True)
         keys = _keys_of(item)
         if not keys:
@@ -763,15 +776,19 @@ class Store:
             [title_key, _json_list(keys), min(MIN_SHARED_KEYS, len(keys)), MAX_CANDIDATES],
         ).fetchall()
         for rowid, item_id in found:
-            row = self._one("SELECT title, text FROM items WHERE rowid = ?", [rowid])
+            row = self._one(
+                "SELECT title, text, first_feed_url FROM items WHERE rowid = ?", [rowid]
+            )
             if row is not None:
-                yield dedupe.Candidate(item_id, row["title"], row["text"])
+                yield dedupe.Candidate(
+                    item_id, row["title"], row["text"], feed_url=row["first_feed_url"]
+                )
             copies = self.db.execute(
-                "SELECT title, text FROM entries WHERE item_id = ? AND text IS NOT NULL",
+                "SELECT title, text, feed_url FROM entries WHERE item_id = ? AND text IS NOT NULL",
                 [item_id],
             ).fetchall()
-            for title, text in copies:
-                yield dedupe.Candidate(item_id, title, text)
+            for title, text, feed_url in copies:
+                yield dedupe.Candidate(item_id, title, text, feed_url=feed_url)
 
     def _absorb(self, item_id: str, other_id: str) -> None:
         """Join story `other_id`, found to be the same story as `item_id`, to it: its

@@ -174,6 +174,21 @@ def test_a_network_republishing_a_generated_article_is_one_story_and_templates_a
     assert [s.title for s in by_title[title].sources] == ["wire", "mirror"]
 
 
+def test_a_podcast_whose_episodes_share_a_long_footer_keeps_every_episode(
+    tmp_path: Path,
+) -> None:
+    """Each episode a line of its own above the show's standard paragraph, five times as
+    long: the episodes are different stories."""
+    footer = " ".join(sentences(80, 3)[:2])  # 60 words
+    lines = [" ".join(random_text(81 + n, 12)).capitalize() + "." for n in range(6)]
+    episodes = [
+        (f"Episode {n}", f"https://pod.example/ep/{n}", paragraphs(line, footer), NOW)
+        for n, line in enumerate(lines)
+    ]
+    stored = poll(tmp_path, {"pod": feed("pod", episodes)})
+    assert sorted(item.title for item in stored) == [f"Episode {n}" for n in range(6)]
+
+
 @pytest.mark.skipif(not DEDUP_DEV.exists(), reason=f"{DEDUP_DEV} is absent")
 def test_real_copies_of_the_development_slice_are_merged_and_nothing_else() -> None:
     """../shared/dedup-dev through the real pipeline (bench/dedup_eval.py): precision

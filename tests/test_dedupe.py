@@ -656,6 +656,27 @@ def test_each_outlets_own_trailer_is_an_addition_but_a_figure_changed_in_place_i
     )
 
 
+def test_one_feeds_items_sharing_its_standfirst_or_footer_are_two_stories() -> None:
+    """A podcast's episodes, a newsletter's issues: each a line of its own and the feed's
+    long standard paragraph. Between two outlets, edges of their own are bylines and
+    trailers; one outlet puts the same ones on all its items."""
+    boilerplate = " ".join(random_text(51, 75)) + "."
+    first, second = (" ".join(random_text(seed, 16)) + "." for seed in (52, 53))
+    for left, right in (
+        (first + " " + boilerplate, second + " " + boilerplate),
+        (boilerplate + " " + first, boilerplate + " " + second),
+    ):
+        assert not is_same_story("Episode 12", left, "Episode 13", right, same_feed=True)
+    # the same pair from two outlets reads as one story with each outlet's own edge, and
+    # one feed's entry given a new id, or cut short, stays one story
+    assert is_same_story(
+        "Episode 12", first + " " + boilerplate, "Episode 13", second + " " + boilerplate
+    )
+    story = first + " " + boilerplate
+    assert is_same_story("Episode 12", story, "Episode 12", story, same_feed=True)
+    assert is_same_story("Episode 12", story, "Episode 12", story + " More.", same_feed=True)
+
+
 # --- stored values: the fast paths give what the reference code gives ----------------------
 
 

@@ -160,6 +160,43 @@ def test_links_to_a_home_page_do_not_merge_stories(store: Store) -> None:
     assert outcome.new == 1
 
 
+def test_a_link_a_feed_gives_several_of_its_entries_does_not_merge_them(store: Store) -> None:
+    """A podcast linking every episode to the show's page, a live blog each of whose
+    updates links to a fragment of it: the link names a page, not a story. The same
+    headline under the same link and a new id is the entry re-issued: one story."""
+    feed = "https://a.test/feed"
+    for n, link in enumerate(
+        ["https://pod.example/show/", "https://pod.example/show", "https://pod.example/show#ep-3"]
+    ):
+        outcome = save(
+            store,
+            make_item(
+                feed,
+                f"guid-{n}",
+                link=link,
+                canonical_link="https://pod.example/show",
+                title=f"Episode {n}: guest number {n}",
+            ),
+        )
+        assert outcome.new == 1, n
+    # another outlet carrying the page's link still joins a story
+    copy = make_item(
+        "https://b.test/feed",
+        "x",
+        link="https://pod.example/show",
+        canonical_link="https://pod.example/show",
+        title="Listen: our favourite show",
+    )
+    assert save(store, copy).merged == 1
+    assert len(all_items(store)) == 3
+    # one entry, given a new id: the same headline under its link
+    other = "https://c.test/feed"
+    page = {"link": "https://c.example/a", "canonical_link": "https://c.example/a"}
+    save(store, make_item(other, "old-id", title="Talks resume", **page))
+    reissued = make_item(other, "new-id", title="Talks resume", text="Edited.", **page)
+    assert save(store, reissued).merged == 1
+
+
 def test_newest_items_are_newest_first_limited_and_filtered(store: Store) -> None:
     items = [
         make_item("https://a.test/feed", str(i), published=NOW - timedelta(hours=i))
