@@ -706,8 +706,16 @@ class Store:
             match, *apart = matches
             self._insert_entry(item, match, raw_hash, now, own_text=True)
             self._index_keys(match, item)
-            for other in apart:
-                self._absorb(match, other)
+            if apart:
+                feeds = self._feeds_of(match)
+                for other in apart:
+                    # Stories one feed gave as distinct entries were judged two stories by
+                    # the same-feed rules: a copy matching both (their shared footer) does
+                    # not make them one
+                    other_feeds = self._feeds_of(other)
+                    if feeds.isdisjoint(other_feeds):
+                        self._absorb(match, other)
+                        feeds |= other_feeds
             story = self._story(match)
             assert story is not None
             self._apply(match, dedupe.merge(story, item, round_id), story)
@@ -789,6 +797,11 @@ class Store:
             ).fetchall()
             for title, text, feed_url in copies:
                 yield dedupe.Candidate(item_id, title, text, feed_url=feed_url)
+
+    def _feeds_of(self, item_id: str) -> set[str]:
+        """The feeds that have an entry in the story."""
+        rows = self.db.execute("SELECT feed_url FROM entries WHERE item_id = ?", [item_id])
+        return {str(feed_url) for (feed_url,) in rows.fetchall()}
 
     def _absorb(self, item_id: str, other_id: str) -> None:
         """Join story `other_id`, found to be the same story as `item_id`, to it: its

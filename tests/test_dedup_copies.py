@@ -189,6 +189,53 @@ def test_a_podcast_whose_episodes_share_a_long_footer_keeps_every_episode(
     assert sorted(item.title for item in stored) == [f"Episode {n}" for n in range(6)]
 
 
+def test_a_copy_matching_several_episodes_of_one_feed_joins_one_and_merges_none(
+    tmp_path: Path,
+) -> None:
+    """Another outlet reposts one episode with its own byline, after the episodes are
+    stored: by text it matches every episode (they share the show's footer), and the
+    stories a copy matches are usually one story stored apart. Not when one feed gave
+    them as its own distinct entries. (Stored before the episodes, the repost takes
+    them all in: each matches its text. Known, see bench/README or the commit.)"""
+    footer = " ".join(sentences(80, 3)[:2])  # 60 words
+    lines = [" ".join(random_text(81 + n, 12)).capitalize() + "." for n in range(6)]
+    episodes = [
+        (f"Episode {n}", f"https://pod.example/ep/{n}", paragraphs(line, footer), NOW)
+        for n, line in enumerate(lines)
+    ]
+    repost = [
+        (
+            "Heard on the radio",
+            "https://radio.example/heard",
+            paragraphs("By the radio desk.", lines[0], footer),
+            NOW,
+        )
+    ]
+    with FeedServer() as server:
+        server.set("/pod.rss", feed("pod", episodes))
+        server.set("/radio.rss", feed("radio", repost))
+        pod = FeedSource(url=server.url("/pod.rss"), name="pod")
+        radio = FeedSource(url=server.url("/radio.rss"), name="radio")
+        settings = Settings(
+            database=tmp_path / "agg.db",
+            retention=timedelta(days=3650),
+            per_host_spacing=timedelta(0),
+        )
+
+        async def rounds() -> None:
+            async with await Poller.open(settings, parsers=ThreadPoolExecutor(2)) as poller:
+                await poller.poll_round([pod])
+                await poller.poll_round([pod, radio])
+
+        asyncio.run(rounds())
+    with Store.open(settings.database) as store:
+        names = {pod.url: "pod", radio.url: "radio"}
+        stored = store.newest_items(list(names), 100, lambda item, text: True, names)
+    assert sorted(item.title for item in stored) == [f"Episode {n}" for n in range(6)]
+    [first] = [item for item in stored if item.title == "Episode 0"]
+    assert sorted(source.title for source in first.sources) == ["pod", "radio"]
+
+
 @pytest.mark.skipif(not DEDUP_DEV.exists(), reason=f"{DEDUP_DEV} is absent")
 def test_real_copies_of_the_development_slice_are_merged_and_nothing_else() -> None:
     """../shared/dedup-dev through the real pipeline (bench/dedup_eval.py): precision
