@@ -55,6 +55,13 @@ def sentences(seed: int, count: int, anchorless: bool = False) -> list[str]:
     ]
 
 
+def round_settings(tmp_path: Path) -> Settings:
+    """A database in `tmp_path`, nothing pruned, no spacing between requests to one host."""
+    return Settings(
+        database=tmp_path / "agg.db", retention=timedelta(days=3650), per_host_spacing=timedelta(0)
+    )
+
+
 def poll(tmp_path: Path, bodies: dict[str, bytes]) -> list[PublishedItem]:
     """One cold round over the feeds (each answering after its own delay, so copies arrive
     in mixed order); the stored stories."""
@@ -63,11 +70,7 @@ def poll(tmp_path: Path, bodies: dict[str, bytes]) -> list[PublishedItem]:
         for number, (name, body) in enumerate(bodies.items()):
             server.set(f"/{name}.rss", body, delay=0.05 * (number % 3))
             sources.append(FeedSource(url=server.url(f"/{name}.rss"), name=name))
-        settings = Settings(
-            database=tmp_path / "agg.db",
-            retention=timedelta(days=3650),
-            per_host_spacing=timedelta(0),
-        )
+        settings = round_settings(tmp_path)
 
         async def round_() -> None:
             async with await Poller.open(settings, parsers=ThreadPoolExecutor(2)) as poller:
@@ -216,11 +219,7 @@ def test_a_copy_matching_several_episodes_of_one_feed_joins_one_and_merges_none(
         server.set("/radio.rss", feed("radio", repost))
         pod = FeedSource(url=server.url("/pod.rss"), name="pod")
         radio = FeedSource(url=server.url("/radio.rss"), name="radio")
-        settings = Settings(
-            database=tmp_path / "agg.db",
-            retention=timedelta(days=3650),
-            per_host_spacing=timedelta(0),
-        )
+        settings = round_settings(tmp_path)
 
         async def rounds() -> None:
             async with await Poller.open(settings, parsers=ThreadPoolExecutor(2)) as poller:
