@@ -136,11 +136,17 @@ def load_config(path: Path) -> Config:
     try:
         text = path.read_text(encoding="utf-8")
     except UnicodeDecodeError as error:
-        raise ConfigError(str(path), None, "", f"not UTF-8 text: {error.reason}") from error
+        raise not_utf8(path, error) from error
     except OSError as error:
         reason = error.strerror or str(error)
         raise ConfigError(str(path), None, "", f"cannot read: {reason}") from error
     return read_secrets(parse_config(text, path))
+
+
+def not_utf8(path: Path, error: UnicodeDecodeError) -> ConfigError:
+    """The error for a config file that is not UTF-8: the line of the first bad byte."""
+    line = error.object[: error.start].count(b"\n") + 1
+    return ConfigError(str(path), line, "", f"not UTF-8 text: {error.reason}")
 
 
 #: a password file larger than this is not a password file

@@ -17,6 +17,7 @@ import contextlib
 import logging
 import signal
 import socket
+import stat
 import time
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Iterator, Mapping, Sequence
@@ -393,23 +394,36 @@ class ConfigWatcher:
         self.stamp: _ConfigStamp | None = None
         #: what the watcher saw last time, while waiting for a save to settle
         self.seen_stamp: _ConfigStamp | None = None
+        #: the file as it was when last read
+        self.read_stamp: _ConfigStamp | None = None
+        #: the change `changed` found is only the file not readable last time, unchanged
+        #: since: read again without a line in the log (a folder in its place, chmod 000)
+        self.retrying = False
         self.has_config = False
 
     def read(self) -> Config | None:
         """The config file, validated; None (with the error logged once and kept for
         /healthz) when it is invalid or cannot be read."""
-        self.stamp = _ConfigStamp.of(self.path)
-        try:
-            config = load_config(self.path)
-        except ConfigError as e:
-            if isinstance(e.__cause__, OSError):
-                # cannot read it now (out of file descriptors, a mount away): try again
-                # on the next check rather than wait for the file to change
+        self.stamp = self.read_stamp = _ConfigStamp.of(self.path)
+        return self._outcome(_load(self.path))
+
+    async def read_beside(self) -> Config | None:
+        """`read`, the file read and validated on a thread: a huge file (minutes of
+        parsing) must not stall serving and the systemd watchdog."""
+        self.stamp = self.read_stamp = _ConfigStamp.of(self.path)
+        return self._outcome(await asyncio.to_thread(_load, self.path))
+
+    def _outcome(self, loaded: Config | ConfigError) -> Config | None:
+        if isinstance(loaded, ConfigError):
+            cause = loaded.__cause__
+            if isinstance(cause, OSError):
+                # cannot read it now (out of file descriptors, a mount away, chmod 000):
+                # try again on the next check rather than wait for the file to change
                 self.stamp = None
-            self.failed(str(e))
+            self.failed(str(loaded))
             return None
         self.health.config_read(None)
-        return config
+        return loaded
 
     def failed(self, error: str) -> None:
         error = redact_text(error)  # shown in /healthz and the STATUS line
@@ -426,7 +440,22 @@ class ConfigWatcher:
         stamp = _ConfigStamp.of(self.path)
         settled = stamp == self.seen_stamp
         self.seen_stamp = stamp
-        return stamp is not None and stamp != self.stamp and settled
+        self.retrying = self.stamp is None and stamp == self.read_stamp
+        # a file deleted (or moved away) and not put back is a change too: reported
+        return stamp != self.stamp and settled
+
+
+def _load(path: Path) -> Config | ConfigError:
+    """load_config, or why not. A FIFO (or a device) in the file's place is refused, not
+    read: opening it would wait for a writer forever."""
+    with contextlib.suppress(OSError):
+        mode = path.stat().st_mode
+        if not (stat.S_ISREG(mode) or stat.S_ISDIR(mode)):
+            return ConfigError(str(path), None, "", "cannot read: not a regular file")
+    try:
+        return load_config(path)
+    except ConfigError as e:
+        return e
 
 
 class Publisher:
@@ -535,6 +564,7 @@ class Daemon:
         #: the WebSub subscriptions, when the daemon serves HTTP (websub.py)
         self.subscriber: Subscriber | None = None
         self.searches = asyncio.Semaphore(SEARCH_CONCURRENCY)
+        self.reloading = asyncio.Lock()
 
     # --- life cycle -----------------------------------------------------------------------
 
@@ -706,9 +736,12 @@ class Daemon:
         """Apply the config file as it is now. Whatever the file holds, the daemon stays
         up: an invalid file, or a failure applying a valid one, keeps the last good config."""
         try:
-            config = self.watcher.read()
-            if config is not None:
-                await self._apply(config)
+            # one at a time: a slow read of an older save must not be applied after a
+            # newer one (a SIGHUP while the watcher reloads)
+            async with self.reloading:
+                config = await self.watcher.read_beside()
+                if config is not None:
+                    await self._apply(config)
         except Exception as e:  # a bug must not take the service down; it is logged
             log.exception("reloading %s failed", self.watcher.path)
             self.watcher.failed(f"{self.watcher.path}: reload failed: {type(e).__name__}: {e}")
@@ -743,7 +776,8 @@ class Daemon:
 
     async def _watch_files(self) -> None:
         if self.watcher.changed():
-            log.info("%s changed: reloading", self.watcher.path)
+            if not self.watcher.retrying:
+                log.info("%s changed: reloading", self.watcher.path)
             await self._reload()
         if self.config is not None:
             self.publisher.refresh(self.config)

@@ -30,7 +30,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from aggregator import discover, feedsfile, opml
-from aggregator.config import feed_url_problem, feeds_named, parse_config
+from aggregator.config import feed_url_problem, feeds_named, not_utf8, parse_config
 from aggregator.errors import ConfigError, FeedError, NotChanged, ParseError
 from aggregator.fetch import Fetcher
 from aggregator.model import Config, FeedSource, FeedState, Fetched, ParsedFeed, Settings
@@ -70,7 +70,7 @@ def read_text(path: Path) -> str | None:
     except FileNotFoundError:
         return None
     except UnicodeDecodeError as error:
-        raise ConfigError(str(path), None, "", f"not UTF-8 text: {error.reason}") from error
+        raise not_utf8(path, error) from error
     except OSError as error:
         raise ConfigError(str(path), None, "", f"cannot read: {error.strerror}") from error
 

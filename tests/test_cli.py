@@ -221,7 +221,7 @@ def test_a_config_that_is_not_utf8_is_named(
     config.write_bytes("feeds:\n  - url: https://caf\xe9.example/\n".encode("latin-1"))
     code, _, err = run(capsys, "-c", str(config), "check")
     assert code == 2
-    assert err.startswith(f"{config}: not UTF-8 text: ")
+    assert err.startswith(f"{config}:2: not UTF-8 text: ")
     assert "Traceback" not in err
 
 

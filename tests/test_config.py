@@ -544,8 +544,8 @@ def test_load_config_not_utf8(tmp_path):
     path.write_bytes(b"feeds:\n  - url: https://a.example/\n    name: caf\xe9\n")
     with pytest.raises(ConfigError) as info:
         load_config(path)
-    assert info.value.line is None
-    assert re.fullmatch(rf"{re.escape(str(path))}: not UTF-8 text: .+", str(info.value))
+    assert info.value.line == 3  # the line of the first byte that is not UTF-8
+    assert re.fullmatch(rf"{re.escape(str(path))}:3: not UTF-8 text: .+", str(info.value))
 
 
 # --- libyaml and ruamel's own composer agree -------------------------------------
