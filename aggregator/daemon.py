@@ -81,6 +81,9 @@ STARTING_EXTEND = 60.0
 #: how often feeds.yaml is checked for changes (a change is read once it has settled
 #: for one period, so an edit is applied 0.5–1 s after the save)
 WATCH_SECONDS = 0.5
+#: seconds before a render that could not publish (a full disk, an unwritable output_dir)
+#: is tried again
+PUBLISH_RETRY = 60.0
 #: feeds named in the one line that says which polls the stop cut off
 CANCELLED_SHOWN = 5
 #: archive pages kept as rendered between two renders (Publisher.archive_page)
@@ -303,6 +306,8 @@ class Health:
         #: None while the database takes writes; "locked" while another process holds its
         #: write lock; else why it cannot be written
         self.database_problem: str | None = None
+        #: why the last render could not publish (None: it did)
+        self.publish_problem: str | None = None
         self.db: StoreThread | None = None
         self._probe: asyncio.Task[None] | None = None
 
@@ -336,6 +341,12 @@ class Health:
         else:
             self.notify_status()
 
+    def published(self, problem: str | None) -> None:
+        changed = problem != self.publish_problem
+        self.publish_problem = problem
+        if changed:
+            self.notify_status()
+
     def probe_database(self) -> None:
         """Check beside the loop, never in its way (another process may hold the lock)."""
         if self.db is not None and (self._probe is None or self._probe.done()):
@@ -360,7 +371,10 @@ class Health:
         database = self.database_state()
         healthy = self.config_loaded and self.db is not None and database in ("ok", "busy")
         degraded = (
-            self.config_error is not None or (total > 0 and failing * 2 > total) or database != "ok"
+            self.config_error is not None
+            or (total > 0 and failing * 2 > total)
+            or database != "ok"
+            or self.publish_problem is not None
         )
         body: dict[str, object] = {
             "status": "ok" if healthy and not degraded else "degraded",
@@ -369,6 +383,7 @@ class Health:
             "last_poll": to_iso(self.last_poll) if self.last_poll else None,
             "feeds_failing": failing,
             "database": database,
+            "publishing": "ok" if self.publish_problem is None else self.publish_problem,
             "version": __version__,
         }
         return (200 if healthy else 503), body
@@ -381,6 +396,8 @@ class Health:
             text += f"; database {database}"
         if self.config_error:
             text += "; config invalid: " + self.config_error
+        if self.publish_problem:
+            text += "; publishing failed: " + self.publish_problem
         notify(f"STATUS={text}")
 
 
@@ -478,19 +495,25 @@ class Publisher:
         #: pings settings.websub_hub after a render that changed feeds
         self.pinger: Pinger | None = None
 
-    def request(self, slugs: set[str], render: Callable[[], Awaitable[None]]) -> None:
+    def request(
+        self,
+        slugs: set[str],
+        render: Callable[[], Awaitable[None]],
+        delay: float = RENDER_DELAY,
+    ) -> None:
         self.dirty |= slugs
         self.owed = True
         if self.scheduler.get_job("render") is None:
             self.scheduler.add_job(
                 render,
                 "date",
-                run_date=datetime.now(UTC) + timedelta(seconds=RENDER_DELAY),
+                run_date=datetime.now(UTC) + timedelta(seconds=delay),
                 id="render",
                 misfire_grace_time=None,
             )
 
-    async def render(self, db: StoreThread, config: Config, everything: bool = False) -> None:
+    async def render(self, db: StoreThread, config: Config, everything: bool = False) -> str | None:
+        """Render what changed (everything, with `everything`); why it failed, or None."""
         only = None if everything else set(self.dirty)
         self.dirty.clear()
         self.owed = False
@@ -499,10 +522,10 @@ class Publisher:
             # the loop that serves the outputs
             outputs, changed = await db.run(publish.index_and_publish, config, only)
         except (StoreError, PublishError) as e:
-            log.error("publishing failed: %s", e)
+            log.error("publishing failed: %s; trying again in %.0f s", e, PUBLISH_RETRY)
             self.dirty |= only if only is not None else {t.slug for t in config.topics}
             self.owed = True
-            return
+            return str(e)
         # (archive pages are not among them: they are served as rendered on request)
         self.outputs.update(outputs)
         self.pages.clear()  # they may have changed with the first pages
@@ -514,6 +537,7 @@ class Publisher:
             hub = config.settings.websub_hub
             if hub and self.pinger is not None:
                 self.pinger.request(hub, config.settings.base_url, changed)
+        return None
 
     async def archive_page(
         self, db: StoreThread, config: Config, page: ArchivePage
@@ -900,7 +924,12 @@ class Daemon:
         if task is not None:
             self.in_flight.add(task)
         try:
-            await self.publisher.render(self.poller.db, self.config, everything)
+            problem = await self.publisher.render(self.poller.db, self.config, everything)
+            self.health.published(problem)
+            if problem is not None and not self.stop.is_set():
+                # a full disk or an unwritable output_dir may clear without any poll
+                # changing a topic: try again
+                self.publisher.request(set(), self._render, delay=PUBLISH_RETRY)
         except asyncio.CancelledError:
             # cut off at the end of the drain; the store's thread finishes what it began,
             # and the render at the stop queues behind it

@@ -292,3 +292,48 @@ def test_a_render_running_at_the_stop_is_waited_for_not_cancelled(
 
     assert "raised an exception" not in caplog.text and "Traceback" not in caplog.text
     assert b"Story b" in atom.read_bytes()
+
+
+def test_a_publish_that_fails_is_reported_in_healthz_and_tried_again(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An output_dir that cannot be written (here a file stands where its parent should
+    be; root writes through chmod) fails every render: /healthz says so, and once the
+    cause is gone the render is tried again without waiting for a poll to change a topic."""
+    import json
+
+    import aggregator.daemon as daemon_module
+
+    monkeypatch.setattr(daemon_module, "PUBLISH_RETRY", 0.5)
+    config_path = tmp_path / "feeds.yaml"
+    blocker = tmp_path / "site"
+    blocker.write_text("a file where output_dir's parent should be")
+    port = free_port()
+    seen: dict[str, object] = {}
+    with FeedServer() as server:
+        server.set("/a.rss", rss("A", [make_story("a")]))
+        topics = TOPIC.format(title="All")
+        write_config(config_path, port, [server.url("/a.rss")], interval="1h", topics=topics)
+        text = config_path.read_text().replace("output_dir: public", "output_dir: site/public")
+        config_path.write_text(text)
+        daemon = Daemon(config_path)
+
+        def health() -> dict[str, object]:
+            reply = request(port, "/healthz")
+            return dict(json.loads(reply.body))
+
+        async def drive() -> None:
+            await wait_for(lambda: daemon.health.publish_problem is not None)
+            seen["failing"] = await asyncio.to_thread(health)
+            blocker.unlink()
+            await wait_for(lambda: (tmp_path / "site" / "public" / "all.atom").exists())
+            await wait_for(lambda: daemon.health.publish_problem is None)
+            seen["recovered"] = await asyncio.to_thread(health)
+
+        assert run_driven(daemon, drive) == 0
+
+    failing, recovered = seen["failing"], seen["recovered"]
+    assert isinstance(failing, dict) and isinstance(recovered, dict)
+    assert failing["status"] == "degraded" and failing["publishing"] != "ok"
+    assert "site" in str(failing["publishing"])
+    assert recovered["status"] == "ok" and recovered["publishing"] == "ok"
