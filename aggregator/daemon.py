@@ -81,6 +81,8 @@ STARTING_EXTEND = 60.0
 #: how often feeds.yaml is checked for changes (a change is read once it has settled
 #: for one period, so an edit is applied 0.5–1 s after the save)
 WATCH_SECONDS = 0.5
+#: how often the database's write lock is probed when systemd's watchdog does not ask
+DATABASE_PROBE_SECONDS = 15.0
 #: seconds before a render that could not publish (a full disk, an unwritable output_dir)
 #: is tried again
 PUBLISH_RETRY = 60.0
@@ -693,6 +695,12 @@ class Daemon:
         watchdog = watchdog_interval()
         if watchdog:
             self.scheduler.add_job(self._watchdog, "interval", seconds=watchdog, id="watchdog")
+        else:
+            # without systemd's watchdog (which probes too), /healthz must still learn of a
+            # write lock another process holds while no poll comes due
+            self.scheduler.add_job(
+                self._probe_database, "interval", seconds=DATABASE_PROBE_SECONDS, id="probe"
+            )
 
     async def _drain(self) -> None:
         # Pause, not shut down: APScheduler's shutdown cancels the jobs in flight, and
@@ -983,6 +991,9 @@ class Daemon:
         if removed:
             log.info("pruned %d items older than the retention", removed)
             self.publisher.request({t.slug for t in config.topics}, self._render)
+
+    async def _probe_database(self) -> None:
+        self.health.probe_database()
 
     async def _watchdog(self) -> None:
         # The loop runs this, so the daemon is alive: that is what systemd asks.

@@ -337,3 +337,59 @@ def test_a_publish_that_fails_is_reported_in_healthz_and_tried_again(
     assert failing["status"] == "degraded" and failing["publishing"] != "ok"
     assert "site" in str(failing["publishing"])
     assert recovered["status"] == "ok" and recovered["publishing"] == "ok"
+
+
+def test_a_write_lock_held_elsewhere_shows_in_healthz_without_the_watchdog(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """systemd's watchdog pings probe the database; run without it (by hand, in a
+    container), /healthz must still say "busy" while another process holds the write
+    lock and no poll comes due, and "ok" once it is let go."""
+    import sqlite3
+
+    import aggregator.daemon as daemon_module
+
+    monkeypatch.delenv("WATCHDOG_USEC", raising=False)
+    monkeypatch.setattr(daemon_module, "DATABASE_PROBE_SECONDS", 0.5)
+    # a write left waiting on the lock would also say "busy", after this long: the probe
+    # must say it first
+    monkeypatch.setattr(daemon_module, "STALLED_SECONDS", 60.0)
+    config_path = tmp_path / "feeds.yaml"
+    port = free_port()
+    states: list[str] = []
+    with FeedServer() as server:
+        server.set("/a.rss", rss("A", [make_story("a")]))
+        topics = TOPIC.format(title="All")
+        write_config(config_path, port, [server.url("/a.rss")], interval="1h", topics=topics)
+        daemon = Daemon(config_path)
+
+        async def drive() -> None:
+            def idle() -> bool:
+                poller = daemon.poller
+                return (
+                    daemon.health.last_poll is not None
+                    and daemon.publisher.renders >= 1
+                    and not daemon.publisher.owed
+                    and daemon.scheduler.get_job("render") is None
+                    and poller is not None
+                    and poller.db.stalled_for() == 0
+                )
+
+            await wait_for(idle)
+            await asyncio.sleep(0.5)
+            await wait_for(idle)
+            # nothing more for the store to do (no poll due for an hour): only a probe can
+            # find the lock
+            holder = sqlite3.connect(tmp_path / "agg.db", isolation_level=None)
+            try:
+                holder.execute("BEGIN EXCLUSIVE")
+                await wait_for(lambda: daemon.health.database_state() == "busy")
+                states.append(daemon.health.report()[1]["database"])  # type: ignore[arg-type]
+            finally:
+                holder.execute("ROLLBACK")
+                holder.close()
+            await wait_for(lambda: daemon.health.database_state() == "ok")
+            states.append(daemon.health.report()[1]["database"])  # type: ignore[arg-type]
+
+        assert run_driven(daemon, drive) == 0
+    assert states == ["busy", "ok"]
