@@ -30,6 +30,13 @@ async def wait_for(condition: object, timeout: float = 10) -> None:
         await asyncio.sleep(0.02)
 
 
+def one_feed_config(server: FeedServer, config_path: Path, port: int, interval: str) -> None:
+    """feeds.yaml with one feed, /a.rss (story "a"), in the topic "all"."""
+    server.set("/a.rss", rss("A", [make_story("a")]))
+    topics = TOPIC.format(title="All")
+    write_config(config_path, port, [server.url("/a.rss")], interval=interval, topics=topics)
+
+
 def run_driven(daemon: Daemon, drive: Callable[[], Awaitable[None]]) -> int:
     """Run `daemon` in this process while `drive` acts on it; stopped when `drive` ends
     (a failed check must not leave it running). Returns its exit code; the signal
@@ -277,9 +284,7 @@ def test_a_render_running_at_the_stop_is_waited_for_not_cancelled(
 
     monkeypatch.setattr(publish, "index_and_publish", slow_render)
     with FeedServer() as server:
-        server.set("/a.rss", rss("A", [make_story("a")]))
-        topics = TOPIC.format(title="All")
-        write_config(config_path, port, [server.url("/a.rss")], interval="1s", topics=topics)
+        one_feed_config(server, config_path, port, "1s")
         daemon = Daemon(config_path)
 
         async def drive() -> None:
@@ -311,9 +316,7 @@ def test_a_publish_that_fails_is_reported_in_healthz_and_tried_again(
     port = free_port()
     seen: dict[str, object] = {}
     with FeedServer() as server:
-        server.set("/a.rss", rss("A", [make_story("a")]))
-        topics = TOPIC.format(title="All")
-        write_config(config_path, port, [server.url("/a.rss")], interval="1h", topics=topics)
+        one_feed_config(server, config_path, port, "1h")
         text = config_path.read_text().replace("output_dir: public", "output_dir: site/public")
         config_path.write_text(text)
         daemon = Daemon(config_path)
@@ -358,9 +361,7 @@ def test_a_write_lock_held_elsewhere_shows_in_healthz_without_the_watchdog(
     port = free_port()
     states: list[str] = []
     with FeedServer() as server:
-        server.set("/a.rss", rss("A", [make_story("a")]))
-        topics = TOPIC.format(title="All")
-        write_config(config_path, port, [server.url("/a.rss")], interval="1h", topics=topics)
+        one_feed_config(server, config_path, port, "1h")
         daemon = Daemon(config_path)
 
         async def drive() -> None:

@@ -9,7 +9,6 @@ Skipped, with what to install, where there is no `chromium` or no Playwright
 from __future__ import annotations
 
 import struct
-from collections.abc import Iterator
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -22,8 +21,6 @@ from aggregator.render import render_topic
 from tests.browser import (
     SHOTS,
     SITE,
-    launch,
-    missing_browser,
     serve,
     take_screenshots,
     wait_until_true,
@@ -106,21 +103,6 @@ ITEMS = [
     story(8, 75, sources=(FRONTLINE,), link="https://koreafrontline.example/flood-relief/"),
     story(9, 100, sources=(HAN,), image_url="javascript:alert(1)"),
 ]
-
-
-@pytest.fixture(scope="module")
-def browser() -> Iterator[Any]:
-    reason = missing_browser()
-    if reason is not None:
-        pytest.skip(reason)
-    from playwright.sync_api import sync_playwright
-
-    with sync_playwright() as playwright:
-        chromium = launch(playwright)
-        try:
-            yield chromium
-        finally:
-            chromium.close()
 
 
 @pytest.fixture(scope="module")

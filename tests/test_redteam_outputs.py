@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import Iterator
 from datetime import UTC, datetime
 from typing import Any
 
@@ -27,7 +26,6 @@ from aggregator.clean import clean_html
 from aggregator.model import SourceRef, Topic
 from aggregator.parse import parse_feed
 from aggregator.render import render_html
-from tests.browser import launch, missing_browser
 from tests.test_render import make_item, published_urls, render_every_format
 
 # --- credentials of the feed's URL in links relative to it ---------------------------------
@@ -165,21 +163,6 @@ def test_feed_text_on_the_page_takes_its_own_direction() -> None:
     ]
     assert article.find("p[@class='meta']/bdi").text == "דוד לוי"
     assert "2 h ago · by דוד לוי" in article.find("p[@class='meta']").text_content()
-
-
-@pytest.fixture(scope="module")
-def browser() -> Iterator[Any]:
-    reason = missing_browser()
-    if reason is not None:
-        pytest.skip(reason)
-    from playwright.sync_api import sync_playwright
-
-    with sync_playwright() as playwright:
-        chromium = launch(playwright)
-        try:
-            yield chromium
-        finally:
-            chromium.close()
 
 
 def test_a_right_to_left_outlet_leaves_the_time_after_it_in_a_browser(browser: Any) -> None:
