@@ -515,7 +515,8 @@ class Publisher:
             )
 
     async def render(self, db: StoreThread, config: Config, everything: bool = False) -> str | None:
-        """Render what changed (everything, with `everything`); why it failed, or None."""
+        """Render what changed (everything, with `everything`); why it failed (the caller
+        logs it, saying what it does next), or None."""
         only = None if everything else set(self.dirty)
         self.dirty.clear()
         self.owed = False
@@ -524,7 +525,6 @@ class Publisher:
             # the loop that serves the outputs
             outputs, changed = await db.run(publish.index_and_publish, config, only)
         except (StoreError, PublishError) as e:
-            log.error("publishing failed: %s; trying again in %.0f s", e, PUBLISH_RETRY)
             self.dirty |= only if only is not None else {t.slug for t in config.topics}
             self.owed = True
             return str(e)
@@ -934,9 +934,12 @@ class Daemon:
         try:
             problem = await self.publisher.render(self.poller.db, self.config, everything)
             self.health.published(problem)
-            if problem is not None and not self.stop.is_set():
+            if problem is not None and self.stop.is_set():
+                log.error("publishing failed: %s", problem)
+            elif problem is not None:
                 # a full disk or an unwritable output_dir may clear without any poll
                 # changing a topic: try again
+                log.error("publishing failed: %s; trying again in %.0f s", problem, PUBLISH_RETRY)
                 self.publisher.request(set(), self._render, delay=PUBLISH_RETRY)
         except asyncio.CancelledError:
             # cut off at the end of the drain; the store's thread finishes what it began,
